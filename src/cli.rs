@@ -1,0 +1,115 @@
+//! The command line: argument definitions shared by the subcommands, and dispatch.
+//!
+//! Exit codes follow `kubectl diff`: 0 no change / valid, 1 changes / invalid input,
+//! 2 and up an error of the tool or the cluster.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit status of a command that did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to change; the input is valid.
+    Clean = 0,
+    /// There are changes (diff, plan moves), or the input is invalid.
+    Changes = 1,
+}
+
+/// Exit code for an error of the tool or the cluster.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloud4iot",
+    version,
+    about = "GitOps placement of IoT functions across gateways, edge and cloud on Kubernetes",
+    long_about = "cloud4iot reads Function, PlacementPolicy and DeviceClass YAML from a git \
+repository, merges it with what the gateways report (which BLE devices each one sees, and \
+what it has room for), decides where every function instance runs - on the gateway that sees \
+its device, at the edge or in the cloud - and applies the difference to Kubernetes.\n\n\
+Exit codes: 0 valid / no change, 1 invalid input / changes, 2 error of the tool or cluster.",
+    after_help = "Start with:\n  cloud4iot validate --repo examples-repo\n  cloud4iot plan --repo examples-repo --state examples-repo/state/home.yaml --explain"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing syntax, e.g. `info` or `cloud4iot=debug`); logs go to stderr.
+    #[arg(long, global = true, env = "CLOUD4IOT_LOG", default_value = "warn")]
+    pub log: String,
+    /// Colour the output: auto colours only when writing to a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour stdout. Honours `NO_COLOR` (https://no-color.org) under `auto`.
+    pub fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the YAML that installs cloud4iot's CustomResourceDefinitions.
+    Manifests(ManifestsArgs),
+}
+
+/// Where the desired configuration comes from.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// The IaC repository: a directory, a local git repository, or a git URL.
+    #[arg(long, value_name = "DIR|URL", env = "CLOUD4IOT_REPO")]
+    pub repo: String,
+}
+
+/// Where the live state comes from: a snapshot file or a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// A state snapshot: Nodes, GatewayReports and Deployments as `kubectl get -o yaml`
+    /// prints them (a List or a multi-document stream).
+    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
+    pub state: Option<PathBuf>,
+    /// Read the live state from the cluster of this kubeconfig.
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManifestsArgs {}
+
+/// Runs one command to its exit code. Errors are printed here, once, with their causes.
+pub async fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Manifests(_) => manifests(),
+    };
+    match result {
+        Ok(outcome) => outcome as u8,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn manifests() -> anyhow::Result<Outcome> {
+    for crd in crate::crd::all() {
+        println!("---\n{}", serde_norway::to_string(&crd)?);
+    }
+    Ok(Outcome::Clean)
+}

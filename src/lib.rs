@@ -1,0 +1,11 @@
+//! cloud4iot: a declarative GitOps reconciler for IoT functions.
+//!
+//! The pipeline, one module per step: source (git) -> load + validate (repository YAML)
+//! -> plan (pure placement across gateway, edge and cloud) -> render (pure Kubernetes
+//! objects) -> diff (pure) -> apply (server-side apply, prune). Only the two ends do I/O.
+
+pub mod cli;
+pub mod crd;
+pub mod diag;
+pub mod model;
+pub mod source;

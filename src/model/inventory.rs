@@ -1,0 +1,113 @@
+//! The live side of planning: nodes, gateway reports and the managed objects already
+//! running, whether read from a cluster or from a state snapshot.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+
+use super::{Arch, GatewayReport, Resources, Tier, labels, parse_cpu_millis, parse_memory_bytes};
+
+/// What placement needs to know about a node, extracted once from the `Node` object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub tier: Tier,
+    pub site: Option<String>,
+    pub arch: Arch,
+    /// `status.allocatable` (cpu and memory).
+    pub allocatable: Resources,
+    pub gateway_taint: bool,
+    /// Ready condition true and not cordoned.
+    pub schedulable: bool,
+}
+
+/// Why a `Node` could not be turned into a [`NodeInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {node}: no {label} label: not a cloud4iot node")]
+    NotManaged { node: String, label: &'static str },
+    #[error("node {node}: label {label}={value:?} is not one of {allowed}")]
+    BadLabel { node: String, label: &'static str, value: String, allowed: &'static str },
+    #[error("node {node}: status.allocatable.{field}: {source}")]
+    BadQuantity { node: String, field: &'static str, source: super::QuantityError },
+}
+
+impl NodeInfo {
+    /// Reads tier, site and arch labels, allocatable cpu/memory, the gateway taint and
+    /// readiness. Nodes without a tier label are not cloud4iot's (`NotManaged`).
+    pub fn from_node(node: &Node) -> Result<NodeInfo, NodeError> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let labels_map = node.metadata.labels.clone().unwrap_or_default();
+        let tier_value = labels_map
+            .get(labels::TIER)
+            .ok_or(NodeError::NotManaged { node: name.clone(), label: labels::TIER })?;
+        let tier = Tier::parse(tier_value).ok_or_else(|| NodeError::BadLabel {
+            node: name.clone(),
+            label: labels::TIER,
+            value: tier_value.clone(),
+            allowed: "gateway, edge, cloud",
+        })?;
+        let arch_value = labels_map.get(labels::ARCH).map(String::as_str).unwrap_or("amd64");
+        let arch = Arch::parse(arch_value).ok_or_else(|| NodeError::BadLabel {
+            node: name.clone(),
+            label: labels::ARCH,
+            value: arch_value.to_string(),
+            allowed: "amd64, arm64, arm, 386, ppc64le, s390x, riscv64",
+        })?;
+        let status = node.status.as_ref();
+        let alloc = status.and_then(|s| s.allocatable.as_ref());
+        let get = |k: &str| alloc.and_then(|a| a.get(k)).map(|q| q.0.as_str());
+        let cpu = get("cpu")
+            .map(parse_cpu_millis)
+            .transpose()
+            .map_err(|source| NodeError::BadQuantity { node: name.clone(), field: "cpu", source })?
+            .unwrap_or(0);
+        let memory = get("memory")
+            .map(parse_memory_bytes)
+            .transpose()
+            .map_err(|source| NodeError::BadQuantity { node: name.clone(), field: "memory", source })?
+            .unwrap_or(0);
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        let spec = node.spec.as_ref();
+        let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let gateway_taint = spec
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key == labels::GATEWAY_TAINT));
+        Ok(NodeInfo {
+            site: labels_map.get(labels::SITE).cloned(),
+            name,
+            tier,
+            arch,
+            allocatable: Resources::new(cpu, memory),
+            gateway_taint,
+            schedulable: ready && !cordoned,
+        })
+    }
+}
+
+/// Everything live that planning and diffing read. Sorted by name so that the order
+/// objects arrive in never changes the output.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub nodes: Vec<NodeInfo>,
+    pub reports: Vec<GatewayReport>,
+    /// Deployments labelled `app.kubernetes.io/managed-by: cloud4iot`.
+    pub live: Vec<Deployment>,
+}
+
+impl Inventory {
+    pub fn new(mut nodes: Vec<NodeInfo>, mut reports: Vec<GatewayReport>, mut live: Vec<Deployment>) -> Self {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        reports.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        live.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        Inventory { nodes, reports, live }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| &self.nodes[i])
+    }
+}

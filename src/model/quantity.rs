@@ -1,0 +1,235 @@
+//! Kubernetes resource quantities reduced to the two numbers placement needs.
+//!
+//! The planner compares and adds resources constantly, so quantities are parsed once into
+//! integers (millicores and bytes) instead of being carried around as strings.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+
+use serde::{Deserialize, Serialize};
+
+/// CPU in millicores and memory in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Resources {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+}
+
+impl Resources {
+    pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0 };
+
+    pub fn new(cpu_millis: i64, memory_bytes: i64) -> Self {
+        Resources { cpu_millis, memory_bytes }
+    }
+
+    /// Parses a `cpu` and a `memory` quantity; a missing one counts as zero.
+    pub fn parse(cpu: Option<&str>, memory: Option<&str>) -> Result<Self, QuantityError> {
+        Ok(Resources {
+            cpu_millis: cpu.map(parse_cpu_millis).transpose()?.unwrap_or(0),
+            memory_bytes: memory.map(parse_memory_bytes).transpose()?.unwrap_or(0),
+        })
+    }
+
+    /// True when `self` fits inside `room` in every dimension.
+    pub fn fits_in(&self, room: &Resources) -> bool {
+        self.cpu_millis <= room.cpu_millis && self.memory_bytes <= room.memory_bytes
+    }
+
+    /// The dimensions that do not fit, for a reviewer-readable reason.
+    pub fn shortfall(&self, room: &Resources) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.cpu_millis > room.cpu_millis {
+            out.push("cpu");
+        }
+        if self.memory_bytes > room.memory_bytes {
+            out.push("memory");
+        }
+        out
+    }
+
+    pub fn saturating_sub(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: (self.cpu_millis - other.cpu_millis).max(0),
+            memory_bytes: (self.memory_bytes - other.memory_bytes).max(0),
+        }
+    }
+}
+
+impl Add for Resources {
+    type Output = Resources;
+    fn add(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory_bytes: self.memory_bytes + o.memory_bytes,
+        }
+    }
+}
+
+impl AddAssign for Resources {
+    fn add_assign(&mut self, o: Resources) {
+        *self = *self + o;
+    }
+}
+
+impl Sub for Resources {
+    type Output = Resources;
+    fn sub(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis - o.cpu_millis,
+            memory_bytes: self.memory_bytes - o.memory_bytes,
+        }
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cpu {}, memory {}", format_cpu(self.cpu_millis), format_memory(self.memory_bytes))
+    }
+}
+
+/// `950m`, `2` — the shortest exact form, as kubectl prints it.
+pub fn format_cpu(millis: i64) -> String {
+    if millis % 1000 == 0 { format!("{}", millis / 1000) } else { format!("{millis}m") }
+}
+
+/// `512Mi`, `1Gi`, or plain bytes when no binary suffix is exact.
+pub fn format_memory(bytes: i64) -> String {
+    const UNITS: [(&str, i64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    for (suffix, unit) in UNITS {
+        if bytes != 0 && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a Kubernetes quantity ({why})")]
+pub struct QuantityError {
+    pub value: String,
+    pub why: &'static str,
+}
+
+/// Splits a quantity into its decimal number and suffix, and scales the number by
+/// `10^exp10 * 2^exp2` given by the suffix. Returns the value multiplied by `scale`
+/// (1000 for CPU millicores, 1 for bytes), rounded up as Kubernetes does.
+fn parse_scaled(value: &str, scale: i128) -> Result<i64, QuantityError> {
+    let err = |why| QuantityError { value: value.to_string(), why };
+    let s = value.trim();
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    // Decimal exponent forms (1e3, 1E3) are valid quantities too.
+    let (exp10, exp2): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        other if other.starts_with(['e', 'E']) => {
+            (other[1..].parse::<i32>().map_err(|_| err("bad exponent"))?, 0)
+        }
+        _ => return Err(err("unknown suffix")),
+    };
+    let negative = num.starts_with('-');
+    let digits = num.trim_start_matches(['+', '-']);
+    if digits.is_empty() || digits.matches('.').count() > 1 || digits == "." {
+        return Err(err("no number"));
+    }
+    if negative {
+        return Err(err("negative"));
+    }
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    let mantissa: i128 = format!("{int_part}{frac_part}")
+        .parse()
+        .map_err(|_| err("no number"))?;
+    let exp10 = exp10 - frac_part.len() as i32;
+    let mut numerator = mantissa.checked_mul(scale).ok_or(err("too large"))?;
+    numerator = numerator.checked_mul(1i128 << exp2).ok_or(err("too large"))?;
+    let value = if exp10 >= 0 {
+        numerator.checked_mul(10i128.checked_pow(exp10 as u32).ok_or(err("too large"))?)
+            .ok_or(err("too large"))?
+    } else {
+        let d = 10i128.checked_pow((-exp10) as u32).ok_or(err("too small"))?;
+        (numerator + d - 1) / d
+    };
+    i64::try_from(value).map_err(|_| err("too large"))
+}
+
+/// CPU quantity (`250m`, `0.5`, `2`) in millicores.
+pub fn parse_cpu_millis(value: &str) -> Result<i64, QuantityError> {
+    parse_scaled(value, 1000)
+}
+
+/// Memory quantity (`128Mi`, `1G`, `1048576`) in bytes.
+pub fn parse_memory_bytes(value: &str) -> Result<i64, QuantityError> {
+    parse_scaled(value, 1)
+}
+
+/// The `cpu`/`memory` pair as users write it in YAML.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceQuantities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+impl ResourceQuantities {
+    pub fn parse(&self) -> Result<Resources, QuantityError> {
+        Resources::parse(self.cpu.as_deref(), self.memory.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_forms() {
+        assert_eq!(parse_cpu_millis("250m").unwrap(), 250);
+        assert_eq!(parse_cpu_millis("0.5").unwrap(), 500);
+        assert_eq!(parse_cpu_millis("2").unwrap(), 2000);
+        assert_eq!(parse_cpu_millis("1.0005").unwrap(), 1001, "rounds up like Kubernetes");
+        assert_eq!(parse_cpu_millis("100000u").unwrap(), 100);
+    }
+
+    #[test]
+    fn memory_forms() {
+        assert_eq!(parse_memory_bytes("128Mi").unwrap(), 128 << 20);
+        assert_eq!(parse_memory_bytes("1G").unwrap(), 1_000_000_000);
+        assert_eq!(parse_memory_bytes("1e3").unwrap(), 1000);
+        assert_eq!(parse_memory_bytes("1.5Gi").unwrap(), 3 << 29);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "abc", "12Q", "-1", "1..2", "."] {
+            assert!(parse_memory_bytes(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        assert_eq!(format_cpu(950), "950m");
+        assert_eq!(format_cpu(2000), "2");
+        assert_eq!(format_memory(512 << 20), "512Mi");
+        assert_eq!(format_memory(1000), "1000");
+    }
+}
