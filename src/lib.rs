@@ -8,4 +8,5 @@ pub mod cli;
 pub mod crd;
 pub mod diag;
 pub mod model;
+pub mod plan;
 pub mod source;

@@ -1,0 +1,81 @@
+//! Placement: where every function instance runs (gateway, edge or cloud) and why.
+//!
+//! Pure and deterministic: no I/O and no clock reads (`now` is an argument), and the
+//! output depends only on the content of the inputs, never on their order. The rules
+//! (presence, dwell, loss grace, offloading, priority, locality, images per arch) are
+//! implemented in [`Planner`]; [`plan`] is the one-shot form.
+
+mod engine;
+mod live;
+pub mod synth;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Arch, Tier};
+
+pub use engine::{PlanDelta, Planner};
+pub use live::current_placements;
+
+/// The desired placement of every function instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Sorted by (function, instance).
+    pub placements: Vec<Placement>,
+}
+
+impl Plan {
+    /// The placement of `instance`, if the plan has it.
+    pub fn get(&self, function: &str, instance: &str) -> Option<&Placement> {
+        self.placements
+            .binary_search_by(|p| {
+                (p.function.as_str(), p.instance.as_str()).cmp(&(function, instance))
+            })
+            .ok()
+            .map(|i| &self.placements[i])
+    }
+
+    /// Instances that could not be placed anywhere their policy allows.
+    pub fn unplaced(&self) -> impl Iterator<Item = &Placement> {
+        self.placements.iter().filter(|p| p.tier.is_none())
+    }
+
+    pub(crate) fn sort(&mut self) {
+        self.placements
+            .sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
+    }
+}
+
+/// Where one function instance runs, and the one-line reason a reviewer reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub function: String,
+    /// Also the name of the instance's Deployment (`model::*instance_name`).
+    pub instance: String,
+    /// The device id (BLE address) of a per-device instance; `None` for replicas.
+    pub device: Option<String>,
+    /// `None`: unplaced (the reason says why).
+    pub tier: Option<Tier>,
+    /// The gateway chosen, on the gateway tier; edge and cloud instances are pinned to
+    /// their tier (and site/arch) only, so this is `None` there.
+    pub node: Option<String>,
+    /// The site the instance must stay at, where `dataLocality: site` demands it.
+    pub site: Option<String>,
+    /// The architecture the instance must run on, where the image depends on it
+    /// (the function has `archImages`).
+    pub arch: Option<Arch>,
+    /// The image chosen for the node's (or tier's) architecture.
+    pub image: Option<String>,
+    pub reason: String,
+}
+
+/// Plans every instance of every function in `repo` against `inv` at time `now`.
+/// Instances already running (`inv.live`) keep their gateway and their room first.
+pub fn plan(
+    repo: &crate::model::Repo,
+    inv: &crate::model::Inventory,
+    now: jiff::Timestamp,
+) -> Plan {
+    Planner::new(repo, inv, now).plan()
+}

@@ -1,0 +1,1 @@
+//! Synthetic worlds for benchmarks and property tests (filled in below).
