@@ -7,6 +7,9 @@
 pub mod cli;
 pub mod crd;
 pub mod diag;
+pub mod load;
 pub mod model;
 pub mod plan;
+pub mod schema;
 pub mod source;
+pub mod validate;
