@@ -7,9 +7,13 @@
 pub mod cli;
 pub mod crd;
 pub mod diag;
+pub mod diff;
+pub mod install;
 pub mod load;
 pub mod model;
+pub mod output;
 pub mod plan;
+pub mod render;
 pub mod schema;
 pub mod source;
 pub mod validate;

@@ -1,0 +1,323 @@
+//! Diff (pure): what would change, in two layers a reviewer reads in this order.
+//!
+//! 1. [`placement_changes`]: which instance moves where, and why (the reasons before and
+//!    after), between two plans — the live one ([`crate::plan::current_placements`]) and
+//!    the desired one, or the plans of two git revisions.
+//! 2. [`object_diff`]: desired Deployments against live ones, keyed by namespace/name, as
+//!    unified YAML diffs. The live objects may come from a state snapshot or from a
+//!    server-side dry-run apply: this module does not care who produced them.
+//!
+//! Comparing against a live object: the server owns metadata such as `managedFields`,
+//! `uid`, `resourceVersion`, `generation`, timestamps and `status`, and it defaults fields
+//! cloud4iot never sets (`progressDeadlineSeconds`, `dnsPolicy`, `terminationMessagePath`,
+//! ...). So the live object is first stripped of what the server owns, then pruned to the
+//! field paths present in the desired object — which is what a server-side apply does:
+//! fields set by others are left alone and do not show. Two refinements keep removals
+//! visible: every `cloud4iot.io/` label and annotation is compared (ours by convention),
+//! and so are the subtrees cloud4iot owns whole and the server never defaults: node
+//! affinity and tolerations (so a move off a gateway shows the toleration going).
+//! Keyed lists (containers, env: by `name`; ports: by `containerPort`) are matched by key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::model::{Arch, Tier, labels};
+use crate::plan::{Placement, Plan};
+
+/// Where an instance runs, as far as a reviewer cares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    pub tier: Tier,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+}
+
+impl std::fmt::Display for Location {
+    /// `gateway/home-gw`, `edge (site hospital)`, `cloud`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.tier)?;
+        if let Some(node) = &self.node {
+            write!(f, "/{node}")?;
+        }
+        if let Some(site) = &self.site {
+            write!(f, " (site {site})")?;
+        }
+        Ok(())
+    }
+}
+
+impl Location {
+    fn of(p: &Placement) -> Option<Location> {
+        Some(Location { tier: p.tier?, node: p.node.clone(), site: p.site.clone(), arch: p.arch })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementChangeKind {
+    /// Placed before and after, somewhere else (another tier, node or site).
+    Moved,
+    /// Placed now, not before.
+    Appeared,
+    /// Placed before, not now (gone from the plan, or unplaced: `reasonAfter` says why).
+    Disappeared,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementChange {
+    pub change: PlacementChangeKind,
+    pub function: String,
+    pub instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub from: Option<Location>,
+    pub to: Option<Location>,
+    pub reason_before: Option<String>,
+    pub reason_after: Option<String>,
+}
+
+/// Instances whose placement differs between `before` and `after`, sorted by (function,
+/// instance). An unplaced instance counts as absent; an arch or image change alone is not
+/// a move (the object diff shows it).
+pub fn placement_changes(before: &Plan, after: &Plan) -> Vec<PlacementChange> {
+    let key = |p: &Placement| (p.function.clone(), p.instance.clone());
+    let before_map: BTreeMap<_, &Placement> = before.placements.iter().map(|p| (key(p), p)).collect();
+    let after_map: BTreeMap<_, &Placement> = after.placements.iter().map(|p| (key(p), p)).collect();
+    let keys: BTreeSet<_> = before_map.keys().chain(after_map.keys()).cloned().collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let b = before_map.get(&k).copied();
+        let a = after_map.get(&k).copied();
+        let from = b.and_then(Location::of);
+        let to = a.and_then(Location::of);
+        let change = match (&from, &to) {
+            (None, None) => continue,
+            (Some(_), None) => PlacementChangeKind::Disappeared,
+            (None, Some(_)) => PlacementChangeKind::Appeared,
+            (Some(f), Some(t)) if (f.tier, &f.node, &f.site) != (t.tier, &t.node, &t.site) => {
+                PlacementChangeKind::Moved
+            }
+            (Some(_), Some(_)) => continue,
+        };
+        let any = a.or(b).expect("one side exists");
+        out.push(PlacementChange {
+            change,
+            function: k.0,
+            instance: k.1,
+            device: any.device.clone(),
+            from,
+            to,
+            reason_before: b.map(|p| p.reason.clone()),
+            reason_after: a.map(|p| p.reason.clone()),
+        });
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectChange {
+    pub action: Action,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Unified diff of the normalised YAML, live (`a/`) to desired (`b/`).
+    pub diff: String,
+}
+
+impl ObjectChange {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Desired against live Deployments, keyed by namespace/name and sorted by it. Live
+/// objects without `app.kubernetes.io/managed-by: cloud4iot` are never deleted (nor shown);
+/// identical objects after normalisation are not reported.
+pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectChange> {
+    let key = |d: &Deployment| {
+        (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default())
+    };
+    let desired_map: BTreeMap<_, &Deployment> = desired.iter().map(|d| (key(d), d)).collect();
+    let live_map: BTreeMap<_, &Deployment> = live.iter().map(|d| (key(d), d)).collect();
+    let keys: BTreeSet<_> = desired_map.keys().chain(live_map.keys()).cloned().collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let (action, old, new) = match (desired_map.get(&k), live_map.get(&k)) {
+            (Some(d), None) => (Action::Create, String::new(), to_yaml(&to_value(d))),
+            (Some(d), Some(l)) => {
+                let d = to_value(d);
+                let mut l = to_value(l);
+                strip_server_fields(&mut l);
+                let l = prune_to(&l, &d, "");
+                let (old, new) = (to_yaml(&l), to_yaml(&d));
+                if old == new {
+                    continue;
+                }
+                (Action::Update, old, new)
+            }
+            (None, Some(l)) if is_managed(l) => {
+                let mut l = to_value(l);
+                strip_server_fields(&mut l);
+                (Action::Delete, to_yaml(&l), String::new())
+            }
+            _ => continue,
+        };
+        let label = format!("{}/{}", k.0, k.1);
+        let diff = similar::TextDiff::from_lines(&old, &new)
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("a/{label}"), &format!("b/{label}"))
+            .to_string();
+        out.push(ObjectChange { action, kind: "Deployment".to_string(), namespace: k.0, name: k.1, diff });
+    }
+    out
+}
+
+fn is_managed(d: &Deployment) -> bool {
+    d.metadata.labels.as_ref().and_then(|l| l.get(labels::MANAGED_BY)).is_some_and(|v| v == labels::MANAGER)
+}
+
+fn to_value(d: &Deployment) -> Value {
+    // A Deployment always serialises: its fields are strings, numbers and maps.
+    serde_json::to_value(d).unwrap_or(Value::Null)
+}
+
+fn to_yaml(v: &Value) -> String {
+    serde_norway::to_string(v).unwrap_or_default()
+}
+
+/// Annotations the server or kubectl write, never cloud4iot.
+const SERVER_ANNOTATIONS: [&str; 2] =
+    ["deployment.kubernetes.io/revision", "kubectl.kubernetes.io/last-applied-configuration"];
+
+/// Removes what the API server owns: status, and metadata it assigns.
+pub fn strip_server_fields(v: &mut Value) {
+    let Some(obj) = v.as_object_mut() else { return };
+    obj.remove("status");
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in
+            ["managedFields", "uid", "resourceVersion", "creationTimestamp", "generation", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"]
+        {
+            meta.remove(field);
+        }
+        if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            for a in SERVER_ANNOTATIONS {
+                ann.remove(a);
+            }
+            if ann.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+    }
+}
+
+/// Subtrees cloud4iot owns whole and the server never defaults: compared in full, so that
+/// removing them (a move off a gateway drops the toleration) shows.
+const OWNED_WHOLE: [&str; 2] = ["spec.template.spec.affinity", "spec.template.spec.tolerations"];
+
+/// Maps whose `cloud4iot.io/` keys are compared even when the desired object lacks them.
+const OWN_PREFIX_MAPS: [&str; 4] =
+    ["metadata.labels", "metadata.annotations", "spec.template.metadata.labels", "spec.template.metadata.annotations"];
+
+/// `live` reduced to the field paths present in `desired` (plus the exceptions above).
+fn prune_to(live: &Value, desired: &Value, path: &str) -> Value {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => {
+            let own_prefix = OWN_PREFIX_MAPS.contains(&path);
+            let mut out = Map::new();
+            for (k, lv) in l {
+                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                if OWNED_WHOLE.contains(&child.as_str()) {
+                    out.insert(k.clone(), lv.clone());
+                    continue;
+                }
+                match d.get(k) {
+                    Some(dv) => {
+                        out.insert(k.clone(), prune_to(lv, dv, &child));
+                    }
+                    None if own_prefix && k.starts_with("cloud4iot.io/") => {
+                        out.insert(k.clone(), lv.clone());
+                    }
+                    None => {}
+                }
+            }
+            Value::Object(out)
+        }
+        (Value::Array(l), Value::Array(d)) => Value::Array(prune_list(l, d, path)),
+        _ => live.clone(),
+    }
+}
+
+/// The key a list element is merged on in server-side apply, for the lists we write.
+fn list_key(v: &Value) -> Option<String> {
+    let o = v.as_object()?;
+    if let Some(name) = o.get("name").and_then(Value::as_str) {
+        return Some(format!("name={name}"));
+    }
+    let port = o.get("containerPort")?;
+    let protocol = o.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+    Some(format!("port={port}/{protocol}"))
+}
+
+fn prune_list(live: &[Value], desired: &[Value], path: &str) -> Vec<Value> {
+    let keyed = !desired.is_empty() && desired.iter().all(|d| list_key(d).is_some());
+    if keyed {
+        // Keyed (map) lists: elements others added are theirs and stay out of the diff.
+        let by_key: BTreeMap<String, &Value> =
+            desired.iter().filter_map(|d| Some((list_key(d)?, d))).collect();
+        live.iter()
+            .filter_map(|l| {
+                let d = by_key.get(&list_key(l)?)?;
+                Some(prune_to(l, d, path))
+            })
+            .collect()
+    } else {
+        // Atomic lists are replaced whole by an apply: compare them whole, element-wise.
+        live.iter()
+            .enumerate()
+            .map(|(i, l)| match desired.get(i) {
+                Some(d) => prune_to(l, d, path),
+                None => l.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Both layers of a diff, ready to print.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffReport {
+    pub placement_changes: Vec<PlacementChange>,
+    pub object_changes: Vec<ObjectChange>,
+}
+
+impl DiffReport {
+    /// Compares the plan `after` and its rendered objects with the plan `before` and the
+    /// objects live now (or rendered from `before`, to compare two revisions).
+    pub fn new(before: &Plan, after: &Plan, desired: &[Deployment], live: &[Deployment]) -> Self {
+        DiffReport { placement_changes: placement_changes(before, after), object_changes: object_diff(desired, live) }
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.placement_changes.is_empty() || !self.object_changes.is_empty()
+    }
+}

@@ -1,0 +1,283 @@
+//! What installs cloud4iot itself (pure): CRDs, namespaces, service accounts,
+//! least-privilege RBAC, an admission policy that keeps each gateway to its own report,
+//! the controller Deployment and the agent DaemonSet. `cloud4iot manifests` prints these.
+//!
+//! The objects are written as JSON literals (they read like the YAML users will see) and
+//! converted into the typed k8s-openapi objects; a test checks that the typed objects
+//! serialise back to exactly the literals, so no field is silently dropped by a typo.
+
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::model::labels;
+
+pub const SYSTEM_NAMESPACE: &str = "cloud4iot-system";
+pub const CONTROLLER: &str = "cloud4iot-controller";
+pub const AGENT: &str = "cloud4iot-agent";
+/// The claim the API server adds to a pod-bound service account token: the node the pod
+/// runs on. The admission policy compares it with the report's name.
+pub const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
+
+/// `ghcr.io/cloud4iot/cloud4iot:<this crate's version>`.
+pub fn default_image() -> String {
+    format!("ghcr.io/cloud4iot/cloud4iot:{}", env!("CARGO_PKG_VERSION"))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallOptions {
+    pub image: String,
+    /// Where the controller and the agents run.
+    pub namespace: String,
+    /// Where function Deployments go: the only namespace the controller may write to.
+    pub functions_namespace: String,
+    /// The IaC repository the controller follows (`CLOUD4IOT_REPO`), when known.
+    pub repo: Option<String>,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            image: default_image(),
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            functions_namespace: crate::render::DEFAULT_NAMESPACE.to_string(),
+            repo: None,
+        }
+    }
+}
+
+/// One object of the installation, typed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum InstallObject {
+    CustomResourceDefinition(Box<CustomResourceDefinition>),
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    ValidatingAdmissionPolicy(Box<ValidatingAdmissionPolicy>),
+    ValidatingAdmissionPolicyBinding(ValidatingAdmissionPolicyBinding),
+    Deployment(Box<Deployment>),
+    DaemonSet(Box<DaemonSet>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("install object {kind}: {source}")]
+pub struct InstallError {
+    pub kind: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Every object, in an order `kubectl apply` can create them in one pass: CRDs and
+/// namespaces before what lives in them, RBAC before the workloads that use it.
+pub fn objects(opts: &InstallOptions) -> Result<Vec<InstallObject>, InstallError> {
+    let mut out: Vec<InstallObject> =
+        crate::crd::all().into_iter().map(|c| InstallObject::CustomResourceDefinition(Box::new(c))).collect();
+    for literal in literals(opts) {
+        out.push(typed(literal)?);
+    }
+    Ok(out)
+}
+
+/// The objects other than the CRDs, as JSON literals.
+pub fn literals(opts: &InstallOptions) -> Vec<Value> {
+    let ns = opts.namespace.as_str();
+    let fns = opts.functions_namespace.as_str();
+    let part_of = json!({"app.kubernetes.io/part-of": "cloud4iot"});
+    let meta = |name: &str, namespace: Option<&str>| {
+        let mut m = json!({"name": name, "labels": part_of});
+        if let Some(namespace) = namespace {
+            m["namespace"] = json!(namespace);
+        }
+        m
+    };
+    let sa_subject = |name: &str| json!({"kind": "ServiceAccount", "name": name, "namespace": ns});
+    let gatewayreports = crate::model::GROUP;
+    // Containers run as an unprivileged user on a read-only root filesystem.
+    let restricted = json!({
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"}
+    });
+    let mut controller_env = vec![json!({"name": "CLOUD4IOT_LOG", "value": "info"})];
+    if let Some(repo) = &opts.repo {
+        controller_env.push(json!({"name": "CLOUD4IOT_REPO", "value": repo}));
+    }
+
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(ns, None)}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(fns, None)}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(CONTROLLER, Some(ns))}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(AGENT, Some(ns))}),
+        // Controller: reads nodes and reports cluster-wide ...
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": meta(CONTROLLER, None),
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [gatewayreports], "resources": ["gatewayreports"], "verbs": ["get", "list", "watch"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": meta(CONTROLLER, None),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROLLER},
+            "subjects": [sa_subject(CONTROLLER)]
+        }),
+        // ... and writes Deployments in the functions namespace only.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta(CONTROLLER, Some(fns)),
+            "rules": [
+                {"apiGroups": ["apps"], "resources": ["deployments"],
+                 "verbs": ["get", "list", "watch", "create", "patch", "delete"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta(CONTROLLER, Some(fns)),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
+            "subjects": [sa_subject(CONTROLLER)]
+        }),
+        // Agents: write GatewayReports. RBAC cannot say "only the one named after your
+        // node" (resourceNames is static), so the admission policy below does: it matches
+        // the node-name claim of the agent pod's bound service account token.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": meta(AGENT, None),
+            "rules": [
+                {"apiGroups": [gatewayreports], "resources": ["gatewayreports"],
+                 "verbs": ["get", "create", "patch", "update"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": meta(AGENT, None),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AGENT},
+            "subjects": [sa_subject(AGENT)]
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": meta(&format!("{AGENT}-own-report"), None),
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [gatewayreports], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["gatewayreports"]
+                }]},
+                "matchConditions": [{
+                    "name": "is-agent",
+                    "expression": format!("request.userInfo.username == 'system:serviceaccount:{ns}:{AGENT}'")
+                }],
+                "validations": [{
+                    "expression": format!(
+                        "'{NODE_NAME_CLAIM}' in request.userInfo.extra && \
+                         object.metadata.name in request.userInfo.extra['{NODE_NAME_CLAIM}']"
+                    ),
+                    "message": "a gateway agent may write only the GatewayReport named after its own node",
+                    "reason": "Forbidden"
+                }]
+            }
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": meta(&format!("{AGENT}-own-report"), None),
+            "spec": {"policyName": format!("{AGENT}-own-report"), "validationActions": ["Deny"]}
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": meta(CONTROLLER, Some(ns)),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": CONTROLLER}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": CONTROLLER, "app.kubernetes.io/part-of": "cloud4iot"}},
+                    "spec": {
+                        "serviceAccountName": CONTROLLER,
+                        "containers": [{
+                            "name": "controller",
+                            "image": opts.image,
+                            "args": ["run"],
+                            "env": controller_env,
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+                            "securityContext": restricted
+                        }]
+                    }
+                }
+            }
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": meta(AGENT, Some(ns)),
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": AGENT}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": AGENT, "app.kubernetes.io/part-of": "cloud4iot"}},
+                    "spec": {
+                        "serviceAccountName": AGENT,
+                        "nodeSelector": {labels::TIER: "gateway"},
+                        "tolerations": [{"key": labels::GATEWAY_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+                        // BLE: the host's Bluetooth adapter is reached through the host
+                        // network namespace (HCI sockets) and BlueZ on the system D-Bus.
+                        "hostNetwork": true,
+                        "dnsPolicy": "ClusterFirstWithHostNet",
+                        "containers": [{
+                            "name": "agent",
+                            "image": opts.image,
+                            "args": ["agent", "--node", "$(NODE_NAME)"],
+                            "env": [
+                                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                                {"name": "CLOUD4IOT_LOG", "value": "info"}
+                            ],
+                            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+                            },
+                            "volumeMounts": [{"name": "dbus", "mountPath": "/run/dbus", "readOnly": true}]
+                        }],
+                        "volumes": [{"name": "dbus", "hostPath": {"path": "/run/dbus", "type": "Directory"}}]
+                    }
+                }
+            }
+        }),
+    ]
+}
+
+/// The typed object for a literal, dispatched on its `kind`.
+pub fn typed(literal: Value) -> Result<InstallObject, InstallError> {
+    let kind = literal["kind"].as_str().unwrap_or_default().to_string();
+    let err = |source| InstallError { kind: kind.clone(), source };
+    fn de<T: DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+    Ok(match kind.as_str() {
+        "Namespace" => InstallObject::Namespace(de(literal).map_err(err)?),
+        "ServiceAccount" => InstallObject::ServiceAccount(de(literal).map_err(err)?),
+        "ClusterRole" => InstallObject::ClusterRole(de(literal).map_err(err)?),
+        "ClusterRoleBinding" => InstallObject::ClusterRoleBinding(de(literal).map_err(err)?),
+        "Role" => InstallObject::Role(de(literal).map_err(err)?),
+        "RoleBinding" => InstallObject::RoleBinding(de(literal).map_err(err)?),
+        "ValidatingAdmissionPolicy" => InstallObject::ValidatingAdmissionPolicy(de(literal).map_err(err)?),
+        "ValidatingAdmissionPolicyBinding" => {
+            InstallObject::ValidatingAdmissionPolicyBinding(de(literal).map_err(err)?)
+        }
+        "Deployment" => InstallObject::Deployment(de(literal).map_err(err)?),
+        "DaemonSet" => InstallObject::DaemonSet(de(literal).map_err(err)?),
+        "CustomResourceDefinition" => InstallObject::CustomResourceDefinition(de(literal).map_err(err)?),
+        _ => {
+            return Err(err(serde::de::Error::custom(format!("unknown kind {kind:?}"))));
+        }
+    })
+}

@@ -1,0 +1,178 @@
+//! The three faces of a [`DiffReport`]: `text` for a terminal, `markdown` for a pull
+//! request comment, `json` for programs. Placement changes come first in each: they are
+//! what a reviewer decides on; the object diffs are the evidence.
+
+use std::fmt::Write;
+
+use anstyle::{AnsiColor, Style};
+
+use crate::diff::{Action, DiffReport, ObjectChange, PlacementChange, PlacementChangeKind};
+
+/// Output formats of `cloud4iot diff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+impl DiffReport {
+    pub fn render(&self, format: DiffFormat, color: bool) -> String {
+        match format {
+            DiffFormat::Text => self.render_text(color),
+            DiffFormat::Markdown => self.render_markdown(),
+            DiffFormat::Json => self.render_json(),
+        }
+    }
+
+    /// Placement changes, then one unified diff per object; ANSI colours when `color`.
+    pub fn render_text(&self, color: bool) -> String {
+        let paint = |style: Style, s: &str| {
+            if color { format!("{}{s}{}", style.render(), style.render_reset()) } else { s.to_string() }
+        };
+        let bold = Style::new().bold();
+        let mut out = String::new();
+        if !self.has_changes() {
+            out.push_str("No changes.\n");
+            return out;
+        }
+        if !self.placement_changes.is_empty() {
+            let _ = writeln!(out, "{}", paint(bold, &format!("Placement changes ({}):", self.placement_changes.len())));
+            for c in &self.placement_changes {
+                let _ = writeln!(out, "  {}: {}", paint(bold, &c.instance), movement(c));
+                if let Some(r) = &c.reason_before {
+                    let _ = writeln!(out, "      before: {r}");
+                }
+                if let Some(r) = &c.reason_after {
+                    let _ = writeln!(out, "      after:  {r}");
+                }
+            }
+            out.push('\n');
+        }
+        if !self.object_changes.is_empty() {
+            let _ = writeln!(out, "{}", paint(bold, &format!("Object changes ({}):", summary(&self.object_changes))));
+            for c in &self.object_changes {
+                let _ = writeln!(out, "{}", paint(bold, &format!("{} {} {}", verb(c.action), c.kind, c.key())));
+                for line in c.diff.lines() {
+                    let style = if line.starts_with("+++") || line.starts_with("---") {
+                        bold
+                    } else if line.starts_with('+') {
+                        AnsiColor::Green.on_default()
+                    } else if line.starts_with('-') {
+                        AnsiColor::Red.on_default()
+                    } else if line.starts_with("@@") {
+                        AnsiColor::Cyan.on_default()
+                    } else {
+                        Style::new()
+                    };
+                    let _ = writeln!(out, "{}", paint(style, line));
+                }
+            }
+        }
+        out
+    }
+
+    /// A summary table of placement changes and one collapsible diff per object.
+    pub fn render_markdown(&self) -> String {
+        let mut out = String::from("### cloud4iot diff\n\n");
+        if !self.has_changes() {
+            out.push_str("No changes.\n");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "**{} placement change{}**, **{} object change{}** ({}).\n",
+            self.placement_changes.len(),
+            plural(self.placement_changes.len()),
+            self.object_changes.len(),
+            plural(self.object_changes.len()),
+            summary(&self.object_changes)
+        );
+        if !self.placement_changes.is_empty() {
+            out.push_str("| Instance | Change | From | To | Why |\n|---|---|---|---|---|\n");
+            for c in &self.placement_changes {
+                let from = c.from.as_ref().map_or("-".to_string(), |l| l.to_string());
+                let to = c.to.as_ref().map_or("-".to_string(), |l| l.to_string());
+                let why = c.reason_after.as_ref().or(c.reason_before.as_ref()).map_or("", String::as_str);
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | {} | {} | {} |",
+                    c.instance,
+                    kind_word(c.change),
+                    cell(&from),
+                    cell(&to),
+                    cell(why)
+                );
+            }
+            out.push('\n');
+        }
+        for c in &self.object_changes {
+            let fence = "`".repeat(longest_backtick_run(&c.diff).max(2) + 1);
+            let _ = write!(
+                out,
+                "<details><summary>{} {} <code>{}</code></summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n\n",
+                verb(c.action),
+                c.kind,
+                html_escape(&c.key()),
+                c.diff
+            );
+        }
+        out
+    }
+
+    /// `{"placementChanges": [...], "objectChanges": [...]}`, pretty-printed.
+    pub fn render_json(&self) -> String {
+        // Plain data of strings and enums: serialising cannot fail.
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+fn movement(c: &PlacementChange) -> String {
+    let loc = |l: &Option<crate::diff::Location>| l.as_ref().map_or("-".to_string(), |l| l.to_string());
+    match c.change {
+        PlacementChangeKind::Moved => format!("moved {} -> {}", loc(&c.from), loc(&c.to)),
+        PlacementChangeKind::Appeared => format!("appeared on {}", loc(&c.to)),
+        PlacementChangeKind::Disappeared => format!("disappeared from {}", loc(&c.from)),
+    }
+}
+
+fn kind_word(k: PlacementChangeKind) -> &'static str {
+    match k {
+        PlacementChangeKind::Moved => "moved",
+        PlacementChangeKind::Appeared => "appeared",
+        PlacementChangeKind::Disappeared => "disappeared",
+    }
+}
+
+fn verb(a: Action) -> &'static str {
+    match a {
+        Action::Create => "create",
+        Action::Update => "update",
+        Action::Delete => "delete",
+    }
+}
+
+/// `1 to create, 2 to update, 0 to delete`.
+fn summary(changes: &[ObjectChange]) -> String {
+    let n = |a| changes.iter().filter(|c| c.action == a).count();
+    format!("{} to create, {} to update, {} to delete", n(Action::Create), n(Action::Update), n(Action::Delete))
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// A markdown table cell: no pipes or line breaks.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn longest_backtick_run(s: &str) -> usize {
+    s.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}

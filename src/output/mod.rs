@@ -1,0 +1,3 @@
+//! Formatting of command results for people (text, markdown) and programs (json).
+
+pub mod diff;
