@@ -1,0 +1,411 @@
+//! The policy library (`policies/*.yaml`): each policy file, loaded as a user would copy
+//! it into a repository next to a function and a device class, planned against a small
+//! world built here. Each test shows the effect the policy's header comment promises.
+//!
+//! The world: two sites, `north` and `south`, each with an arm64 gateway (`gw-north`,
+//! `gw-south`) and an amd64 edge node (`edge-north`, `edge-south`), and `cloud-1` at site
+//! `cloud`. One tag (`AA:BB:CC:00:00:01`) is seen by `gw-south`.
+
+use std::path::Path;
+
+use cloud4iot::load::load_files;
+use cloud4iot::model::{
+    Arch, GatewayReport, GatewayReportSpec, Inventory, NodeInfo, Repo, ResourceQuantities,
+    Resources, SeenDevice, Tier,
+};
+use cloud4iot::plan::{self, Placement, Plan};
+use jiff::{SignedDuration, Timestamp};
+
+const TAG: &str = "AA:BB:CC:00:00:01";
+const GIB: i64 = 1 << 30;
+
+fn now() -> Timestamp {
+    "2026-11-28T10:00:00Z".parse().unwrap()
+}
+
+/// The text of `policies/<name>.yaml`, as shipped.
+fn policy_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies")
+        .join(format!("{name}.yaml"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const DEVICE_CLASS: &str = "\
+apiVersion: cloud4iot.io/v1alpha1
+kind: DeviceClass
+metadata:
+  name: tag
+spec:
+  match:
+    namePrefix: TAG-
+  minRssi: -90
+";
+
+/// A function `probe` (cpu 250m, memory 64Mi, images for arm64 and amd64) under `policy`,
+/// with `instances` given as YAML flow (`{perDevice: {deviceClass: tag}}`, `{replicas: 2}`).
+fn function(policy: &str, instances: &str) -> String {
+    format!(
+        "\
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata:
+  name: probe
+spec:
+  archImages:
+    arm64: registry.example.com/probe:1.0-arm64
+    amd64: registry.example.com/probe:1.0-amd64
+  resources: {{cpu: 250m, memory: 64Mi}}
+  instances: {instances}
+  policy: {policy}
+"
+    )
+}
+
+/// Loads the policy file (optionally edited, as a pull request would) with `probe` and the
+/// device class, through the same loader and checks as `cloud4iot validate`.
+fn repo_with(policy: &str, policy_text: &str, instances: &str) -> Repo {
+    let function = function(policy, instances);
+    let files = [
+        (
+            Path::new("policies").join(format!("{policy}.yaml")),
+            policy_text.to_string(),
+        ),
+        (Path::new("functions/probe.yaml").to_path_buf(), function),
+        (
+            Path::new("device-classes/tag.yaml").to_path_buf(),
+            DEVICE_CLASS.to_string(),
+        ),
+    ];
+    load_files(files.iter().map(|(p, t)| (p.as_path(), t.as_str())))
+        .unwrap_or_else(|diags| panic!("policies/{policy}.yaml does not load:\n{diags:?}"))
+}
+
+fn repo(policy: &str, instances: &str) -> Repo {
+    repo_with(policy, &policy_file(policy), instances)
+}
+
+const PER_DEVICE: &str = "{perDevice: {deviceClass: tag}}";
+
+fn node(name: &str, tier: Tier, site: &str, arch: Arch, cpu_millis: i64) -> NodeInfo {
+    NodeInfo {
+        name: name.to_string(),
+        tier,
+        site: Some(site.to_string()),
+        arch,
+        allocatable: Resources::new(cpu_millis, 2 * GIB),
+        gateway_taint: tier == Tier::Gateway,
+        schedulable: true,
+    }
+}
+
+/// What the world looks like: how much CPU other workloads use on each gateway, and how
+/// much CPU each edge node has.
+struct World {
+    north_gateway_used: &'static str,
+    south_gateway_used: &'static str,
+    edge_cpu_millis: i64,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World {
+            north_gateway_used: "200m",
+            south_gateway_used: "200m",
+            edge_cpu_millis: 4000,
+        }
+    }
+}
+
+const BUSY: &str = "3900m"; // of a gateway's 4000m: no room for a 250m instance
+
+impl World {
+    fn inventory(&self) -> Inventory {
+        let report = |gw: &str, used: &str, devices: Vec<SeenDevice>| {
+            GatewayReport::new(
+                gw,
+                GatewayReportSpec {
+                    heartbeat: Some(now()),
+                    devices,
+                    resources: Some(ResourceQuantities {
+                        cpu: Some(used.into()),
+                        memory: Some("128Mi".into()),
+                    }),
+                },
+            )
+        };
+        let tag = SeenDevice {
+            id: TAG.to_string(),
+            class: "tag".to_string(),
+            rssi: -60,
+            first_seen: now() - SignedDuration::from_mins(10),
+            last_seen: now() - SignedDuration::from_secs(2),
+        };
+        Inventory::new(
+            vec![
+                node("gw-north", Tier::Gateway, "north", Arch::Arm64, 4000),
+                node("gw-south", Tier::Gateway, "south", Arch::Arm64, 4000),
+                node(
+                    "edge-north",
+                    Tier::Edge,
+                    "north",
+                    Arch::Amd64,
+                    self.edge_cpu_millis,
+                ),
+                node(
+                    "edge-south",
+                    Tier::Edge,
+                    "south",
+                    Arch::Amd64,
+                    self.edge_cpu_millis,
+                ),
+                node("cloud-1", Tier::Cloud, "cloud", Arch::Amd64, 16000),
+            ],
+            vec![
+                report("gw-north", self.north_gateway_used, vec![]),
+                report("gw-south", self.south_gateway_used, vec![tag]),
+            ],
+            vec![],
+        )
+    }
+}
+
+/// The only instance of `probe` in `plan`.
+fn only(plan: &Plan) -> &Placement {
+    assert_eq!(plan.placements.len(), 1, "{plan:#?}");
+    &plan.placements[0]
+}
+
+#[test]
+fn every_library_policy_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cloud-only",
+            "keep-data-on-site",
+            "offload-under-pressure",
+            "roaming",
+            "test-normal-modes"
+        ],
+        "a new policy needs a test here"
+    );
+    for name in &names {
+        let repo = repo(name, PER_DEVICE);
+        assert!(
+            repo.policies.contains_key(name.as_str()),
+            "policies/{name}.yaml names its policy {name}"
+        );
+        let text = policy_file(name);
+        assert!(
+            text.starts_with(&format!("# {name}: ")),
+            "policies/{name}.yaml starts with a header comment"
+        );
+    }
+}
+
+#[test]
+fn roaming_runs_on_the_gateway_that_sees_the_device() {
+    let plan = plan::plan(
+        &repo("roaming", PER_DEVICE),
+        &World::default().inventory(),
+        now(),
+    );
+    let p = only(&plan);
+    assert_eq!(p.device.as_deref(), Some(TAG));
+    assert_eq!(
+        (p.tier, p.node.as_deref()),
+        (Some(Tier::Gateway), Some("gw-south")),
+        "{p:#?}"
+    );
+    assert_eq!(p.arch, Some(Arch::Arm64));
+    assert_eq!(
+        p.image.as_deref(),
+        Some("registry.example.com/probe:1.0-arm64")
+    );
+    assert!(p.reason.contains("gw-south"), "{}", p.reason);
+}
+
+#[test]
+fn roaming_falls_back_to_the_edge_of_the_device_site_never_the_cloud() {
+    let world = World {
+        south_gateway_used: BUSY,
+        ..World::default()
+    };
+    let plan = plan::plan(&repo("roaming", PER_DEVICE), &world.inventory(), now());
+    let p = only(&plan);
+    assert_eq!(
+        (p.tier, p.site.as_deref(), p.node.as_deref()),
+        (Some(Tier::Edge), Some("south"), None),
+        "{p:#?}"
+    );
+    assert_eq!(
+        p.image.as_deref(),
+        Some("registry.example.com/probe:1.0-amd64")
+    );
+    assert!(p.reason.contains("gw-south full"), "{}", p.reason);
+
+    // No room at the south edge either: unplaced, not the cloud and not edge-north.
+    let world = World {
+        south_gateway_used: BUSY,
+        edge_cpu_millis: 100,
+        ..World::default()
+    };
+    let plan = plan::plan(&repo("roaming", PER_DEVICE), &world.inventory(), now());
+    let p = only(&plan);
+    assert_eq!(p.tier, None, "{p:#?}");
+    assert!(p.reason.contains("unplaced"), "{}", p.reason);
+}
+
+#[test]
+fn offload_under_pressure_walks_gateway_edge_cloud() {
+    let repo = repo("offload-under-pressure", PER_DEVICE);
+    let at = |world: World| only(&plan::plan(&repo, &world.inventory(), now())).clone();
+
+    let p = at(World::default());
+    assert_eq!(
+        (p.tier, p.node.as_deref()),
+        (Some(Tier::Gateway), Some("gw-south")),
+        "{p:#?}"
+    );
+
+    let p = at(World {
+        south_gateway_used: BUSY,
+        ..World::default()
+    });
+    assert_eq!(p.tier, Some(Tier::Edge), "gateway full -> edge: {p:#?}");
+    assert_eq!(p.site, None, "dataLocality none pins no site");
+    assert!(p.reason.contains("gw-south full"), "{}", p.reason);
+
+    let p = at(World {
+        south_gateway_used: BUSY,
+        edge_cpu_millis: 100,
+        ..World::default()
+    });
+    assert_eq!(
+        p.tier,
+        Some(Tier::Cloud),
+        "gateway and edge full -> cloud: {p:#?}"
+    );
+    assert_eq!(
+        p.image.as_deref(),
+        Some("registry.example.com/probe:1.0-amd64")
+    );
+}
+
+#[test]
+fn offload_under_pressure_keeps_its_gateway_reserve() {
+    // 4000m - 3600m used = 400m free: enough for the 250m instance alone, not with the
+    // policy's 200m gateway reserve on top.
+    let world = World {
+        south_gateway_used: "3600m",
+        ..World::default()
+    };
+    let p = only(&plan::plan(
+        &repo("offload-under-pressure", PER_DEVICE),
+        &world.inventory(),
+        now(),
+    ))
+    .clone();
+    assert_eq!(p.tier, Some(Tier::Edge), "{p:#?}");
+}
+
+#[test]
+fn keep_data_on_site_never_leaves_the_device_site() {
+    let repo = repo("keep-data-on-site", PER_DEVICE);
+
+    let p = only(&plan::plan(&repo, &World::default().inventory(), now())).clone();
+    assert_eq!(
+        (p.tier, p.node.as_deref()),
+        (Some(Tier::Gateway), Some("gw-south")),
+        "{p:#?}"
+    );
+
+    let world = World {
+        south_gateway_used: BUSY,
+        ..World::default()
+    };
+    let p = only(&plan::plan(&repo, &world.inventory(), now())).clone();
+    assert_eq!(
+        (p.tier, p.site.as_deref()),
+        (Some(Tier::Edge), Some("south")),
+        "{p:#?}"
+    );
+
+    // The south site is out of room; edge-north, gw-north and cloud-1 (site cloud) all
+    // have plenty. The data stays put: unplaced, with the reason.
+    let world = World {
+        south_gateway_used: BUSY,
+        edge_cpu_millis: 100,
+        ..World::default()
+    };
+    let p = only(&plan::plan(&repo, &world.inventory(), now())).clone();
+    assert_eq!(p.tier, None, "{p:#?}");
+    assert!(p.reason.contains("site south"), "{}", p.reason);
+}
+
+#[test]
+fn cloud_only_never_touches_gateways_or_edge() {
+    for instances in [PER_DEVICE, "{replicas: 3}"] {
+        let plan = plan::plan(
+            &repo("cloud-only", instances),
+            &World::default().inventory(),
+            now(),
+        );
+        assert!(!plan.placements.is_empty());
+        for p in &plan.placements {
+            assert_eq!(
+                (p.tier, p.node.as_deref()),
+                (Some(Tier::Cloud), None),
+                "{p:#?}"
+            );
+            assert_eq!(p.arch, Some(Arch::Amd64));
+        }
+    }
+}
+
+#[test]
+fn test_normal_modes_flip_between_cloud_and_gateway() {
+    let text = policy_file("test-normal-modes");
+    let normal = repo_with("test-normal-modes", &text, "{replicas: 2}");
+    let plan_normal = plan::plan(&normal, &World::default().inventory(), now());
+    assert_eq!(plan_normal.placements.len(), 2);
+    for p in &plan_normal.placements {
+        assert_eq!(p.tier, Some(Tier::Cloud), "mode normal: {p:#?}");
+        assert!(p.reason.contains("mode normal"), "{}", p.reason);
+    }
+
+    // The pull request that starts a test phase.
+    assert!(text.contains("\n  mode: normal\n"));
+    let intensive_text = text.replace("\n  mode: normal\n", "\n  mode: intensive\n");
+    let intensive = repo_with("test-normal-modes", &intensive_text, "{replicas: 2}");
+    let plan_intensive = plan::plan(&intensive, &World::default().inventory(), now());
+    for p in &plan_intensive.placements {
+        assert_eq!(p.tier, Some(Tier::Gateway), "mode intensive: {p:#?}");
+        assert!(
+            matches!(p.node.as_deref(), Some("gw-north" | "gw-south")),
+            "{p:#?}"
+        );
+        assert_eq!(
+            p.image.as_deref(),
+            Some("registry.example.com/probe:1.0-arm64")
+        );
+    }
+
+    // Intensive, but both gateways busy: the edge.
+    let world = World {
+        north_gateway_used: BUSY,
+        south_gateway_used: BUSY,
+        ..World::default()
+    };
+    for p in &plan::plan(&intensive, &world.inventory(), now()).placements {
+        assert_eq!(p.tier, Some(Tier::Edge), "{p:#?}");
+    }
+}
