@@ -16,4 +16,5 @@ pub mod plan;
 pub mod render;
 pub mod schema;
 pub mod source;
+pub mod state;
 pub mod validate;

@@ -868,10 +868,10 @@ impl Planner {
         let mut parts = Vec::new();
         if res.cpu_millis > avail.cpu_millis {
             parts.push(format!(
-                "cpu {} of {}, needs {}",
-                format_cpu(alloc.cpu_millis - avail.cpu_millis),
-                format_cpu(alloc.cpu_millis),
-                format_cpu(res.cpu_millis)
+                "cpu {}m of {}m, needs {}m",
+                alloc.cpu_millis - avail.cpu_millis,
+                alloc.cpu_millis,
+                res.cpu_millis
             ));
         }
         if res.memory_bytes > avail.memory_bytes {

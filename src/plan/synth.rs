@@ -1,1 +1,443 @@
-//! Synthetic worlds for benchmarks and property tests (filled in below).
+//! Synthetic worlds for the planner benchmark and property tests: seeded, so the same
+//! config always gives the same repository and inventory.
+//!
+//! Gateways (arm64, a few arm) are spread over sites, each site has edge nodes (amd64),
+//! and a few cloud nodes sit at a `central` site. Devices belong to device classes and
+//! are seen by one to three gateways of their site. Functions are a mix of per-device
+//! functions (one per class up to `per_device_functions`) and replicated functions, under
+//! a handful of policies covering tiers, modes, locality, priority and reserves.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::model::{
+    Arch, DataLocality, DeviceClassSpec, DeviceMatch, Duration, FunctionSpec, GatewayReport,
+    GatewayReportSpec, Instances, Inventory, Metadata, Mode, NodeInfo, Object, PerDevice,
+    PlacementPolicy, PlacementPolicySpec, Presence, Repo, ResourceQuantities, Resources,
+    SeenDevice, Tier,
+};
+
+/// Size and seed of a synthetic world.
+#[derive(Clone, Debug)]
+pub struct SynthConfig {
+    pub seed: u64,
+    pub sites: usize,
+    pub gateways: usize,
+    pub edges_per_site: usize,
+    pub clouds: usize,
+    pub devices: usize,
+    pub classes: usize,
+    pub functions: usize,
+    /// How many of `functions` are per-device (the rest are replicated).
+    pub per_device_functions: usize,
+}
+
+impl SynthConfig {
+    /// The benchmark's scale: 10,000 gateways over 100 sites, 100,000 devices in 20
+    /// classes, 1,000 functions of which 20 per-device (one per class: 100,000
+    /// per-device instances) and 980 replicated.
+    pub fn large() -> Self {
+        SynthConfig {
+            seed: 42,
+            sites: 100,
+            gateways: 10_000,
+            edges_per_site: 2,
+            clouds: 20,
+            devices: 100_000,
+            classes: 20,
+            functions: 1_000,
+            per_device_functions: 20,
+        }
+    }
+
+    /// A world small enough for property tests, still with contention.
+    pub fn small(seed: u64) -> Self {
+        let mut r = XorShift::new(seed);
+        SynthConfig {
+            seed,
+            sites: 1 + r.below(3),
+            gateways: 2 + r.below(6),
+            edges_per_site: r.below(2),
+            clouds: r.below(2),
+            devices: r.below(25),
+            classes: 1 + r.below(3),
+            functions: 1 + r.below(6),
+            per_device_functions: r.below(4),
+        }
+    }
+}
+
+/// xorshift64*: tiny, seeded, good enough to scatter a synthetic world.
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (n > 0), or 0 when n is 0.
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
+    }
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1) as usize) as i64
+    }
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// The clock of every synthetic world.
+pub fn now() -> Timestamp {
+    Timestamp::from_second(1_795_860_000).expect("valid timestamp")
+}
+
+/// A synthetic device id (a BLE address) for device number `i`.
+pub fn device_id(i: usize) -> String {
+    let b = (i as u64).to_be_bytes();
+    format!(
+        "C0:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+        b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+fn obj<S>(kind: &str, name: String, spec: S) -> Object<S> {
+    Object {
+        api_version: crate::model::API_VERSION.into(),
+        kind: kind.into(),
+        metadata: Metadata {
+            name,
+            ..Default::default()
+        },
+        spec,
+    }
+}
+
+fn quantities(cpu_m: i64, mem_mi: i64) -> ResourceQuantities {
+    ResourceQuantities {
+        cpu: Some(format!("{cpu_m}m")),
+        memory: Some(format!("{mem_mi}Mi")),
+    }
+}
+
+fn policies() -> Vec<PlacementPolicy> {
+    let p = |name: &str,
+             tiers: &[Tier],
+             locality,
+             priority,
+             reserve: Option<ResourceQuantities>,
+             min_rssi| {
+        obj(
+            "PlacementPolicy",
+            name.to_string(),
+            PlacementPolicySpec {
+                tiers: tiers.to_vec(),
+                follow_device: true,
+                data_locality: locality,
+                presence: Presence {
+                    min_rssi,
+                    dwell: Duration::from_secs(5),
+                    loss_grace: Duration::from_secs(30),
+                },
+                gateway_reserve: reserve,
+                priority,
+                modes: BTreeMap::new(),
+                mode: None,
+            },
+        )
+    };
+    use Tier::*;
+    let mut modes = p("test-normal", &[], DataLocality::None, 0, None, None);
+    modes.spec.modes.insert(
+        "normal".into(),
+        Mode {
+            tiers: vec![Cloud, Gateway],
+        },
+    );
+    modes.spec.modes.insert(
+        "intensive".into(),
+        Mode {
+            tiers: vec![Gateway],
+        },
+    );
+    modes.spec.mode = Some("normal".into());
+    vec![
+        p(
+            "roaming",
+            &[Gateway, Edge, Cloud],
+            DataLocality::None,
+            0,
+            None,
+            None,
+        ),
+        p(
+            "roaming-site",
+            &[Gateway, Edge, Cloud],
+            DataLocality::Site,
+            10,
+            Some(quantities(100, 64)),
+            Some(-85),
+        ),
+        p(
+            "gateway-only",
+            &[Gateway],
+            DataLocality::Gateway,
+            20,
+            None,
+            None,
+        ),
+        p(
+            "edge-first",
+            &[Edge, Cloud],
+            DataLocality::Site,
+            5,
+            None,
+            None,
+        ),
+        p("cloud-only", &[Cloud], DataLocality::None, 0, None, None),
+        p(
+            "offload",
+            &[Gateway, Cloud],
+            DataLocality::None,
+            -5,
+            Some(quantities(50, 32)),
+            None,
+        ),
+        modes,
+    ]
+}
+
+/// Builds the repository and inventory of `cfg`; the clock is [`now`].
+pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
+    let mut r = XorShift::new(cfg.seed);
+    let site = |s: usize| format!("site-{s:03}");
+    let mut repo = Repo::default();
+    for c in 0..cfg.classes {
+        let name = format!("class-{c:02}");
+        let spec = DeviceClassSpec {
+            matcher: DeviceMatch {
+                name_prefix: Some(format!("DEV{c}-")),
+                ..Default::default()
+            },
+            min_rssi: (c % 2 == 0).then_some(-90),
+        };
+        repo.device_classes.insert(
+            name.clone(),
+            obj::<DeviceClassSpec>("DeviceClass", name, spec),
+        );
+    }
+    let pols = policies();
+    let per_device_policies = [
+        "roaming",
+        "roaming-site",
+        "gateway-only",
+        "edge-first",
+        "offload",
+    ];
+    let replica_policies = [
+        "roaming",
+        "cloud-only",
+        "offload",
+        "test-normal",
+        "gateway-only",
+    ];
+    for p in pols {
+        repo.policies.insert(p.name().to_string(), p);
+    }
+    for f in 0..cfg.functions {
+        let per_device = f < cfg.per_device_functions && cfg.classes > 0;
+        let (instances, policy) = if per_device {
+            let class = format!("class-{:02}", f % cfg.classes);
+            (
+                Instances {
+                    per_device: Some(PerDevice {
+                        device_class: class,
+                    }),
+                    replicas: None,
+                },
+                per_device_policies[r.below(per_device_policies.len())],
+            )
+        } else {
+            (
+                Instances {
+                    per_device: None,
+                    replicas: Some(1 + r.below(3) as u32),
+                },
+                replica_policies[r.below(replica_policies.len())],
+            )
+        };
+        let (image, arch_images) = match r.below(4) {
+            0 | 1 => (Some(format!("example.org/f{f}:1")), BTreeMap::new()),
+            2 => (
+                None,
+                BTreeMap::from([
+                    (Arch::Arm64, format!("example.org/f{f}:1-arm64")),
+                    (Arch::Amd64, format!("example.org/f{f}:1-amd64")),
+                ]),
+            ),
+            _ => (
+                None,
+                BTreeMap::from([(Arch::Amd64, format!("example.org/f{f}:1-amd64"))]),
+            ),
+        };
+        let name = format!("fn-{f:04}");
+        let spec = FunctionSpec {
+            image,
+            arch_images,
+            resources: quantities(r.range(20, 200), r.range(16, 128)),
+            instances,
+            policy: policy.to_string(),
+            env: Vec::new(),
+            ports: Vec::new(),
+        };
+        repo.functions
+            .insert(name.clone(), obj::<FunctionSpec>("Function", name, spec));
+    }
+
+    let mut nodes = Vec::new();
+    let node =
+        |name: String, tier, site: Option<String>, arch, cpu: i64, mem_mi: i64, schedulable| {
+            NodeInfo {
+                name,
+                tier,
+                site,
+                arch,
+                allocatable: Resources::new(cpu, mem_mi << 20),
+                gateway_taint: tier == Tier::Gateway,
+                schedulable,
+            }
+        };
+    let sites = cfg.sites.max(1);
+    let mut gateways_of_site: Vec<Vec<usize>> = vec![Vec::new(); sites];
+    for g in 0..cfg.gateways {
+        let s = g % sites;
+        gateways_of_site[s].push(g);
+        let arch = if g % 10 == 9 { Arch::Arm } else { Arch::Arm64 };
+        let ready = r.below(50) != 0;
+        nodes.push(node(
+            gateway_name(g, sites),
+            Tier::Gateway,
+            Some(site(s)),
+            arch,
+            r.range(1, 4) * 1000,
+            r.range(1, 4) * 1024,
+            ready,
+        ));
+    }
+    for s in 0..cfg.sites {
+        for e in 0..cfg.edges_per_site {
+            nodes.push(node(
+                format!("edge-{}-{e}", site(s)),
+                Tier::Edge,
+                Some(site(s)),
+                Arch::Amd64,
+                8000,
+                16384,
+                true,
+            ));
+        }
+    }
+    for c in 0..cfg.clouds {
+        nodes.push(node(
+            format!("cloud-{c:02}"),
+            Tier::Cloud,
+            Some("central".into()),
+            Arch::Amd64,
+            32000,
+            131072,
+            true,
+        ));
+    }
+
+    let now = now();
+    let ago = |secs: i64| {
+        now.checked_sub(SignedDuration::from_secs(secs))
+            .expect("in range")
+    };
+    let mut seen: Vec<Vec<SeenDevice>> = vec![Vec::new(); cfg.gateways];
+    for d in 0..cfg.devices {
+        if cfg.gateways == 0 || cfg.classes == 0 {
+            break;
+        }
+        let s = r.below(sites);
+        let at = &gateways_of_site[s];
+        if at.is_empty() {
+            continue;
+        }
+        let class = format!("class-{:02}", d % cfg.classes);
+        for _ in 0..1 + r.below(3) {
+            let g = at[r.below(at.len())];
+            seen[g].push(SeenDevice {
+                id: device_id(d),
+                class: class.clone(),
+                rssi: r.range(-95, -40) as i32,
+                first_seen: ago(r.range(0, 3600)),
+                last_seen: ago(r.range(0, 60)),
+            });
+        }
+    }
+    let reports = seen
+        .into_iter()
+        .enumerate()
+        .map(|(g, devices)| {
+            let spec = GatewayReportSpec {
+                heartbeat: Some(now),
+                devices,
+                resources: Some(quantities(r.range(0, 500), r.range(0, 256))),
+            };
+            GatewayReport::new(&gateway_name(g, sites), spec)
+        })
+        .collect();
+    (repo, Inventory::new(nodes, reports, Vec::new()))
+}
+
+/// Name of gateway number `g`: `gw-site-007-0042`.
+pub fn gateway_name(g: usize, sites: usize) -> String {
+    format!("gw-site-{:03}-{:04}", g % sites.max(1), g / sites.max(1))
+}
+
+/// The report of gateway `gw` after device `device` moved there from wherever it was:
+/// it is now seen strongly, for longer than any dwell.
+pub fn with_device(
+    report: &GatewayReport,
+    device: &str,
+    class: &str,
+    now: Timestamp,
+) -> GatewayReport {
+    let mut r = report.clone();
+    r.spec.devices.retain(|d| d.id != device);
+    r.spec.devices.push(SeenDevice {
+        id: device.to_string(),
+        class: class.to_string(),
+        rssi: -41,
+        first_seen: now
+            .checked_sub(SignedDuration::from_secs(60))
+            .expect("in range"),
+        last_seen: now,
+    });
+    r
+}
+
+/// The report of a gateway that no longer sees `device`.
+pub fn without_device(report: &GatewayReport, device: &str) -> GatewayReport {
+    let mut r = report.clone();
+    r.spec.devices.retain(|d| d.id != device);
+    r
+}

@@ -1,1 +1,519 @@
+//! One fixture per placement rule: a repository and a snapshot in YAML, the plan asserted.
 
+use std::path::Path;
+
+use super::*;
+use crate::model::{Inventory, Repo, Tier};
+
+pub(crate) const NOW: &str = "2026-11-28T10:00:00Z";
+pub(crate) const BRACELET: &str = "C4:7C:8D:6A:12:34";
+
+/// Parses repository YAML (Function, PlacementPolicy, DeviceClass documents).
+pub(crate) fn repo(yaml: &str) -> Repo {
+    let mut repo = Repo::default();
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        match v["kind"].as_str().unwrap() {
+            "Function" => drop(
+                repo.functions
+                    .insert(name, serde_json::from_value(v).unwrap()),
+            ),
+            "PlacementPolicy" => drop(
+                repo.policies
+                    .insert(name, serde_json::from_value(v).unwrap()),
+            ),
+            "DeviceClass" => drop(
+                repo.device_classes
+                    .insert(name, serde_json::from_value(v).unwrap()),
+            ),
+            k => panic!("unexpected kind {k}"),
+        }
+    }
+    repo
+}
+
+pub(crate) fn node(name: &str, tier: &str, site: &str, arch: &str, cpu: &str, mem: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{cloud4iot.io/tier: {tier}, \
+         cloud4iot.io/site: {site}, kubernetes.io/arch: {arch}}}\nstatus:\n  allocatable: {{cpu: \"{cpu}\", \
+         memory: {mem}}}\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+    )
+}
+
+/// A report; devices are (id, rssi, seconds since first seen, seconds since last seen).
+pub(crate) fn report(gw: &str, cpu_used: &str, devices: &[(&str, i32, i64, i64)]) -> String {
+    let now: jiff::Timestamp = NOW.parse().unwrap();
+    let ago = |s: i64| now.checked_sub(jiff::SignedDuration::from_secs(s)).unwrap();
+    let mut out = format!(
+        "apiVersion: cloud4iot.io/v1alpha1\nkind: GatewayReport\nmetadata:\n  name: {gw}\nspec:\n  \
+         heartbeat: \"{NOW}\"\n  resources: {{cpu: \"{cpu_used}\", memory: \"0\"}}\n  devices:{}\n",
+        if devices.is_empty() { " []" } else { "" }
+    );
+    for (id, rssi, first, last) in devices {
+        out += &format!(
+            "  - {{id: \"{id}\", class: omh-bracelet, rssi: {rssi}, firstSeen: \"{}\", lastSeen: \"{}\"}}\n",
+            ago(*first),
+            ago(*last)
+        );
+    }
+    out
+}
+
+/// A live Deployment as render writes it, enough for `current_placements`.
+pub(crate) fn running(function: &str, instance: &str, tier: &str, node: Option<&str>) -> String {
+    let node_label = node
+        .map(|n| format!(", cloud4iot.io/node: {n}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {instance}\n  namespace: cloud4iot-functions\n  \
+         labels: {{app.kubernetes.io/managed-by: cloud4iot, cloud4iot.io/function: {function}, \
+         cloud4iot.io/instance: {instance}, cloud4iot.io/tier: {tier}{node_label}}}\nspec:\n  selector: {{}}\n  \
+         template: {{spec: {{containers: [{{name: function, image: x}}]}}}}\n"
+    )
+}
+
+pub(crate) fn inventory(docs: &[String]) -> Inventory {
+    crate::state::parse_snapshot(&docs.join("---\n"), Path::new("snapshot.yaml")).unwrap()
+}
+
+pub(crate) fn now() -> jiff::Timestamp {
+    NOW.parse().unwrap()
+}
+
+pub(crate) const OMH: &str = r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: DeviceClass
+metadata: {name: omh-bracelet}
+spec:
+  match: {namePrefix: OMH-}
+  minRssi: -80
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {name: ehealth-roaming}
+spec:
+  tiers: [gateway, edge, cloud]
+  dataLocality: site
+  presence: {dwell: 5s, lossGrace: 30s}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: omh-consolidator}
+spec:
+  archImages: {arm64: "example.org/omh:1.0-arm64", amd64: "example.org/omh:1.0-amd64"}
+  resources: {cpu: 100m, memory: 64Mi}
+  instances: {perDevice: {deviceClass: omh-bracelet}}
+  policy: ehealth-roaming
+"#;
+
+fn world(extra: &[String]) -> Vec<String> {
+    let mut docs = vec![
+        node("gw-home-1", "gateway", "home", "arm64", "1", "1Gi"),
+        node("gw-hospital-1", "gateway", "hospital", "arm64", "1", "1Gi"),
+        node("edge-home-1", "edge", "home", "amd64", "4", "8Gi"),
+        node("edge-hospital-1", "edge", "hospital", "amd64", "4", "8Gi"),
+        node("cloud-1", "cloud", "central", "amd64", "16", "64Gi"),
+    ];
+    docs.extend(extra.iter().cloned());
+    docs
+}
+
+const INSTANCE: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
+
+fn only(plan: &Plan) -> &Placement {
+    assert_eq!(plan.placements.len(), 1, "{plan:#?}");
+    &plan.placements[0]
+}
+
+#[test]
+fn present_device_gets_an_instance_on_its_gateway_with_the_arch_image() {
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 3600, 2)],
+    )]));
+    let plan = plan(&repo(OMH), &inv, now());
+    let p = only(&plan);
+    assert_eq!(p.instance, INSTANCE);
+    assert_eq!(p.device.as_deref(), Some(BRACELET));
+    assert_eq!(
+        (p.tier, p.node.as_deref()),
+        (Some(Tier::Gateway), Some("gw-home-1"))
+    );
+    assert_eq!(p.image.as_deref(), Some("example.org/omh:1.0-arm64"));
+    assert_eq!(p.arch, Some(crate::model::Arch::Arm64));
+    assert_eq!(p.reason, "gw-home-1 sees the device at -55 dBm for 1h");
+}
+
+#[test]
+fn below_min_rssi_is_not_present_and_the_policy_threshold_wins_over_the_class() {
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -85, 3600, 2)],
+    )]));
+    assert!(
+        plan(&repo(OMH), &inv, now()).placements.is_empty(),
+        "-85 < class minRssi -80"
+    );
+    let lenient = OMH.replace(
+        "presence: {dwell: 5s, lossGrace: 30s}",
+        "presence: {minRssi: -90}",
+    );
+    assert_eq!(
+        only(&plan(&repo(&lenient), &inv, now())).node.as_deref(),
+        Some("gw-home-1")
+    );
+}
+
+#[test]
+fn loss_grace_keeps_a_device_present_then_removes_it() {
+    let within = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 3600, 30)],
+    )]));
+    assert_eq!(
+        only(&plan(&repo(OMH), &within, now())).node.as_deref(),
+        Some("gw-home-1")
+    );
+    let gone = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 3600, 31)],
+    )]));
+    assert!(
+        plan(&repo(OMH), &gone, now()).placements.is_empty(),
+        "lost for more than lossGrace 30s"
+    );
+}
+
+#[test]
+fn new_instance_goes_to_the_strongest_gateway_ties_by_name() {
+    let inv = inventory(&world(&[
+        report("gw-home-1", "0", &[(BRACELET, -70, 60, 1)]),
+        report("gw-hospital-1", "0", &[(BRACELET, -60, 1, 1)]),
+    ]));
+    let p = plan(&repo(OMH), &inv, now());
+    assert_eq!(only(&p).node.as_deref(), Some("gw-hospital-1"));
+    assert_eq!(
+        only(&p).reason,
+        "gw-hospital-1 sees the device at -60 dBm for 1s (strongest of 2)"
+    );
+    let tie = inventory(&world(&[
+        report("gw-hospital-1", "0", &[(BRACELET, -60, 60, 1)]),
+        report("gw-home-1", "0", &[(BRACELET, -60, 60, 1)]),
+    ]));
+    assert_eq!(
+        only(&plan(&repo(OMH), &tie, now())).node.as_deref(),
+        Some("gw-home-1")
+    );
+}
+
+#[test]
+fn running_instance_moves_after_dwell_once_the_old_gateway_lost_the_device() {
+    let live = running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1"));
+    let moved = inventory(&world(&[
+        report("gw-home-1", "0", &[(BRACELET, -60, 3600, 45)]),
+        report("gw-hospital-1", "0", &[(BRACELET, -61, 12, 1)]),
+        live.clone(),
+    ]));
+    let p = plan(&repo(OMH), &moved, now());
+    assert_eq!(only(&p).node.as_deref(), Some("gw-hospital-1"));
+    assert_eq!(
+        only(&p).reason,
+        "gw-hospital-1 sees the device at -61 dBm for 12s >= dwell 5s; gw-home-1 no longer does"
+    );
+    // Heard only weakly at home, and the hospital has not seen it for the dwell yet: stay.
+    let waiting = inventory(&world(&[
+        report("gw-home-1", "0", &[(BRACELET, -85, 3600, 1)]),
+        report("gw-hospital-1", "0", &[(BRACELET, -61, 2, 1)]),
+        live,
+    ]));
+    let p = plan(&repo(OMH), &waiting, now());
+    assert_eq!(only(&p).node.as_deref(), Some("gw-home-1"));
+    assert_eq!(
+        only(&p).reason,
+        "gw-hospital-1 has seen the device for 2s < dwell 5s: stays on gw-home-1"
+    );
+}
+
+#[test]
+fn no_flapping_while_the_old_gateway_still_has_the_device() {
+    let inv = inventory(&world(&[
+        report("gw-home-1", "0", &[(BRACELET, -75, 3600, 1)]),
+        report("gw-hospital-1", "0", &[(BRACELET, -40, 600, 1)]),
+        running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1")),
+    ]));
+    let p = plan(&repo(OMH), &inv, now());
+    assert_eq!(
+        only(&p).node.as_deref(),
+        Some("gw-home-1"),
+        "a stronger signal elsewhere is not a reason to move"
+    );
+    assert_eq!(
+        only(&p).reason,
+        "gw-home-1 still sees the device at -75 dBm: stays while present"
+    );
+}
+
+#[test]
+fn full_gateway_offloads_to_edge_at_the_device_site() {
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "950m",
+        &[(BRACELET, -55, 60, 1)],
+    )]));
+    let p = plan(&repo(OMH), &inv, now());
+    let p = only(&p);
+    assert_eq!(
+        (p.tier, p.node.as_deref(), p.site.as_deref()),
+        (Some(Tier::Edge), None, Some("home"))
+    );
+    assert_eq!(p.image.as_deref(), Some("example.org/omh:1.0-amd64"));
+    assert_eq!(
+        p.reason,
+        "gw-home-1 full (cpu 950m of 1000m, needs 100m): offloaded to edge at site home"
+    );
+}
+
+#[test]
+fn site_locality_never_leaves_the_site_and_says_so_when_unplaced() {
+    let docs = vec![
+        node("gw-home-1", "gateway", "home", "arm64", "1", "1Gi"),
+        node("edge-hospital-1", "edge", "hospital", "amd64", "4", "8Gi"),
+        node("cloud-1", "cloud", "central", "amd64", "16", "64Gi"),
+        report("gw-home-1", "950m", &[(BRACELET, -55, 60, 1)]),
+    ];
+    let p = plan(&repo(OMH), &inventory(&docs), now());
+    let p = only(&p);
+    assert_eq!(p.tier, None);
+    assert_eq!(
+        p.reason,
+        "gw-home-1 full (cpu 950m of 1000m, needs 100m) and no edge at site home and no cloud at site home: unplaced"
+    );
+    // Without locality the same world offloads to the edge of another site.
+    let anywhere = OMH.replace("dataLocality: site", "dataLocality: none");
+    let p = plan(&repo(&anywhere), &inventory(&docs), now());
+    assert_eq!(
+        (only(&p).tier, only(&p).site.as_deref()),
+        (Some(Tier::Edge), None)
+    );
+}
+
+#[test]
+fn gateway_locality_never_goes_beyond_the_gateway() {
+    let strict = OMH.replace("dataLocality: site", "dataLocality: gateway");
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "950m",
+        &[(BRACELET, -55, 60, 1)],
+    )]));
+    let p = plan(&repo(&strict), &inv, now());
+    assert_eq!(only(&p).tier, None);
+    assert_eq!(
+        only(&p).reason,
+        "gw-home-1 full (cpu 950m of 1000m, needs 100m) and dataLocality: gateway rules out edge and cloud: unplaced"
+    );
+}
+
+fn two_functions(prio_a: i32, prio_b: i32) -> String {
+    format!(
+        r#"{OMH}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {{name: a}}
+spec: {{tiers: [gateway, cloud], priority: {prio_a}}}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {{name: b}}
+spec: {{tiers: [gateway, cloud], priority: {prio_b}}}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {{name: fa}}
+spec:
+  image: example.org/fa:1
+  resources: {{cpu: 600m}}
+  instances: {{perDevice: {{deviceClass: omh-bracelet}}}}
+  policy: a
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {{name: fb}}
+spec:
+  image: example.org/fb:1
+  resources: {{cpu: 600m}}
+  instances: {{perDevice: {{deviceClass: omh-bracelet}}}}
+  policy: b
+"#
+    )
+}
+
+#[test]
+fn higher_priority_takes_gateway_room_first() {
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 60, 1)],
+    )]));
+    let mut r = repo(&two_functions(1, 10));
+    r.functions.remove("omh-consolidator");
+    let p = plan(&r, &inv, now());
+    let fa = p.get("fa", "fa-c4-7c-8d-6a-12-34").unwrap();
+    let fb = p.get("fb", "fb-c4-7c-8d-6a-12-34").unwrap();
+    assert_eq!((fb.tier, fa.tier), (Some(Tier::Gateway), Some(Tier::Cloud)));
+    assert_eq!(
+        fa.reason,
+        "gw-home-1 full (cpu 600m of 1000m, needs 600m): offloaded to cloud"
+    );
+}
+
+#[test]
+fn running_placements_keep_their_room_before_new_ones() {
+    let inv = inventory(&world(&[
+        report("gw-home-1", "0", &[(BRACELET, -55, 60, 1)]),
+        running("fa", "fa-c4-7c-8d-6a-12-34", "gateway", Some("gw-home-1")),
+    ]));
+    let mut r = repo(&two_functions(1, 10));
+    r.functions.remove("omh-consolidator");
+    let p = plan(&r, &inv, now());
+    assert_eq!(
+        p.get("fa", "fa-c4-7c-8d-6a-12-34").unwrap().tier,
+        Some(Tier::Gateway),
+        "already runs there"
+    );
+    assert_eq!(
+        p.get("fb", "fb-c4-7c-8d-6a-12-34").unwrap().tier,
+        Some(Tier::Cloud)
+    );
+}
+
+#[test]
+fn no_image_for_the_gateway_arch_offloads_and_no_image_at_all_is_unplaced() {
+    let amd_only = OMH.replace(
+        "archImages: {arm64: \"example.org/omh:1.0-arm64\", amd64: \"example.org/omh:1.0-amd64\"}",
+        "archImages: {amd64: \"example.org/omh:1.0-amd64\"}",
+    );
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 60, 1)],
+    )]));
+    let p = plan(&repo(&amd_only), &inv, now());
+    assert_eq!(only(&p).tier, Some(Tier::Edge));
+    assert_eq!(
+        only(&p).reason,
+        "no image for gw-home-1's arch arm64: offloaded to edge at site home"
+    );
+    let riscv_only = amd_only.replace("amd64: \"example.org/omh:1.0-amd64\"", "riscv64: x");
+    let p = plan(&repo(&riscv_only), &inv, now());
+    assert_eq!(only(&p).tier, None);
+    assert_eq!(
+        only(&p).reason,
+        "no image for gw-home-1's arch arm64 and no edge at site home has an arch omh-consolidator has an image \
+         for and no cloud at site home: unplaced"
+    );
+}
+
+const ENGINE: &str = r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {name: engine-monitoring}
+spec:
+  modes:
+    normal: {tiers: [cloud, gateway]}
+    intensive: {tiers: [gateway]}
+  mode: normal
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: engine-diagnostic}
+spec:
+  image: example.org/engine-diagnostic:2
+  resources: {cpu: 300m, memory: 128Mi}
+  instances: {replicas: 3}
+  policy: engine-monitoring
+"#;
+
+#[test]
+fn replicas_follow_the_mode_and_spread_over_gateways_by_room() {
+    let inv = inventory(&world(&[report("gw-home-1", "100m", &[])]));
+    let p = plan(&repo(ENGINE), &inv, now());
+    assert_eq!(p.placements.len(), 3);
+    for r in &p.placements {
+        assert_eq!(
+            (r.tier, r.device.as_deref(), r.node.as_deref()),
+            (Some(Tier::Cloud), None, None)
+        );
+        assert_eq!(
+            r.reason,
+            "policy engine-monitoring (mode normal) prefers cloud"
+        );
+    }
+    let intensive = repo(&ENGINE.replace("mode: normal", "mode: intensive"));
+    let p = plan(&intensive, &inv, now());
+    let nodes: Vec<_> = p
+        .placements
+        .iter()
+        .map(|r| r.node.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        nodes,
+        ["gw-hospital-1", "gw-home-1", "gw-hospital-1"],
+        "most room first, ties by name"
+    );
+    assert_eq!(
+        p.placements[0].reason,
+        "gw-hospital-1 has the most room (cpu 1, memory 1Gi free)"
+    );
+}
+
+#[test]
+fn a_replica_that_cannot_fit_anywhere_is_unplaced_with_its_reason() {
+    let big = ENGINE
+        .replace("mode: normal", "mode: intensive")
+        .replace("cpu: 300m", "cpu: \"2\"");
+    let inv = inventory(&world(&[]));
+    let p = plan(&repo(&big), &inv, now());
+    assert!(p.placements.iter().all(|r| r.tier.is_none()));
+    assert_eq!(
+        p.placements[0].reason,
+        "no gateway has room (needs cpu 2, memory 128Mi): unplaced"
+    );
+}
+
+#[test]
+fn update_report_moves_one_device_like_a_full_plan_does() {
+    let r = repo(OMH);
+    let home = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 3600, 1)],
+    )]));
+    let mut planner = Planner::new(&r, &home, now());
+    assert_eq!(only(&planner.plan()).node.as_deref(), Some("gw-home-1"));
+    let later = now()
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    // The home gateway lost the bracelet (empty report), the hospital has seen it for 12s.
+    let hospital_doc = report("gw-hospital-1", "0", &[(BRACELET, -61, 12 - 60, -60)]);
+    let hospital: crate::model::GatewayReport = serde_norway::from_str(&hospital_doc).unwrap();
+    let empty: crate::model::GatewayReport =
+        serde_norway::from_str(&report("gw-home-1", "0", &[])).unwrap();
+    let delta = planner.update_report(empty, later);
+    assert_eq!(
+        delta.removed,
+        vec![("omh-consolidator".to_string(), INSTANCE.to_string())]
+    );
+    let delta = planner.update_report(hospital.clone(), later);
+    assert_eq!(delta.upserted.len(), 1);
+    assert_eq!(delta.upserted[0].node.as_deref(), Some("gw-hospital-1"));
+    planner.check_accounting().unwrap();
+    // Same as planning the new world from scratch.
+    let world_after = inventory(&world(&[report("gw-home-1", "0", &[]), hospital_doc]));
+    assert_eq!(planner.plan(), plan(&r, &world_after, later));
+}
