@@ -73,6 +73,20 @@ pub struct RepoArgs {
     /// The IaC repository: a directory, a local git repository, or a git URL.
     #[arg(long, value_name = "DIR|URL", env = "CLOUD4IOT_REPO")]
     pub repo: String,
+    /// The revision to read: a branch, tag or commit. Default: the files on disk for a
+    /// directory, HEAD for a bare repository, the remote's HEAD branch for a URL.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+    /// Private key for ssh URLs (else the ssh agent is used).
+    #[arg(long, value_name = "FILE", env = "CLOUD4IOT_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
+    /// Accept a revision only when its commit carries an SSH signature by a key in
+    /// --allowed-signers (a refused revision exits 1).
+    #[arg(long, requires = "allowed_signers")]
+    pub verify_signatures: bool,
+    /// OpenSSH allowed_signers file: `principals [namespaces="git"] key-type base64-key`.
+    #[arg(long, value_name = "FILE", env = "CLOUD4IOT_ALLOWED_SIGNERS")]
+    pub allowed_signers: Option<PathBuf>,
 }
 
 /// Where the live state comes from: a snapshot file or a cluster.
@@ -102,7 +116,8 @@ pub async fn run(cli: Cli) -> u8 {
         Ok(outcome) => outcome as u8,
         Err(err) => {
             eprintln!("error: {err:#}");
-            EXIT_ERROR
+            // A revision refused by the signature policy is invalid input (1), not a failure.
+            err.downcast_ref::<crate::source::SourceError>().map_or(EXIT_ERROR, crate::source::SourceError::exit_code)
         }
     }
 }
