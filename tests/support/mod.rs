@@ -1,0 +1,18 @@
+//! Test support shared by the integration tests (`mod support;`) and the benches
+//! (`#[path = "../tests/support/mod.rs"] mod support;`).
+//!
+//! - [`ControlPlane`]: a real etcd + kube-apiserver (+ kube-scheduler and
+//!   kube-controller-manager on request) on loopback, one per test, torn down on drop.
+//! - [`nodes`]: gateway, edge and cloud Nodes created through the API.
+//!
+//! Only std, the crate's own dependencies and its dev-dependencies are used, so a
+//! bench can include this module as well as a test.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of it
+
+pub mod assets;
+pub mod control_plane;
+pub mod nodes;
+mod pki;
+
+pub use control_plane::{ControlPlane, Options};
+pub use nodes::{Tier, cloud_node, create_node, edge_node, gateway_node};
