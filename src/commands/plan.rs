@@ -1,0 +1,246 @@
+//! `cloud4iot plan`: where every function instance would run, and why.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use jiff::Timestamp;
+
+use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
+use crate::model::{Inventory, Tier};
+use crate::plan::{Placement, Plan};
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Show where every function instance would run (gateway, edge, cloud) and why",
+    long_about = "Plan the placement of every function instance of the repository against the \
+live state: per-device instances on the gateway that sees their device (presence, dwell, \
+loss grace), offloaded to the edge or the cloud in the policy's order when a gateway is \
+full, replicas by room. Nothing is changed.\n\n\
+Columns: FUNCTION INSTANCE DEVICE TIER NODE (NODE only on the gateway tier; edge and cloud \
+instances are pinned to their tier, and site where dataLocality demands it, which SITE \
+shows), and REASON with --explain. JSON and YAML print every field of every placement; \
+an unplaced instance has tier null and its reason.\n\n\
+Exit codes: 0 every instance placed, 1 some instance unplaced or the repository invalid \
+(so CI can fail a pull request that leaves functions without a home), 2 error.",
+    after_help = "Examples:\n  cloud4iot plan --repo examples-repo --state examples-repo/state/home.yaml --explain\n  \
+cloud4iot plan --repo . --state state.yaml -o json | jq '.[] | select(.tier == null)'"
+)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// table: for people; json/yaml: every field, for programs.
+    #[arg(long, short = 'o', value_enum, default_value_t = PlanFormat::Table)]
+    pub output: PlanFormat,
+    /// Add the REASON column to the table: the one line a reviewer reads.
+    #[arg(long)]
+    pub explain: bool,
+    /// The time presence and dwell are judged at (RFC 3339). Default with --state: the
+    /// newest GatewayReport heartbeat of the snapshot (so a snapshot always plans the same);
+    /// otherwise the clock.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub now: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
+    let checkout = crate::source::open(&args.repo)?;
+    let repo = match crate::load::load_dir(&checkout.dir) {
+        Ok(r) => r,
+        Err(diagnostics) => {
+            let mut stderr = std::io::stderr().lock();
+            for d in &diagnostics.0 {
+                writeln!(stderr, "{d}")?;
+            }
+            writeln!(stderr, "{}: invalid, nothing planned", args.repo.repo)?;
+            return Ok(Outcome::Changes);
+        }
+    };
+    let (inventory, snapshot) = read_inventory(&args.state).await?;
+    // The clock is read here, at the edge; the planner itself never reads it.
+    let now = args
+        .now
+        .or_else(|| snapshot.then(|| newest_heartbeat(&inventory)).flatten())
+        .unwrap_or_else(Timestamp::now);
+    let plan = crate::plan::plan(&repo, &inventory, now);
+    let out = match args.output {
+        PlanFormat::Table => table(&plan, args.explain, color.enabled()),
+        PlanFormat::Json => serde_json::to_string_pretty(&plan.placements)? + "\n",
+        PlanFormat::Yaml => serde_norway::to_string(&plan.placements)?,
+    };
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    if args.output == PlanFormat::Table {
+        eprintln!("{}", summary(&plan));
+    }
+    Ok(if plan.unplaced().next().is_some() {
+        Outcome::Changes
+    } else {
+        Outcome::Clean
+    })
+}
+
+async fn read_inventory(state: &StateArgs) -> anyhow::Result<(Inventory, bool)> {
+    if let Some(path) = &state.state {
+        return Ok((crate::state::read_snapshot(path)?, true));
+    }
+    let client = crate::cluster::client(state)
+        .await
+        .context("connecting to the cluster")?;
+    let inv = crate::cluster::read_inventory(&client)
+        .await
+        .context("reading the live state")?;
+    Ok((inv, false))
+}
+
+/// The newest GatewayReport heartbeat: the moment a snapshot describes.
+fn newest_heartbeat(inv: &Inventory) -> Option<Timestamp> {
+    inv.reports.iter().filter_map(|r| r.spec.heartbeat).max()
+}
+
+/// `5 instances: 2 on gateways, 1 at the edge, 1 in the cloud, 1 unplaced`.
+pub fn summary(plan: &Plan) -> String {
+    let count = |t: Option<Tier>| plan.placements.iter().filter(|p| p.tier == t).count();
+    let n = plan.placements.len();
+    format!(
+        "{n} instance{}: {} on gateways, {} at the edge, {} in the cloud, {} unplaced",
+        if n == 1 { "" } else { "s" },
+        count(Some(Tier::Gateway)),
+        count(Some(Tier::Edge)),
+        count(Some(Tier::Cloud)),
+        count(None)
+    )
+}
+
+/// Aligned columns as kubectl prints them; `-` for an empty cell.
+pub fn table(plan: &Plan, explain: bool, color: bool) -> String {
+    let mut header = vec!["FUNCTION", "INSTANCE", "DEVICE", "TIER", "NODE", "SITE"];
+    if explain {
+        header.push("REASON");
+    }
+    let row = |p: &Placement| {
+        let mut r = vec![
+            p.function.clone(),
+            p.instance.clone(),
+            p.device.clone().unwrap_or_else(|| "-".into()),
+            p.tier
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "unplaced".into()),
+            p.node.clone().unwrap_or_else(|| "-".into()),
+            p.site.clone().unwrap_or_else(|| "-".into()),
+        ];
+        if explain {
+            r.push(p.reason.clone());
+        }
+        r
+    };
+    let rows: Vec<Vec<String>> = plan.placements.iter().map(row).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let last = cells.len() - 1;
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}   ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, &header);
+    for (p, r) in plan.placements.iter().zip(&rows) {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        if color && p.tier.is_none() {
+            let mut s = String::new();
+            line(&mut s, &cells);
+            let _ = write!(out, "\x1b[31m{}\x1b[0m\n", s.trim_end_matches('\n'));
+        } else {
+            line(&mut out, &cells);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(
+        function: &str,
+        instance: &str,
+        tier: Option<Tier>,
+        node: Option<&str>,
+    ) -> Placement {
+        Placement {
+            function: function.into(),
+            instance: instance.into(),
+            device: None,
+            tier,
+            node: node.map(Into::into),
+            site: None,
+            arch: None,
+            image: None,
+            reason: format!("why {instance}"),
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_and_explains_on_request() {
+        let plan = Plan {
+            placements: vec![
+                placement(
+                    "engine-diagnostic",
+                    "engine-diagnostic-0",
+                    Some(Tier::Cloud),
+                    None,
+                ),
+                placement("f", "f-0", None, None),
+                placement("f", "f-1", Some(Tier::Gateway), Some("gw-1")),
+            ],
+        };
+        assert_eq!(
+            table(&plan, false, false),
+            "FUNCTION            INSTANCE              DEVICE   TIER       NODE   SITE\n\
+             engine-diagnostic   engine-diagnostic-0   -        cloud      -      -\n\
+             f                   f-0                   -        unplaced   -      -\n\
+             f                   f-1                   -        gateway    gw-1   -\n"
+        );
+        assert!(
+            table(&plan, true, false)
+                .lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("-      why f-0")
+        );
+        assert_eq!(
+            summary(&plan),
+            "3 instances: 1 on gateways, 0 at the edge, 1 in the cloud, 1 unplaced"
+        );
+    }
+
+    #[test]
+    fn json_has_null_tier_and_node_where_there_is_none() {
+        let plan = Plan {
+            placements: vec![placement("f", "f-0", None, None)],
+        };
+        let v: serde_json::Value = serde_json::to_value(&plan.placements).unwrap();
+        assert_eq!(v[0]["tier"], serde_json::Value::Null);
+        assert_eq!(v[0]["node"], serde_json::Value::Null);
+        assert_eq!(v[0]["device"], serde_json::Value::Null);
+        assert_eq!(v[0]["reason"], "why f-0");
+    }
+}
