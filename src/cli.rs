@@ -63,8 +63,12 @@ impl ColorChoice {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the YAML that installs cloud4iot's CustomResourceDefinitions.
-    Manifests(ManifestsArgs),
+    /// Print the YAML that installs cloud4iot (CRDs, RBAC, controller, agents).
+    Manifests(crate::commands::manifests::ManifestsArgs),
+    /// Show what would change: placement moves, then the object diff.
+    Diff(crate::commands::diff::DiffArgs),
+    /// Print the Deployments the placement calls for (YAML).
+    Render(crate::commands::render::RenderArgs),
 }
 
 /// Where the desired configuration comes from.
@@ -104,13 +108,13 @@ pub struct StateArgs {
     pub context: Option<String>,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct ManifestsArgs {}
-
 /// Runs one command to its exit code. Errors are printed here, once, with their causes.
 pub async fn run(cli: Cli) -> u8 {
+    let color = cli.color;
     let result = match cli.command {
-        Command::Manifests(_) => manifests(),
+        Command::Manifests(args) => crate::commands::manifests::run(&args),
+        Command::Diff(args) => crate::commands::diff::run(&args, color),
+        Command::Render(args) => crate::commands::render::run(&args),
     };
     match result {
         Ok(outcome) => outcome as u8,
@@ -120,11 +124,4 @@ pub async fn run(cli: Cli) -> u8 {
             err.downcast_ref::<crate::source::SourceError>().map_or(EXIT_ERROR, crate::source::SourceError::exit_code)
         }
     }
-}
-
-fn manifests() -> anyhow::Result<Outcome> {
-    for crd in crate::crd::all() {
-        println!("---\n{}", serde_norway::to_string(&crd)?);
-    }
-    Ok(Outcome::Clean)
 }

@@ -17,6 +17,7 @@
 //! and so are the subtrees cloud4iot owns whole and the server never defaults: node
 //! affinity and tolerations (so a move off a gateway shows the toleration going).
 //! Keyed lists (containers, env: by `name`; ports: by `containerPort`) are matched by key.
+//! A difference in the `cloud4iot.io/revision` annotation alone is not reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -169,7 +170,7 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
                 strip_server_fields(&mut l);
                 let l = prune_to(&l, &d, "");
                 let (old, new) = (to_yaml(&l), to_yaml(&d));
-                if old == new {
+                if old == new || without_revision(&l) == without_revision(&d) {
                     continue;
                 }
                 (Action::Update, old, new)
@@ -190,6 +191,17 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
         out.push(ObjectChange { action, kind: "Deployment".to_string(), namespace: k.0, name: k.1, diff });
     }
     out
+}
+
+/// The object without its `cloud4iot.io/revision` annotation. Which commit last applied
+/// an object is bookkeeping: a new commit that changes nothing else in it is no change to
+/// review (an apply refreshes the annotation when it changes something else).
+fn without_revision(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(ann) = v.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        ann.remove(labels::REVISION);
+    }
+    v
 }
 
 fn is_managed(d: &Deployment) -> bool {
@@ -320,4 +332,35 @@ impl DiffReport {
     pub fn has_changes(&self) -> bool {
         !self.placement_changes.is_empty() || !self.object_changes.is_empty()
     }
+}
+
+/// The diff an apply would make: the plan for `repo` against the live state `inv`
+/// (placements read back from the live Deployments; objects against those Deployments).
+pub fn against_live(
+    repo: &crate::model::Repo,
+    inv: &crate::model::Inventory,
+    now: jiff::Timestamp,
+    opts: &crate::render::RenderOptions,
+) -> DiffReport {
+    let after = crate::plan::plan(repo, inv, now);
+    let desired = crate::render::render(repo, &after, opts);
+    DiffReport::new(&crate::plan::current_placements(&inv.live), &after, &desired, &inv.live)
+}
+
+/// What a change of the repository alone does (`--base` against `--rev`): both revisions
+/// planned against the same live state, and their rendered objects compared. The revision
+/// annotation is left out of both, so it does not mark every object as changed.
+pub fn between_revisions(
+    base: &crate::model::Repo,
+    head: &crate::model::Repo,
+    inv: &crate::model::Inventory,
+    now: jiff::Timestamp,
+    opts: &crate::render::RenderOptions,
+) -> DiffReport {
+    let opts = crate::render::RenderOptions { revision: None, ..opts.clone() };
+    let before = crate::plan::plan(base, inv, now);
+    let after = crate::plan::plan(head, inv, now);
+    let old = crate::render::render(base, &before, &opts);
+    let new = crate::render::render(head, &after, &opts);
+    DiffReport::new(&before, &after, &new, &old)
 }

@@ -5,6 +5,7 @@
 //! objects) -> diff (pure) -> apply (server-side apply, prune). Only the two ends do I/O.
 
 pub mod cli;
+pub mod commands;
 pub mod crd;
 pub mod diag;
 pub mod diff;

@@ -1,0 +1,46 @@
+//! `cloud4iot manifests`: the YAML that installs cloud4iot itself.
+
+use std::io::Write;
+
+use clap::Args;
+
+use crate::cli::Outcome;
+use crate::install::{InstallOptions, SYSTEM_NAMESPACE, default_image, objects};
+use crate::render::to_yaml_stream;
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Print the YAML that installs cloud4iot (CRDs, RBAC, controller, agents)",
+    long_about = "Print everything that installs cloud4iot into a cluster, as one YAML \
+stream: the CustomResourceDefinitions, the namespaces (controller and agents; function \
+Deployments), service accounts, least-privilege RBAC, a ValidatingAdmissionPolicy that lets \
+each gateway's agent write only its own GatewayReport, the controller Deployment \
+(`cloud4iot run`) and the agent DaemonSet on gateway nodes (`cloud4iot agent`).",
+    after_help = "Example:\n  cloud4iot manifests --repo-url https://git.example/iot/fleet.git | kubectl apply --server-side -f -"
+)]
+pub struct ManifestsArgs {
+    /// The cloud4iot image of the controller and the agents.
+    #[arg(long, value_name = "IMAGE", default_value_t = default_image())]
+    pub image: String,
+    /// The namespace of the controller and the agents.
+    #[arg(long, short = 'n', value_name = "NS", default_value = SYSTEM_NAMESPACE)]
+    pub namespace: String,
+    /// The namespace function Deployments go to: the only one the controller may write.
+    #[arg(long, value_name = "NS", default_value = crate::render::DEFAULT_NAMESPACE)]
+    pub functions_namespace: String,
+    /// The IaC repository the controller follows (its `CLOUD4IOT_REPO`).
+    #[arg(long, value_name = "URL")]
+    pub repo_url: Option<String>,
+}
+
+pub fn run(args: &ManifestsArgs) -> anyhow::Result<Outcome> {
+    let opts = InstallOptions {
+        image: args.image.clone(),
+        namespace: args.namespace.clone(),
+        functions_namespace: args.functions_namespace.clone(),
+        repo: args.repo_url.clone(),
+    };
+    let yaml = to_yaml_stream(&objects(&opts)?)?;
+    std::io::stdout().lock().write_all(yaml.as_bytes())?;
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,105 @@
+//! `cloud4iot render`: the Deployments a repository and a live state call for, as the
+//! YAML stream `kubectl apply --server-side -f -` reads. Also the shared front half of
+//! `diff`: source -> load -> state -> plan.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use jiff::Timestamp;
+
+use crate::cli::{Outcome, RepoArgs, StateArgs};
+use crate::model::{Inventory, Repo};
+use crate::plan::Plan;
+use crate::render::{RenderOptions, render, to_yaml_stream};
+use crate::source::Checkout;
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Print the Deployments the placement calls for (YAML)",
+    long_about = "Print the Deployments the placement calls for, one per placed function \
+instance, as a multi-document YAML stream (`kubectl apply --server-side -f -` reads it).\n\n\
+Exit codes: 0 rendered, 1 invalid repository, 2 error.",
+    after_help = "Example:\n  cloud4iot render --repo examples-repo --state examples-repo/state/home.yaml"
+)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The time presence and dwell are judged at (RFC 3339). Default with --state: the
+    /// newest GatewayReport heartbeat of the snapshot (so a snapshot always means the same
+    /// thing); otherwise the clock.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub now: Option<Timestamp>,
+    /// The namespace of the function Deployments.
+    #[arg(long, short = 'n', value_name = "NS", default_value = crate::render::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// Everything the pure pipeline needs, read once.
+pub struct Inputs {
+    pub checkout: Checkout,
+    pub repo: Repo,
+    pub inventory: Inventory,
+    pub now: Timestamp,
+}
+
+impl Inputs {
+    pub fn render_options(&self, namespace: &str) -> RenderOptions {
+        RenderOptions { namespace: namespace.to_string(), revision: self.checkout.revision.clone() }
+    }
+
+    pub fn plan(&self) -> Plan {
+        crate::plan::plan(&self.repo, &self.inventory, self.now)
+    }
+}
+
+/// Source, load and state. `Ok(None)`: the repository is invalid; its diagnostics have
+/// been printed to stderr (exit 1, as `validate`).
+pub fn read_inputs(repo: &RepoArgs, state: &StateArgs, now: Option<Timestamp>) -> anyhow::Result<Option<Inputs>> {
+    let checkout = crate::source::open(repo)?;
+    let loaded = match crate::load::load_dir(&checkout.dir) {
+        Ok(r) => r,
+        Err(diagnostics) => {
+            let mut stderr = std::io::stderr().lock();
+            for d in &diagnostics.0 {
+                writeln!(stderr, "{d}")?;
+            }
+            writeln!(stderr, "{}: invalid, nothing rendered", repo.repo)?;
+            return Ok(None);
+        }
+    };
+    let inventory = read_state(state)?;
+    let now = now.or_else(|| state.state.as_ref().and_then(|_| snapshot_now(&inventory))).unwrap_or_else(Timestamp::now);
+    Ok(Some(Inputs { checkout, repo: loaded, inventory, now }))
+}
+
+/// The live state from `--state FILE`. Reading a cluster is `cloud4iot::cluster`'s.
+pub fn read_state(state: &StateArgs) -> anyhow::Result<Inventory> {
+    match &state.state {
+        Some(path) => read_snapshot(path),
+        None => anyhow::bail!("no --state FILE given (reading the live state from a cluster is not supported by this command yet)"),
+    }
+}
+
+fn read_snapshot(path: &Path) -> anyhow::Result<Inventory> {
+    crate::state::read_snapshot(path).with_context(|| format!("reading state snapshot {}", path.display()))
+}
+
+/// The newest GatewayReport heartbeat: the moment a snapshot describes.
+pub fn snapshot_now(inv: &Inventory) -> Option<Timestamp> {
+    inv.reports.iter().filter_map(|r| r.spec.heartbeat).max()
+}
+
+pub fn run(args: &RenderArgs) -> anyhow::Result<Outcome> {
+    let Some(inputs) = read_inputs(&args.repo, &args.state, args.now)? else {
+        return Ok(Outcome::Changes);
+    };
+    let plan = inputs.plan();
+    let objects = render(&inputs.repo, &plan, &inputs.render_options(&args.namespace));
+    let yaml = to_yaml_stream(&objects)?;
+    std::io::stdout().lock().write_all(yaml.as_bytes())?;
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,208 @@
+//! The diff layer: placement changes between plans, and desired objects against live
+//! ones as the API server returns them (server-owned fields and defaults must not show).
+
+use cloud4iot::diff::{Action, DiffReport, PlacementChangeKind, object_diff, placement_changes};
+use cloud4iot::model::{Function, Repo, Tier, device_instance_name};
+use cloud4iot::output::diff::DiffFormat;
+use cloud4iot::plan::{Placement, Plan};
+use cloud4iot::render::{RenderOptions, render};
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::json;
+
+const BRACELET: &str = "C4:7C:8D:6A:12:34";
+
+fn repo() -> Repo {
+    let f: Function = serde_norway::from_str(
+        r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: omh-consolidator}
+spec:
+  image: ghcr.io/cloud4iot/omh-consolidator:1.2.0
+  resources: {cpu: 250m, memory: 96Mi}
+  instances: {perDevice: {deviceClass: omh-bracelet}}
+  policy: follow-patient
+  ports: [{name: metrics, containerPort: 9102}]
+"#,
+    )
+    .unwrap();
+    let mut repo = Repo::default();
+    repo.functions.insert(f.metadata.name.clone(), f);
+    repo
+}
+
+fn at(tier: Option<Tier>, node: Option<&str>, reason: &str) -> Plan {
+    Plan {
+        placements: vec![Placement {
+            function: "omh-consolidator".into(),
+            instance: device_instance_name("omh-consolidator", BRACELET),
+            device: Some(BRACELET.into()),
+            tier,
+            node: node.map(str::to_string),
+            site: None,
+            arch: None,
+            image: Some("ghcr.io/cloud4iot/omh-consolidator:1.2.0".into()),
+            reason: reason.into(),
+        }],
+    }
+}
+
+fn rendered(plan: &Plan) -> Vec<Deployment> {
+    render(&repo(), plan, &RenderOptions { revision: Some("main@sha1:aaaa".into()), ..Default::default() })
+}
+
+/// What the API server makes of an applied Deployment: metadata it owns, defaults, status.
+fn as_served(d: &Deployment) -> Deployment {
+    let mut v = serde_json::to_value(d).unwrap();
+    let meta = v["metadata"].as_object_mut().unwrap();
+    meta.insert("uid".into(), json!("6c1f0a52-3f55-4c55-9f0e-0d6a2b9a1c11"));
+    meta.insert("resourceVersion".into(), json!("4711"));
+    meta.insert("generation".into(), json!(3));
+    meta.insert("creationTimestamp".into(), json!("2026-11-28T08:00:00Z"));
+    meta.insert(
+        "managedFields".into(),
+        json!([{"manager": "cloud4iot", "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]),
+    );
+    meta["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+    meta["labels"]["team.example/owner"] = json!("someone else's label");
+    let spec = v["spec"].as_object_mut().unwrap();
+    spec.insert("progressDeadlineSeconds".into(), json!(600));
+    spec.insert("revisionHistoryLimit".into(), json!(10));
+    let pod = &mut v["spec"]["template"]["spec"];
+    pod["dnsPolicy"] = json!("ClusterFirst");
+    pod["restartPolicy"] = json!("Always");
+    pod["schedulerName"] = json!("default-scheduler");
+    pod["securityContext"] = json!({});
+    pod["terminationGracePeriodSeconds"] = json!(30);
+    let c = &mut pod["containers"][0];
+    c["terminationMessagePath"] = json!("/dev/termination-log");
+    c["terminationMessagePolicy"] = json!("File");
+    v["status"] = json!({"observedGeneration": 3, "replicas": 1, "readyReplicas": 1});
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn server_owned_fields_and_defaults_are_no_change() {
+    let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
+    let live: Vec<Deployment> = desired.iter().map(as_served).collect();
+    assert_eq!(object_diff(&desired, &live), vec![]);
+}
+
+#[test]
+fn a_new_revision_alone_is_no_change() {
+    let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
+    let older = render(&repo(), &at(Some(Tier::Gateway), Some("gw-home-1"), "home"), &RenderOptions {
+        revision: Some("main@sha1:bbbb".into()),
+        ..Default::default()
+    });
+    assert_eq!(object_diff(&desired, &older), vec![]);
+}
+
+#[test]
+fn an_image_changed_by_hand_shows() {
+    let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
+    let mut live = as_served(&desired[0]);
+    live.spec.template.spec.as_mut().unwrap().containers[0].image = Some("evil:latest".into());
+    let changes = object_diff(&desired, &[live]);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].action, Action::Update);
+    assert!(changes[0].diff.contains("-        image: evil:latest"), "{}", changes[0].diff);
+    assert!(changes[0].diff.contains("+        image: ghcr.io/cloud4iot/omh-consolidator:1.2.0"), "{}", changes[0].diff);
+    assert!(!changes[0].diff.contains("uid"), "server-owned fields stay out: {}", changes[0].diff);
+}
+
+#[test]
+fn roaming_moves_the_instance_and_the_affinity() {
+    let home = at(Some(Tier::Gateway), Some("gw-home-1"), "gw-home-1 sees the device");
+    let hospital = at(Some(Tier::Gateway), Some("gw-hospital-1"), "gw-hospital-1 sees the device");
+    let changes = placement_changes(&home, &hospital);
+    assert_eq!(changes.len(), 1);
+    let c = &changes[0];
+    assert_eq!(c.change, PlacementChangeKind::Moved);
+    assert_eq!(c.from.as_ref().unwrap().to_string(), "gateway/gw-home-1");
+    assert_eq!(c.to.as_ref().unwrap().to_string(), "gateway/gw-hospital-1");
+    assert_eq!(c.reason_before.as_deref(), Some("gw-home-1 sees the device"));
+    assert_eq!(c.reason_after.as_deref(), Some("gw-hospital-1 sees the device"));
+
+    let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
+    let objects = object_diff(&rendered(&hospital), &live);
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0].diff.contains("-                - gw-home-1\n+                - gw-hospital-1"), "{}", objects[0].diff);
+}
+
+#[test]
+fn offloading_drops_the_gateway_toleration_and_node_label() {
+    let gateway = at(Some(Tier::Gateway), Some("gw-home-1"), "fits");
+    let edge = at(Some(Tier::Edge), None, "gateway full (cpu)");
+    let live: Vec<Deployment> = rendered(&gateway).iter().map(as_served).collect();
+    let objects = object_diff(&rendered(&edge), &live);
+    let diff = &objects[0].diff;
+    assert!(diff.contains("-    cloud4iot.io/node: gw-home-1"), "{diff}");
+    assert!(diff.contains("-      tolerations:"), "{diff}");
+    assert!(diff.contains("-        key: cloud4iot.io/gateway"), "{diff}");
+    assert!(!diff.contains("team.example/owner"), "others' labels are not ours to show: {diff}");
+}
+
+#[test]
+fn create_delete_and_unmanaged_objects() {
+    let desired = rendered(&at(Some(Tier::Cloud), None, "cloud"));
+    let mut orphan = as_served(&rendered(&at(Some(Tier::Edge), None, "edge"))[0]);
+    orphan.metadata.name = Some("omh-consolidator-gone".into());
+    let mut foreign = orphan.clone();
+    foreign.metadata.name = Some("not-ours".into());
+    foreign.metadata.labels.as_mut().unwrap().remove("app.kubernetes.io/managed-by");
+    let changes = object_diff(&desired, &[orphan, foreign]);
+    let summary: Vec<(Action, &str)> = changes.iter().map(|c| (c.action, c.name.as_str())).collect();
+    assert_eq!(summary, vec![(Action::Create, "omh-consolidator-c4-7c-8d-6a-12-34"), (Action::Delete, "omh-consolidator-gone")]);
+    assert!(changes[0].diff.lines().skip(3).all(|l| l.starts_with('+')), "{}", changes[0].diff);
+    assert!(changes[1].diff.lines().skip(3).all(|l| l.starts_with('-')), "{}", changes[1].diff);
+    assert!(!changes[1].diff.contains("managedFields"));
+}
+
+#[test]
+fn appeared_and_disappeared_placements() {
+    let placed = at(Some(Tier::Gateway), Some("gw-home-1"), "home");
+    let unplaced = at(None, None, "no gateway sees the device");
+    let gone = placement_changes(&placed, &unplaced);
+    assert_eq!(gone[0].change, PlacementChangeKind::Disappeared);
+    assert_eq!(gone[0].reason_after.as_deref(), Some("no gateway sees the device"));
+    assert_eq!(placement_changes(&Plan::default(), &placed)[0].change, PlacementChangeKind::Appeared);
+    assert_eq!(placement_changes(&unplaced, &Plan::default()), vec![], "unplaced counts as absent");
+    assert_eq!(placement_changes(&placed, &placed), vec![]);
+}
+
+fn roaming_report() -> DiffReport {
+    let home = at(Some(Tier::Gateway), Some("gw-home-1"), "gw-home-1 sees the device | at -58 dBm");
+    let hospital = at(Some(Tier::Gateway), Some("gw-hospital-1"), "gw-hospital-1 sees the device");
+    let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
+    DiffReport::new(&home, &hospital, &rendered(&hospital), &live)
+}
+
+#[test]
+fn formats() {
+    let report = roaming_report();
+    assert!(report.has_changes());
+
+    let text = report.render(DiffFormat::Text, false);
+    assert!(!text.contains('\x1b'), "no colour unless asked");
+    let moved = text.find("moved gateway/gw-home-1 -> gateway/gw-hospital-1").expect(&text);
+    assert!(moved < text.find("@@").unwrap(), "placement changes come first");
+    assert!(report.render(DiffFormat::Text, true).contains("\x1b["), "colour when asked");
+
+    let md = report.render(DiffFormat::Markdown, false);
+    assert!(md.contains("| `omh-consolidator-c4-7c-8d-6a-12-34` | moved | gateway/gw-home-1 | gateway/gw-hospital-1 |"), "{md}");
+    assert!(md.contains("<details><summary>update Deployment <code>cloud4iot-functions/omh-consolidator-c4-7c-8d-6a-12-34</code></summary>"), "{md}");
+    assert!(md.contains("```diff\n"), "{md}");
+    assert_eq!(md.matches("<details>").count(), md.matches("</details>").count());
+
+    let json: serde_json::Value = serde_json::from_str(&report.render(DiffFormat::Json, false)).unwrap();
+    assert_eq!(json["placementChanges"][0]["change"], "moved");
+    assert_eq!(json["placementChanges"][0]["from"]["node"], "gw-home-1");
+    assert_eq!(json["placementChanges"][0]["to"]["node"], "gw-hospital-1");
+    assert_eq!(json["objectChanges"][0]["action"], "update");
+
+    let none = DiffReport::default();
+    assert!(!none.has_changes());
+    assert_eq!(none.render(DiffFormat::Text, false), "No changes.\n");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&none.render_json()).unwrap(), json!({"placementChanges": [], "objectChanges": []}));
+}
