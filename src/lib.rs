@@ -4,7 +4,9 @@
 //! -> plan (pure placement across gateway, edge and cloud) -> render (pure Kubernetes
 //! objects) -> diff (pure) -> apply (server-side apply, prune). Only the two ends do I/O.
 
+pub mod apply;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod crd;
 pub mod diag;

@@ -276,3 +276,28 @@ async fn two_control_planes_in_one_run_do_not_collide() {
     );
     assert!(namespaces_b.get_opt("only-in-b").await.unwrap().is_some());
 }
+
+#[test]
+fn a_panicking_test_still_stops_its_control_plane() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let test = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let cp = ControlPlane::start(Options::api_only()).await;
+            tx.send((cp.dir().to_owned(), cp.url().to_owned()))
+                .expect("send");
+            panic!("a failing test");
+        })
+    });
+    assert!(test.join().is_err(), "the inner test should have panicked");
+    let (dir, url) = rx.recv().expect("the control plane started");
+    assert!(!dir.exists(), "{} still exists", dir.display());
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the API server of the panicking test still listens on {url}"
+    );
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand: argument parsing lives in `crate::cli`, the work here.
 
+pub mod apply;
 pub mod diff;
 pub mod manifests;
 pub mod render;

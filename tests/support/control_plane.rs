@@ -502,13 +502,13 @@ impl Processes {
 impl Drop for Processes {
     fn drop(&mut self) {
         // Nothing here may panic: this also runs while a failing test unwinds.
-        for p in &mut self.children {
+        // Newest first, one at a time: etcd stops at once once kube-apiserver has
+        // let go of it (together, etcd waits for the API server's watches to end).
+        for p in self.children.iter_mut().rev() {
             if let Ok(None) = p.child.try_wait() {
                 terminate(p.child.id());
             }
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for p in self.children.iter_mut().rev() {
+            let deadline = Instant::now() + STOP_GRACE;
             loop {
                 match p.child.try_wait() {
                     Ok(Some(_)) => break,
