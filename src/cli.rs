@@ -63,6 +63,8 @@ impl ColorChoice {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a repository: JSON Schema and semantic checks, every problem with file:line.
+    Validate(crate::commands::validate::ValidateArgs),
     /// Print the YAML that installs cloud4iot (CRDs, RBAC, controller, agents).
     Manifests(crate::commands::manifests::ManifestsArgs),
     /// Show what would change: placement moves, then the object diff.
@@ -112,6 +114,7 @@ pub struct StateArgs {
 pub async fn run(cli: Cli) -> u8 {
     let color = cli.color;
     let result = match cli.command {
+        Command::Validate(args) => crate::commands::validate::run(&args),
         Command::Manifests(args) => crate::commands::manifests::run(&args),
         Command::Diff(args) => crate::commands::diff::run(&args, color),
         Command::Render(args) => crate::commands::render::run(&args),

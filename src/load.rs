@@ -11,7 +11,7 @@
 pub mod position;
 mod walk;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,11 +87,21 @@ impl Source {
 
 /// Where each object of a [`Repo`] came from, keyed by kind and name.
 #[derive(Clone, Debug, Default)]
-pub struct Sources(pub BTreeMap<(Kind, String), Source>);
+pub struct Sources {
+    pub objects: BTreeMap<(Kind, String), Source>,
+    /// Objects that were found but could not be read (their errors are reported already):
+    /// a reference to one of them is not reported again as dangling.
+    pub broken: BTreeSet<(Kind, String)>,
+}
 
 impl Sources {
+    /// Whether an object of that kind and name was written, even if it had errors.
+    pub fn mentions(&self, kind: Kind, name: &str) -> bool {
+        let key = (kind, name.to_string());
+        self.objects.contains_key(&key) || self.broken.contains(&key)
+    }
     pub fn get(&self, kind: Kind, name: &str) -> Option<&Source> {
-        self.0.get(&(kind, name.to_string()))
+        self.objects.get(&(kind, name.to_string()))
     }
     /// The source of an object, or a placeholder (no file, line 0) for objects built in code.
     pub fn of(&self, kind: Kind, name: &str) -> Source {
@@ -154,18 +164,36 @@ impl Loaded {
             }
         };
         let Some(kind) = self.dispatch(&source, &json) else {
+            self.mark_broken(None, &json);
             return;
         };
         let schema_errors = crate::schema::check(kind, &json);
         if !schema_errors.is_empty() {
             self.diagnostics
                 .extend(schema_errors.into_iter().map(|e| e.locate(&source)));
+            self.mark_broken(Some(kind), &json);
             return;
         }
+        let mut json = json;
+        quantities_as_strings(&mut json);
         match kind {
             Kind::Function => self.insert(kind, source, json, |r| &mut r.functions),
             Kind::PlacementPolicy => self.insert(kind, source, json, |r| &mut r.policies),
             Kind::DeviceClass => self.insert(kind, source, json, |r| &mut r.device_classes),
+        }
+    }
+
+    /// Remembers the name of an object that could not be read, so that references to it
+    /// are not reported as dangling on top of its own errors.
+    fn mark_broken(&mut self, kind: Option<Kind>, json: &Value) {
+        let kind = kind.or_else(|| {
+            json.get("kind")
+                .and_then(Value::as_str)
+                .and_then(Kind::parse)
+        });
+        let name = json.pointer("/metadata/name").and_then(Value::as_str);
+        if let (Some(kind), Some(name)) = (kind, name) {
+            self.sources.broken.insert((kind, name.to_string()));
         }
     }
 
@@ -227,12 +255,17 @@ impl Loaded {
         json: Value,
         map: impl FnOnce(&mut Repo) -> &mut BTreeMap<String, Object<S>>,
     ) {
+        let name = json
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let object: Object<S> = match serde_path_to_error::deserialize(json) {
             Ok(o) => o,
             Err(err) => {
                 let pointer = pointer_of_path(err.path());
                 self.diagnostics
                     .push(source.at(&pointer, err.inner().to_string()));
+                self.sources.broken.extend(name.map(|n| (kind, n)));
                 return;
             }
         };
@@ -246,7 +279,7 @@ impl Loaded {
             self.diagnostics.push(source.at("/metadata/name", message));
             return;
         }
-        self.sources.0.insert((kind, name.clone()), source);
+        self.sources.objects.insert((kind, name.clone()), source);
         map(&mut self.repo).insert(name, object);
     }
 
@@ -317,6 +350,28 @@ pub fn load_files<'a>(
         loaded.add_file(file, text);
     }
     loaded.finish()
+}
+
+/// Kubernetes accepts `cpu: 1` or `memory: 1e9` as well as strings; the model keeps
+/// quantities as strings, so numbers become their decimal string first.
+fn quantities_as_strings(json: &mut Value) {
+    for pointer in ["/spec/resources", "/spec/gatewayReserve"] {
+        let Some(Value::Object(q)) = json.pointer_mut(pointer) else {
+            continue;
+        };
+        for key in ["cpu", "memory"] {
+            if let Some(v @ Value::Number(_)) = q.get_mut(key) {
+                let text = match (v.as_i64(), v.as_u64(), v.as_f64()) {
+                    (Some(i), _, _) => i.to_string(),
+                    (_, Some(u), _) => u.to_string(),
+                    // Display of f64 never uses an exponent: 1e8 -> "100000000".
+                    (_, _, Some(f)) => f.to_string(),
+                    _ => v.to_string(),
+                };
+                *v = Value::String(text);
+            }
+        }
+    }
 }
 
 fn yaml_error(file: &Path, err: &serde_norway::Error) -> Diagnostic {

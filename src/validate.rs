@@ -51,6 +51,7 @@ fn check_function(
     }
     if let Some(per_device) = &spec.instances.per_device
         && !repo.device_classes.contains_key(&per_device.device_class)
+        && !sources.mentions(Kind::DeviceClass, &per_device.device_class)
     {
         out.push(src.at(
             "/spec/instances/perDevice/deviceClass",
@@ -68,7 +69,9 @@ fn check_function(
         ));
     }
     check_quantities(&spec.resources, "/spec/resources", &src, out);
-    if !repo.policies.contains_key(&spec.policy) {
+    if !repo.policies.contains_key(&spec.policy)
+        && !sources.mentions(Kind::PlacementPolicy, &spec.policy)
+    {
         out.push(src.at(
             "/spec/policy",
             format!(

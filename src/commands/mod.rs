@@ -4,3 +4,4 @@ pub mod apply;
 pub mod diff;
 pub mod manifests;
 pub mod render;
+pub mod validate;

@@ -1,0 +1,504 @@
+//! Apply: server-side apply of the rendered Deployments with field manager `cloud4iot`,
+//! then pruning of the managed Deployments that are no longer desired.
+//!
+//! Safety rules (what Flux and Argo CD learned the hard way):
+//! - nothing is applied or pruned from a repository that fails to load or validate
+//!   ([`reconcile`] stops before this step);
+//! - pruning runs only when every apply succeeded;
+//! - only Deployments labelled `app.kubernetes.io/managed-by: cloud4iot` in the functions
+//!   namespace are pruned, each with a precondition on its uid and resourceVersion, so an
+//!   object relabelled (or replaced) since it was read is left alone;
+//! - an empty desired set never prunes everything unless `allow_empty` says so.
+//!
+//! Conflicts: a field another manager *applied* (another declarative tool) is a conflict,
+//! reported per object, and taken over only with `force`. A field changed imperatively
+//! (`kubectl edit`, `kubectl set image`, `kubectl scale`: an Update operation in
+//! `managedFields`) is drift from git, and apply takes it back, as Flux does with
+//! `kubectl` edits; the result says which field was taken back from whom.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::core::{PartialObjectMeta, Status};
+use kube::Client;
+use serde::Serialize;
+
+use crate::cluster::{self, ClusterError, FIELD_MANAGER};
+use crate::diag::Diagnostics;
+use crate::model::labels;
+use crate::plan::Plan;
+use crate::render::RenderOptions;
+use crate::source::Checkout;
+
+/// How to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// The functions namespace: where Deployments are applied and pruned.
+    pub namespace: String,
+    /// Take ownership of fields another manager applied.
+    pub force: bool,
+    /// Allow pruning every managed Deployment when nothing is desired.
+    pub allow_empty: bool,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Server-side dry run: the server computes everything, nothing is stored.
+    pub dry_run: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            namespace: cluster::DEFAULT_NAMESPACE.to_owned(),
+            force: false,
+            allow_empty: false,
+            concurrency: cluster::DEFAULT_CONCURRENCY,
+            dry_run: false,
+        }
+    }
+}
+
+/// What happened to one object (with `dry_run`: what would happen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Pruned,
+    Failed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Pruned => "pruned",
+            Action::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectResult {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    /// Why it failed, or a note (a field taken back from an imperative edit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl fmt::Display for ObjectResult {
+    /// `deployment.apps/NAME configured (note)`, as kubectl prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.apps/{} {}", self.kind.to_lowercase(), self.name, self.action.as_str())?;
+        match &self.message {
+            Some(m) if self.action == Action::Failed => write!(f, ": {m}"),
+            Some(m) => write!(f, " ({m})"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub created: usize,
+    pub configured: usize,
+    pub unchanged: usize,
+    pub pruned: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    fn count(&mut self, action: Action) {
+        match action {
+            Action::Created => self.created += 1,
+            Action::Configured => self.configured += 1,
+            Action::Unchanged => self.unchanged += 1,
+            Action::Pruned => self.pruned += 1,
+            Action::Failed => self.failed += 1,
+        }
+    }
+
+    /// Whether anything was (or, in a dry run, would be) changed.
+    pub fn changed(&self) -> bool {
+        self.created + self.configured + self.pruned > 0
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} created, {} configured, {} unchanged, {} pruned, {} failed",
+            self.created, self.configured, self.unchanged, self.pruned, self.failed
+        )
+    }
+}
+
+/// Whether pruning ran, and why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "lowercase")]
+pub enum Prune {
+    /// Ran (possibly deleting nothing).
+    Done,
+    /// Not attempted because something failed before it.
+    Skipped(String),
+    /// Refused: it would have deleted every managed Deployment. A failure.
+    Refused(String),
+}
+
+/// The outcome of one apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The git revision applied, when the repository came from git.
+    pub revision: Option<String>,
+    pub dry_run: bool,
+    pub namespace: String,
+    /// Applied objects sorted by name, then pruned ones sorted by name.
+    pub objects: Vec<ObjectResult>,
+    pub prune: Prune,
+    pub summary: Summary,
+}
+
+impl Report {
+    /// Every object applied (or pruned) as desired, and pruning was not refused.
+    pub fn succeeded(&self) -> bool {
+        self.summary.failed == 0 && !matches!(self.prune, Prune::Refused(_))
+    }
+}
+
+/// A progress step for a progress indication: `done` of `total` in `phase`.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Receives [`Progress`] after each request; `&|_| {}` for none.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// What a live Deployment looked like before this apply.
+struct Before {
+    meta: ObjectMeta,
+    /// The whole object: only read in a dry run, to compare with the dry-run result.
+    object: Option<Deployment>,
+}
+
+/// Server-side applies `desired` into `opts.namespace` (creating the namespace when it is
+/// missing), then prunes the managed Deployments there that `desired` does not name.
+/// Per-object failures are in the [`Report`]; an `Err` means the cluster could not be
+/// read at all (nothing was applied or pruned).
+#[tracing::instrument(skip_all, fields(namespace = %opts.namespace, objects = desired.len(), dry_run = opts.dry_run))]
+pub async fn apply(
+    client: &Client,
+    desired: &[Deployment],
+    opts: &ApplyOptions,
+    progress: ProgressFn<'_>,
+) -> Result<Report, ClusterError> {
+    let ns = opts.namespace.as_str();
+    let namespace_exists = cluster::namespace_exists(client, ns).await?;
+    if !namespace_exists && !opts.dry_run {
+        create_namespace(client, ns).await?;
+    }
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let before = if namespace_exists { read_before(&api, opts.dry_run).await? } else { BTreeMap::new() };
+
+    // Apply, `concurrency` requests at a time.
+    let total = desired.len();
+    let mut results = Vec::with_capacity(total + 8);
+    {
+        let api = &api;
+        let before = &before;
+        let mut stream = futures::stream::iter(desired)
+            .map(|object| async move {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                if !namespace_exists && opts.dry_run {
+                    let note = format!("namespace {ns} would be created");
+                    return result(ns, &name, Action::Created, Some(note));
+                }
+                apply_one(api, object, before.get(&name), opts).await
+            })
+            .buffer_unordered(opts.concurrency.max(1));
+        while let Some(r) = stream.next().await {
+            results.push(r);
+            progress(Progress { phase: "apply", done: results.len(), total });
+        }
+    }
+    results.sort_by(|a, b| a.name.cmp(&b.name));
+    let failed_applies = results.iter().filter(|r| r.action == Action::Failed).count();
+
+    // Prune: managed (by label) Deployments that are no longer desired.
+    let wanted: BTreeSet<&str> = desired.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
+    let candidates: Vec<&Before> = before
+        .values()
+        .filter(|b| is_managed(&b.meta) && !wanted.contains(b.meta.name.as_deref().unwrap_or_default()))
+        .collect();
+    let prune = if failed_applies > 0 {
+        Prune::Skipped(format!(
+            "{failed_applies} object(s) failed to apply; nothing is pruned after a failure"
+        ))
+    } else if desired.is_empty() && !candidates.is_empty() && !opts.allow_empty {
+        Prune::Refused(format!(
+            "the desired set is empty: refusing to prune all {} managed Deployments in {ns} \
+             (pass --allow-empty if that is really meant)",
+            candidates.len()
+        ))
+    } else {
+        let total = candidates.len();
+        let mut pruned = Vec::with_capacity(total);
+        let mut stream = futures::stream::iter(candidates)
+            .map(|b| prune_one(&api, &b.meta, opts.dry_run))
+            .buffer_unordered(opts.concurrency.max(1));
+        while let Some(r) = stream.next().await {
+            pruned.push(r);
+            progress(Progress { phase: "prune", done: pruned.len(), total });
+        }
+        pruned.sort_by(|a, b| a.name.cmp(&b.name));
+        results.extend(pruned);
+        Prune::Done
+    };
+
+    let mut summary = Summary::default();
+    for r in &results {
+        summary.count(r.action);
+    }
+    Ok(Report { revision: None, dry_run: opts.dry_run, namespace: ns.to_owned(), objects: results, prune, summary })
+}
+
+fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> ObjectResult {
+    ObjectResult { kind: "Deployment".to_owned(), namespace: ns.to_owned(), name: name.to_owned(), action, message }
+}
+
+fn is_managed(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get(labels::MANAGED_BY)).is_some_and(|v| v == labels::MANAGER)
+}
+
+/// Every Deployment in the namespace, managed or not (a desired name may already exist
+/// unlabelled): metadata only, unless a dry run needs whole objects to compare.
+async fn read_before(api: &Api<Deployment>, whole: bool) -> Result<BTreeMap<String, Before>, ClusterError> {
+    let list_error = |source| ClusterError::List { what: "Deployments", source };
+    let befores: Vec<Before> = if whole {
+        cluster::list_all(api, ListParams::default())
+            .await
+            .map_err(list_error)?
+            .into_iter()
+            .map(|d| Before { meta: d.metadata.clone(), object: Some(d) })
+            .collect()
+    } else {
+        list_metadata_all(api).await.map_err(list_error)?.into_iter().map(|m| Before { meta: m.metadata, object: None }).collect()
+    };
+    Ok(befores.into_iter().map(|b| (b.meta.name.clone().unwrap_or_default(), b)).collect())
+}
+
+async fn list_metadata_all(api: &Api<Deployment>) -> Result<Vec<PartialObjectMeta<Deployment>>, kube::Error> {
+    let mut params = ListParams::default().limit(500);
+    let mut out = Vec::new();
+    loop {
+        let page = api.list_metadata(&params).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(out),
+        }
+    }
+}
+
+async fn create_namespace(client: &Client, ns: &str) -> Result<(), ClusterError> {
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.to_owned()),
+            labels: Some([(labels::MANAGED_BY.to_owned(), labels::MANAGER.to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&namespace))
+        .await
+        .map(|_| ())
+        .map_err(|source| ClusterError::Namespace { namespace: ns.to_owned(), source })
+}
+
+/// One field conflict of a server-side apply: the field path and the manager owning it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub field: String,
+    pub manager: String,
+}
+
+/// The conflicts a 409 from a server-side apply lists in its causes
+/// (`conflict with "kubectl-edit" using apps/v1` on `.spec...image`).
+pub fn conflicts(status: &Status) -> Vec<Conflict> {
+    let causes = status.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default();
+    causes
+        .iter()
+        .filter_map(|c| {
+            let manager = c.message.split('"').nth(1)?.to_owned();
+            Some(Conflict { field: c.field.clone(), manager })
+        })
+        .collect()
+}
+
+/// Whether every manager in `conflicts` only ever updated the object imperatively
+/// (operation Update, no Apply) according to the object's `managedFields`.
+fn all_imperative(conflicts: &[Conflict], meta: Option<&ObjectMeta>) -> bool {
+    let Some(entries) = meta.and_then(|m| m.managed_fields.as_ref()) else { return false };
+    !conflicts.is_empty()
+        && conflicts.iter().all(|c| {
+            let mine: Vec<_> = entries.iter().filter(|e| e.manager.as_deref() == Some(c.manager.as_str())).collect();
+            !mine.is_empty() && mine.iter().all(|e| e.operation.as_deref() == Some("Update"))
+        })
+}
+
+fn describe(conflicts: &[Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| format!("field {} is owned by manager {:?}", c.field, c.manager))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn apply_one(api: &Api<Deployment>, object: &Deployment, before: Option<&Before>, opts: &ApplyOptions) -> ObjectResult {
+    let ns = opts.namespace.as_str();
+    let name = object.metadata.name.clone().unwrap_or_default();
+    if object.metadata.namespace.as_deref().is_some_and(|n| n != ns) {
+        let message = format!("rendered into namespace {:?}, not {ns:?}", object.metadata.namespace.as_deref().unwrap_or_default());
+        return result(ns, &name, Action::Failed, Some(message));
+    }
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = opts.force;
+    params.dry_run = opts.dry_run;
+    let mut note = None;
+    let mut applied = api.patch(&name, &params, &Patch::Apply(object)).await;
+    if let Err(kube::Error::Api(status)) = &applied
+        && status.is_conflict()
+        && !opts.force
+    {
+        let found = conflicts(status);
+        if !all_imperative(&found, before.map(|b| &b.meta)) {
+            let message = if found.is_empty() {
+                format!("conflict: {}", status.message)
+            } else {
+                format!("conflict: {}; re-run with --force to take ownership", describe(&found))
+            };
+            return result(ns, &name, Action::Failed, Some(message));
+        }
+        // Drift from git by an imperative edit: take the fields back.
+        let fields: Vec<&str> = found.iter().map(|c| c.field.as_str()).collect();
+        let managers: BTreeSet<&str> = found.iter().map(|c| c.manager.as_str()).collect();
+        note = Some(format!(
+            "took back {} from {} (changed outside git)",
+            fields.join(", "),
+            managers.into_iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ")
+        ));
+        params.force = true;
+        applied = api.patch(&name, &params, &Patch::Apply(object)).await;
+    }
+    let stored = match applied {
+        Ok(stored) => stored,
+        Err(kube::Error::Api(status)) => return result(ns, &name, Action::Failed, Some(status.message.clone())),
+        Err(err) => return result(ns, &name, Action::Failed, Some(err.to_string())),
+    };
+    let action = match before {
+        None => Action::Created,
+        Some(b) if opts.dry_run => {
+            if b.object.as_ref().is_some_and(|live| same_content(live, &stored)) {
+                Action::Unchanged
+            } else {
+                Action::Configured
+            }
+        }
+        // The server does not write a no-op apply, so the resourceVersion tells.
+        Some(b) if b.meta.resource_version == stored.metadata.resource_version => Action::Unchanged,
+        Some(_) => Action::Configured,
+    };
+    result(ns, &name, action, note)
+}
+
+/// Equal once what the server owns (status, managedFields, resourceVersion, ...) is removed.
+fn same_content(a: &Deployment, b: &Deployment) -> bool {
+    let strip = |d: &Deployment| {
+        let mut v = serde_json::to_value(d).unwrap_or_default();
+        crate::diff::strip_server_fields(&mut v);
+        v
+    };
+    strip(a) == strip(b)
+}
+
+async fn prune_one(api: &Api<Deployment>, meta: &ObjectMeta, dry_run: bool) -> ObjectResult {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let params = DeleteParams {
+        dry_run,
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: Some(kube::api::Preconditions {
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => result(&ns, &name, Action::Pruned, None),
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            result(&ns, &name, Action::Pruned, Some("already deleted".to_owned()))
+        }
+        Err(kube::Error::Api(status)) if status.is_conflict() => result(
+            &ns,
+            &name,
+            Action::Failed,
+            Some("changed since it was read; not pruned (the next apply looks again)".to_owned()),
+        ),
+        Err(kube::Error::Api(status)) => result(&ns, &name, Action::Failed, Some(status.message.clone())),
+        Err(err) => result(&ns, &name, Action::Failed, Some(err.to_string())),
+    }
+}
+
+/// Why a reconcile pass stopped before applying anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the repository has {} error(s); nothing applied, nothing pruned", .0.len())]
+    Invalid(Diagnostics),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// One reconcile pass: the plan it computed and what applying it did.
+#[derive(Clone, Debug)]
+pub struct Reconciled {
+    pub plan: Plan,
+    pub report: Report,
+}
+
+/// The whole pipeline after the source step, as the `apply` command and the controller
+/// run it: load + validate `checkout` -> read the live inventory -> plan at `now` ->
+/// render (with the checkout's revision) -> apply -> prune. An invalid repository or an
+/// unreadable cluster stops it before anything is applied or pruned.
+#[tracing::instrument(skip_all, fields(revision = checkout.revision.as_deref().unwrap_or("-"), %now))]
+pub async fn reconcile(
+    client: &Client,
+    checkout: &Checkout,
+    now: jiff::Timestamp,
+    opts: &ApplyOptions,
+    progress: ProgressFn<'_>,
+) -> Result<Reconciled, ReconcileError> {
+    let repo = crate::load::load_dir(&checkout.dir).map_err(ReconcileError::Invalid)?;
+    let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
+    let plan = crate::plan::plan(&repo, &inventory, now);
+    let render_opts = RenderOptions { namespace: opts.namespace.clone(), revision: checkout.revision.clone() };
+    let desired = crate::render::render(&repo, &plan, &render_opts);
+    let mut report = apply(client, &desired, opts, progress).await?;
+    report.revision = checkout.revision.clone();
+    Ok(Reconciled { plan, report })
+}

@@ -1,0 +1,232 @@
+//! The cluster edge of the pipeline: a client from the usual kubeconfig resolution, the
+//! live inventory (Nodes, GatewayReports, managed Deployments) read from the API server,
+//! and the server-side dry-run apply that `diff` compares live objects against.
+//!
+//! Everything between here and [`crate::apply`] is pure; this module and `apply` are the
+//! only places that talk to Kubernetes.
+
+use std::path::PathBuf;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde::de::DeserializeOwned;
+
+use crate::cli::StateArgs;
+use crate::model::{GatewayReport, Inventory, NodeInfo, labels};
+
+/// The field manager of every write cloud4iot makes.
+pub const FIELD_MANAGER: &str = "cloud4iot";
+
+/// The namespace functions run in unless `--namespace` says otherwise.
+pub const DEFAULT_NAMESPACE: &str = crate::render::DEFAULT_NAMESPACE;
+
+/// Concurrent requests for bulk operations (apply, dry-run, prune) unless told otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Objects per page when listing: keeps each response small on large clusters.
+const PAGE_SIZE: u32 = 500;
+
+/// The label selector of everything cloud4iot manages.
+pub fn managed_selector() -> String {
+    format!("{}={}", labels::MANAGED_BY, labels::MANAGER)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no cluster configuration: {0} (pass --kubeconfig FILE, or --state FILE to read a snapshot)")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("cannot create a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error(
+        "the GatewayReport CRD is not installed in the cluster \
+         (install it with `cloud4iot manifests | kubectl apply -f -`)"
+    )]
+    GatewayReportCrdMissing,
+    #[error("list {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("namespace {namespace}: {source}")]
+    Namespace {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("dry-run apply of Deployment {namespace}/{name}: {source}")]
+    DryRun {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// A client for the cluster `args` names: `--kubeconfig FILE` (or `KUBECONFIG`, which may
+/// list several files, merged as kubectl merges them) with `--context`; else
+/// `~/.kube/config`; else the in-cluster service account.
+pub async fn client(args: &StateArgs) -> Result<Client, ClusterError> {
+    Client::try_from(config(args).await?).map_err(ClusterError::Client)
+}
+
+/// The client configuration [`client`] uses.
+pub async fn config(args: &StateArgs) -> Result<Config, ClusterError> {
+    let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
+    if let Some(list) = &args.kubeconfig {
+        let mut merged: Option<Kubeconfig> = None;
+        for path in std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()) {
+            let read = Kubeconfig::read_from(&path)
+                .map_err(|source| ClusterError::Kubeconfig { path: path.clone(), source })?;
+            merged = Some(match merged {
+                None => read,
+                Some(first) => first
+                    .merge(read)
+                    .map_err(|source| ClusterError::Kubeconfig { path: path.clone(), source })?,
+            });
+        }
+        let kubeconfig = merged.unwrap_or_default();
+        return Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|source| ClusterError::Kubeconfig { path: list.clone(), source });
+    }
+    if args.context.is_some() {
+        // A context only makes sense in a kubeconfig: no in-cluster fallback.
+        return Config::from_kubeconfig(&options)
+            .await
+            .map_err(|source| ClusterError::Kubeconfig { path: PathBuf::from("~/.kube/config"), source });
+    }
+    Config::infer().await.map_err(ClusterError::Infer)
+}
+
+/// The live inventory with functions in [`DEFAULT_NAMESPACE`].
+pub async fn read_inventory(client: &Client) -> Result<Inventory, ClusterError> {
+    read_inventory_in(client, DEFAULT_NAMESPACE).await
+}
+
+/// The live inventory: cloud4iot's Nodes (those with a tier label; a node whose labels or
+/// allocatable cannot be read is skipped with a warning rather than failing every
+/// placement), every GatewayReport, and the Deployments in `namespace` labelled
+/// `app.kubernetes.io/managed-by: cloud4iot`.
+#[tracing::instrument(skip(client))]
+pub async fn read_inventory_in(client: &Client, namespace: &str) -> Result<Inventory, ClusterError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let reports: Api<GatewayReport> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let (nodes, reports, live) = futures::try_join!(
+        async {
+            list_all(&nodes, ListParams::default().labels(labels::TIER))
+                .await
+                .map_err(|source| ClusterError::List { what: "Nodes", source })
+        },
+        async {
+            list_all(&reports, ListParams::default()).await.map_err(|source| match &source {
+                kube::Error::Api(status) if status.is_not_found() => ClusterError::GatewayReportCrdMissing,
+                _ => ClusterError::List { what: "GatewayReports", source },
+            })
+        },
+        async {
+            list_all(&deployments, ListParams::default().labels(&managed_selector()))
+                .await
+                .map_err(|source| ClusterError::List { what: "Deployments", source })
+        },
+    )?;
+    let nodes = nodes
+        .iter()
+        .filter_map(|node| match NodeInfo::from_node(node) {
+            Ok(info) => Some(info),
+            Err(err) => {
+                tracing::warn!("skipping {err}");
+                None
+            }
+        })
+        .collect();
+    Ok(Inventory::new(nodes, reports, live))
+}
+
+/// Every object `api` lists under `params`, page by page.
+pub(crate) async fn list_all<K>(api: &Api<K>, params: ListParams) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = params.limit(PAGE_SIZE);
+    let mut out = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Whether `namespace` exists.
+pub async fn namespace_exists(client: &Client, namespace: &str) -> Result<bool, ClusterError> {
+    Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+        .map(|ns| ns.is_some())
+        .map_err(|source| ClusterError::Namespace { namespace: namespace.to_owned(), source })
+}
+
+/// The objects as the API server would store them if cloud4iot applied `desired` now:
+/// a server-side apply with `dryRun=All`, field manager `cloud4iot`, so defaulting,
+/// admission and merging with other managers' fields are the server's own, and a diff
+/// against the live objects shows only real changes. Ownership is forced, as
+/// `kubectl diff --server-side --force-conflicts` does: the result is what the objects
+/// become once cloud4iot's fields are in force (`apply` without `--force` may instead
+/// report a conflict for fields another tool applied).
+///
+/// Objects whose namespace does not exist yet cannot be dry-run by the server; they are
+/// returned as rendered (everything in them is new anyway). Results are in input order.
+pub async fn dry_run_apply(client: &Client, desired: &[Deployment]) -> Result<Vec<Deployment>, ClusterError> {
+    dry_run_apply_with(client, desired, DEFAULT_CONCURRENCY).await
+}
+
+/// [`dry_run_apply`] with at most `concurrency` requests in flight.
+pub async fn dry_run_apply_with(
+    client: &Client,
+    desired: &[Deployment],
+    concurrency: usize,
+) -> Result<Vec<Deployment>, ClusterError> {
+    let mut namespaces: Vec<&str> = desired.iter().filter_map(|d| d.metadata.namespace.as_deref()).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let mut missing = Vec::new();
+    for ns in namespaces {
+        if !namespace_exists(client, ns).await? {
+            missing.push(ns.to_owned());
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+    futures::stream::iter(desired)
+        .map(|object| {
+            let params = &params;
+            let missing = &missing;
+            async move {
+                let namespace = object.metadata.namespace.clone().unwrap_or_default();
+                let name = object.metadata.name.clone().unwrap_or_default();
+                if missing.contains(&namespace) {
+                    return Ok(object.clone());
+                }
+                let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+                api.patch(&name, params, &Patch::Apply(object))
+                    .await
+                    .map_err(|source| ClusterError::DryRun { namespace, name, source })
+            }
+        })
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await
+}

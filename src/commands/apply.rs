@@ -1,0 +1,148 @@
+//! `cloud4iot apply`: source -> load -> inventory -> plan -> render -> apply -> prune.
+//!
+//! Exit codes: 0 applied (whether or not anything changed); 1 the repository is invalid
+//! (nothing applied, nothing pruned); 2 a cluster or tool error, including any object that
+//! failed to apply or prune and a refused prune-everything (kubectl apply exits 1 on any
+//! error; cloud4iot keeps 1 for invalid input, as `validate` and `diff` do).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::builder::TypedValueParser as _;
+use clap::{Args, ValueEnum};
+
+use crate::apply::{self, ApplyOptions, Progress, Prune, ReconcileError};
+use crate::cli::{Outcome, RepoArgs, StateArgs};
+use crate::cluster;
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The cluster to apply to (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster).
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The namespace functions run in: where Deployments are applied and pruned.
+    #[arg(long, short = 'n', value_name = "NS", default_value = cluster::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Take ownership of fields another field manager applied (reported as conflicts
+    /// otherwise). Fields changed by imperative edits are taken back without it.
+    #[arg(long)]
+    pub force: bool,
+    /// Allow pruning every managed Deployment when the repository desires none.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Requests to the API server in flight at once.
+    #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    pub concurrency: usize,
+    /// Server-side dry run: print what would be created, configured and pruned.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The time presence and dwell are judged at (RFC 3339); default: now.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub now: Option<jiff::Timestamp>,
+    #[arg(long, short = 'o', value_enum, default_value_t = ApplyFormat::Text)]
+    pub output: ApplyFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApplyFormat {
+    Text,
+    Json,
+}
+
+pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
+    let checkout = crate::source::open(&args.repo)?;
+    let state = StateArgs { state: None, kubeconfig: args.kubeconfig.clone(), context: args.context.clone() };
+    let client = cluster::client(&state).await?;
+    let opts = ApplyOptions {
+        namespace: args.namespace.clone(),
+        force: args.force,
+        allow_empty: args.allow_empty,
+        concurrency: args.concurrency,
+        dry_run: args.dry_run,
+    };
+    let now = args.now.unwrap_or_else(jiff::Timestamp::now);
+    let indicator = ProgressLine::new(std::io::stderr().is_terminal());
+    let progress = |p: Progress| indicator.show(p);
+    let outcome = apply::reconcile(&client, &checkout, now, &opts, &progress).await;
+    indicator.clear();
+    let reconciled = match outcome {
+        Ok(r) => r,
+        Err(ReconcileError::Invalid(diagnostics)) => {
+            for d in &diagnostics.0 {
+                eprintln!("{d}");
+            }
+            eprintln!("{} error(s) in {}; nothing applied, nothing pruned", diagnostics.len(), args.repo.repo);
+            return Ok(Outcome::Changes);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    for p in reconciled.plan.unplaced() {
+        eprintln!("warning: {} ({}) is not placed: {}", p.instance, p.function, p.reason);
+    }
+    let report = &reconciled.report;
+    match args.output {
+        ApplyFormat::Json => println!("{}", serde_json::to_string_pretty(report).context("encode the report")?),
+        ApplyFormat::Text => {
+            for object in report.objects.iter().filter(|o| o.action != apply::Action::Unchanged) {
+                println!("{object}{}", if report.dry_run { " (server dry run)" } else { "" });
+            }
+            println!("{}{}", report.summary, if report.dry_run { " (server dry run)" } else { "" });
+        }
+    }
+    match &report.prune {
+        Prune::Done => {}
+        Prune::Skipped(why) => eprintln!("prune skipped: {why}"),
+        Prune::Refused(why) => eprintln!("prune refused: {why}"),
+    }
+    if !report.succeeded() {
+        anyhow::bail!(
+            "apply to namespace {} did not complete: {} failed{}",
+            report.namespace,
+            report.summary.failed,
+            if matches!(report.prune, Prune::Refused(_)) { ", prune refused" } else { "" }
+        );
+    }
+    Ok(Outcome::Clean)
+}
+
+/// `applying 120/1000` on one stderr line, redrawn at most every 100 ms, on a terminal only.
+struct ProgressLine {
+    enabled: bool,
+    last: Mutex<Option<Instant>>,
+}
+
+impl ProgressLine {
+    fn new(enabled: bool) -> Self {
+        ProgressLine { enabled, last: Mutex::new(None) }
+    }
+
+    fn show(&self, p: Progress) {
+        if !self.enabled {
+            return;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+        if due || p.done == p.total {
+            *last = Some(Instant::now());
+            let verb = if p.phase == "prune" { "pruning" } else { "applying" };
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K{verb} {}/{}", p.done, p.total);
+            let _ = err.flush();
+        }
+    }
+
+    fn clear(&self) {
+        if self.enabled && self.last.lock().is_ok_and(|l| l.is_some()) {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}
