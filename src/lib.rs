@@ -21,3 +21,4 @@ pub mod schema;
 pub mod source;
 pub mod state;
 pub mod validate;
+pub mod watch;

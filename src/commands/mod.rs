@@ -5,3 +5,4 @@ pub mod diff;
 pub mod manifests;
 pub mod render;
 pub mod validate;
+pub mod diff_base;
