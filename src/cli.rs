@@ -116,6 +116,9 @@ pub async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Validate(args) => crate::commands::validate::run(&args),
         Command::Manifests(args) => crate::commands::manifests::run(&args),
+        Command::Diff(args) if args.watch => {
+            crate::watch::watch(&args.repo, args.state.state.as_deref(), || async { crate::commands::diff::run(&args, color) }).await
+        }
         Command::Diff(args) => crate::commands::diff::run(&args, color),
         Command::Render(args) => crate::commands::render::run(&args),
     };

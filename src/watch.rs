@@ -1,0 +1,142 @@
+//! `--watch`: re-run a command whenever the repository directory (or the state snapshot)
+//! changes, for authors editing policies. Events are debounced (an editor's save is
+//! several events); Ctrl-C ends the loop with exit 0.
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use notify_debouncer_mini::notify::RecursiveMode;
+use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+
+use crate::cli::{Outcome, RepoArgs};
+
+/// Quiet time after the last event before re-running.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Runs `once`, then again after every change under `--repo`'s directory or of `state`,
+/// until Ctrl-C. The repository must be a directory read as it is on disk (no URL, no
+/// `--rev`, no `--verify-signatures`): a commit does not change while it is watched.
+/// A run that fails prints its error and the loop goes on; the next save may fix it.
+pub async fn watch<F, Fut>(
+    repo: &RepoArgs,
+    state: Option<&Path>,
+    mut once: F,
+) -> anyhow::Result<Outcome>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Outcome>>,
+{
+    let checkout = crate::source::open(repo)?;
+    if !checkout.live {
+        bail!(
+            "--watch needs a local directory read as it is on disk; {} is read at a revision (drop --rev, a URL or --verify-signatures)",
+            repo.repo
+        );
+    }
+    let dir = checkout.dir.canonicalize().unwrap_or(checkout.dir);
+    let state = state.map(|s| s.canonicalize().unwrap_or_else(|_| s.to_path_buf()));
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(DEBOUNCE, move |res| {
+        let _ = tx.send(res);
+    })
+    .context("starting the file watcher")?;
+    debouncer
+        .watcher()
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    if let Some(state) = &state
+        && !state.starts_with(&dir)
+    {
+        debouncer
+            .watcher()
+            .watch(state, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", state.display()))?;
+    }
+
+    let mut run = async || {
+        if std::io::stdout().is_terminal() {
+            // Clear the screen and home the cursor: each run replaces the last.
+            print!("\x1b[2J\x1b[H");
+            let _ = std::io::stdout().flush();
+        }
+        match once().await {
+            Ok(outcome) => eprintln!(
+                "-- exit {}; watching {} (Ctrl-C to stop)",
+                outcome as u8,
+                dir.display()
+            ),
+            Err(err) => eprintln!(
+                "error: {err:#}\n-- watching {} (Ctrl-C to stop)",
+                dir.display()
+            ),
+        }
+    };
+    run().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(Outcome::Clean),
+            event = rx.recv() => match event {
+                None => bail!("the file watcher stopped"),
+                Some(Ok(events)) => {
+                    if events.iter().any(|e| relevant(&e.path, &dir, state.as_deref())) {
+                        run().await;
+                    }
+                }
+                Some(Err(err)) => tracing::warn!(error = %err, "file watcher"),
+            },
+        }
+    }
+}
+
+/// Whether a changed path can change the result: YAML files and `.sourceignore` under the
+/// repository (not in hidden directories such as `.git`), or the state snapshot. Editors'
+/// swap and backup files are not.
+pub fn relevant(path: &Path, dir: &Path, state: Option<&Path>) -> bool {
+    if state.is_some_and(|s| s == path) {
+        return true;
+    }
+    let Ok(rel) = path.strip_prefix(dir) else {
+        return false;
+    };
+    let hidden_dir = rel.parent().is_some_and(|p| {
+        p.components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    });
+    if hidden_dir {
+        return false;
+    }
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name == ".sourceignore"
+        || (!name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configuration_files_trigger_a_run() {
+        let dir = Path::new("/r");
+        assert!(relevant(Path::new("/r/policies/a.yaml"), dir, None));
+        assert!(relevant(Path::new("/r/f.yml"), dir, None));
+        assert!(relevant(Path::new("/r/.sourceignore"), dir, None));
+        assert!(relevant(
+            Path::new("/s/home.yaml"),
+            dir,
+            Some(Path::new("/s/home.yaml"))
+        ));
+        assert!(!relevant(Path::new("/r/.git/index"), dir, None));
+        assert!(!relevant(Path::new("/r/policies/.a.yaml.swp"), dir, None));
+        assert!(!relevant(Path::new("/r/policies/a.yaml~"), dir, None));
+        assert!(!relevant(Path::new("/elsewhere/a.yaml"), dir, None));
+    }
+}
