@@ -1054,6 +1054,14 @@ impl Planner {
                     slot.info.name, slot.free, expect
                 ));
             }
+            if used[i] != Resources::ZERO
+                && (slot.free.cpu_millis < 0 || slot.free.memory_bytes < 0)
+            {
+                return Err(format!(
+                    "{}: over capacity, free {}",
+                    slot.info.name, slot.free
+                ));
+            }
         }
         Ok(())
     }

@@ -60,10 +60,10 @@ impl SynthConfig {
             gateways: 2 + r.below(6),
             edges_per_site: r.below(2),
             clouds: r.below(2),
-            devices: r.below(25),
+            devices: r.below(60),
             classes: 1 + r.below(3),
-            functions: 1 + r.below(6),
-            per_device_functions: r.below(4),
+            functions: 1 + r.below(8),
+            per_device_functions: r.below(5),
         }
     }
 }
@@ -382,8 +382,10 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
             continue;
         }
         let class = format!("class-{:02}", d % cfg.classes);
-        for _ in 0..1 + r.below(3) {
-            let g = at[r.below(at.len())];
+        let mut picked: Vec<usize> = (0..1 + r.below(3)).map(|_| at[r.below(at.len())]).collect();
+        picked.sort_unstable();
+        picked.dedup(); // an agent reports a device once
+        for g in picked {
             seen[g].push(SeenDevice {
                 id: device_id(d),
                 class: class.clone(),

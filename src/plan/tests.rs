@@ -517,3 +517,57 @@ fn update_report_moves_one_device_like_a_full_plan_does() {
     let world_after = inventory(&world(&[report("gw-home-1", "0", &[]), hospital_doc]));
     assert_eq!(planner.plan(), plan(&r, &world_after, later));
 }
+
+mod incremental {
+    use proptest::prelude::*;
+
+    use super::super::Planner;
+    use super::super::synth::{self, SynthConfig, XorShift};
+    use crate::model::Tier;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Random report changes (a device moving, a gateway's own use changing): the
+        /// incremental accounting always equals a recount, and no gateway is over capacity.
+        #[test]
+        fn update_report_keeps_accounting_exact(seed in any::<u64>(), steps in 1usize..12) {
+            let cfg = SynthConfig::small(seed);
+            let (repo, inv) = synth::world(&cfg);
+            let mut now = synth::now();
+            let mut planner = Planner::new(&repo, &inv, now);
+            let mut reports = inv.reports.clone();
+            let mut r = XorShift::new(seed ^ 0x5eed);
+            prop_assume!(!reports.is_empty());
+            for _ in 0..steps {
+                now = now.checked_add(jiff::SignedDuration::from_secs(r.range(0, 20))).unwrap();
+                let g = r.below(reports.len());
+                let changed = match r.below(3) {
+                    0 if cfg.devices > 0 => {
+                        let d = r.below(cfg.devices);
+                        let class = format!("class-{:02}", d % cfg.classes);
+                        for rep in reports.iter_mut() {
+                            *rep = synth::without_device(rep, &synth::device_id(d));
+                        }
+                        synth::with_device(&reports[g], &synth::device_id(d), &class, now)
+                    }
+                    1 => {
+                        let mut rep = reports[g].clone();
+                        rep.spec.resources = Some(crate::model::ResourceQuantities {
+                            cpu: Some(format!("{}m", r.range(0, 3000))),
+                            memory: Some("0".into()),
+                        });
+                        rep
+                    }
+                    _ => synth::without_device(&reports[g], &reports[g].spec.devices.first().map(|d| d.id.clone()).unwrap_or_default()),
+                };
+                reports[g] = changed.clone();
+                planner.update_report(changed, now);
+                planner.check_accounting().map_err(TestCaseError::fail)?;
+                for p in planner.plan().placements.iter().filter(|p| p.tier == Some(Tier::Gateway)) {
+                    prop_assert!(inv.node(p.node.as_deref().unwrap()).unwrap().schedulable);
+                }
+            }
+        }
+    }
+}
