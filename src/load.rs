@@ -95,6 +95,14 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Names of the objects of `kind` written in the repository, even those with errors.
+    pub fn names(&self, kind: Kind) -> BTreeSet<&str> {
+        let keys = self.objects.keys().chain(self.broken.iter());
+        keys.filter(|(k, _)| *k == kind)
+            .map(|(_, n)| n.as_str())
+            .collect()
+    }
+
     /// Whether an object of that kind and name was written, even if it had errors.
     pub fn mentions(&self, kind: Kind, name: &str) -> bool {
         let key = (kind, name.to_string());

@@ -58,7 +58,7 @@ fn check_function(
             format!(
                 "no DeviceClass named {:?}{}",
                 per_device.device_class,
-                defined(repo.device_classes.keys())
+                defined(sources.names(Kind::DeviceClass), repo.device_classes.keys())
             ),
         ));
     }
@@ -77,7 +77,7 @@ fn check_function(
             format!(
                 "no PlacementPolicy named {:?}{}",
                 spec.policy,
-                defined(repo.policies.keys())
+                defined(sources.names(Kind::PlacementPolicy), repo.policies.keys())
             ),
         ));
     }
@@ -242,8 +242,10 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// ` (defined: a, b, c)` for a message about a dangling reference.
-fn defined<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
+/// `written` are the names in the files (with errors or not), `loaded` those of the repo.
+fn defined<'a>(mut written: BTreeSet<&'a str>, loaded: impl Iterator<Item = &'a String>) -> String {
+    written.extend(loaded.map(String::as_str));
+    let names: Vec<&str> = written.into_iter().collect();
     match names.len() {
         0 => " (the repository defines none)".to_string(),
         n if n <= 8 => format!(" (defined: {})", names.join(", ")),

@@ -8,16 +8,18 @@ use clap::{Args, ValueEnum};
 use crate::cli::{Outcome, RepoArgs};
 use crate::model::Repo;
 
-#[derive(Debug, Clone, Args)]
-#[command(
-    about = "Check a repository's Functions, PlacementPolicies and DeviceClasses",
-    long_about = "Check a repository's Functions, PlacementPolicies and DeviceClasses.\n\n\
+/// The long help of `cloud4iot validate --help`.
+pub const LONG_ABOUT: &str = "Check a repository's Functions, PlacementPolicies and DeviceClasses.\n\n\
 Reads every *.yaml/*.yml file under the repository (multi-document; hidden files and \
 directories, and paths listed in a .sourceignore file, are skipped), checks each document \
-against the JSON Schema of its kind, then checks what a schema cannot: names that are \
-referenced but not defined, duplicate names, a `mode` missing from `modes`, tiers, quantities. \
-Every problem is reported, not only the first, as `file:line:column: field: message`.\n\n\
-Exit codes: 0 valid, 1 invalid, 2 the repository could not be read.",
+against the JSON Schema of its kind (schema/*.json), then checks what a schema cannot: names \
+that are referenced but not defined, duplicate names, a `mode` missing from `modes`, tiers, \
+quantities, images. Every problem is reported, not only the first, as \
+`file:line:column: field: message`.\n\n\
+Exit codes: 0 valid, 1 invalid, 2 the repository could not be read.";
+
+#[derive(Debug, Clone, Args)]
+#[command(
     after_help = "Examples:\n  cloud4iot validate --repo examples-repo\n  cloud4iot validate --repo . -o json | jq '.[].message'"
 )]
 pub struct ValidateArgs {
