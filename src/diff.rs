@@ -57,7 +57,12 @@ impl std::fmt::Display for Location {
 
 impl Location {
     fn of(p: &Placement) -> Option<Location> {
-        Some(Location { tier: p.tier?, node: p.node.clone(), site: p.site.clone(), arch: p.arch })
+        Some(Location {
+            tier: p.tier?,
+            node: p.node.clone(),
+            site: p.site.clone(),
+            arch: p.arch,
+        })
     }
 }
 
@@ -91,7 +96,8 @@ pub struct PlacementChange {
 /// a move (the object diff shows it).
 pub fn placement_changes(before: &Plan, after: &Plan) -> Vec<PlacementChange> {
     let key = |p: &Placement| (p.function.clone(), p.instance.clone());
-    let before_map: BTreeMap<_, &Placement> = before.placements.iter().map(|p| (key(p), p)).collect();
+    let before_map: BTreeMap<_, &Placement> =
+        before.placements.iter().map(|p| (key(p), p)).collect();
     let after_map: BTreeMap<_, &Placement> = after.placements.iter().map(|p| (key(p), p)).collect();
     let keys: BTreeSet<_> = before_map.keys().chain(after_map.keys()).cloned().collect();
     let mut out = Vec::new();
@@ -155,7 +161,10 @@ impl ObjectChange {
 /// identical objects after normalisation are not reported.
 pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectChange> {
     let key = |d: &Deployment| {
-        (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default())
+        (
+            d.metadata.namespace.clone().unwrap_or_default(),
+            d.metadata.name.clone().unwrap_or_default(),
+        )
     };
     let desired_map: BTreeMap<_, &Deployment> = desired.iter().map(|d| (key(d), d)).collect();
     let live_map: BTreeMap<_, &Deployment> = live.iter().map(|d| (key(d), d)).collect();
@@ -188,7 +197,13 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
             .context_radius(3)
             .header(&format!("a/{label}"), &format!("b/{label}"))
             .to_string();
-        out.push(ObjectChange { action, kind: "Deployment".to_string(), namespace: k.0, name: k.1, diff });
+        out.push(ObjectChange {
+            action,
+            kind: "Deployment".to_string(),
+            namespace: k.0,
+            name: k.1,
+            diff,
+        });
     }
     out
 }
@@ -198,14 +213,21 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
 /// review (an apply refreshes the annotation when it changes something else).
 fn without_revision(v: &Value) -> Value {
     let mut v = v.clone();
-    if let Some(ann) = v.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+    if let Some(ann) = v
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
         ann.remove(labels::REVISION);
     }
     v
 }
 
 fn is_managed(d: &Deployment) -> bool {
-    d.metadata.labels.as_ref().and_then(|l| l.get(labels::MANAGED_BY)).is_some_and(|v| v == labels::MANAGER)
+    d.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::MANAGED_BY))
+        .is_some_and(|v| v == labels::MANAGER)
 }
 
 fn to_value(d: &Deployment) -> Value {
@@ -218,17 +240,26 @@ fn to_yaml(v: &Value) -> String {
 }
 
 /// Annotations the server or kubectl write, never cloud4iot.
-const SERVER_ANNOTATIONS: [&str; 2] =
-    ["deployment.kubernetes.io/revision", "kubectl.kubernetes.io/last-applied-configuration"];
+const SERVER_ANNOTATIONS: [&str; 2] = [
+    "deployment.kubernetes.io/revision",
+    "kubectl.kubernetes.io/last-applied-configuration",
+];
 
 /// Removes what the API server owns: status, and metadata it assigns.
 pub fn strip_server_fields(v: &mut Value) {
     let Some(obj) = v.as_object_mut() else { return };
     obj.remove("status");
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for field in
-            ["managedFields", "uid", "resourceVersion", "creationTimestamp", "generation", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"]
-        {
+        for field in [
+            "managedFields",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             meta.remove(field);
         }
         if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -244,11 +275,18 @@ pub fn strip_server_fields(v: &mut Value) {
 
 /// Subtrees cloud4iot owns whole and the server never defaults: compared in full, so that
 /// removing them (a move off a gateway drops the toleration) shows.
-const OWNED_WHOLE: [&str; 2] = ["spec.template.spec.affinity", "spec.template.spec.tolerations"];
+const OWNED_WHOLE: [&str; 2] = [
+    "spec.template.spec.affinity",
+    "spec.template.spec.tolerations",
+];
 
 /// Maps whose `cloud4iot.io/` keys are compared even when the desired object lacks them.
-const OWN_PREFIX_MAPS: [&str; 4] =
-    ["metadata.labels", "metadata.annotations", "spec.template.metadata.labels", "spec.template.metadata.annotations"];
+const OWN_PREFIX_MAPS: [&str; 4] = [
+    "metadata.labels",
+    "metadata.annotations",
+    "spec.template.metadata.labels",
+    "spec.template.metadata.annotations",
+];
 
 /// `live` reduced to the field paths present in `desired` (plus the exceptions above).
 fn prune_to(live: &Value, desired: &Value, path: &str) -> Value {
@@ -257,7 +295,11 @@ fn prune_to(live: &Value, desired: &Value, path: &str) -> Value {
             let own_prefix = OWN_PREFIX_MAPS.contains(&path);
             let mut out = Map::new();
             for (k, lv) in l {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 if OWNED_WHOLE.contains(&child.as_str()) {
                     out.insert(k.clone(), lv.clone());
                     continue;
@@ -294,8 +336,10 @@ fn prune_list(live: &[Value], desired: &[Value], path: &str) -> Vec<Value> {
     let keyed = !desired.is_empty() && desired.iter().all(|d| list_key(d).is_some());
     if keyed {
         // Keyed (map) lists: elements others added are theirs and stay out of the diff.
-        let by_key: BTreeMap<String, &Value> =
-            desired.iter().filter_map(|d| Some((list_key(d)?, d))).collect();
+        let by_key: BTreeMap<String, &Value> = desired
+            .iter()
+            .filter_map(|d| Some((list_key(d)?, d)))
+            .collect();
         live.iter()
             .filter_map(|l| {
                 let d = by_key.get(&list_key(l)?)?;
@@ -326,7 +370,10 @@ impl DiffReport {
     /// Compares the plan `after` and its rendered objects with the plan `before` and the
     /// objects live now (or rendered from `before`, to compare two revisions).
     pub fn new(before: &Plan, after: &Plan, desired: &[Deployment], live: &[Deployment]) -> Self {
-        DiffReport { placement_changes: placement_changes(before, after), object_changes: object_diff(desired, live) }
+        DiffReport {
+            placement_changes: placement_changes(before, after),
+            object_changes: object_diff(desired, live),
+        }
     }
 
     pub fn has_changes(&self) -> bool {
@@ -344,7 +391,12 @@ pub fn against_live(
 ) -> DiffReport {
     let after = crate::plan::plan(repo, inv, now);
     let desired = crate::render::render(repo, &after, opts);
-    DiffReport::new(&crate::plan::current_placements(&inv.live), &after, &desired, &inv.live)
+    DiffReport::new(
+        &crate::plan::current_placements(&inv.live),
+        &after,
+        &desired,
+        &inv.live,
+    )
 }
 
 /// What a change of the repository alone does (`--base` against `--rev`): both revisions
@@ -357,7 +409,10 @@ pub fn between_revisions(
     now: jiff::Timestamp,
     opts: &crate::render::RenderOptions,
 ) -> DiffReport {
-    let opts = crate::render::RenderOptions { revision: None, ..opts.clone() };
+    let opts = crate::render::RenderOptions {
+        revision: None,
+        ..opts.clone()
+    };
     let before = crate::plan::plan(base, inv, now);
     let after = crate::plan::plan(head, inv, now);
     let old = crate::render::render(base, &before, &opts);

@@ -6,7 +6,9 @@
 //! converted into the typed k8s-openapi objects; a test checks that the typed objects
 //! serialise back to exactly the literals, so no field is silently dropped by a typo.
 
-use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -79,8 +81,10 @@ pub struct InstallError {
 /// Every object, in an order `kubectl apply` can create them in one pass: CRDs and
 /// namespaces before what lives in them, RBAC before the workloads that use it.
 pub fn objects(opts: &InstallOptions) -> Result<Vec<InstallObject>, InstallError> {
-    let mut out: Vec<InstallObject> =
-        crate::crd::all().into_iter().map(|c| InstallObject::CustomResourceDefinition(Box::new(c))).collect();
+    let mut out: Vec<InstallObject> = crate::crd::all()
+        .into_iter()
+        .map(|c| InstallObject::CustomResourceDefinition(Box::new(c)))
+        .collect();
     for literal in literals(opts) {
         out.push(typed(literal)?);
     }
@@ -181,7 +185,7 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                 }],
                 "validations": [{
                     "expression": format!(
-                        "'{NODE_NAME_CLAIM}' in request.userInfo.extra && \
+                        "has(request.userInfo.extra) && '{NODE_NAME_CLAIM}' in request.userInfo.extra && \
                          object.metadata.name in request.userInfo.extra['{NODE_NAME_CLAIM}']"
                     ),
                     "message": "a gateway agent may write only the GatewayReport named after its own node",
@@ -258,7 +262,10 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
 /// The typed object for a literal, dispatched on its `kind`.
 pub fn typed(literal: Value) -> Result<InstallObject, InstallError> {
     let kind = literal["kind"].as_str().unwrap_or_default().to_string();
-    let err = |source| InstallError { kind: kind.clone(), source };
+    let err = |source| InstallError {
+        kind: kind.clone(),
+        source,
+    };
     fn de<T: DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
         serde_json::from_value(v)
     }
@@ -269,15 +276,21 @@ pub fn typed(literal: Value) -> Result<InstallObject, InstallError> {
         "ClusterRoleBinding" => InstallObject::ClusterRoleBinding(de(literal).map_err(err)?),
         "Role" => InstallObject::Role(de(literal).map_err(err)?),
         "RoleBinding" => InstallObject::RoleBinding(de(literal).map_err(err)?),
-        "ValidatingAdmissionPolicy" => InstallObject::ValidatingAdmissionPolicy(de(literal).map_err(err)?),
+        "ValidatingAdmissionPolicy" => {
+            InstallObject::ValidatingAdmissionPolicy(de(literal).map_err(err)?)
+        }
         "ValidatingAdmissionPolicyBinding" => {
             InstallObject::ValidatingAdmissionPolicyBinding(de(literal).map_err(err)?)
         }
         "Deployment" => InstallObject::Deployment(de(literal).map_err(err)?),
         "DaemonSet" => InstallObject::DaemonSet(de(literal).map_err(err)?),
-        "CustomResourceDefinition" => InstallObject::CustomResourceDefinition(de(literal).map_err(err)?),
+        "CustomResourceDefinition" => {
+            InstallObject::CustomResourceDefinition(de(literal).map_err(err)?)
+        }
         _ => {
-            return Err(err(serde::de::Error::custom(format!("unknown kind {kind:?}"))));
+            return Err(err(serde::de::Error::custom(format!(
+                "unknown kind {kind:?}"
+            ))));
         }
     })
 }

@@ -24,15 +24,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration,
+    Affinity, Container, ContainerPort, EnvVar, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, ResourceRequirements,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::model::{
-    Function, Tier, device_slug, format_cpu, format_memory, labels, parse_cpu_millis,
-    parse_memory_bytes, Repo,
+    Function, Repo, Tier, device_slug, format_cpu, format_memory, labels, parse_cpu_millis,
+    parse_memory_bytes,
 };
 use crate::plan::{Placement, Plan};
 
@@ -53,7 +54,10 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { namespace: DEFAULT_NAMESPACE.to_string(), revision: None }
+        RenderOptions {
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            revision: None,
+        }
     }
 }
 
@@ -68,7 +72,11 @@ pub fn render(repo: &Repo, plan: &Plan, opts: &RenderOptions) -> Vec<Deployment>
 }
 
 /// The Deployment of one placement, or `None` when it is unplaced or has no image.
-pub fn render_placement(function: &Function, p: &Placement, opts: &RenderOptions) -> Option<Deployment> {
+pub fn render_placement(
+    function: &Function,
+    p: &Placement,
+    opts: &RenderOptions,
+) -> Option<Deployment> {
     let tier = p.tier?;
     let spec = &function.spec;
     let image = p
@@ -137,10 +145,19 @@ pub fn render_placement(function: &Function, p: &Placement, opts: &RenderOptions
         },
         spec: DeploymentSpec {
             replicas: Some(1),
-            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
-            strategy: Some(DeploymentStrategy { type_: Some("Recreate".to_string()), ..Default::default() }),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_string()),
+                ..Default::default()
+            }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(object_labels), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(object_labels),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     affinity: Some(affinity(p, tier)),
                     tolerations: (tier == Tier::Gateway).then(|| {
@@ -173,7 +190,10 @@ fn instance_labels(p: &Placement, tier: Tier) -> BTreeMap<String, String> {
         out.insert(labels::NODE.to_string(), label_value(node));
     }
     if let Some(device) = &p.device {
-        out.insert(labels::DEVICE.to_string(), label_value(&device_slug(device)));
+        out.insert(
+            labels::DEVICE.to_string(),
+            label_value(&device_slug(device)),
+        );
     }
     out
 }
@@ -214,7 +234,11 @@ fn requirement(key: &str, value: &str) -> NodeSelectorRequirement {
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.to_string(), value: Some(value.to_string()), ..Default::default() }
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..Default::default()
+    }
 }
 
 /// Requests = the function's resources; limits = the memory request only (see module doc).
@@ -241,25 +265,34 @@ fn resources(cpu: &Option<String>, memory: &Option<String>) -> Option<ResourceRe
 
 /// `0.5` -> `500m`; a value that does not parse (validation rejects those) is kept as is.
 pub fn canonical_cpu(value: &str) -> String {
-    parse_cpu_millis(value).map(format_cpu).unwrap_or_else(|_| value.to_string())
+    parse_cpu_millis(value)
+        .map(format_cpu)
+        .unwrap_or_else(|_| value.to_string())
 }
 
 /// `1.5Gi` -> `1536Mi`; a value that does not parse is kept as is.
 pub fn canonical_memory(value: &str) -> String {
-    parse_memory_bytes(value).map(format_memory).unwrap_or_else(|_| value.to_string())
+    parse_memory_bytes(value)
+        .map(format_memory)
+        .unwrap_or_else(|_| value.to_string())
 }
 
 /// The container is named after its function when that is a DNS-1123 label (so
 /// `kubectl logs -c <function>` works), else `function`.
 fn container_name(function: &str) -> String {
-    if is_dns1123_label(function) { function.to_string() } else { "function".to_string() }
+    if is_dns1123_label(function) {
+        function.to_string()
+    } else {
+        "function".to_string()
+    }
 }
 
 /// A DNS-1123 label: at most 63 lowercase alphanumerics or `-`, alphanumeric at both ends.
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }

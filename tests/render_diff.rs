@@ -48,7 +48,14 @@ fn at(tier: Option<Tier>, node: Option<&str>, reason: &str) -> Plan {
 }
 
 fn rendered(plan: &Plan) -> Vec<Deployment> {
-    render(&repo(), plan, &RenderOptions { revision: Some("main@sha1:aaaa".into()), ..Default::default() })
+    render(
+        &repo(),
+        plan,
+        &RenderOptions {
+            revision: Some("main@sha1:aaaa".into()),
+            ..Default::default()
+        },
+    )
 }
 
 /// What the API server makes of an applied Deployment: metadata it owns, defaults, status.
@@ -91,10 +98,14 @@ fn server_owned_fields_and_defaults_are_no_change() {
 #[test]
 fn a_new_revision_alone_is_no_change() {
     let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
-    let older = render(&repo(), &at(Some(Tier::Gateway), Some("gw-home-1"), "home"), &RenderOptions {
-        revision: Some("main@sha1:bbbb".into()),
-        ..Default::default()
-    });
+    let older = render(
+        &repo(),
+        &at(Some(Tier::Gateway), Some("gw-home-1"), "home"),
+        &RenderOptions {
+            revision: Some("main@sha1:bbbb".into()),
+            ..Default::default()
+        },
+    );
     assert_eq!(object_diff(&desired, &older), vec![]);
 }
 
@@ -106,28 +117,62 @@ fn an_image_changed_by_hand_shows() {
     let changes = object_diff(&desired, &[live]);
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].action, Action::Update);
-    assert!(changes[0].diff.contains("-        image: evil:latest"), "{}", changes[0].diff);
-    assert!(changes[0].diff.contains("+        image: ghcr.io/cloud4iot/omh-consolidator:1.2.0"), "{}", changes[0].diff);
-    assert!(!changes[0].diff.contains("uid"), "server-owned fields stay out: {}", changes[0].diff);
+    assert!(
+        changes[0].diff.contains("-        image: evil:latest"),
+        "{}",
+        changes[0].diff
+    );
+    assert!(
+        changes[0]
+            .diff
+            .contains("+        image: ghcr.io/cloud4iot/omh-consolidator:1.2.0"),
+        "{}",
+        changes[0].diff
+    );
+    assert!(
+        !changes[0].diff.contains("uid"),
+        "server-owned fields stay out: {}",
+        changes[0].diff
+    );
 }
 
 #[test]
 fn roaming_moves_the_instance_and_the_affinity() {
-    let home = at(Some(Tier::Gateway), Some("gw-home-1"), "gw-home-1 sees the device");
-    let hospital = at(Some(Tier::Gateway), Some("gw-hospital-1"), "gw-hospital-1 sees the device");
+    let home = at(
+        Some(Tier::Gateway),
+        Some("gw-home-1"),
+        "gw-home-1 sees the device",
+    );
+    let hospital = at(
+        Some(Tier::Gateway),
+        Some("gw-hospital-1"),
+        "gw-hospital-1 sees the device",
+    );
     let changes = placement_changes(&home, &hospital);
     assert_eq!(changes.len(), 1);
     let c = &changes[0];
     assert_eq!(c.change, PlacementChangeKind::Moved);
     assert_eq!(c.from.as_ref().unwrap().to_string(), "gateway/gw-home-1");
     assert_eq!(c.to.as_ref().unwrap().to_string(), "gateway/gw-hospital-1");
-    assert_eq!(c.reason_before.as_deref(), Some("gw-home-1 sees the device"));
-    assert_eq!(c.reason_after.as_deref(), Some("gw-hospital-1 sees the device"));
+    assert_eq!(
+        c.reason_before.as_deref(),
+        Some("gw-home-1 sees the device")
+    );
+    assert_eq!(
+        c.reason_after.as_deref(),
+        Some("gw-hospital-1 sees the device")
+    );
 
     let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
     let objects = object_diff(&rendered(&hospital), &live);
     assert_eq!(objects.len(), 1);
-    assert!(objects[0].diff.contains("-                - gw-home-1\n+                - gw-hospital-1"), "{}", objects[0].diff);
+    assert!(
+        objects[0]
+            .diff
+            .contains("-                - gw-home-1\n+                - gw-hospital-1"),
+        "{}",
+        objects[0].diff
+    );
 }
 
 #[test]
@@ -139,8 +184,14 @@ fn offloading_drops_the_gateway_toleration_and_node_label() {
     let diff = &objects[0].diff;
     assert!(diff.contains("-    cloud4iot.io/node: gw-home-1"), "{diff}");
     assert!(diff.contains("-      tolerations:"), "{diff}");
-    assert!(diff.contains("-        key: cloud4iot.io/gateway"), "{diff}");
-    assert!(!diff.contains("team.example/owner"), "others' labels are not ours to show: {diff}");
+    assert!(
+        diff.contains("-        key: cloud4iot.io/gateway"),
+        "{diff}"
+    );
+    assert!(
+        !diff.contains("team.example/owner"),
+        "others' labels are not ours to show: {diff}"
+    );
 }
 
 #[test]
@@ -150,12 +201,34 @@ fn create_delete_and_unmanaged_objects() {
     orphan.metadata.name = Some("omh-consolidator-gone".into());
     let mut foreign = orphan.clone();
     foreign.metadata.name = Some("not-ours".into());
-    foreign.metadata.labels.as_mut().unwrap().remove("app.kubernetes.io/managed-by");
+    foreign
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("app.kubernetes.io/managed-by");
     let changes = object_diff(&desired, &[orphan, foreign]);
-    let summary: Vec<(Action, &str)> = changes.iter().map(|c| (c.action, c.name.as_str())).collect();
-    assert_eq!(summary, vec![(Action::Create, "omh-consolidator-c4-7c-8d-6a-12-34"), (Action::Delete, "omh-consolidator-gone")]);
-    assert!(changes[0].diff.lines().skip(3).all(|l| l.starts_with('+')), "{}", changes[0].diff);
-    assert!(changes[1].diff.lines().skip(3).all(|l| l.starts_with('-')), "{}", changes[1].diff);
+    let summary: Vec<(Action, &str)> = changes
+        .iter()
+        .map(|c| (c.action, c.name.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Action::Create, "omh-consolidator-c4-7c-8d-6a-12-34"),
+            (Action::Delete, "omh-consolidator-gone")
+        ]
+    );
+    assert!(
+        changes[0].diff.lines().skip(3).all(|l| l.starts_with('+')),
+        "{}",
+        changes[0].diff
+    );
+    assert!(
+        changes[1].diff.lines().skip(3).all(|l| l.starts_with('-')),
+        "{}",
+        changes[1].diff
+    );
     assert!(!changes[1].diff.contains("managedFields"));
 }
 
@@ -165,15 +238,33 @@ fn appeared_and_disappeared_placements() {
     let unplaced = at(None, None, "no gateway sees the device");
     let gone = placement_changes(&placed, &unplaced);
     assert_eq!(gone[0].change, PlacementChangeKind::Disappeared);
-    assert_eq!(gone[0].reason_after.as_deref(), Some("no gateway sees the device"));
-    assert_eq!(placement_changes(&Plan::default(), &placed)[0].change, PlacementChangeKind::Appeared);
-    assert_eq!(placement_changes(&unplaced, &Plan::default()), vec![], "unplaced counts as absent");
+    assert_eq!(
+        gone[0].reason_after.as_deref(),
+        Some("no gateway sees the device")
+    );
+    assert_eq!(
+        placement_changes(&Plan::default(), &placed)[0].change,
+        PlacementChangeKind::Appeared
+    );
+    assert_eq!(
+        placement_changes(&unplaced, &Plan::default()),
+        vec![],
+        "unplaced counts as absent"
+    );
     assert_eq!(placement_changes(&placed, &placed), vec![]);
 }
 
 fn roaming_report() -> DiffReport {
-    let home = at(Some(Tier::Gateway), Some("gw-home-1"), "gw-home-1 sees the device | at -58 dBm");
-    let hospital = at(Some(Tier::Gateway), Some("gw-hospital-1"), "gw-hospital-1 sees the device");
+    let home = at(
+        Some(Tier::Gateway),
+        Some("gw-home-1"),
+        "gw-home-1 sees the device | at -58 dBm",
+    );
+    let hospital = at(
+        Some(Tier::Gateway),
+        Some("gw-hospital-1"),
+        "gw-hospital-1 sees the device",
+    );
     let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
     DiffReport::new(&home, &hospital, &rendered(&hospital), &live)
 }
@@ -185,17 +276,29 @@ fn formats() {
 
     let text = report.render(DiffFormat::Text, false);
     assert!(!text.contains('\x1b'), "no colour unless asked");
-    let moved = text.find("moved gateway/gw-home-1 -> gateway/gw-hospital-1").expect(&text);
-    assert!(moved < text.find("@@").unwrap(), "placement changes come first");
-    assert!(report.render(DiffFormat::Text, true).contains("\x1b["), "colour when asked");
+    let moved = text
+        .find("moved gateway/gw-home-1 -> gateway/gw-hospital-1")
+        .expect(&text);
+    assert!(
+        moved < text.find("@@").unwrap(),
+        "placement changes come first"
+    );
+    assert!(
+        report.render(DiffFormat::Text, true).contains("\x1b["),
+        "colour when asked"
+    );
 
     let md = report.render(DiffFormat::Markdown, false);
     assert!(md.contains("| `omh-consolidator-c4-7c-8d-6a-12-34` | moved | gateway/gw-home-1 | gateway/gw-hospital-1 |"), "{md}");
     assert!(md.contains("<details><summary>update Deployment <code>cloud4iot-functions/omh-consolidator-c4-7c-8d-6a-12-34</code></summary>"), "{md}");
     assert!(md.contains("```diff\n"), "{md}");
-    assert_eq!(md.matches("<details>").count(), md.matches("</details>").count());
+    assert_eq!(
+        md.matches("<details>").count(),
+        md.matches("</details>").count()
+    );
 
-    let json: serde_json::Value = serde_json::from_str(&report.render(DiffFormat::Json, false)).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&report.render(DiffFormat::Json, false)).unwrap();
     assert_eq!(json["placementChanges"][0]["change"], "moved");
     assert_eq!(json["placementChanges"][0]["from"]["node"], "gw-home-1");
     assert_eq!(json["placementChanges"][0]["to"]["node"], "gw-hospital-1");
@@ -204,5 +307,8 @@ fn formats() {
     let none = DiffReport::default();
     assert!(!none.has_changes());
     assert_eq!(none.render(DiffFormat::Text, false), "No changes.\n");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&none.render_json()).unwrap(), json!({"placementChanges": [], "objectChanges": []}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&none.render_json()).unwrap(),
+        json!({"placementChanges": [], "objectChanges": []})
+    );
 }

@@ -48,7 +48,10 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn render_options(&self, namespace: &str) -> RenderOptions {
-        RenderOptions { namespace: namespace.to_string(), revision: self.checkout.revision.clone() }
+        RenderOptions {
+            namespace: namespace.to_string(),
+            revision: self.checkout.revision.clone(),
+        }
     }
 
     pub fn plan(&self) -> Plan {
@@ -58,7 +61,11 @@ impl Inputs {
 
 /// Source, load and state. `Ok(None)`: the repository is invalid; its diagnostics have
 /// been printed to stderr (exit 1, as `validate`).
-pub fn read_inputs(repo: &RepoArgs, state: &StateArgs, now: Option<Timestamp>) -> anyhow::Result<Option<Inputs>> {
+pub fn read_inputs(
+    repo: &RepoArgs,
+    state: &StateArgs,
+    now: Option<Timestamp>,
+) -> anyhow::Result<Option<Inputs>> {
     let checkout = crate::source::open(repo)?;
     let loaded = match crate::load::load_dir(&checkout.dir) {
         Ok(r) => r,
@@ -72,20 +79,30 @@ pub fn read_inputs(repo: &RepoArgs, state: &StateArgs, now: Option<Timestamp>) -
         }
     };
     let inventory = read_state(state)?;
-    let now = now.or_else(|| state.state.as_ref().and_then(|_| snapshot_now(&inventory))).unwrap_or_else(Timestamp::now);
-    Ok(Some(Inputs { checkout, repo: loaded, inventory, now }))
+    let now = now
+        .or_else(|| state.state.as_ref().and_then(|_| snapshot_now(&inventory)))
+        .unwrap_or_else(Timestamp::now);
+    Ok(Some(Inputs {
+        checkout,
+        repo: loaded,
+        inventory,
+        now,
+    }))
 }
 
 /// The live state from `--state FILE`. Reading a cluster is `cloud4iot::cluster`'s.
 pub fn read_state(state: &StateArgs) -> anyhow::Result<Inventory> {
     match &state.state {
         Some(path) => read_snapshot(path),
-        None => anyhow::bail!("no --state FILE given (reading the live state from a cluster is not supported by this command yet)"),
+        None => anyhow::bail!(
+            "no --state FILE given (reading the live state from a cluster is not supported by this command yet)"
+        ),
     }
 }
 
 fn read_snapshot(path: &Path) -> anyhow::Result<Inventory> {
-    crate::state::read_snapshot(path).with_context(|| format!("reading state snapshot {}", path.display()))
+    crate::state::read_snapshot(path)
+        .with_context(|| format!("reading state snapshot {}", path.display()))
 }
 
 /// The newest GatewayReport heartbeat: the moment a snapshot describes.

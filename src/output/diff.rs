@@ -28,7 +28,11 @@ impl DiffReport {
     /// Placement changes, then one unified diff per object; ANSI colours when `color`.
     pub fn render_text(&self, color: bool) -> String {
         let paint = |style: Style, s: &str| {
-            if color { format!("{}{s}{}", style.render(), style.render_reset()) } else { s.to_string() }
+            if color {
+                format!("{}{s}{}", style.render(), style.render_reset())
+            } else {
+                s.to_string()
+            }
         };
         let bold = Style::new().bold();
         let mut out = String::new();
@@ -37,7 +41,14 @@ impl DiffReport {
             return out;
         }
         if !self.placement_changes.is_empty() {
-            let _ = writeln!(out, "{}", paint(bold, &format!("Placement changes ({}):", self.placement_changes.len())));
+            let _ = writeln!(
+                out,
+                "{}",
+                paint(
+                    bold,
+                    &format!("Placement changes ({}):", self.placement_changes.len())
+                )
+            );
             for c in &self.placement_changes {
                 let _ = writeln!(out, "  {}: {}", paint(bold, &c.instance), movement(c));
                 if let Some(r) = &c.reason_before {
@@ -50,9 +61,20 @@ impl DiffReport {
             out.push('\n');
         }
         if !self.object_changes.is_empty() {
-            let _ = writeln!(out, "{}", paint(bold, &format!("Object changes ({}):", summary(&self.object_changes))));
+            let _ = writeln!(
+                out,
+                "{}",
+                paint(
+                    bold,
+                    &format!("Object changes ({}):", summary(&self.object_changes))
+                )
+            );
             for c in &self.object_changes {
-                let _ = writeln!(out, "{}", paint(bold, &format!("{} {} {}", verb(c.action), c.kind, c.key())));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    paint(bold, &format!("{} {} {}", verb(c.action), c.kind, c.key()))
+                );
                 for line in c.diff.lines() {
                     let style = if line.starts_with("+++") || line.starts_with("---") {
                         bold
@@ -93,7 +115,11 @@ impl DiffReport {
             for c in &self.placement_changes {
                 let from = c.from.as_ref().map_or("-".to_string(), |l| l.to_string());
                 let to = c.to.as_ref().map_or("-".to_string(), |l| l.to_string());
-                let why = c.reason_after.as_ref().or(c.reason_before.as_ref()).map_or("", String::as_str);
+                let why = c
+                    .reason_after
+                    .as_ref()
+                    .or(c.reason_before.as_ref())
+                    .map_or("", String::as_str);
                 let _ = writeln!(
                     out,
                     "| `{}` | {} | {} | {} | {} |",
@@ -130,7 +156,8 @@ impl DiffReport {
 }
 
 fn movement(c: &PlacementChange) -> String {
-    let loc = |l: &Option<crate::diff::Location>| l.as_ref().map_or("-".to_string(), |l| l.to_string());
+    let loc =
+        |l: &Option<crate::diff::Location>| l.as_ref().map_or("-".to_string(), |l| l.to_string());
     match c.change {
         PlacementChangeKind::Moved => format!("moved {} -> {}", loc(&c.from), loc(&c.to)),
         PlacementChangeKind::Appeared => format!("appeared on {}", loc(&c.to)),
@@ -157,7 +184,12 @@ fn verb(a: Action) -> &'static str {
 /// `1 to create, 2 to update, 0 to delete`.
 fn summary(changes: &[ObjectChange]) -> String {
     let n = |a| changes.iter().filter(|c| c.action == a).count();
-    format!("{} to create, {} to update, {} to delete", n(Action::Create), n(Action::Update), n(Action::Delete))
+    format!(
+        "{} to create, {} to update, {} to delete",
+        n(Action::Create),
+        n(Action::Update),
+        n(Action::Delete)
+    )
 }
 
 fn plural(n: usize) -> &'static str {
@@ -170,7 +202,9 @@ fn cell(s: &str) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn longest_backtick_run(s: &str) -> usize {
