@@ -74,6 +74,9 @@ pub enum Command {
     Diff(crate::commands::diff::DiffArgs),
     /// Print the Deployments the placement calls for (YAML).
     Render(crate::commands::render::RenderArgs),
+    /// Apply the placement to the cluster: server-side apply (field manager `cloud4iot`),
+    /// then prune managed Deployments that are no longer desired.
+    Apply(crate::commands::apply::ApplyArgs),
 }
 
 /// Where the desired configuration comes from.
@@ -122,8 +125,12 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Diff(args) if args.watch => {
             crate::watch::watch(&args.repo, args.state.state.as_deref(), || async { crate::commands::diff::run(&args, color) }).await
         }
+        Command::Diff(args) if args.state.state.is_none() && args.base.is_none() => {
+            crate::commands::diff::run_against_cluster(&args, color).await
+        }
         Command::Diff(args) => crate::commands::diff::run(&args, color),
         Command::Render(args) => crate::commands::render::run(&args),
+        Command::Apply(args) => crate::commands::apply::run(args).await,
     };
     match result {
         Ok(outcome) => outcome as u8,

@@ -188,6 +188,8 @@ pub async fn namespace_exists(client: &Client, namespace: &str) -> Result<bool, 
 /// become once cloud4iot's fields are in force (`apply` without `--force` may instead
 /// report a conflict for fields another tool applied).
 ///
+/// Results are stripped of what the server owns (status, managedFields, uid,
+/// resourceVersion, generation, timestamps; see [`crate::diff::strip_server_fields`]).
 /// Objects whose namespace does not exist yet cannot be dry-run by the server; they are
 /// returned as rendered (everything in them is new anyway). Results are in input order.
 pub async fn dry_run_apply(client: &Client, desired: &[Deployment]) -> Result<Vec<Deployment>, ClusterError> {
@@ -223,10 +225,18 @@ pub async fn dry_run_apply_with(
                 let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
                 api.patch(&name, params, &Patch::Apply(object))
                     .await
+                    .map(|stored| without_server_fields(&stored))
                     .map_err(|source| ClusterError::DryRun { namespace, name, source })
             }
         })
         .buffered(concurrency.max(1))
         .try_collect()
         .await
+}
+
+/// `object` without the fields the API server owns, for comparing with desired objects.
+pub fn without_server_fields(object: &Deployment) -> Deployment {
+    let Ok(mut value) = serde_json::to_value(object) else { return object.clone() };
+    crate::diff::strip_server_fields(&mut value);
+    serde_json::from_value(value).unwrap_or_else(|_| object.clone())
 }
