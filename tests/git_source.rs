@@ -325,3 +325,71 @@ fn unreachable_url_is_an_error_of_the_source() {
         "{out:?}"
     );
 }
+
+/// An HTTP server on loopback that wants credentials and accepts none: records the
+/// `Authorization` header of every request and answers 401. Serves at most `max` requests.
+fn server_wanting_credentials(max: usize) -> (String, std::sync::mpsc::Receiver<Option<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max) {
+            let Ok(mut stream) = stream else { return };
+            let mut auth = None;
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("authorization")
+                {
+                    auth = Some(value.trim().to_owned());
+                }
+                line.clear();
+            }
+            let _ = tx.send(auth);
+            let _ = stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (format!("127.0.0.1:{}", addr.port()), rx)
+}
+
+#[test]
+fn https_token_is_sent_as_the_password_and_a_rejection_is_named() {
+    let tmp = TempDir::new().unwrap();
+    // Plain HTTP on loopback: the same credential path as https, without a certificate.
+    let (addr, seen) = server_wanting_credentials(10);
+    let url = format!("http://{addr}/iot/functions.git");
+    let out = validate(&tmp, &url, Some("main"));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "authentication to {url} failed: the server asks for credentials: set CLOUD4IOT_GIT_TOKEN to an access token"
+        )),
+        "{out:?}"
+    );
+    assert_eq!(
+        seen.try_iter().flatten().count(),
+        0,
+        "no credentials without a token"
+    );
+
+    let url = format!("http://ci@{addr}/iot/functions.git");
+    let out = run(cloud4iot(tmp.path())
+        .env("CLOUD4IOT_GIT_TOKEN", "s3cret")
+        .args(["validate", "--repo", &url, "--rev", "main"]));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "authentication to {url} failed: the server rejected the token in CLOUD4IOT_GIT_TOKEN"
+        )),
+        "{out:?}"
+    );
+    // base64("ci:s3cret"): the user from the URL, the token as the password, sent once
+    // (libgit2 first tries the URL's user alone, "ci:").
+    let sent: Vec<String> = seen.try_iter().flatten().collect();
+    assert_eq!(sent.iter().filter(|a| *a == "Basic Y2k6czNjcmV0").count(), 1, "{sent:?}");
+    assert_eq!(sent.last().map(String::as_str), Some("Basic Y2k6czNjcmV0"), "{sent:?}");
+}

@@ -234,11 +234,13 @@ fn callbacks(opts: &Options) -> RemoteCallbacks<'_> {
             if std::env::var_os("SSH_AUTH_SOCK").is_some() && !tried_agent.replace(true) {
                 return Cred::ssh_key_from_agent(user);
             }
-            return Err(git2::Error::new(
-                ErrorCode::Auth,
-                git2::ErrorClass::Ssh,
-                "no ssh key accepted (tried: --ssh-key / CLOUD4IOT_SSH_KEY, then the ssh agent)",
-            ));
+            let tried = match (tried_key.get(), tried_agent.get()) {
+                (true, true) => "the server accepted neither the key of --ssh-key nor the ssh agent's keys",
+                (true, false) => "the server did not accept the key of --ssh-key (and no ssh agent is running)",
+                (false, true) => "the server accepted none of the ssh agent's keys (pass a key with --ssh-key)",
+                (false, false) => "no ssh key to offer: pass --ssh-key FILE (or CLOUD4IOT_SSH_KEY), or run an ssh agent",
+            };
+            return Err(git2::Error::new(ErrorCode::Auth, git2::ErrorClass::Ssh, tried));
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             if let Ok(token) = std::env::var("CLOUD4IOT_GIT_TOKEN")
@@ -247,11 +249,12 @@ fn callbacks(opts: &Options) -> RemoteCallbacks<'_> {
             {
                 return Cred::userpass_plaintext(user, &token);
             }
-            return Err(git2::Error::new(
-                ErrorCode::Auth,
-                git2::ErrorClass::Http,
-                "the server asks for credentials and none were accepted (set CLOUD4IOT_GIT_TOKEN to an access token)",
-            ));
+            let why = if tried_token.get() {
+                "the server rejected the token in CLOUD4IOT_GIT_TOKEN"
+            } else {
+                "the server asks for credentials: set CLOUD4IOT_GIT_TOKEN to an access token"
+            };
+            return Err(git2::Error::new(ErrorCode::Auth, git2::ErrorClass::Http, why));
         }
         Err(git2::Error::new(ErrorCode::Auth, git2::ErrorClass::None, "no supported credential type offered"))
     });
