@@ -87,8 +87,9 @@ fn plan_watch_reruns_on_a_policy_edit_and_exits_0_on_ctrl_c() {
     let second = engine_line(&next_run(&rx));
     assert!(second.contains("gateway"), "{second}");
 
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // Through the shell, whose `kill` is a builtin: no procps needed.
+    let kill = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(kill.success());
