@@ -17,6 +17,9 @@
 //! and so are the subtrees cloud4iot owns whole and the server never defaults: node
 //! affinity and tolerations (so a move off a gateway shows the toleration going).
 //! Keyed lists (containers, env: by `name`; ports: by `containerPort`) are matched by key.
+//! Where the live object records what cloud4iot applied (`managedFields`, manager
+//! `cloud4iot`, operation `Apply`), those fields are compared too, so a field cloud4iot
+//! set before and sets no more shows as removed — exactly what the apply will do.
 //! A difference in the `cloud4iot.io/revision` annotation alone is not reported.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -176,8 +179,9 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
             (Some(d), Some(l)) => {
                 let d = to_value(d);
                 let mut l = to_value(l);
+                let owned = applied_fields(&l);
                 strip_server_fields(&mut l);
-                let l = prune_to(&l, &d, "");
+                let l = prune_to(&l, Some(&d), owned.as_ref(), "");
                 let (old, new) = (to_yaml(&l), to_yaml(&d));
                 if old == new || without_revision(&l) == without_revision(&d) {
                     continue;
@@ -288,10 +292,14 @@ const OWN_PREFIX_MAPS: [&str; 4] = [
     "spec.template.metadata.annotations",
 ];
 
-/// `live` reduced to the field paths present in `desired` (plus the exceptions above).
-fn prune_to(live: &Value, desired: &Value, path: &str) -> Value {
-    match (live, desired) {
-        (Value::Object(l), Value::Object(d)) => {
+/// `live` reduced to the field paths present in `desired`, plus those cloud4iot owns by
+/// the live object's `managedFields` (`owned`: the `fieldsV1` of its `Apply` entry, at the
+/// same position), plus the exceptions above. A field cloud4iot applied before and no
+/// longer sets is kept, so its removal shows, as an apply would remove it.
+fn prune_to(live: &Value, desired: Option<&Value>, owned: Option<&Value>, path: &str) -> Value {
+    match live {
+        Value::Object(l) => {
+            let d = desired.and_then(Value::as_object);
             let own_prefix = OWN_PREFIX_MAPS.contains(&path);
             let mut out = Map::new();
             for (k, lv) in l {
@@ -300,23 +308,29 @@ fn prune_to(live: &Value, desired: &Value, path: &str) -> Value {
                 } else {
                     format!("{path}.{k}")
                 };
-                if OWNED_WHOLE.contains(&child.as_str()) {
+                let dv = d.and_then(|d| d.get(k));
+                let ov = owned.and_then(|o| o.get(format!("f:{k}")));
+                let owned_leaf = ov.and_then(Value::as_object).is_some_and(Map::is_empty);
+                if OWNED_WHOLE.contains(&child.as_str())
+                    || (dv.is_none() && owned_leaf)
+                    || (dv.is_none()
+                        && ov.is_none()
+                        && own_prefix
+                        && k.starts_with("cloud4iot.io/"))
+                {
                     out.insert(k.clone(), lv.clone());
-                    continue;
-                }
-                match d.get(k) {
-                    Some(dv) => {
-                        out.insert(k.clone(), prune_to(lv, dv, &child));
-                    }
-                    None if own_prefix && k.starts_with("cloud4iot.io/") => {
-                        out.insert(k.clone(), lv.clone());
-                    }
-                    None => {}
+                } else if dv.is_some() || ov.is_some() {
+                    out.insert(k.clone(), prune_to(lv, dv, ov, &child));
                 }
             }
             Value::Object(out)
         }
-        (Value::Array(l), Value::Array(d)) => Value::Array(prune_list(l, d, path)),
+        Value::Array(l) => Value::Array(prune_list(
+            l,
+            desired.and_then(Value::as_array).map(Vec::as_slice),
+            owned,
+            path,
+        )),
         _ => live.clone(),
     }
 }
@@ -332,8 +346,26 @@ fn list_key(v: &Value) -> Option<String> {
     Some(format!("port={port}/{protocol}"))
 }
 
-fn prune_list(live: &[Value], desired: &[Value], path: &str) -> Vec<Value> {
-    let keyed = !desired.is_empty() && desired.iter().all(|d| list_key(d).is_some());
+/// The `fieldsV1` entry of a keyed list element: `k:{"name":"x"}` matches the element
+/// whose fields have those values.
+fn owned_element<'a>(owned: Option<&'a Value>, element: &Value) -> Option<&'a Value> {
+    owned?.as_object()?.iter().find_map(|(k, v)| {
+        let key: Map<String, Value> = serde_json::from_str(k.strip_prefix("k:")?).ok()?;
+        key.iter()
+            .all(|(f, x)| element.get(f) == Some(x))
+            .then_some(v)
+    })
+}
+
+fn prune_list(
+    live: &[Value],
+    desired: Option<&[Value]>,
+    owned: Option<&Value>,
+    path: &str,
+) -> Vec<Value> {
+    let desired = desired.unwrap_or_default();
+    let sample = if desired.is_empty() { live } else { desired };
+    let keyed = !sample.is_empty() && sample.iter().all(|d| list_key(d).is_some());
     if keyed {
         // Keyed (map) lists: elements others added are theirs and stay out of the diff.
         let by_key: BTreeMap<String, &Value> = desired
@@ -342,8 +374,9 @@ fn prune_list(live: &[Value], desired: &[Value], path: &str) -> Vec<Value> {
             .collect();
         live.iter()
             .filter_map(|l| {
-                let d = by_key.get(&list_key(l)?)?;
-                Some(prune_to(l, d, path))
+                let d = list_key(l).and_then(|k| by_key.get(&k).copied());
+                let o = owned_element(owned, l);
+                (d.is_some() || o.is_some()).then(|| prune_to(l, d, o, path))
             })
             .collect()
     } else {
@@ -351,11 +384,24 @@ fn prune_list(live: &[Value], desired: &[Value], path: &str) -> Vec<Value> {
         live.iter()
             .enumerate()
             .map(|(i, l)| match desired.get(i) {
-                Some(d) => prune_to(l, d, path),
+                Some(d) => prune_to(l, Some(d), None, path),
                 None => l.clone(),
             })
             .collect()
     }
+}
+
+/// The `fieldsV1` of cloud4iot's server-side apply entry in `managedFields`, if any.
+fn applied_fields(live: &Value) -> Option<Value> {
+    live.pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .find(|e| {
+            e.get("manager").and_then(Value::as_str) == Some(labels::MANAGER)
+                && e.get("operation").and_then(Value::as_str) == Some("Apply")
+        })?
+        .get("fieldsV1")
+        .cloned()
 }
 
 /// Both layers of a diff, ready to print.

@@ -312,3 +312,57 @@ fn formats() {
         json!({"placementChanges": [], "objectChanges": []})
     );
 }
+
+/// `as_served`, with `manager` recorded as the owner (by server-side apply) of the ports.
+fn with_ports_owned_by(d: &Deployment, manager: &str) -> Deployment {
+    let mut v = serde_json::to_value(as_served(d)).unwrap();
+    let port_key = r#"k:{"containerPort":9102,"protocol":"TCP"}"#;
+    let fields = json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {
+        r#"k:{"name":"omh-consolidator"}"#: {".": {}, "f:ports": {".": {}, port_key: {
+            ".": {}, "f:containerPort": {}, "f:name": {}, "f:protocol": {}
+        }}}
+    }}}}});
+    v["metadata"]["managedFields"] = json!([{
+        "manager": manager, "operation": "Apply", "apiVersion": "apps/v1",
+        "fieldsType": "FieldsV1", "fieldsV1": fields
+    }]);
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn a_field_cloud4iot_applied_and_no_longer_sets_shows_as_removed() {
+    let plan = at(Some(Tier::Gateway), Some("gw-home-1"), "home");
+    let before = rendered(&plan);
+    let mut repo = repo();
+    repo.functions
+        .get_mut("omh-consolidator")
+        .unwrap()
+        .spec
+        .ports
+        .clear();
+    let after = render(
+        &repo,
+        &plan,
+        &RenderOptions {
+            revision: Some("main@sha1:aaaa".into()),
+            ..Default::default()
+        },
+    );
+
+    let ours = object_diff(&after, &[with_ports_owned_by(&before[0], "cloud4iot")]);
+    assert_eq!(ours.len(), 1, "our ports go away with the next apply");
+    assert!(
+        ours[0]
+            .diff
+            .contains("-        ports:\n-        - containerPort: 9102"),
+        "{}",
+        ours[0].diff
+    );
+
+    let theirs = object_diff(&after, &[with_ports_owned_by(&before[0], "someone-else")]);
+    assert_eq!(
+        theirs,
+        vec![],
+        "ports another manager applied are left alone by our apply"
+    );
+}

@@ -196,9 +196,9 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// A markdown table cell: no pipes or line breaks.
+/// A markdown table cell: no pipes or line breaks, and no text GitHub takes for HTML.
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    html_escape(s).replace('|', "\\|").replace('\n', " ")
 }
 
 fn html_escape(s: &str) -> String {
