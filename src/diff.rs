@@ -175,9 +175,9 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
     let mut out = Vec::new();
     for k in keys {
         let (action, old, new) = match (desired_map.get(&k), live_map.get(&k)) {
-            (Some(d), None) => (Action::Create, String::new(), to_yaml(&to_value(d))),
+            (Some(d), None) => (Action::Create, String::new(), to_yaml(&served_view(d))),
             (Some(d), Some(l)) => {
-                let d = to_value(d);
+                let d = served_view(d);
                 let mut l = to_value(l);
                 let owned = applied_fields(&l);
                 strip_server_fields(&mut l);
@@ -232,6 +232,14 @@ fn is_managed(d: &Deployment) -> bool {
         .as_ref()
         .and_then(|l| l.get(labels::MANAGED_BY))
         .is_some_and(|v| v == labels::MANAGER)
+}
+
+/// A desired object without server-owned fields: a no-op for rendered objects, and what
+/// makes the result of a server-side dry-run apply usable as the desired side.
+fn served_view(d: &Deployment) -> Value {
+    let mut v = to_value(d);
+    strip_server_fields(&mut v);
+    v
 }
 
 fn to_value(d: &Deployment) -> Value {

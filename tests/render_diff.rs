@@ -366,3 +366,32 @@ fn a_field_cloud4iot_applied_and_no_longer_sets_shows_as_removed() {
         "ports another manager applied are left alone by our apply"
     );
 }
+
+#[test]
+fn a_server_side_dry_run_result_can_be_the_desired_side() {
+    // What `--kubeconfig` diffs: the API server's answer to a dry-run apply (defaults and
+    // server metadata included) against the live object.
+    let desired = rendered(&at(Some(Tier::Gateway), Some("gw-hospital-1"), "hospital"));
+    let dry_run: Vec<Deployment> = desired.iter().map(as_served).collect();
+    let live: Vec<Deployment> = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"))
+        .iter()
+        .map(as_served)
+        .collect();
+    assert_eq!(object_diff(&dry_run, &dry_run), vec![]);
+    let changes = object_diff(&dry_run, &live);
+    assert_eq!(changes.len(), 1);
+    for noise in [
+        "uid",
+        "resourceVersion",
+        "managedFields",
+        "status",
+        "generation",
+    ] {
+        assert!(
+            !changes[0].diff.contains(noise),
+            "{noise}: {}",
+            changes[0].diff
+        );
+    }
+    assert!(changes[0].diff.contains("+                - gw-hospital-1"));
+}
