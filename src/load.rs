@@ -139,7 +139,8 @@ impl Loaded {
                 Ok(v) => v,
                 Err(err) => {
                     // A syntax error ends the file: the parser cannot resynchronise.
-                    self.diagnostics.push(yaml_error(file, &err));
+                    self.diagnostics
+                        .push(yaml_error(file, &err, indexes.get(i)));
                     break;
                 }
             };
@@ -382,7 +383,7 @@ fn quantities_as_strings(json: &mut Value) {
     }
 }
 
-fn yaml_error(file: &Path, err: &serde_norway::Error) -> Diagnostic {
+fn yaml_error(file: &Path, err: &serde_norway::Error, index: Option<&DocIndex>) -> Diagnostic {
     let mut message = err.to_string();
     let (line, column) = match err.location() {
         Some(loc) => {
@@ -393,7 +394,43 @@ fn yaml_error(file: &Path, err: &serde_norway::Error) -> Diagnostic {
         }
         None => (0, 0),
     };
+    // serde_norway places a duplicate key at its mapping; point at the second occurrence
+    // (the index keeps the last node of a pointer) and name the field.
+    if let Some(index) = index
+        && let Some((path, key)) = message.split_once(": duplicate entry with key ")
+        && let Some(key) = key.strip_prefix('"').and_then(|k| k.strip_suffix('"'))
+    {
+        let parent = pointer_of_dotted(if path == "." { "" } else { path });
+        let pointer = format!("{parent}/{}", position::escape(key));
+        if index.contains(&pointer) {
+            let pos = index.key(&pointer);
+            return Diagnostic::new(
+                file,
+                pos.line,
+                pos.column,
+                field_of_pointer(&pointer),
+                format!("duplicate key `{key}` (a mapping may name a field once)"),
+            );
+        }
+    }
     Diagnostic::new(file, line, column, "", format!("invalid YAML: {message}"))
+}
+
+/// JSON pointer of serde_norway's dotted path (`spec.env[0]` -> `/spec/env/0`).
+fn pointer_of_dotted(path: &str) -> String {
+    let mut out = String::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, indexes) = part
+            .split_once('[')
+            .map_or((part, ""), |(n, rest)| (n, rest));
+        if !name.is_empty() {
+            let _ = write!(out, "/{}", position::escape(name));
+        }
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            let _ = write!(out, "/{}", index.trim_end_matches(']'));
+        }
+    }
+    out
 }
 
 /// JSON pointer of a serde path (`spec.tiers[0]` -> `/spec/tiers/0`).

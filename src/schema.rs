@@ -109,10 +109,15 @@ fn explain(schema: &Value, err: &ValidationError<'_>, out: &mut Vec<SchemaError>
                 } else {
                     format!(" (expected one of: {})", known.join(", "))
                 };
+                let noun = if pointer.ends_with("/archImages") {
+                    "unknown architecture"
+                } else {
+                    "unknown field"
+                };
                 push(
                     format!("{pointer}/{}", escape(field)),
                     true,
-                    format!("unknown field `{field}`{hint}"),
+                    format!("{noun} `{field}`{hint}"),
                 );
             }
         }
@@ -247,4 +252,245 @@ fn known_properties(schema: &Value, err: &ValidationError<'_>) -> Vec<String> {
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{DeviceClass, Function, GatewayReportSpec, PlacementPolicy};
+
+    /// Follows `$ref`s (local to `root`) and unwraps `Option`'s `anyOf [T, null]`.
+    fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
+        loop {
+            if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+                node = root
+                    .pointer(r.trim_start_matches('#'))
+                    .unwrap_or_else(|| panic!("dangling $ref {r}"));
+                continue;
+            }
+            let alternatives = node
+                .get("anyOf")
+                .or_else(|| node.get("oneOf"))
+                .and_then(Value::as_array);
+            if let Some(alts) = alternatives {
+                let non_null: Vec<&Value> = alts
+                    .iter()
+                    .filter(|a| a.get("type") != Some(&json!("null")))
+                    .collect();
+                if non_null.len() == 1 {
+                    node = non_null[0];
+                    continue;
+                }
+            }
+            return node;
+        }
+    }
+
+    fn keys(node: &Value, field: &str) -> Option<BTreeSet<String>> {
+        match node.get(field)? {
+            Value::Object(m) => Some(m.keys().cloned().collect()),
+            Value::Array(a) => Some(
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The values an enum allows, whether written as `enum` or as `oneOf` of `const`s.
+    fn enum_values(node: &Value) -> Option<BTreeSet<String>> {
+        if let Some(e) = node.get("enum").and_then(Value::as_array) {
+            return Some(e.iter().map(|v| v.to_string()).collect());
+        }
+        let alts = node
+            .get("oneOf")
+            .or_else(|| node.get("anyOf"))?
+            .as_array()?;
+        alts.iter()
+            .map(|a| a.get("const").map(|c| c.to_string()))
+            .collect()
+    }
+
+    /// Property names, required fields and enum values, recursively: what must not drift
+    /// between the hand-written schema `ours` and the one derived from the Rust type.
+    fn compare(
+        ours_root: &Value,
+        ours: &Value,
+        rust_root: &Value,
+        rust: &Value,
+        path: &str,
+        diffs: &mut Vec<String>,
+    ) {
+        let (a, b) = (resolve(ours_root, ours), resolve(rust_root, rust));
+        if let (Some(x), Some(y)) = (enum_values(a), enum_values(b))
+            && x != y
+        {
+            diffs.push(format!("{path}: enum {x:?} in the schema, {y:?} in Rust"));
+        }
+        for field in ["properties", "required"] {
+            let (x, y) = (
+                keys(a, field).unwrap_or_default(),
+                keys(b, field).unwrap_or_default(),
+            );
+            if x != y {
+                diffs.push(format!(
+                    "{path}: {field} {x:?} in the schema, {y:?} in Rust"
+                ));
+            }
+        }
+        if let (Some(Value::Object(pa)), Some(Value::Object(pb))) =
+            (a.get("properties"), b.get("properties"))
+        {
+            for (name, sa) in pa {
+                if let Some(sb) = pb.get(name) {
+                    compare(
+                        ours_root,
+                        sa,
+                        rust_root,
+                        sb,
+                        &format!("{path}.{name}"),
+                        diffs,
+                    );
+                }
+            }
+        }
+        for field in ["items", "additionalProperties"] {
+            if let (Some(sa @ Value::Object(_)), Some(sb @ Value::Object(_))) =
+                (a.get(field), b.get(field))
+            {
+                compare(
+                    ours_root,
+                    sa,
+                    rust_root,
+                    sb,
+                    &format!("{path}[{field}]"),
+                    diffs,
+                );
+            }
+        }
+    }
+
+    fn drift(ours: &str, rust: schemars::Schema, at: &str) -> Vec<String> {
+        let ours: Value = serde_json::from_str(ours).unwrap();
+        let rust = rust.to_value();
+        let ours_node = ours.pointer(at).unwrap();
+        let mut diffs = Vec::new();
+        compare(&ours, ours_node, &rust, &rust, at, &mut diffs);
+        diffs
+    }
+
+    #[test]
+    fn schemas_agree_with_the_rust_types() {
+        let mut diffs = Vec::new();
+        diffs.extend(drift(FUNCTION, schemars::schema_for!(Function), ""));
+        diffs.extend(drift(
+            PLACEMENT_POLICY,
+            schemars::schema_for!(PlacementPolicy),
+            "",
+        ));
+        diffs.extend(drift(DEVICE_CLASS, schemars::schema_for!(DeviceClass), ""));
+        diffs.extend(drift(
+            GATEWAY_REPORT,
+            schemars::schema_for!(GatewayReportSpec),
+            "/properties/spec",
+        ));
+        assert!(
+            diffs.is_empty(),
+            "schema/ and src/model disagree:\n{}",
+            diffs.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_drift_check_sees_missing_properties_required_fields_and_enum_values() {
+        let renamed = FUNCTION.replacen("\"env\":", "\"environment\":", 1);
+        let diffs = drift(&renamed, schemars::schema_for!(Function), "");
+        assert!(diffs.iter().any(|d| d.contains("environment")), "{diffs:?}");
+
+        let mut policy: Value = serde_json::from_str(PLACEMENT_POLICY).unwrap();
+        policy["$defs"]["tier"]["enum"] = json!(["gateway", "edge"]);
+        policy["properties"]["spec"]["required"] = json!(["tiers"]);
+        let diffs = drift(
+            &policy.to_string(),
+            schemars::schema_for!(PlacementPolicy),
+            "",
+        );
+        assert!(
+            diffs
+                .iter()
+                .any(|d| d.contains("enum") && d.contains("cloud")),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs.iter().any(|d| d.contains(".spec: required")),
+            "{diffs:?}"
+        );
+    }
+
+    #[test]
+    fn schemas_are_valid_draft_2020_12() {
+        for (file, text) in ALL {
+            let schema: Value =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(
+                schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+                "{file}"
+            );
+        }
+        // Compiling them all is what the loader does first.
+        assert!(gateway_report_validator().is_valid(&json!({
+            "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+            "metadata": {"name": "gw-1", "uid": "x"},
+            "spec": {"devices": [{"id": "C4:7C:8D:6A:12:34", "class": "c", "rssi": -60,
+                "firstSeen": "2026-01-01T00:00:00Z", "lastSeen": "2026-01-01T00:00:10Z"}]}
+        })));
+    }
+
+    #[test]
+    fn messages_name_the_field() {
+        let doc = json!({
+            "apiVersion": "cloud4iot.io/v1alpha1", "kind": "Function",
+            "metadata": {"name": "f"},
+            "spec": {"image": "i", "instances": {"replicas": "two"}, "policy": "p", "colour": 1,
+                     "archImages": {"sparc": "i"}, "resources": {"cpu": "1 core"}}
+        });
+        let errs = check(Kind::Function, &doc);
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/spec/archImages/sparc",
+                    "unknown architecture `sparc` (expected one of: 386, amd64, arm, arm64, ppc64le, riscv64, s390x)"
+                ),
+                (
+                    "/spec/colour",
+                    "unknown field `colour` (expected one of: archImages, env, image, instances, policy, ports, resources)"
+                ),
+                (
+                    "/spec/instances/replicas",
+                    "expected an integer, found a string"
+                ),
+                (
+                    "/spec/resources/cpu",
+                    "\"1 core\": must be a Kubernetes quantity such as \"250m\", \"0.5\", \"128Mi\" or \"1Gi\""
+                ),
+            ]
+        );
+        assert!(
+            errs.iter()
+                .find(|e| e.pointer == "/spec/colour")
+                .unwrap()
+                .at_key
+        );
+    }
 }

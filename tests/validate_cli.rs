@@ -159,7 +159,7 @@ const CASES: &[(&str, &[&str])] = &[
     (
         "unknown-arch",
         &[
-            "functions/consolidator.yaml:8:5: spec.archImages.x86_64: unknown architecture \"x86_64\": is not one of \"amd64\", \"arm64\", \"arm\", \"386\", \"ppc64le\", \"s390x\", \"riscv64\"",
+            "functions/consolidator.yaml:8:5: spec.archImages.x86_64: unknown architecture `x86_64` (expected one of: 386, amd64, arm, arm64, ppc64le, riscv64, s390x)",
         ],
     ),
     (
