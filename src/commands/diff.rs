@@ -101,41 +101,6 @@ pub async fn run_against_cluster(args: &DiffArgs, color: ColorChoice) -> anyhow:
     )
 }
 
-/// Against the cluster (no `--state`): the rendered objects go through a server-side
-/// dry-run apply, so the diff compares what the server would store with what it stores,
-/// and defaulting or admission never shows as drift.
-pub async fn run_against_cluster(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
-    use anyhow::Context;
-    let checkout = crate::source::open(&args.repo)?;
-    let repo = match crate::load::load_dir(&checkout.dir) {
-        Ok(repo) => repo,
-        Err(diagnostics) => {
-            diagnostics.0.iter().for_each(|d| eprintln!("{d}"));
-            eprintln!("{}: invalid, nothing compared", args.repo.repo);
-            return Ok(Outcome::Changes);
-        }
-    };
-    let client = crate::cluster::client(&args.state)
-        .await
-        .context("connecting to the cluster")?;
-    let inventory = crate::cluster::read_inventory_in(&client, &args.namespace)
-        .await
-        .context("reading the live state")?;
-    let plan = crate::plan::plan(&repo, &inventory, args.now.unwrap_or_else(Timestamp::now));
-    let opts = crate::render::RenderOptions {
-        namespace: args.namespace.clone(),
-        revision: checkout.revision.clone(),
-    };
-    let rendered = crate::render::render(&repo, &plan, &opts);
-    let desired = crate::cluster::dry_run_apply(&client, &rendered).await?;
-    let before = crate::plan::current_placements(&inventory.live);
-    print(
-        &DiffReport::new(&before, &plan, &desired, &inventory.live),
-        args.output,
-        color,
-    )
-}
-
 /// Prints `report` and turns it into the exit status.
 pub fn print(
     report: &DiffReport,
