@@ -292,6 +292,7 @@ fn formats() {
     assert!(md.contains("| `omh-consolidator-c4-7c-8d-6a-12-34` | moved | gateway/gw-home-1 | gateway/gw-hospital-1 |"), "{md}");
     assert!(md.contains("<details><summary>update Deployment <code>cloud4iot-functions/omh-consolidator-c4-7c-8d-6a-12-34</code></summary>"), "{md}");
     assert!(md.contains("```diff\n"), "{md}");
+    assert!(md.contains("| gw-home-1 sees the device \\| at -58 dBm |"), "the reason before, escaped: {md}");
     assert_eq!(
         md.matches("<details>").count(),
         md.matches("</details>").count()

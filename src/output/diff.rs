@@ -111,23 +111,20 @@ impl DiffReport {
             summary(&self.object_changes)
         );
         if !self.placement_changes.is_empty() {
-            out.push_str("| Instance | Change | From | To | Why |\n|---|---|---|---|---|\n");
+            out.push_str("| Instance | Change | From | To | Why now | Why before |\n|---|---|---|---|---|---|\n");
             for c in &self.placement_changes {
                 let from = c.from.as_ref().map_or("-".to_string(), |l| l.to_string());
                 let to = c.to.as_ref().map_or("-".to_string(), |l| l.to_string());
-                let why = c
-                    .reason_after
-                    .as_ref()
-                    .or(c.reason_before.as_ref())
-                    .map_or("", String::as_str);
+                let reason = |r: &Option<String>| r.as_deref().map_or("-".to_string(), cell);
                 let _ = writeln!(
                     out,
-                    "| `{}` | {} | {} | {} | {} |",
+                    "| `{}` | {} | {} | {} | {} | {} |",
                     c.instance,
                     kind_word(c.change),
                     cell(&from),
                     cell(&to),
-                    cell(why)
+                    reason(&c.reason_after),
+                    reason(&c.reason_before)
                 );
             }
             out.push('\n');
