@@ -58,6 +58,8 @@ pub enum SourceError {
     Git { repo: String, message: String },
     #[error("cannot reach {url}: {message}")]
     Unreachable { url: String, message: String },
+    #[error("the ssh host key of {url} is not trusted: {message} (add the host to ~/.ssh/known_hosts, e.g. with ssh-keyscan)")]
+    HostKey { url: String, message: String },
     #[error("authentication to {url} failed: {message}")]
     Auth { url: String, message: String },
     #[error("revision {rev} not found in {repo}: no branch, tag or commit by that name")]

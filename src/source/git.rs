@@ -269,7 +269,9 @@ fn git_error(repo: &str, e: git2::Error) -> SourceError {
 }
 
 fn remote_error(url: &str, e: git2::Error) -> SourceError {
-    if e.code() == ErrorCode::Auth {
+    if e.code() == ErrorCode::Certificate || (e.class() == git2::ErrorClass::Ssh && e.message().contains("hostkey")) {
+        SourceError::HostKey { url: url.to_owned(), message: e.message().to_owned() }
+    } else if e.code() == ErrorCode::Auth {
         SourceError::Auth {
             url: url.to_owned(),
             message: e.message().to_owned(),
