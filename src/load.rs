@@ -135,7 +135,10 @@ impl Loaded {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let indexes = position::index(text);
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-            let value = match serde_norway::Value::deserialize(doc) {
+            // `<<: *defaults` merge keys are resolved here, as Kubernetes tools do.
+            let value =
+                serde_norway::Value::deserialize(doc).and_then(|mut v| v.apply_merge().map(|()| v));
+            let value = match value {
                 Ok(v) => v,
                 Err(err) => {
                     // A syntax error ends the file: the parser cannot resynchronise.

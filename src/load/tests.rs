@@ -188,3 +188,16 @@ fn semantic_errors_are_located_at_the_field() {
         "no PlacementPolicy named \"nope\" (the repository defines none)"
     );
 }
+
+#[test]
+fn merge_keys_are_resolved() {
+    let text = format!(
+        "{DC}---\napiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata: {{name: p}}\n\
+         spec:\n  modes:\n    a: &base {{tiers: [gateway]}}\n    b:\n      <<: *base\n  mode: b\n"
+    );
+    let repo = load_str(Path::new("m.yaml"), &text).unwrap();
+    assert_eq!(
+        repo.policies["p"].spec.effective_tiers(),
+        [crate::model::Tier::Gateway]
+    );
+}
