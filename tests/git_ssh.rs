@@ -35,10 +35,6 @@ impl Drop for Kill {
 
 fn write_key(key: &PrivateKey, path: &Path) {
     key.write_openssh_file(path, LineEnding::LF).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(path).unwrap().permissions(),
-        0o600,
-    );
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
