@@ -133,6 +133,24 @@ pub fn open_url(
 ) -> Result<Checkout, SourceError> {
     set_timeouts();
     let dir = cache_root().join("git").join(url_key(url));
+    std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(|source| SourceError::Io {
+        repo: url.to_owned(),
+        dir: dir.clone(),
+        source,
+    })?;
+    // One fetch per cache repository at a time (two CI jobs, or the controller and a
+    // person): libgit2 would fail on the other's ref locks. Released when dropped.
+    let lock_path = dir.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|source| SourceError::Io {
+        repo: url.to_owned(),
+        dir: lock_path.clone(),
+        source,
+    })?;
+    lock.lock().map_err(|source| SourceError::Io {
+        repo: url.to_owned(),
+        dir: lock_path,
+        source,
+    })?;
     let repo = if dir.join("HEAD").is_file() {
         Repository::open_bare(&dir).map_err(|e| git_error(url, e))?
     } else {
@@ -269,8 +287,13 @@ fn git_error(repo: &str, e: git2::Error) -> SourceError {
 }
 
 fn remote_error(url: &str, e: git2::Error) -> SourceError {
-    if e.code() == ErrorCode::Certificate || (e.class() == git2::ErrorClass::Ssh && e.message().contains("hostkey")) {
-        SourceError::HostKey { url: url.to_owned(), message: e.message().to_owned() }
+    if e.code() == ErrorCode::Certificate
+        || (e.class() == git2::ErrorClass::Ssh && e.message().contains("hostkey"))
+    {
+        SourceError::HostKey {
+            url: url.to_owned(),
+            message: e.message().to_owned(),
+        }
     } else if e.code() == ErrorCode::Auth {
         SourceError::Auth {
             url: url.to_owned(),
