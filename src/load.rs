@@ -229,10 +229,14 @@ impl Loaded {
             }
         };
         let Some(parsed) = Kind::parse(kind) else {
-            let hint = match kind {
-                "GatewayReport" => {
+            let same_but_case = Kind::ALL
+                .iter()
+                .find(|k| k.as_str().eq_ignore_ascii_case(kind));
+            let hint = match (kind, same_but_case) {
+                ("GatewayReport", _) => {
                     " (GatewayReports live in the cluster, written by gateway agents)".to_string()
                 }
+                (_, Some(k)) => format!(" (did you mean {}?)", k.as_str()),
                 _ => " (expected Function, PlacementPolicy or DeviceClass; to keep other files in \
                       the repository, list them in .sourceignore)"
                     .to_string(),

@@ -201,3 +201,15 @@ fn merge_keys_are_resolved() {
         [crate::model::Tier::Gateway]
     );
 }
+
+#[test]
+fn a_miscased_kind_gets_a_hint() {
+    let d = one_error(
+        "k.yaml",
+        &POLICY.replace("kind: PlacementPolicy", "kind: placementpolicy"),
+    );
+    assert_eq!(
+        d.to_string(),
+        "k.yaml:2:7: kind: unknown kind \"placementpolicy\" (did you mean PlacementPolicy?)"
+    );
+}
