@@ -66,8 +66,6 @@ pub enum Command {
     /// Check a repository: JSON Schema and semantic checks, every problem with file:line.
     #[command(long_about = crate::commands::validate::LONG_ABOUT)]
     Validate(crate::commands::validate::ValidateArgs),
-    /// Check a repository: JSON Schema and semantic checks, every problem with file:line.
-    Validate(crate::commands::validate::ValidateArgs),
     /// Print the YAML that installs cloud4iot (CRDs, RBAC, controller, agents).
     Manifests(crate::commands::manifests::ManifestsArgs),
     /// Show what would change: placement moves, then the object diff.
