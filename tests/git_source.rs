@@ -295,6 +295,33 @@ fn file_url_is_fetched_into_the_cache_and_refetched() {
         "{out:?}"
     );
 
+    // A pull request's head: a ref outside branches and tags, fetched by name.
+    let pr = g.repo.find_commit(c2).unwrap();
+    let sig = git2::Signature::new(
+        "Reviewer",
+        "r@example.org",
+        &git2::Time::new(1_767_300_000, 0),
+    )
+    .unwrap();
+    let c3 = g
+        .repo
+        .commit(
+            Some("refs/pull/42/head"),
+            &sig,
+            &sig,
+            "pr",
+            &pr.tree().unwrap(),
+            &[&pr],
+        )
+        .unwrap();
+    let out = validate(&tmp, &url, Some("refs/pull/42/head"));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("(refs/pull/42/head@sha1:{c3})")),
+        "{out:?}"
+    );
+
     let out = validate(&tmp, &url, Some("v9"));
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
@@ -390,6 +417,14 @@ fn https_token_is_sent_as_the_password_and_a_rejection_is_named() {
     // base64("ci:s3cret"): the user from the URL, the token as the password, sent once
     // (libgit2 first tries the URL's user alone, "ci:").
     let sent: Vec<String> = seen.try_iter().flatten().collect();
-    assert_eq!(sent.iter().filter(|a| *a == "Basic Y2k6czNjcmV0").count(), 1, "{sent:?}");
-    assert_eq!(sent.last().map(String::as_str), Some("Basic Y2k6czNjcmV0"), "{sent:?}");
+    assert_eq!(
+        sent.iter().filter(|a| *a == "Basic Y2k6czNjcmV0").count(),
+        1,
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.last().map(String::as_str),
+        Some("Basic Y2k6czNjcmV0"),
+        "{sent:?}"
+    );
 }

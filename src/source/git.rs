@@ -339,7 +339,11 @@ pub fn resolve(repo: &Repository, rev: &str, label: &str) -> Result<(Oid, String
         }
         if let Ok(reference) = repo.find_reference(&format!("{prefix}{rev}")) {
             let commit = reference.peel_to_commit().map_err(|_| not_found())?.id();
-            let name = if prefix.is_empty() {
+            // `refs/heads/x` is reported as `x`; other refs (`refs/pull/42/head`) in full.
+            let standard = ["refs/heads/", "refs/tags/", "refs/remotes/"]
+                .iter()
+                .any(|p| rev.starts_with(p));
+            let name = if prefix.is_empty() && standard {
                 reference.shorthand().unwrap_or(rev).to_owned()
             } else {
                 rev.to_owned()
