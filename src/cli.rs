@@ -127,7 +127,7 @@ pub async fn run(cli: Cli) -> u8 {
             crate::commands::diff::run_against_cluster(&args, color).await
         }
         Command::Diff(args) => crate::commands::diff::run(&args, color),
-        Command::Render(args) => crate::commands::render::run(&args),
+        Command::Render(args) => crate::commands::render::run(&args).await,
         Command::Apply(args) => crate::commands::apply::run(args).await,
     };
     match result {

@@ -96,17 +96,35 @@ fn server_owned_fields_and_defaults_are_no_change() {
 }
 
 #[test]
-fn a_new_revision_alone_is_no_change() {
-    let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
+fn a_new_revision_or_reworded_reason_alone_is_no_change() {
+    let desired = rendered(&at(
+        Some(Tier::Gateway),
+        Some("gw-home-1"),
+        "gw-home-1 still sees the device: stays while present",
+    ));
     let older = render(
         &repo(),
-        &at(Some(Tier::Gateway), Some("gw-home-1"), "home"),
+        &at(
+            Some(Tier::Gateway),
+            Some("gw-home-1"),
+            "gw-home-1 sees the device for 15h 56m 16s",
+        ),
         &RenderOptions {
             revision: Some("main@sha1:bbbb".into()),
             ..Default::default()
         },
     );
     assert_eq!(object_diff(&desired, &older), vec![]);
+    // With another change, the annotations are part of the shown diff.
+    let mut moved = older.clone();
+    moved[0].spec.replicas = Some(2);
+    let diff = &object_diff(&desired, &moved)[0].diff;
+    assert!(
+        diff.contains(
+            "+    cloud4iot.io/reason: 'gw-home-1 still sees the device: stays while present'"
+        ),
+        "{diff}"
+    );
 }
 
 #[test]
@@ -292,7 +310,10 @@ fn formats() {
     assert!(md.contains("| `omh-consolidator-c4-7c-8d-6a-12-34` | moved | gateway/gw-home-1 | gateway/gw-hospital-1 |"), "{md}");
     assert!(md.contains("<details><summary>update Deployment <code>cloud4iot-functions/omh-consolidator-c4-7c-8d-6a-12-34</code></summary>"), "{md}");
     assert!(md.contains("```diff\n"), "{md}");
-    assert!(md.contains("| gw-home-1 sees the device \\| at -58 dBm |"), "the reason before, escaped: {md}");
+    assert!(
+        md.contains("| gw-home-1 sees the device \\| at -58 dBm |"),
+        "the reason before, escaped: {md}"
+    );
     assert_eq!(
         md.matches("<details>").count(),
         md.matches("</details>").count()

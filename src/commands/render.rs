@@ -70,11 +70,7 @@ pub fn read_inputs(
     let loaded = match crate::load::load_dir(&checkout.dir) {
         Ok(r) => r,
         Err(diagnostics) => {
-            let mut stderr = std::io::stderr().lock();
-            for d in &diagnostics.0 {
-                writeln!(stderr, "{d}")?;
-            }
-            writeln!(stderr, "{}: invalid, nothing rendered", repo.repo)?;
+            print_invalid(repo, &diagnostics)?;
             return Ok(None);
         }
     };
@@ -90,13 +86,11 @@ pub fn read_inputs(
     }))
 }
 
-/// The live state from `--state FILE`. Reading a cluster is `cloud4iot::cluster`'s.
+/// The live state from `--state FILE` (the cluster is read by the async callers).
 pub fn read_state(state: &StateArgs) -> anyhow::Result<Inventory> {
     match &state.state {
         Some(path) => read_snapshot(path),
-        None => anyhow::bail!(
-            "no --state FILE given (reading the live state from a cluster is not supported by this command yet)"
-        ),
+        None => anyhow::bail!("no --state FILE given"),
     }
 }
 
@@ -110,8 +104,13 @@ pub fn snapshot_now(inv: &Inventory) -> Option<Timestamp> {
     inv.reports.iter().filter_map(|r| r.spec.heartbeat).max()
 }
 
-pub fn run(args: &RenderArgs) -> anyhow::Result<Outcome> {
-    let Some(inputs) = read_inputs(&args.repo, &args.state, args.now)? else {
+pub async fn run(args: &RenderArgs) -> anyhow::Result<Outcome> {
+    let inputs = if args.state.state.is_some() {
+        read_inputs(&args.repo, &args.state, args.now)?
+    } else {
+        read_inputs_from_cluster(args).await?
+    };
+    let Some(inputs) = inputs else {
         return Ok(Outcome::Changes);
     };
     let plan = inputs.plan();
@@ -119,4 +118,37 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<Outcome> {
     let yaml = to_yaml_stream(&objects)?;
     std::io::stdout().lock().write_all(yaml.as_bytes())?;
     Ok(Outcome::Clean)
+}
+
+/// Source and load as [`read_inputs`], the live state from the cluster, the clock.
+async fn read_inputs_from_cluster(args: &RenderArgs) -> anyhow::Result<Option<Inputs>> {
+    let checkout = crate::source::open(&args.repo)?;
+    let repo = match crate::load::load_dir(&checkout.dir) {
+        Ok(r) => r,
+        Err(diagnostics) => {
+            print_invalid(&args.repo, &diagnostics)?;
+            return Ok(None);
+        }
+    };
+    let client = crate::cluster::client(&args.state)
+        .await
+        .context("connecting to the cluster")?;
+    let inventory = crate::cluster::read_inventory_in(&client, &args.namespace)
+        .await
+        .context("reading the live state")?;
+    let now = args.now.unwrap_or_else(Timestamp::now);
+    Ok(Some(Inputs {
+        checkout,
+        repo,
+        inventory,
+        now,
+    }))
+}
+
+fn print_invalid(repo: &RepoArgs, diagnostics: &crate::diag::Diagnostics) -> std::io::Result<()> {
+    let mut stderr = std::io::stderr().lock();
+    for d in &diagnostics.0 {
+        writeln!(stderr, "{d}")?;
+    }
+    writeln!(stderr, "{}: invalid, nothing rendered", repo.repo)
 }
