@@ -65,7 +65,7 @@ pub enum InstallObject {
     Role(Role),
     RoleBinding(RoleBinding),
     ValidatingAdmissionPolicy(Box<ValidatingAdmissionPolicy>),
-    ValidatingAdmissionPolicyBinding(ValidatingAdmissionPolicyBinding),
+    ValidatingAdmissionPolicyBinding(Box<ValidatingAdmissionPolicyBinding>),
     Deployment(Box<Deployment>),
     DaemonSet(Box<DaemonSet>),
 }
