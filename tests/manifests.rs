@@ -376,3 +376,24 @@ async fn a_real_api_server_accepts_and_enforces_the_manifests() {
         "agents do not read nodes"
     );
 }
+
+#[test]
+fn manifests_match_golden() {
+    // Review install changes as a YAML diff; rewrite with UPDATE_GOLDEN=1.
+    let actual = stream(&["--image", "ghcr.io/cloud4iot/cloud4iot:golden"]);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/manifests.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .expect("tests/golden/manifests.yaml (UPDATE_GOLDEN=1 writes it)");
+    assert!(
+        expected == actual,
+        "manifests differ from {}; rerun with UPDATE_GOLDEN=1 if intended\n{}",
+        path.display(),
+        similar::TextDiff::from_lines(&expected, &actual)
+            .unified_diff()
+            .header("golden", "actual")
+    );
+}

@@ -417,3 +417,33 @@ fn a_server_side_dry_run_result_can_be_the_desired_side() {
     }
     assert!(changes[0].diff.contains("+                - gw-hospital-1"));
 }
+
+#[test]
+fn formats_match_golden() {
+    // What a reviewer sees for the roaming bracelet, in each format; rewrite with
+    // UPDATE_GOLDEN=1 after an intended change.
+    let report = roaming_report();
+    for (format, file) in [
+        (DiffFormat::Text, "diff-roaming.txt"),
+        (DiffFormat::Markdown, "diff-roaming.md"),
+        (DiffFormat::Json, "diff-roaming.json"),
+    ] {
+        let actual = report.render(format, false);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(file);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{file}: {e} (UPDATE_GOLDEN=1 writes it)"));
+        assert!(
+            expected == actual,
+            "{file} differs; rerun with UPDATE_GOLDEN=1 if intended\n{}",
+            similar::TextDiff::from_lines(&expected, &actual)
+                .unified_diff()
+                .header("golden", "actual")
+        );
+    }
+}
