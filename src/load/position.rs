@@ -234,4 +234,72 @@ mod tests {
             }
         );
     }
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            "[a-z][a-z0-9 ]{0,8}".prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 1..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z][a-zA-Z0-9/~.]{0,6}", inner, 1..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every mapping entry of `v` with its pointer, key and the position the index gives.
+    fn check_keys(doc: &DocIndex, lines: &[&str], v: &Value, pointer: &str) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let p = format!("{pointer}/{}", escape(k));
+                    assert!(doc.contains(&p), "{p} not indexed");
+                    let pos = doc.key(&p);
+                    let line = lines[pos.line - 1];
+                    let at: String = line.chars().skip(pos.column - 1).collect();
+                    // serde_norway quotes some keys; the key text starts at the column.
+                    assert!(
+                        at.starts_with(k.as_str())
+                            || at.starts_with(&format!("'{k}'"))
+                            || at.starts_with(&format!("\"{k}\"")),
+                        "{p}: line {} col {} is {at:?}",
+                        pos.line,
+                        pos.column
+                    );
+                    check_keys(doc, lines, child, &p);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let p = format!("{pointer}/{i}");
+                    assert!(doc.contains(&p), "{p} not indexed");
+                    check_keys(doc, lines, child, &p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    proptest! {
+        /// The index agrees with serde_norway's own output, in every document of a stream.
+        #[test]
+        fn index_finds_every_key_of_what_serde_writes(
+            docs in prop::collection::vec(prop::collection::btree_map("[a-z]{1,5}", value(), 1..4), 1..4)
+        ) {
+            let docs: Vec<Value> = docs.into_iter().map(|m| Value::Object(m.into_iter().collect())).collect();
+            let text = docs.iter().map(|d| serde_norway::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+            let lines: Vec<&str> = text.lines().collect();
+            let index = index(&text);
+            prop_assert_eq!(index.len(), docs.len());
+            for (d, v) in index.iter().zip(&docs) {
+                check_keys(d, &lines, v, "");
+            }
+        }
+    }
 }
