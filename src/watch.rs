@@ -8,12 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 
 use crate::cli::{Outcome, RepoArgs};
 
-/// Quiet time after the last event before re-running.
+/// Quiet time after the last change before re-running.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Runs `once`, then again after every change under `--repo`'s directory or of `state`,
@@ -39,31 +38,41 @@ where
     let dir = checkout.dir.canonicalize().unwrap_or(checkout.dir);
     let state = state.map(|s| s.canonicalize().unwrap_or_else(|_| s.to_path_buf()));
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |res| {
+    // notify directly rather than a debouncer crate: the event kinds are needed, because
+    // inotify also reports files being opened, and every run opens them all.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<Event>>();
+    let mut watcher = notify::recommended_watcher(move |res| {
         let _ = tx.send(res);
     })
     .context("starting the file watcher")?;
-    debouncer
-        .watcher()
+    watcher
         .watch(&dir, RecursiveMode::Recursive)
         .with_context(|| format!("watching {}", dir.display()))?;
     if let Some(state) = &state
         && !state.starts_with(&dir)
     {
-        debouncer
-            .watcher()
+        watcher
             .watch(state, RecursiveMode::NonRecursive)
             .with_context(|| format!("watching {}", state.display()))?;
     }
+    let changes = |event: &Event| {
+        matches!(
+            event.kind,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+        ) && event
+            .paths
+            .iter()
+            .any(|p| relevant(p, &dir, state.as_deref()))
+    };
 
     let mut run = async || {
         if std::io::stdout().is_terminal() {
             // Clear the screen and home the cursor: each run replaces the last.
             print!("\x1b[2J\x1b[H");
-            let _ = std::io::stdout().flush();
         }
-        match once().await {
+        let result = once().await;
+        let _ = std::io::stdout().flush();
+        match result {
             Ok(outcome) => eprintln!(
                 "-- exit {}; watching {} (Ctrl-C to stop)",
                 outcome as u8,
@@ -83,11 +92,19 @@ where
             _ = &mut ctrl_c => return Ok(Outcome::Clean),
             event = rx.recv() => match event {
                 None => bail!("the file watcher stopped"),
-                Some(Ok(events)) => {
-                    if events.iter().any(|e| relevant(&e.path, &dir, state.as_deref())) {
-                        run().await;
+                Some(Ok(event)) if changes(&event) => {
+                    tracing::debug!(paths = ?event.paths, "changed");
+                    // Debounce: an editor's save is several events; run once it is quiet.
+                    loop {
+                        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                            Ok(Some(_)) => continue,
+                            Ok(None) => bail!("the file watcher stopped"),
+                            Err(_) => break,
+                        }
                     }
+                    run().await;
                 }
+                Some(Ok(_)) => {}
                 Some(Err(err)) => tracing::warn!(error = %err, "file watcher"),
             },
         }

@@ -260,3 +260,65 @@ fn an_unsigned_head_is_refused_before_the_diff() {
         "{out:?}"
     );
 }
+
+#[test]
+fn plan_and_render_take_rev() {
+    let mut pr = pull_request();
+    let plan = |pr: &Pr, rev: &str| {
+        let mut cmd = cloud4iot(pr.tmp.path());
+        cmd.args(["plan", "--repo", &pr.repo(), "--rev", rev, "--state"])
+            .arg(home_state());
+        run(&mut cmd)
+    };
+    let engine = |out: &Run| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains("engine-diagnostic-0"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let out = plan(&pr, "main");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(engine(&out).contains(" cloud "), "{out:?}");
+    let out = plan(&pr, "intensive");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(engine(&out).contains(" gateway "), "{out:?}");
+
+    // The revision goes into every rendered Deployment's annotation.
+    let mut cmd = cloud4iot(pr.tmp.path());
+    cmd.args([
+        "render",
+        "--repo",
+        &pr.repo(),
+        "--rev",
+        "intensive",
+        "--state",
+    ])
+    .arg(home_state());
+    let out = run(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    let want = format!("cloud4iot.io/revision: intensive@sha1:{}", pr.head);
+    assert_eq!(
+        out.stdout.matches(&want).count(),
+        out.stdout.matches("kind: Deployment").count(),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains(&want), "{out:?}");
+
+    // Invalid YAML at the revision: exit 1, file and line, nothing planned.
+    pr.g.branch("typo");
+    pr.g.edit(POLICY, "\n  mode: normal\n", "\n  mode: [normal\n");
+    pr.g.commit("typo");
+    let out = plan(&pr, "typo");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(POLICY))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        line.as_bytes()[POLICY.len()] == b':' && line.as_bytes()[POLICY.len() + 1].is_ascii_digit(),
+        "{line}"
+    );
+}

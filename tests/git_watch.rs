@@ -18,39 +18,9 @@ enum Line {
     Err(String),
 }
 
-/// Reads lines until stderr reports the end of a run; returns the stdout lines of it.
-fn next_run(rx: &mpsc::Receiver<Line>) -> Vec<String> {
-    let mut out = Vec::new();
-    loop {
-        match rx
-            .recv_timeout(PATIENCE)
-            .expect("a run within the patience")
-        {
-            Line::Out(l) => out.push(l),
-            Line::Err(l) if l.starts_with("-- exit") => return out,
-            Line::Err(_) => {}
-        }
-    }
-}
-
-fn engine_line(lines: &[String]) -> String {
-    lines
-        .iter()
-        .find(|l| l.contains("engine-diagnostic-0"))
-        .cloned()
-        .unwrap_or_else(|| panic!("no engine line in {lines:?}"))
-}
-
-#[test]
-fn plan_watch_reruns_on_a_policy_edit_and_exits_0_on_ctrl_c() {
-    let tmp = TempDir::new().unwrap();
-    let dir = tmp.path().join("policies-under-edit");
-    copy_dir(std::path::Path::new(EXAMPLES), &dir, &["state"]);
-    let mut child = cloud4iot(tmp.path())
-        .args(["plan", "--watch", "--repo"])
-        .arg(&dir)
-        .arg("--state")
-        .arg(home_state())
+/// The binary in watch mode, its stdout and stderr lines on one channel.
+fn spawn(cmd: &mut std::process::Command) -> (std::process::Child, mpsc::Receiver<Line>) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -70,12 +40,70 @@ fn plan_watch_reruns_on_a_policy_edit_and_exits_0_on_ctrl_c() {
             .map_while(Result::ok)
             .for_each(|l| drop(tx2.send(Line::Err(l))))
     });
+    (child, rx)
+}
 
-    let first = engine_line(&next_run(&rx));
-    assert!(
-        first.contains("cloud") && !first.contains("gateway"),
-        "{first}"
+/// Waits for a stdout line that satisfies `want` (stdout and stderr arrive through two
+/// pipes, in no fixed order between them, so the content is waited for, not a marker).
+fn wait_for(
+    rx: &mpsc::Receiver<Line>,
+    seen: &mut Vec<String>,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    loop {
+        match rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no such line within the patience; seen: {seen:#?}"))
+        {
+            Line::Out(l) if want(&l) => return l,
+            Line::Out(l) | Line::Err(l) => seen.push(l),
+        }
+    }
+}
+
+/// Ctrl-C, then the exit code and how many runs the whole session made.
+fn interrupt(
+    mut child: std::process::Child,
+    rx: mpsc::Receiver<Line>,
+    seen: Vec<String>,
+) -> (Option<i32>, usize) {
+    // Through the shell, whose `kill` is a builtin: no procps needed.
+    let kill = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let code = child.wait().unwrap().code();
+    let rest = rx.iter().map(|l| match l {
+        Line::Out(l) | Line::Err(l) => l,
+    });
+    let runs = seen
+        .into_iter()
+        .chain(rest)
+        .filter(|l| l.starts_with("-- exit"))
+        .count();
+    (code, runs)
+}
+
+fn engine(want: &'static str) -> impl Fn(&str) -> bool {
+    move |l: &str| l.contains("engine-diagnostic-0") && l.contains(want)
+}
+
+#[test]
+fn plan_watch_reruns_on_a_policy_edit_and_exits_0_on_ctrl_c() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("policies-under-edit");
+    copy_dir(std::path::Path::new(EXAMPLES), &dir, &["state"]);
+    let (child, rx) = spawn(
+        cloud4iot(tmp.path())
+            .args(["plan", "--watch", "--repo"])
+            .arg(&dir)
+            .arg("--state")
+            .arg(home_state()),
     );
+    let mut seen = Vec::new();
+    let first = wait_for(&rx, &mut seen, engine(" cloud "));
+    assert!(!first.contains("gateway"), "{first}");
 
     let policy = dir.join("policies/engine-monitoring.yaml");
     let text = std::fs::read_to_string(&policy).unwrap();
@@ -84,17 +112,42 @@ fn plan_watch_reruns_on_a_policy_edit_and_exits_0_on_ctrl_c() {
         text.replacen("\n  mode: normal\n", "\n  mode: intensive\n", 1),
     )
     .unwrap();
-    let second = engine_line(&next_run(&rx));
-    assert!(second.contains("gateway"), "{second}");
+    wait_for(&rx, &mut seen, engine(" gateway "));
 
-    // Through the shell, whose `kill` is a builtin: no procps needed.
-    let kill = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -INT {}", child.id())])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "Ctrl-C ends the watch with exit 0");
+    let (code, runs) = interrupt(child, rx, seen);
+    assert_eq!(code, Some(0), "Ctrl-C ends the watch with exit 0");
+    // One run at the start, one for the save: reading the files is not a change.
+    assert_eq!(runs, 2);
+}
+
+#[test]
+fn diff_watch_with_base_compares_each_save_with_the_base() {
+    let tmp = TempDir::new().unwrap();
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    g.commit("examples");
+    let (child, rx) = spawn(
+        cloud4iot(tmp.path())
+            .args(["diff", "--watch", "--base", "main", "--repo"])
+            .arg(&g.dir)
+            .arg("--state")
+            .arg(home_state()),
+    );
+    let mut seen = Vec::new();
+    wait_for(&rx, &mut seen, |l| l == "No changes.");
+    g.edit(
+        "policies/engine-monitoring.yaml",
+        "\n  mode: normal\n",
+        "\n  mode: intensive\n",
+    );
+    wait_for(&rx, &mut seen, |l| {
+        l.contains("engine-diagnostic-0: moved cloud -> gateway/")
+    });
+    let (code, runs) = interrupt(child, rx, seen);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        runs, 2,
+        "git's own reads of .git and the files do not trigger runs"
+    );
 }
 
 #[test]
