@@ -185,10 +185,26 @@ pub fn parse_memory_bytes(value: &str) -> Result<i64, QuantityError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceQuantities {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
     pub cpu: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
     pub memory: Option<String>,
+}
+
+/// Kubernetes accepts `cpu: 1` as well as `cpu: "1"`; so do we, everywhere a quantity is read.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        I(i64),
+        F(f64),
+    }
+    Ok(Option::<Raw>::deserialize(d)?.map(|raw| match raw {
+        Raw::S(s) => s,
+        Raw::I(i) => i.to_string(),
+        Raw::F(f) => f.to_string(),
+    }))
 }
 
 impl ResourceQuantities {
@@ -223,6 +239,15 @@ mod tests {
         for bad in ["", "abc", "12Q", "-1", "1..2", "."] {
             assert!(parse_memory_bytes(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn numbers_are_quantities_too() {
+        let q: ResourceQuantities = serde_norway::from_str("cpu: 1\nmemory: 0.5").unwrap();
+        assert_eq!(q.parse().unwrap(), Resources::new(1000, 1));
+        let q: ResourceQuantities = serde_norway::from_str("cpu: 250m").unwrap();
+        assert_eq!(q.cpu.as_deref(), Some("250m"));
+        assert!(serde_norway::from_str::<ResourceQuantities>("cpu: [1]").is_err());
     }
 
     #[test]
