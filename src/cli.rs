@@ -104,7 +104,9 @@ pub struct RepoArgs {
 pub struct StateArgs {
     /// A state snapshot: Nodes, GatewayReports and Deployments as `kubectl get -o yaml`
     /// prints them (a List or a multi-document stream).
-    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
+    /// Takes precedence over `--kubeconfig`/`KUBECONFIG`, so an exported KUBECONFIG never
+    /// turns an offline run into a cluster read.
+    #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// Read the live state from the cluster of this kubeconfig.
     #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
