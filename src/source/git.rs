@@ -126,13 +126,15 @@ impl Local {
 /// Fetches `url` into its bare cache repository and checks out `rev` (default: the
 /// remote's HEAD branch).
 pub fn open_url(
-    url: &str,
+    remote_url: &str,
     rev: Option<&str>,
     opts: &Options,
     policy: Option<&AllowedSigners>,
 ) -> Result<Checkout, SourceError> {
     set_timeouts();
-    let dir = cache_root().join("git").join(url_key(url));
+    // Messages show the URL without a password it may carry.
+    let url = &redact(remote_url);
+    let dir = cache_root().join("git").join(url_key(remote_url));
     std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(|source| SourceError::Io {
         repo: url.to_owned(),
         dir: dir.clone(),
@@ -161,7 +163,9 @@ pub fn open_url(
         })?;
         Repository::init_bare(&dir).map_err(|e| git_error(url, e))?
     };
-    let mut remote = repo.remote_anonymous(url).map_err(|e| git_error(url, e))?;
+    let mut remote = repo
+        .remote_anonymous(remote_url)
+        .map_err(|e| git_error(url, e))?;
 
     // The remote's HEAD is only known while connected; ask for it before fetching.
     let default_branch = if rev.is_none() {
@@ -203,6 +207,21 @@ pub fn open_url(
     };
     let (commit, revision) = resolve(&repo, &rev, url)?;
     checkout_commit(&repo, commit, revision, Path::new(""), url, policy)
+}
+
+/// `https://user:secret@host/x` -> `https://user:***@host/x`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The cache directory name of a URL: its SHA-1 (libgit2's hasher; no extra dependency).
@@ -515,4 +534,24 @@ fn write_tree(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        assert_eq!(
+            super::redact("https://ci:s3cret@git.example.org/a/b.git"),
+            "https://ci:***@git.example.org/a/b.git"
+        );
+        assert_eq!(
+            super::redact("https://ci@git.example.org/a.git"),
+            "https://ci@git.example.org/a.git"
+        );
+        assert_eq!(
+            super::redact("ssh://git@host:22/x@y"),
+            "ssh://git@host:22/x@y"
+        );
+        assert_eq!(super::redact("file:///tmp/r"), "file:///tmp/r");
+    }
 }
