@@ -20,8 +20,7 @@
 //! Where the live object records what cloud4iot applied (`managedFields`, manager
 //! `cloud4iot`, operation `Apply`), those fields are compared too, so a field cloud4iot
 //! set before and sets no more shows as removed — exactly what the apply will do.
-//! A difference in the `cloud4iot.io/revision` and `cloud4iot.io/reason` annotations
-//! alone is not reported: they are bookkeeping (see `without_bookkeeping`).
+//! A difference in the `cloud4iot.io/revision` annotation alone is not reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -184,7 +183,7 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
                 strip_server_fields(&mut l);
                 let l = prune_to(&l, Some(&d), owned.as_ref(), "");
                 let (old, new) = (to_yaml(&l), to_yaml(&d));
-                if old == new || without_bookkeeping(&l) == without_bookkeeping(&d) {
+                if old == new || without_revision(&l) == without_revision(&d) {
                     continue;
                 }
                 (Action::Update, old, new)
@@ -213,19 +212,18 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
     out
 }
 
-/// The object without its bookkeeping annotations: `cloud4iot.io/revision` (which commit
-/// last applied it) and `cloud4iot.io/reason` (why it is where it is, whose wording
-/// changes with time, e.g. "sees the device for 15h 56m"). A difference in those alone is
-/// no change to review: the placement layer reports moves with both reasons, and an apply
-/// refreshes the annotations whenever it changes something else.
-fn without_bookkeeping(v: &Value) -> Value {
+/// The object without its `cloud4iot.io/revision` annotation. Which commit last applied
+/// an object is bookkeeping: a new commit that changes nothing else in it is no change to
+/// review (an apply refreshes the annotation when it changes something else). The reason
+/// annotation, by contrast, is compared: the planner keeps a staying instance's reason
+/// as it was, so a changed reason is a changed decision, and an apply would write it.
+fn without_revision(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(ann) = v
         .pointer_mut("/metadata/annotations")
         .and_then(Value::as_object_mut)
     {
         ann.remove(labels::REVISION);
-        ann.remove(labels::REASON);
     }
     v
 }

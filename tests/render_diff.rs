@@ -96,34 +96,34 @@ fn server_owned_fields_and_defaults_are_no_change() {
 }
 
 #[test]
-fn a_new_revision_or_reworded_reason_alone_is_no_change() {
-    let desired = rendered(&at(
-        Some(Tier::Gateway),
-        Some("gw-home-1"),
-        "gw-home-1 still sees the device: stays while present",
-    ));
-    let older = render(
-        &repo(),
-        &at(
-            Some(Tier::Gateway),
-            Some("gw-home-1"),
-            "gw-home-1 sees the device for 15h 56m 16s",
-        ),
-        &RenderOptions {
-            revision: Some("main@sha1:bbbb".into()),
-            ..Default::default()
-        },
+fn a_new_revision_alone_is_no_change_a_new_reason_is() {
+    let reason = "gw-home-1 sees the device for 15h 56m 16s";
+    let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), reason));
+    let older_revision = |reason: &str| {
+        render(
+            &repo(),
+            &at(Some(Tier::Gateway), Some("gw-home-1"), reason),
+            &RenderOptions {
+                revision: Some("main@sha1:bbbb".into()),
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(object_diff(&desired, &older_revision(reason)), vec![]);
+    // The reason is a decision: an apply writes it, so the diff shows it.
+    let changes = object_diff(
+        &desired,
+        &older_revision("gw-home-1 was the only gateway in range"),
     );
-    assert_eq!(object_diff(&desired, &older), vec![]);
-    // With another change, the annotations are part of the shown diff.
-    let mut moved = older.clone();
-    moved[0].spec.replicas = Some(2);
-    let diff = &object_diff(&desired, &moved)[0].diff;
+    assert_eq!(changes.len(), 1);
+    let diff = &changes[0].diff;
     assert!(
-        diff.contains(
-            "+    cloud4iot.io/reason: 'gw-home-1 still sees the device: stays while present'"
-        ),
+        diff.contains("+    cloud4iot.io/reason: gw-home-1 sees the device for 15h 56m 16s"),
         "{diff}"
+    );
+    assert!(
+        diff.contains("+    cloud4iot.io/revision: main@sha1:aaaa"),
+        "shown along with a real change: {diff}"
     );
 }
 
