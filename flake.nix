@@ -16,7 +16,8 @@
           src = ./.;
           cargoLock.lockFile = ./Cargo.lock;
           nativeBuildInputs = [ pkgs.pkg-config ];
-          buildInputs = [ pkgs.openssl ];
+          # git2: libssh2 and libgit2 link OpenSSL and zlib
+          buildInputs = [ pkgs.openssl pkgs.zlib ];
           # The test suite runs against a real kube-apiserver, etcd, scheduler and
           # controller-manager built from Go modules (tests/control-plane), which the
           # sandbox cannot fetch. Run the tests in the dev shell: see README.md.
