@@ -211,7 +211,7 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                         "containers": [{
                             "name": "controller",
                             "image": opts.image,
-                            "args": ["run"],
+                            "args": ["run", "--namespace", fns],
                             "env": controller_env,
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
                             "securityContext": restricted
