@@ -87,6 +87,10 @@ pub struct RepoArgs {
     /// directory, HEAD for a bare repository, the remote's HEAD branch for a URL.
     #[arg(long, value_name = "REV")]
     pub rev: Option<String>,
+    /// The directory inside the repository that holds the configuration (like a Flux
+    /// Kustomization's path), for URLs and revisions of a monorepo. Default: the root.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
     /// Private key for ssh URLs (else the ssh agent is used).
     #[arg(long, value_name = "FILE", env = "CLOUD4IOT_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,

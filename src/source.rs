@@ -52,13 +52,17 @@ pub struct Checkout {
 pub enum SourceError {
     #[error("repository {0}: no such directory")]
     NotFound(String),
+    #[error("--path {0}: must be a relative path inside the repository")]
+    BadPath(String),
     #[error("repository {repo}: not a git repository, so --{flag} cannot be used with it")]
     NotARepository { repo: String, flag: &'static str },
     #[error("repository {repo}: {message}")]
     Git { repo: String, message: String },
     #[error("cannot reach {url}: {message}")]
     Unreachable { url: String, message: String },
-    #[error("the ssh host key of {url} is not trusted: {message} (add the host to ~/.ssh/known_hosts, e.g. with ssh-keyscan)")]
+    #[error(
+        "the ssh host key of {url} is not trusted: {message} (add the host to ~/.ssh/known_hosts, e.g. with ssh-keyscan)"
+    )]
     HostKey { url: String, message: String },
     #[error("authentication to {url} failed: {message}")]
     Auth { url: String, message: String },
@@ -126,9 +130,30 @@ pub fn open_at(args: &RepoArgs, rev: Option<&str>) -> Result<Checkout, SourceErr
     };
     let label = args.repo.as_str();
     let path = Path::new(&args.repo);
+    let sub = args.path.clone().unwrap_or_default();
+    let sub: PathBuf = if sub.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        sub.components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect()
+    } else {
+        return Err(SourceError::BadPath(sub.display().to_string()));
+    };
+    if !sub.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(SourceError::BadPath(sub.display().to_string()));
+    }
 
     if !path.exists() && is_url(&args.repo) {
-        return git::open_url(&args.repo, rev, &opts, policy.as_ref());
+        return git::open_url(&args.repo, rev, &opts, policy.as_ref(), &sub);
     }
     if !path.is_dir() {
         return Err(SourceError::NotFound(args.repo.clone()));
@@ -147,14 +172,18 @@ pub fn open_at(args: &RepoArgs, rev: Option<&str>) -> Result<Checkout, SourceErr
                     flag: "verify-signatures",
                 });
             }
+            let dir = path.join(&sub);
+            if !dir.is_dir() {
+                return Err(SourceError::NotFound(dir.display().to_string()));
+            }
             Ok(Checkout {
-                dir: path.to_path_buf(),
+                dir,
                 revision: None,
                 live: true,
                 signer: None,
             })
         }
-        Some(local) => local.open(rev, policy.as_ref()),
+        Some(local) => local.open(rev, policy.as_ref(), &sub),
     }
 }
 

@@ -240,6 +240,71 @@ fn subdirectory_of_a_repository_at_a_revision() {
 }
 
 #[test]
+fn path_selects_a_directory_of_a_monorepo() {
+    let tmp = TempDir::new().unwrap();
+    let mut g = GitRepo::init(&tmp.path().join("mono"));
+    copy_dir(
+        std::path::Path::new(EXAMPLES),
+        &g.path("deploy/iot"),
+        &["state"],
+    );
+    g.write("deploy/other/broken.yaml", "kind: [not ours\n");
+    let c1 = g.commit("iot config in a subdirectory");
+    let with_path = |repo: &str, extra: &[&str]| {
+        let mut cmd = cloud4iot(tmp.path());
+        cmd.args(["validate", "--repo", repo, "--path", "deploy/iot"])
+            .args(extra);
+        run(&mut cmd)
+    };
+
+    // A URL, its default branch; a revision of a local repository; the work tree.
+    for (repo, extra) in [
+        (g.file_url(), vec![]),
+        (s(&g.dir), vec!["--rev", "main"]),
+        (s(&g.dir), vec![]),
+    ] {
+        let out = with_path(&repo, &extra);
+        assert_eq!(out.code, 0, "{repo} {extra:?}: {out:?}");
+        assert!(out.stdout.contains(&format!("main@sha1:{c1}")), "{out:?}");
+    }
+    // Without --path the whole repository is read, the broken file too.
+    let out = validate(&tmp, &g.file_url(), None);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("deploy/other/broken.yaml:"), "{out:?}");
+
+    let mut cmd = cloud4iot(tmp.path());
+    let out = run(cmd.args([
+        "validate",
+        "--repo",
+        &g.file_url(),
+        "--path",
+        "deploy/nothing",
+    ]));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "deploy/nothing does not exist at revision main@sha1:{c1} of {}",
+            g.file_url()
+        )),
+        "{out:?}"
+    );
+    let mut cmd = cloud4iot(tmp.path());
+    let out = run(cmd.args([
+        "validate",
+        "--repo",
+        &g.file_url(),
+        "--path",
+        "../elsewhere",
+    ]));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--path ../elsewhere: must be a relative path inside the repository"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn bare_repository_reads_head() {
     let tmp = TempDir::new().unwrap();
     let mut g = GitRepo::with_examples(&tmp.path().join("work"));

@@ -77,10 +77,15 @@ pub fn discover(dir: &Path, label: &str) -> Result<Option<Local>, SourceError> {
 
 impl Local {
     pub fn open(
-        self,
+        mut self,
         rev: Option<&str>,
         policy: Option<&AllowedSigners>,
+        sub: &Path,
     ) -> Result<Checkout, SourceError> {
+        if !sub.as_os_str().is_empty() {
+            self.dir = self.dir.join(sub);
+            self.rel = self.rel.join(sub);
+        }
         if rev.is_none() && policy.is_none() && self.repo.workdir().is_some() {
             return self.open_work_tree();
         }
@@ -90,6 +95,9 @@ impl Local {
 
     /// The files on disk, with HEAD's revision (and `(dirty)` when they differ from it).
     fn open_work_tree(self) -> Result<Checkout, SourceError> {
+        if !self.dir.is_dir() {
+            return Err(SourceError::NotFound(self.dir.display().to_string()));
+        }
         let revision = match resolve(&self.repo, "HEAD", &self.label) {
             Ok((_, revision)) => Some(revision),
             Err(SourceError::Empty { .. }) => None,
@@ -130,6 +138,7 @@ pub fn open_url(
     rev: Option<&str>,
     opts: &Options,
     policy: Option<&AllowedSigners>,
+    sub: &Path,
 ) -> Result<Checkout, SourceError> {
     set_timeouts();
     // Messages show the URL without a password it may carry.
@@ -206,7 +215,7 @@ pub fn open_url(
         (None, None) => unreachable!("default branch is read when no revision is given"),
     };
     let (commit, revision) = resolve(&repo, &rev, url)?;
-    checkout_commit(&repo, commit, revision, Path::new(""), url, policy)
+    checkout_commit(&repo, commit, revision, sub, url, policy)
 }
 
 /// `https://user:secret@host/x` -> `https://user:***@host/x`.
