@@ -354,6 +354,8 @@ fn file_url_is_fetched_into_the_cache_and_refetched() {
     let c2 = g.commit("intensive");
     let out = validate(&tmp, &url, None);
     assert!(out.stdout.contains(&format!("(main@sha1:{c2})")), "{out:?}");
+    let out = validate(&tmp, &url, Some("HEAD"));
+    assert!(out.stdout.contains(&format!("(main@sha1:{c2})")), "HEAD of a URL is the remote's: {out:?}");
     let out = validate(&tmp, &url, Some("v1.0.0"));
     assert!(
         out.stdout.contains(&format!("(v1.0.0@sha1:{c1})")),

@@ -141,6 +141,8 @@ pub fn open_url(
     sub: &Path,
 ) -> Result<Checkout, SourceError> {
     set_timeouts();
+    // The cache's own HEAD means nothing: `HEAD` of a URL is the remote's HEAD branch.
+    let rev = rev.filter(|r| *r != "HEAD");
     // Messages show the URL without a password it may carry.
     let url = &redact(remote_url);
     let dir = cache_root().join("git").join(url_key(remote_url));
