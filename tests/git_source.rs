@@ -178,6 +178,13 @@ fn empty_repository_without_commits() {
     let out = validate(&tmp, &s(&g.dir), Some("main"));
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("revision main not found in"), "{out:?}");
+    let out = validate(&tmp, &g.file_url(), None);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("repository {} has no commits yet", g.file_url())),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -355,7 +362,10 @@ fn file_url_is_fetched_into_the_cache_and_refetched() {
     let out = validate(&tmp, &url, None);
     assert!(out.stdout.contains(&format!("(main@sha1:{c2})")), "{out:?}");
     let out = validate(&tmp, &url, Some("HEAD"));
-    assert!(out.stdout.contains(&format!("(main@sha1:{c2})")), "HEAD of a URL is the remote's: {out:?}");
+    assert!(
+        out.stdout.contains(&format!("(main@sha1:{c2})")),
+        "HEAD of a URL is the remote's: {out:?}"
+    );
     let out = validate(&tmp, &url, Some("v1.0.0"));
     assert!(
         out.stdout.contains(&format!("(v1.0.0@sha1:{c1})")),

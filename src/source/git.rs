@@ -183,7 +183,22 @@ pub fn open_url(
         let conn = remote
             .connect_auth(Direction::Fetch, Some(callbacks(opts)), Some(proxy()))
             .map_err(|e| remote_error(url, e))?;
-        let head = conn.default_branch().map_err(|e| remote_error(url, e))?;
+        let head = conn.default_branch().map_err(|e| {
+            // An empty repository advertises no refs, hence no HEAD to follow.
+            if conn.list().is_ok_and(|refs| refs.is_empty()) {
+                SourceError::Empty {
+                    repo: url.to_owned(),
+                }
+            } else {
+                SourceError::Git {
+                    repo: url.to_owned(),
+                    message: format!(
+                        "the remote names no HEAD branch ({}); pass --rev",
+                        e.message()
+                    ),
+                }
+            }
+        })?;
         let head = head.as_str().unwrap_or_default().to_owned();
         drop(conn);
         Some(head.strip_prefix("refs/heads/").unwrap_or(&head).to_owned())
