@@ -505,3 +505,21 @@ fn https_token_is_sent_as_the_password_and_a_rejection_is_named() {
         "{sent:?}"
     );
 }
+
+#[test]
+fn remote_tracking_branches_of_a_ci_clone_resolve() {
+    // What a CI job has: a clone whose base branch exists only as origin/<name>.
+    let tmp = TempDir::new().unwrap();
+    let mut up = GitRepo::with_examples(&tmp.path().join("upstream"));
+    let c1 = up.commit("examples");
+    let clone = tmp.path().join("ci-clone");
+    git2::build::RepoBuilder::new()
+        .clone(&up.file_url(), &clone)
+        .unwrap();
+    let out = validate(&tmp, &s(&clone), Some("origin/main"));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("(origin/main@sha1:{c1})")),
+        "{out:?}"
+    );
+}
