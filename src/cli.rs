@@ -68,6 +68,8 @@ pub enum Command {
     Validate(crate::commands::validate::ValidateArgs),
     /// Print the YAML that installs cloud4iot (CRDs, RBAC, controller, agents).
     Manifests(crate::commands::manifests::ManifestsArgs),
+    /// Show where every function instance would run (gateway, edge, cloud) and why.
+    Plan(crate::commands::plan::PlanArgs),
     /// Show what would change: placement moves, then the object diff.
     Diff(crate::commands::diff::DiffArgs),
     /// Print the Deployments the placement calls for (YAML).
@@ -126,9 +128,13 @@ pub async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Validate(args) => crate::commands::validate::run(&args),
         Command::Manifests(args) => crate::commands::manifests::run(&args),
+        Command::Plan(args) if args.watch => {
+            crate::watch::watch(&args.repo, args.state.state.as_deref(), || crate::commands::plan::run(&args, color)).await
+        }
         Command::Diff(args) if args.watch => {
             crate::watch::watch(&args.repo, args.state.state.as_deref(), || async { crate::commands::diff::run(&args, color) }).await
         }
+        Command::Plan(args) => crate::commands::plan::run(&args, color).await,
         Command::Diff(args) if args.state.state.is_none() && args.base.is_none() => {
             crate::commands::diff::run_against_cluster(&args, color).await
         }

@@ -43,6 +43,9 @@ pub struct PlanArgs {
     /// otherwise the clock.
     #[arg(long, value_name = "TIMESTAMP")]
     pub now: Option<Timestamp>,
+    /// Re-run whenever a file under --repo (a local directory) or --state changes.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
