@@ -163,69 +163,123 @@ impl ObjectChange {
 /// objects without `app.kubernetes.io/managed-by: cloud4iot` are never deleted (nor shown);
 /// identical objects after normalisation are not reported.
 pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectChange> {
-    let key = |d: &Deployment| {
+    fn key(d: &Deployment) -> (&str, &str) {
         (
-            d.metadata.namespace.clone().unwrap_or_default(),
-            d.metadata.name.clone().unwrap_or_default(),
+            d.metadata.namespace.as_deref().unwrap_or_default(),
+            d.metadata.name.as_deref().unwrap_or_default(),
         )
-    };
+    }
     let desired_map: BTreeMap<_, &Deployment> = desired.iter().map(|d| (key(d), d)).collect();
     let live_map: BTreeMap<_, &Deployment> = live.iter().map(|d| (key(d), d)).collect();
-    let keys: BTreeSet<_> = desired_map.keys().chain(live_map.keys()).cloned().collect();
-    let mut out = Vec::new();
-    for k in keys {
-        let (action, old, new) = match (desired_map.get(&k), live_map.get(&k)) {
-            (Some(d), None) => (Action::Create, String::new(), to_yaml(&served_view(d))),
-            (Some(d), Some(l)) => {
-                let d = served_view(d);
-                let mut l = to_value(l);
-                let owned = applied_fields(&l);
-                strip_server_fields(&mut l);
-                let l = prune_to(&l, Some(&d), owned.as_ref(), "");
-                let (old, new) = (to_yaml(&l), to_yaml(&d));
-                if old == new || without_revision(&l) == without_revision(&d) {
-                    continue;
-                }
-                (Action::Update, old, new)
-            }
-            (None, Some(l)) if is_managed(l) => {
-                let mut l = to_value(l);
-                strip_server_fields(&mut l);
-                (Action::Delete, to_yaml(&l), String::new())
-            }
-            _ => continue,
-        };
-        let label = format!("{}/{}", k.0, k.1);
-        let diff = similar::TextDiff::from_lines(&old, &new)
-            .unified_diff()
-            .context_radius(3)
-            .header(&format!("a/{label}"), &format!("b/{label}"))
-            .to_string();
-        out.push(ObjectChange {
-            action,
-            kind: "Deployment".to_string(),
-            namespace: k.0,
-            name: k.1,
-            diff,
-        });
-    }
-    out
+    let keys: Vec<(&str, &str)> = desired_map
+        .keys()
+        .chain(live_map.keys())
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    par_filter_map(&keys, |&(namespace, name)| {
+        object_change(
+            namespace,
+            name,
+            desired_map.get(&(namespace, name)).copied(),
+            live_map.get(&(namespace, name)).copied(),
+        )
+    })
 }
 
-/// The object without its `cloud4iot.io/revision` annotation. Which commit last applied
+/// The change of one object, if any.
+fn object_change(
+    namespace: &str,
+    name: &str,
+    desired: Option<&Deployment>,
+    live: Option<&Deployment>,
+) -> Option<ObjectChange> {
+    let (action, old, new) = match (desired, live) {
+        (Some(d), None) => (Action::Create, String::new(), to_yaml(&served_view(d))),
+        (Some(d), Some(l)) => {
+            let mut d = served_view(d);
+            let mut l = to_value(l);
+            let owned = applied_fields(&l);
+            strip_server_fields(&mut l);
+            let mut l = prune_to(&l, Some(&d), owned.as_ref(), Some(""));
+            // Compare values; only a changed object pays for YAML and the text diff.
+            if equal_but_revision(&mut l, &mut d) {
+                return None;
+            }
+            (Action::Update, to_yaml(&l), to_yaml(&d))
+        }
+        (None, Some(l)) if is_managed(l) => {
+            let mut l = to_value(l);
+            strip_server_fields(&mut l);
+            (Action::Delete, to_yaml(&l), String::new())
+        }
+        _ => return None,
+    };
+    let label = format!("{namespace}/{name}");
+    let diff = similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{label}"), &format!("b/{label}"))
+        .to_string();
+    Some(ObjectChange {
+        action,
+        kind: "Deployment".to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        diff,
+    })
+}
+
+/// `items.iter().filter_map(f)` on every core for large inputs, in order: the output is
+/// the same as the sequential one (objects are independent; fleets are large).
+pub(crate) fn par_filter_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Option<R> + Sync,
+) -> Vec<R> {
+    const MIN_CHUNK: usize = 2048;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || items.len() < 2 * MIN_CHUNK {
+        return items.iter().filter_map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads).max(MIN_CHUNK);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().filter_map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Equal once the `cloud4iot.io/revision` annotation is set aside. Which commit last applied
 /// an object is bookkeeping: a new commit that changes nothing else in it is no change to
 /// review (an apply refreshes the annotation when it changes something else). The reason
 /// annotation, by contrast, is compared: the planner keeps a staying instance's reason
 /// as it was, so a changed reason is a changed decision, and an apply would write it.
-fn without_revision(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(ann) = v
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
-        ann.remove(labels::REVISION);
+fn equal_but_revision(a: &mut Value, b: &mut Value) -> bool {
+    fn annotations(v: &mut Value) -> Option<&mut Map<String, Value>> {
+        v.pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
     }
-    v
+    let ra = annotations(a).and_then(|m| m.remove(labels::REVISION));
+    let rb = annotations(b).and_then(|m| m.remove(labels::REVISION));
+    let equal = a == b;
+    // Put them back: they are shown when something else changed.
+    if let (Some(r), Some(m)) = (ra, annotations(a)) {
+        m.insert(labels::REVISION.to_string(), r);
+    }
+    if let (Some(r), Some(m)) = (rb, annotations(b)) {
+        m.insert(labels::REVISION.to_string(), r);
+    }
+    equal
 }
 
 fn is_managed(d: &Deployment) -> bool {
@@ -306,22 +360,25 @@ const OWN_PREFIX_MAPS: [&str; 4] = [
 /// the live object's `managedFields` (`owned`: the `fieldsV1` of its `Apply` entry, at the
 /// same position), plus the exceptions above. A field cloud4iot applied before and no
 /// longer sets is kept, so its removal shows, as an apply would remove it.
-fn prune_to(live: &Value, desired: Option<&Value>, owned: Option<&Value>, path: &str) -> Value {
+/// `path` is the dotted path of `live` while it may still lead to one of the paths above,
+/// `None` below that (so deep fields cost no path strings).
+fn prune_to(
+    live: &Value,
+    desired: Option<&Value>,
+    owned: Option<&Value>,
+    path: Option<&str>,
+) -> Value {
     match live {
         Value::Object(l) => {
             let d = desired.and_then(Value::as_object);
-            let own_prefix = OWN_PREFIX_MAPS.contains(&path);
+            let own_prefix = path.is_some_and(|p| OWN_PREFIX_MAPS.contains(&p));
             let mut out = Map::new();
             for (k, lv) in l {
-                let child = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let child = child_path(path, k);
                 let dv = d.and_then(|d| d.get(k));
                 let ov = owned.and_then(|o| o.get(format!("f:{k}")));
                 let owned_leaf = ov.and_then(Value::as_object).is_some_and(Map::is_empty);
-                if OWNED_WHOLE.contains(&child.as_str())
+                if child.as_deref().is_some_and(|c| OWNED_WHOLE.contains(&c))
                     || (dv.is_none() && owned_leaf)
                     || (dv.is_none()
                         && ov.is_none()
@@ -330,7 +387,7 @@ fn prune_to(live: &Value, desired: Option<&Value>, owned: Option<&Value>, path: 
                 {
                     out.insert(k.clone(), lv.clone());
                 } else if dv.is_some() || ov.is_some() {
-                    out.insert(k.clone(), prune_to(lv, dv, ov, &child));
+                    out.insert(k.clone(), prune_to(lv, dv, ov, child.as_deref()));
                 }
             }
             Value::Object(out)
@@ -343,6 +400,21 @@ fn prune_to(live: &Value, desired: Option<&Value>, owned: Option<&Value>, path: 
         )),
         _ => live.clone(),
     }
+}
+
+/// `path.k`, if it is one of the paths of OWNED_WHOLE or OWN_PREFIX_MAPS or leads to one.
+fn child_path(path: Option<&str>, k: &str) -> Option<String> {
+    let path = path?;
+    let child = if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    };
+    let leads = |p: &&str| {
+        p.strip_prefix(child.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    };
+    (OWNED_WHOLE.iter().any(leads) || OWN_PREFIX_MAPS.iter().any(leads)).then_some(child)
 }
 
 /// The key a list element is merged on in server-side apply, for the lists we write.
@@ -371,7 +443,7 @@ fn prune_list(
     live: &[Value],
     desired: Option<&[Value]>,
     owned: Option<&Value>,
-    path: &str,
+    path: Option<&str>,
 ) -> Vec<Value> {
     let desired = desired.unwrap_or_default();
     let sample = if desired.is_empty() { live } else { desired };

@@ -65,10 +65,9 @@ impl Default for RenderOptions {
 /// function is not in `repo` or that have no image, render nothing (the planner places
 /// neither). The output follows the plan's order: sorted by (function, instance).
 pub fn render(repo: &Repo, plan: &Plan, opts: &RenderOptions) -> Vec<Deployment> {
-    plan.placements
-        .iter()
-        .filter_map(|p| render_placement(repo.functions.get(&p.function)?, p, opts))
-        .collect()
+    crate::diff::par_filter_map(&plan.placements, |p| {
+        render_placement(repo.functions.get(&p.function)?, p, opts)
+    })
 }
 
 /// The Deployment of one placement, or `None` when it is unplaced or has no image.

@@ -447,3 +447,47 @@ fn formats_match_golden() {
         );
     }
 }
+
+#[test]
+fn large_inputs_give_the_same_output_as_one_at_a_time() {
+    // Above a few thousand objects render and object_diff split the work across cores;
+    // the output must be exactly the sequential one, in the same order.
+    let plan = |shift: usize| Plan {
+        placements: (0..6000)
+            .map(|i| {
+                let device = format!("C4:7C:8D:00:{:02X}:{:02X}", i / 256, i % 256);
+                let gw = if i % 500 == 0 { i + shift } else { i } % 50;
+                let mut p = at(Some(Tier::Gateway), Some(&format!("gw-{gw:02}")), "near");
+                p.placements[0].instance = device_instance_name("omh-consolidator", &device);
+                p.placements[0].device = Some(device);
+                p.placements.remove(0)
+            })
+            .collect::<Vec<_>>(),
+    };
+    let sorted = |mut p: Plan| {
+        p.placements.sort_by(|a, b| a.instance.cmp(&b.instance));
+        p
+    };
+    let (before, after) = (sorted(plan(0)), sorted(plan(1)));
+    let opts = RenderOptions::default();
+    let rendered = render(&repo(), &after, &opts);
+    let one_by_one: Vec<Deployment> = after
+        .placements
+        .iter()
+        .filter_map(|p| {
+            cloud4iot::render::render_placement(&repo().functions["omh-consolidator"], p, &opts)
+        })
+        .collect();
+    assert_eq!(rendered, one_by_one);
+
+    let live: Vec<Deployment> = render(&repo(), &before, &opts)
+        .iter()
+        .map(as_served)
+        .collect();
+    let changes = object_diff(&rendered, &live);
+    assert_eq!(changes.len(), 12, "every 500th instance moved");
+    let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
+    let mut sorted_names = names.clone();
+    sorted_names.sort();
+    assert_eq!(names, sorted_names, "sorted by name");
+}
