@@ -202,11 +202,17 @@ fn object_change(
             let mut l = to_value(l);
             let owned = applied_fields(&l);
             strip_server_fields(&mut l);
-            let mut l = prune_to(&l, Some(&d), owned.as_ref(), Some(""));
-            // Compare values; only a changed object pays for YAML and the text diff.
-            if equal_but_revision(&mut l, &mut d) {
+            // Compare without building the pruned object; only a changed object pays for
+            // pruning, YAML and the text diff.
+            let equal = pruned_equal(&l, &d, owned.as_ref(), Some(""));
+            debug_assert_eq!(equal, {
+                let mut pruned = prune_to(&l, Some(&d), owned.as_ref(), Some(""));
+                equal_but_revision(&mut pruned, &mut d)
+            });
+            if equal {
                 return None;
             }
+            let l = prune_to(&l, Some(&d), owned.as_ref(), Some(""));
             (Action::Update, to_yaml(&l), to_yaml(&d))
         }
         (None, Some(l)) if is_managed(l) => {
@@ -399,6 +405,82 @@ fn prune_to(
             path,
         )),
         _ => live.clone(),
+    }
+}
+
+/// Whether `prune_to(live, Some(desired), owned, path)` equals `desired`, the revision
+/// annotation aside, without building it: the common case of a diff is "no change".
+fn pruned_equal(live: &Value, desired: &Value, owned: Option<&Value>, path: Option<&str>) -> bool {
+    match live {
+        Value::Object(l) => {
+            let Value::Object(d) = desired else {
+                return false;
+            };
+            let own_prefix = path.is_some_and(|p| OWN_PREFIX_MAPS.contains(&p));
+            let ignore = |k: &str| path == Some("metadata.annotations") && k == labels::REVISION;
+            let mut kept = 0;
+            for (k, lv) in l {
+                if ignore(k) {
+                    continue;
+                }
+                let child = child_path(path, k);
+                let dv = d.get(k);
+                let ov = owned.and_then(|o| o.get(format!("f:{k}")));
+                let owned_leaf = ov.and_then(Value::as_object).is_some_and(Map::is_empty);
+                let whole = child.as_deref().is_some_and(|c| OWNED_WHOLE.contains(&c))
+                    || (dv.is_none() && owned_leaf)
+                    || (dv.is_none()
+                        && ov.is_none()
+                        && own_prefix
+                        && k.starts_with("cloud4iot.io/"));
+                if whole {
+                    kept += 1;
+                    if dv != Some(lv) {
+                        return false;
+                    }
+                } else if dv.is_some() || ov.is_some() {
+                    kept += 1;
+                    match dv {
+                        Some(dv) if pruned_equal(lv, dv, ov, child.as_deref()) => {}
+                        _ => return false,
+                    }
+                }
+            }
+            kept == d.keys().filter(|k| !ignore(k)).count()
+        }
+        Value::Array(l) => {
+            let Value::Array(d) = desired else {
+                return false;
+            };
+            let sample = if d.is_empty() { l } else { d };
+            let keyed = !sample.is_empty() && sample.iter().all(|v| list_key(v).is_some());
+            if keyed {
+                let mut i = 0;
+                for lv in l {
+                    let key = list_key(lv);
+                    let matched = d.iter().find(|dv| key.is_some() && list_key(dv) == key);
+                    let om = owned_element(owned, lv);
+                    if matched.is_none() && om.is_none() {
+                        continue;
+                    }
+                    match (matched, d.get(i)) {
+                        (Some(m), Some(di))
+                            if std::ptr::eq(m, di) && pruned_equal(lv, m, om, path) =>
+                        {
+                            i += 1
+                        }
+                        _ => return false,
+                    }
+                }
+                i == d.len()
+            } else {
+                l.len() == d.len()
+                    && l.iter()
+                        .zip(d)
+                        .all(|(lv, dv)| pruned_equal(lv, dv, None, path))
+            }
+        }
+        _ => live == desired,
     }
 }
 
