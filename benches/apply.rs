@@ -77,34 +77,65 @@ fn rendered(n: usize, namespace: &str) -> Vec<Deployment> {
     };
     let inventory = Inventory::new(vec![cloud], Vec::new(), Vec::new());
     let plan = cloud4iot::plan::plan(&repo, &inventory, NOW.parse().expect("a timestamp"));
-    let opts = RenderOptions { namespace: namespace.to_owned(), revision: Some("main@sha1:0123456789abcdef".to_owned()) };
+    let opts = RenderOptions {
+        namespace: namespace.to_owned(),
+        revision: Some("main@sha1:0123456789abcdef".to_owned()),
+    };
     let objects = render::render(&repo, &plan, &opts);
     assert_eq!(objects.len(), n, "every instance placed");
     objects
 }
 
-async fn cloud4iot_apply(client: &Client, objects: &[Deployment], namespace: &str, concurrency: usize) -> (Duration, Report) {
-    let opts = ApplyOptions { namespace: namespace.to_owned(), concurrency, ..ApplyOptions::default() };
+async fn cloud4iot_apply(
+    client: &Client,
+    objects: &[Deployment],
+    namespace: &str,
+    concurrency: usize,
+) -> (Duration, Report) {
+    let opts = ApplyOptions {
+        namespace: namespace.to_owned(),
+        concurrency,
+        ..ApplyOptions::default()
+    };
     let started = Instant::now();
-    let report = apply::apply(client, objects, &opts, &|_| {}).await.expect("apply");
+    let report = apply::apply(client, objects, &opts, &|_| {})
+        .await
+        .expect("apply");
     let took = started.elapsed();
-    assert!(report.succeeded(), "cloud4iot apply failed: {:?}", report.summary);
+    assert!(
+        report.succeeded(),
+        "cloud4iot apply failed: {:?}",
+        report.summary
+    );
     (took, report)
 }
 
 fn kubectl_apply(kubectl: &str, kubeconfig: &Path, file: &Path) -> (Duration, String) {
     let started = Instant::now();
     let out = Command::new(kubectl)
-        .args(["apply", "--server-side", "--field-manager", "kubectl-bench", "-f"])
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "kubectl-bench",
+            "-f",
+        ])
         .arg(file)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .output()
         .unwrap_or_else(|e| panic!("run {kubectl}: {e}"));
     let took = started.elapsed();
-    assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let unchanged = stdout.lines().filter(|l| l.ends_with("serverside-applied")).count();
+    let unchanged = stdout
+        .lines()
+        .filter(|l| l.ends_with("serverside-applied"))
+        .count();
     (took, format!("{} lines", unchanged))
 }
 
@@ -116,10 +147,16 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("CLOUD4IOT_BENCH_SIZES")
         .unwrap_or_else(|_| "1000,10000".to_owned())
         .split(',')
-        .map(|s| s.trim().parse().expect("CLOUD4IOT_BENCH_SIZES: comma-separated numbers"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("CLOUD4IOT_BENCH_SIZES: comma-separated numbers")
+        })
         .collect();
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
-    let version = Command::new(&kubectl).args(["version", "--client", "-o", "yaml"]).output();
+    let version = Command::new(&kubectl)
+        .args(["version", "--client", "-o", "yaml"])
+        .output();
     let version = match version {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -127,7 +164,9 @@ fn main() {
             .unwrap_or("")
             .trim()
             .to_owned(),
-        _ => panic!("the apply bench compares with kubectl: none found as {kubectl:?} (set KUBECTL)"),
+        _ => {
+            panic!("the apply bench compares with kubectl: none found as {kubectl:?} (set KUBECTL)")
+        }
     };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(async {

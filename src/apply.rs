@@ -23,9 +23,9 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{PartialObjectMeta, Status};
-use kube::Client;
 use serde::Serialize;
 
 use crate::cluster::{self, ClusterError, FIELD_MANAGER};
@@ -100,7 +100,13 @@ pub struct ObjectResult {
 impl fmt::Display for ObjectResult {
     /// `deployment.apps/NAME configured (note)`, as kubectl prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.apps/{} {}", self.kind.to_lowercase(), self.name, self.action.as_str())?;
+        write!(
+            f,
+            "{}.apps/{} {}",
+            self.kind.to_lowercase(),
+            self.name,
+            self.action.as_str()
+        )?;
         match &self.message {
             Some(m) if self.action == Action::Failed => write!(f, ": {m}"),
             Some(m) => write!(f, " ({m})"),
@@ -213,7 +219,11 @@ pub async fn apply(
         create_namespace(client, ns).await?;
     }
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let before = if namespace_exists { read_before(&api, opts.dry_run).await? } else { BTreeMap::new() };
+    let before = if namespace_exists {
+        read_before(&api, opts.dry_run).await?
+    } else {
+        BTreeMap::new()
+    };
 
     // Apply, `concurrency` requests at a time.
     let total = desired.len();
@@ -233,17 +243,29 @@ pub async fn apply(
             .buffer_unordered(opts.concurrency.max(1));
         while let Some(r) = stream.next().await {
             results.push(r);
-            progress(Progress { phase: "apply", done: results.len(), total });
+            progress(Progress {
+                phase: "apply",
+                done: results.len(),
+                total,
+            });
         }
     }
     results.sort_by(|a, b| a.name.cmp(&b.name));
-    let failed_applies = results.iter().filter(|r| r.action == Action::Failed).count();
+    let failed_applies = results
+        .iter()
+        .filter(|r| r.action == Action::Failed)
+        .count();
 
     // Prune: managed (by label) Deployments that are no longer desired.
-    let wanted: BTreeSet<&str> = desired.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
+    let wanted: BTreeSet<&str> = desired
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref())
+        .collect();
     let candidates: Vec<&Before> = before
         .values()
-        .filter(|b| is_managed(&b.meta) && !wanted.contains(b.meta.name.as_deref().unwrap_or_default()))
+        .filter(|b| {
+            is_managed(&b.meta) && !wanted.contains(b.meta.name.as_deref().unwrap_or_default())
+        })
         .collect();
     let prune = if failed_applies > 0 {
         Prune::Skipped(format!(
@@ -263,7 +285,11 @@ pub async fn apply(
             .buffer_unordered(opts.concurrency.max(1));
         while let Some(r) = stream.next().await {
             pruned.push(r);
-            progress(Progress { phase: "prune", done: pruned.len(), total });
+            progress(Progress {
+                phase: "prune",
+                done: pruned.len(),
+                total,
+            });
         }
         pruned.sort_by(|a, b| a.name.cmp(&b.name));
         results.extend(pruned);
@@ -274,35 +300,73 @@ pub async fn apply(
     for r in &results {
         summary.count(r.action);
     }
-    Ok(Report { revision: None, dry_run: opts.dry_run, namespace: ns.to_owned(), objects: results, prune, summary })
+    Ok(Report {
+        revision: None,
+        dry_run: opts.dry_run,
+        namespace: ns.to_owned(),
+        objects: results,
+        prune,
+        summary,
+    })
 }
 
 fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> ObjectResult {
-    ObjectResult { kind: "Deployment".to_owned(), namespace: ns.to_owned(), name: name.to_owned(), action, message }
+    ObjectResult {
+        kind: "Deployment".to_owned(),
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        action,
+        message,
+    }
 }
 
 fn is_managed(meta: &ObjectMeta) -> bool {
-    meta.labels.as_ref().and_then(|l| l.get(labels::MANAGED_BY)).is_some_and(|v| v == labels::MANAGER)
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(labels::MANAGED_BY))
+        .is_some_and(|v| v == labels::MANAGER)
 }
 
 /// Every Deployment in the namespace, managed or not (a desired name may already exist
 /// unlabelled): metadata only, unless a dry run needs whole objects to compare.
-async fn read_before(api: &Api<Deployment>, whole: bool) -> Result<BTreeMap<String, Before>, ClusterError> {
-    let list_error = |source| ClusterError::List { what: "Deployments", source };
+async fn read_before(
+    api: &Api<Deployment>,
+    whole: bool,
+) -> Result<BTreeMap<String, Before>, ClusterError> {
+    let list_error = |source| ClusterError::List {
+        what: "Deployments",
+        source,
+    };
     let befores: Vec<Before> = if whole {
         cluster::list_all(api, ListParams::default())
             .await
             .map_err(list_error)?
             .into_iter()
-            .map(|d| Before { meta: d.metadata.clone(), object: Some(d) })
+            .map(|d| Before {
+                meta: d.metadata.clone(),
+                object: Some(d),
+            })
             .collect()
     } else {
-        list_metadata_all(api).await.map_err(list_error)?.into_iter().map(|m| Before { meta: m.metadata, object: None }).collect()
+        list_metadata_all(api)
+            .await
+            .map_err(list_error)?
+            .into_iter()
+            .map(|m| Before {
+                meta: m.metadata,
+                object: None,
+            })
+            .collect()
     };
-    Ok(befores.into_iter().map(|b| (b.meta.name.clone().unwrap_or_default(), b)).collect())
+    Ok(befores
+        .into_iter()
+        .map(|b| (b.meta.name.clone().unwrap_or_default(), b))
+        .collect())
 }
 
-async fn list_metadata_all(api: &Api<Deployment>) -> Result<Vec<PartialObjectMeta<Deployment>>, kube::Error> {
+async fn list_metadata_all(
+    api: &Api<Deployment>,
+) -> Result<Vec<PartialObjectMeta<Deployment>>, kube::Error> {
     let mut params = ListParams::default().limit(500);
     let mut out = Vec::new();
     loop {
@@ -325,10 +389,17 @@ async fn create_namespace(client: &Client, ns: &str) -> Result<(), ClusterError>
         ..Namespace::default()
     };
     Api::<Namespace>::all(client.clone())
-        .patch(ns, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&namespace))
+        .patch(
+            ns,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&namespace),
+        )
         .await
         .map(|_| ())
-        .map_err(|source| ClusterError::Namespace { namespace: ns.to_owned(), source })
+        .map_err(|source| ClusterError::Namespace {
+            namespace: ns.to_owned(),
+            source,
+        })
 }
 
 /// One field conflict of a server-side apply: the field path and the manager owning it.
@@ -341,12 +412,19 @@ pub struct Conflict {
 /// The conflicts a 409 from a server-side apply lists in its causes
 /// (`conflict with "kubectl-edit" using apps/v1` on `.spec...image`).
 pub fn conflicts(status: &Status) -> Vec<Conflict> {
-    let causes = status.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default();
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or_default();
     causes
         .iter()
         .filter_map(|c| {
             let manager = c.message.split('"').nth(1)?.to_owned();
-            Some(Conflict { field: c.field.clone(), manager })
+            Some(Conflict {
+                field: c.field.clone(),
+                manager,
+            })
         })
         .collect()
 }
@@ -354,11 +432,19 @@ pub fn conflicts(status: &Status) -> Vec<Conflict> {
 /// Whether every manager in `conflicts` only ever updated the object imperatively
 /// (operation Update, no Apply) according to the object's `managedFields`.
 fn all_imperative(conflicts: &[Conflict], meta: Option<&ObjectMeta>) -> bool {
-    let Some(entries) = meta.and_then(|m| m.managed_fields.as_ref()) else { return false };
+    let Some(entries) = meta.and_then(|m| m.managed_fields.as_ref()) else {
+        return false;
+    };
     !conflicts.is_empty()
         && conflicts.iter().all(|c| {
-            let mine: Vec<_> = entries.iter().filter(|e| e.manager.as_deref() == Some(c.manager.as_str())).collect();
-            !mine.is_empty() && mine.iter().all(|e| e.operation.as_deref() == Some("Update"))
+            let mine: Vec<_> = entries
+                .iter()
+                .filter(|e| e.manager.as_deref() == Some(c.manager.as_str()))
+                .collect();
+            !mine.is_empty()
+                && mine
+                    .iter()
+                    .all(|e| e.operation.as_deref() == Some("Update"))
         })
 }
 
@@ -370,11 +456,24 @@ fn describe(conflicts: &[Conflict]) -> String {
         .join("; ")
 }
 
-async fn apply_one(api: &Api<Deployment>, object: &Deployment, before: Option<&Before>, opts: &ApplyOptions) -> ObjectResult {
+async fn apply_one(
+    api: &Api<Deployment>,
+    object: &Deployment,
+    before: Option<&Before>,
+    opts: &ApplyOptions,
+) -> ObjectResult {
     let ns = opts.namespace.as_str();
     let name = object.metadata.name.clone().unwrap_or_default();
-    if object.metadata.namespace.as_deref().is_some_and(|n| n != ns) {
-        let message = format!("rendered into namespace {:?}, not {ns:?}", object.metadata.namespace.as_deref().unwrap_or_default());
+    if object
+        .metadata
+        .namespace
+        .as_deref()
+        .is_some_and(|n| n != ns)
+    {
+        let message = format!(
+            "rendered into namespace {:?}, not {ns:?}",
+            object.metadata.namespace.as_deref().unwrap_or_default()
+        );
         return result(ns, &name, Action::Failed, Some(message));
     }
     let mut params = PatchParams::apply(FIELD_MANAGER);
@@ -391,7 +490,10 @@ async fn apply_one(api: &Api<Deployment>, object: &Deployment, before: Option<&B
             let message = if found.is_empty() {
                 format!("conflict: {}", status.message)
             } else {
-                format!("conflict: {}; re-run with --force to take ownership", describe(&found))
+                format!(
+                    "conflict: {}; re-run with --force to take ownership",
+                    describe(&found)
+                )
             };
             return result(ns, &name, Action::Failed, Some(message));
         }
@@ -401,20 +503,29 @@ async fn apply_one(api: &Api<Deployment>, object: &Deployment, before: Option<&B
         note = Some(format!(
             "took back {} from {} (changed outside git)",
             fields.join(", "),
-            managers.into_iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ")
+            managers
+                .into_iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         params.force = true;
         applied = api.patch(&name, &params, &Patch::Apply(object)).await;
     }
     let stored = match applied {
         Ok(stored) => stored,
-        Err(kube::Error::Api(status)) => return result(ns, &name, Action::Failed, Some(status.message.clone())),
+        Err(kube::Error::Api(status)) => {
+            return result(ns, &name, Action::Failed, Some(status.message.clone()));
+        }
         Err(err) => return result(ns, &name, Action::Failed, Some(err.to_string())),
     };
     let action = match before {
         None => Action::Created,
         Some(b) if opts.dry_run => {
-            if b.object.as_ref().is_some_and(|live| same_content(live, &stored)) {
+            if b.object
+                .as_ref()
+                .is_some_and(|live| same_content(live, &stored))
+            {
                 Action::Unchanged
             } else {
                 Action::Configured
@@ -451,16 +562,21 @@ async fn prune_one(api: &Api<Deployment>, meta: &ObjectMeta, dry_run: bool) -> O
     };
     match api.delete(&name, &params).await {
         Ok(_) => result(&ns, &name, Action::Pruned, None),
-        Err(kube::Error::Api(status)) if status.is_not_found() => {
-            result(&ns, &name, Action::Pruned, Some("already deleted".to_owned()))
-        }
+        Err(kube::Error::Api(status)) if status.is_not_found() => result(
+            &ns,
+            &name,
+            Action::Pruned,
+            Some("already deleted".to_owned()),
+        ),
         Err(kube::Error::Api(status)) if status.is_conflict() => result(
             &ns,
             &name,
             Action::Failed,
             Some("changed since it was read; not pruned (the next apply looks again)".to_owned()),
         ),
-        Err(kube::Error::Api(status)) => result(&ns, &name, Action::Failed, Some(status.message.clone())),
+        Err(kube::Error::Api(status)) => {
+            result(&ns, &name, Action::Failed, Some(status.message.clone()))
+        }
         Err(err) => result(&ns, &name, Action::Failed, Some(err.to_string())),
     }
 }
@@ -496,9 +612,152 @@ pub async fn reconcile(
     let repo = crate::load::load_dir(&checkout.dir).map_err(ReconcileError::Invalid)?;
     let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
     let plan = crate::plan::plan(&repo, &inventory, now);
-    let render_opts = RenderOptions { namespace: opts.namespace.clone(), revision: checkout.revision.clone() };
+    let render_opts = RenderOptions {
+        namespace: opts.namespace.clone(),
+        revision: checkout.revision.clone(),
+    };
     let desired = crate::render::render(&repo, &plan, &render_opts);
     let mut report = apply(client, &desired, opts, progress).await?;
     report.revision = checkout.revision.clone();
     Ok(Reconciled { plan, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::*;
+
+    /// A 409 as kube-apiserver v1.37 returns it for a server-side apply conflict.
+    fn conflict_status(causes: &[(&str, &str)]) -> Status {
+        let causes: Vec<_> = causes
+            .iter()
+            .map(|(message, field)| serde_json::json!({"reason": "FieldManagerConflict", "message": message, "field": field}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "Apply failed with conflicts",
+            "details": {"name": "fleet-stats-0", "group": "apps", "kind": "deployments", "causes": causes}
+        }))
+        .expect("a Status")
+    }
+
+    fn managed(entries: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            managed_fields: Some(
+                entries
+                    .iter()
+                    .map(|(manager, operation)| ManagedFieldsEntry {
+                        manager: Some((*manager).to_owned()),
+                        operation: Some((*operation).to_owned()),
+                        ..ManagedFieldsEntry::default()
+                    })
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        }
+    }
+
+    const IMAGE: &str = ".spec.template.spec.containers[name=\"fleet-stats\"].image";
+
+    #[test]
+    fn conflicts_name_the_field_and_the_manager() {
+        let status = conflict_status(&[
+            (
+                "conflict with \"kubectl-set\" using apps/v1 at 2026-11-28T10:00:00Z",
+                IMAGE,
+            ),
+            ("conflict with \"other-gitops\"", ".spec.replicas"),
+        ]);
+        assert_eq!(
+            conflicts(&status),
+            vec![
+                Conflict {
+                    field: IMAGE.to_owned(),
+                    manager: "kubectl-set".to_owned()
+                },
+                Conflict {
+                    field: ".spec.replicas".to_owned(),
+                    manager: "other-gitops".to_owned()
+                },
+            ]
+        );
+        assert!(conflicts(&Status::failure("conflict", "Conflict")).is_empty());
+    }
+
+    #[test]
+    fn only_imperative_edits_are_taken_back_without_force() {
+        let edit = [Conflict {
+            field: IMAGE.to_owned(),
+            manager: "kubectl-set".to_owned(),
+        }];
+        let applied = [Conflict {
+            field: IMAGE.to_owned(),
+            manager: "other-gitops".to_owned(),
+        }];
+        let meta = managed(&[
+            ("cloud4iot", "Apply"),
+            ("kubectl-set", "Update"),
+            ("other-gitops", "Apply"),
+        ]);
+        assert!(all_imperative(&edit, Some(&meta)));
+        assert!(!all_imperative(&applied, Some(&meta)));
+        assert!(!all_imperative(
+            &[edit[0].clone(), applied[0].clone()],
+            Some(&meta)
+        ));
+        // A manager that both updated and applied is a declarative owner: a conflict.
+        let both = managed(&[("kubectl-set", "Update"), ("kubectl-set", "Apply")]);
+        assert!(!all_imperative(&edit, Some(&both)));
+        // Unknown managers or no managedFields: never forced silently.
+        assert!(!all_imperative(
+            &edit,
+            Some(&managed(&[("cloud4iot", "Apply")]))
+        ));
+        assert!(!all_imperative(&edit, None));
+        assert!(!all_imperative(&[], Some(&meta)));
+    }
+
+    #[test]
+    fn results_and_summary_read_like_kubectl() {
+        let mut summary = Summary::default();
+        for action in [
+            Action::Unchanged,
+            Action::Unchanged,
+            Action::Created,
+            Action::Pruned,
+        ] {
+            summary.count(action);
+        }
+        assert_eq!(
+            summary.to_string(),
+            "1 created, 0 configured, 2 unchanged, 1 pruned, 0 failed"
+        );
+        assert!(summary.changed());
+        let failed = result(
+            "ns",
+            "fleet-stats-0",
+            Action::Failed,
+            Some("conflict: x".to_owned()),
+        );
+        assert_eq!(
+            failed.to_string(),
+            "deployment.apps/fleet-stats-0 failed: conflict: x"
+        );
+        let noted = result(
+            "ns",
+            "fleet-stats-0",
+            Action::Configured,
+            Some("took back y".to_owned()),
+        );
+        assert_eq!(
+            noted.to_string(),
+            "deployment.apps/fleet-stats-0 configured (took back y)"
+        );
+        let json = serde_json::to_value(Prune::Refused("empty".to_owned())).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"status": "refused", "reason": "empty"})
+        );
+    }
 }

@@ -43,7 +43,9 @@ pub enum ClusterError {
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("no cluster configuration: {0} (pass --kubeconfig FILE, or --state FILE to read a snapshot)")]
+    #[error(
+        "no cluster configuration: {0} (pass --kubeconfig FILE, or --state FILE to read a snapshot)"
+    )]
     Infer(#[source] kube::config::InferConfigError),
     #[error("cannot create a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
@@ -82,29 +84,43 @@ pub async fn client(args: &StateArgs) -> Result<Client, ClusterError> {
 
 /// The client configuration [`client`] uses.
 pub async fn config(args: &StateArgs) -> Result<Config, ClusterError> {
-    let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
     if let Some(list) = &args.kubeconfig {
         let mut merged: Option<Kubeconfig> = None;
         for path in std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()) {
-            let read = Kubeconfig::read_from(&path)
-                .map_err(|source| ClusterError::Kubeconfig { path: path.clone(), source })?;
+            let read = Kubeconfig::read_from(&path).map_err(|source| ClusterError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
             merged = Some(match merged {
                 None => read,
                 Some(first) => first
                     .merge(read)
-                    .map_err(|source| ClusterError::Kubeconfig { path: path.clone(), source })?,
+                    .map_err(|source| ClusterError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?,
             });
         }
         let kubeconfig = merged.unwrap_or_default();
         return Config::from_custom_kubeconfig(kubeconfig, &options)
             .await
-            .map_err(|source| ClusterError::Kubeconfig { path: list.clone(), source });
+            .map_err(|source| ClusterError::Kubeconfig {
+                path: list.clone(),
+                source,
+            });
     }
     if args.context.is_some() {
         // A context only makes sense in a kubeconfig: no in-cluster fallback.
-        return Config::from_kubeconfig(&options)
-            .await
-            .map_err(|source| ClusterError::Kubeconfig { path: PathBuf::from("~/.kube/config"), source });
+        return Config::from_kubeconfig(&options).await.map_err(|source| {
+            ClusterError::Kubeconfig {
+                path: PathBuf::from("~/.kube/config"),
+                source,
+            }
+        });
     }
     Config::infer().await.map_err(ClusterError::Infer)
 }
@@ -119,7 +135,10 @@ pub async fn read_inventory(client: &Client) -> Result<Inventory, ClusterError> 
 /// placement), every GatewayReport, and the Deployments in `namespace` labelled
 /// `app.kubernetes.io/managed-by: cloud4iot`.
 #[tracing::instrument(skip(client))]
-pub async fn read_inventory_in(client: &Client, namespace: &str) -> Result<Inventory, ClusterError> {
+pub async fn read_inventory_in(
+    client: &Client,
+    namespace: &str,
+) -> Result<Inventory, ClusterError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let reports: Api<GatewayReport> = Api::all(client.clone());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -127,18 +146,34 @@ pub async fn read_inventory_in(client: &Client, namespace: &str) -> Result<Inven
         async {
             list_all(&nodes, ListParams::default().labels(labels::TIER))
                 .await
-                .map_err(|source| ClusterError::List { what: "Nodes", source })
+                .map_err(|source| ClusterError::List {
+                    what: "Nodes",
+                    source,
+                })
         },
         async {
-            list_all(&reports, ListParams::default()).await.map_err(|source| match &source {
-                kube::Error::Api(status) if status.is_not_found() => ClusterError::GatewayReportCrdMissing,
-                _ => ClusterError::List { what: "GatewayReports", source },
-            })
-        },
-        async {
-            list_all(&deployments, ListParams::default().labels(&managed_selector()))
+            list_all(&reports, ListParams::default())
                 .await
-                .map_err(|source| ClusterError::List { what: "Deployments", source })
+                .map_err(|source| match &source {
+                    kube::Error::Api(status) if status.is_not_found() => {
+                        ClusterError::GatewayReportCrdMissing
+                    }
+                    _ => ClusterError::List {
+                        what: "GatewayReports",
+                        source,
+                    },
+                })
+        },
+        async {
+            list_all(
+                &deployments,
+                ListParams::default().labels(&managed_selector()),
+            )
+            .await
+            .map_err(|source| ClusterError::List {
+                what: "Deployments",
+                source,
+            })
         },
     )?;
     let nodes = nodes
@@ -177,7 +212,10 @@ pub async fn namespace_exists(client: &Client, namespace: &str) -> Result<bool, 
         .get_opt(namespace)
         .await
         .map(|ns| ns.is_some())
-        .map_err(|source| ClusterError::Namespace { namespace: namespace.to_owned(), source })
+        .map_err(|source| ClusterError::Namespace {
+            namespace: namespace.to_owned(),
+            source,
+        })
 }
 
 /// The objects as the API server would store them if cloud4iot applied `desired` now:
@@ -192,7 +230,10 @@ pub async fn namespace_exists(client: &Client, namespace: &str) -> Result<bool, 
 /// resourceVersion, generation, timestamps; see [`crate::diff::strip_server_fields`]).
 /// Objects whose namespace does not exist yet cannot be dry-run by the server; they are
 /// returned as rendered (everything in them is new anyway). Results are in input order.
-pub async fn dry_run_apply(client: &Client, desired: &[Deployment]) -> Result<Vec<Deployment>, ClusterError> {
+pub async fn dry_run_apply(
+    client: &Client,
+    desired: &[Deployment],
+) -> Result<Vec<Deployment>, ClusterError> {
     dry_run_apply_with(client, desired, DEFAULT_CONCURRENCY).await
 }
 
@@ -202,7 +243,10 @@ pub async fn dry_run_apply_with(
     desired: &[Deployment],
     concurrency: usize,
 ) -> Result<Vec<Deployment>, ClusterError> {
-    let mut namespaces: Vec<&str> = desired.iter().filter_map(|d| d.metadata.namespace.as_deref()).collect();
+    let mut namespaces: Vec<&str> = desired
+        .iter()
+        .filter_map(|d| d.metadata.namespace.as_deref())
+        .collect();
     namespaces.sort_unstable();
     namespaces.dedup();
     let mut missing = Vec::new();
@@ -226,7 +270,11 @@ pub async fn dry_run_apply_with(
                 api.patch(&name, params, &Patch::Apply(object))
                     .await
                     .map(|stored| without_server_fields(&stored))
-                    .map_err(|source| ClusterError::DryRun { namespace, name, source })
+                    .map_err(|source| ClusterError::DryRun {
+                        namespace,
+                        name,
+                        source,
+                    })
             }
         })
         .buffered(concurrency.max(1))
@@ -236,7 +284,9 @@ pub async fn dry_run_apply_with(
 
 /// `object` without the fields the API server owns, for comparing with desired objects.
 pub fn without_server_fields(object: &Deployment) -> Deployment {
-    let Ok(mut value) = serde_json::to_value(object) else { return object.clone() };
+    let Ok(mut value) = serde_json::to_value(object) else {
+        return object.clone();
+    };
     crate::diff::strip_server_fields(&mut value);
     serde_json::from_value(value).unwrap_or_else(|_| object.clone())
 }

@@ -134,7 +134,11 @@ struct Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -156,7 +160,15 @@ async fn cloud4iot(args: &[&str]) -> Run {
 async fn apply(cp: &ControlPlane, repo: &Path, now: &str, extra: &[&str]) -> Run {
     let kubeconfig = cp.kubeconfig().to_str().expect("UTF-8 path");
     let repo = repo.to_str().expect("UTF-8 path");
-    let mut args = vec!["apply", "--repo", repo, "--kubeconfig", kubeconfig, "--now", now];
+    let mut args = vec![
+        "apply",
+        "--repo",
+        repo,
+        "--kubeconfig",
+        kubeconfig,
+        "--now",
+        now,
+    ];
     args.extend_from_slice(extra);
     cloud4iot(&args).await
 }
@@ -164,20 +176,44 @@ async fn apply(cp: &ControlPlane, repo: &Path, now: &str, extra: &[&str]) -> Run
 async fn diff(cp: &ControlPlane, repo: &Path, now: &str) -> Run {
     let kubeconfig = cp.kubeconfig().to_str().expect("UTF-8 path");
     let repo = repo.to_str().expect("UTF-8 path");
-    cloud4iot(&["diff", "--repo", repo, "--kubeconfig", kubeconfig, "--now", now]).await
+    cloud4iot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--kubeconfig",
+        kubeconfig,
+        "--now",
+        now,
+    ])
+    .await
 }
 
 async fn diff_json(cp: &ControlPlane, repo: &Path, now: &str) -> serde_json::Value {
     let kubeconfig = cp.kubeconfig().to_str().expect("UTF-8 path");
     let repo = repo.to_str().expect("UTF-8 path");
-    let run = cloud4iot(&["diff", "--repo", repo, "--kubeconfig", kubeconfig, "--now", now, "-o", "json"]).await;
+    let run = cloud4iot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--kubeconfig",
+        kubeconfig,
+        "--now",
+        now,
+        "-o",
+        "json",
+    ])
+    .await;
     assert!(run.code == 0 || run.code == 1, "{run}");
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("diff -o json: {e}\n{run}"))
 }
 
 /// The summary line of a text apply.
 fn summary(run: &Run) -> &str {
-    run.stdout.lines().rev().find(|l| l.contains(" created, ")).unwrap_or("")
+    run.stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" created, "))
+        .unwrap_or("")
 }
 
 // ---------------------------------------------------------------- the cluster
@@ -187,11 +223,28 @@ fn summary(run: &Run) -> &str {
 async fn cluster(options: Options) -> ControlPlane {
     let cp = ControlPlane::start(options).await;
     cp.install_crds(cloud4iot::crd::all()).await;
-    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi")).await;
-    cp.create_node(gateway_node("gw-hospital-1", "hospital", "arm64", "2", "2Gi")).await;
-    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi")).await;
-    cp.create_node(edge_node("edge-hospital-1", "hospital", "amd64", "8", "16Gi")).await;
-    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi")).await;
+    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
+        .await;
+    cp.create_node(gateway_node(
+        "gw-hospital-1",
+        "hospital",
+        "arm64",
+        "2",
+        "2Gi",
+    ))
+    .await;
+    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi"))
+        .await;
+    cp.create_node(edge_node(
+        "edge-hospital-1",
+        "hospital",
+        "amd64",
+        "8",
+        "16Gi",
+    ))
+    .await;
+    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
+        .await;
     cp
 }
 
@@ -201,7 +254,13 @@ fn ts(s: &str) -> jiff::Timestamp {
 
 /// Writes gateway `node`'s report as its agent would (its own field manager): the
 /// bracelet seen since `first_seen` (None: not seen) and `cpu_in_use` by others.
-async fn report(client: &Client, node: &str, heartbeat: &str, first_seen: Option<&str>, cpu_in_use: &str) {
+async fn report(
+    client: &Client,
+    node: &str,
+    heartbeat: &str,
+    first_seen: Option<&str>,
+    cpu_in_use: &str,
+) {
     let devices = first_seen
         .map(|first| {
             vec![SeenDevice {
@@ -218,12 +277,19 @@ async fn report(client: &Client, node: &str, heartbeat: &str, first_seen: Option
         GatewayReportSpec {
             heartbeat: Some(ts(heartbeat)),
             devices,
-            resources: Some(ResourceQuantities { cpu: Some(cpu_in_use.to_owned()), memory: Some("0".to_owned()) }),
+            resources: Some(ResourceQuantities {
+                cpu: Some(cpu_in_use.to_owned()),
+                memory: Some("0".to_owned()),
+            }),
         },
     );
     report.metadata.managed_fields = None;
     Api::<GatewayReport>::all(client.clone())
-        .patch(node, &PatchParams::apply("cloud4iot-agent").force(), &Patch::Apply(&report))
+        .patch(
+            node,
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(&report),
+        )
         .await
         .unwrap_or_else(|e| panic!("write the GatewayReport of {node}: {e}"));
 }
@@ -238,9 +304,15 @@ impl KubeletStandIn {
         KubeletStandIn(tokio::spawn(async move {
             loop {
                 if let Ok(list) = pods.list(&ListParams::default()).await {
-                    for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_some()) {
+                    for pod in list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_some())
+                    {
                         let name = pod.metadata.name.clone().unwrap_or_default();
-                        let _ = pods.delete(&name, &DeleteParams::default().grace_period(0)).await;
+                        let _ = pods
+                            .delete(&name, &DeleteParams::default().grace_period(0))
+                            .await;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -261,16 +333,27 @@ async fn wait_bound_only_to(cp: &ControlPlane, instance: &str, node: &str) -> Ve
     let selector = format!("cloud4iot.io/instance={instance}");
     let started = Instant::now();
     loop {
-        let list = pods.list(&ListParams::default().labels(&selector)).await.expect("list Pods");
-        let bound: Vec<Option<String>> =
-            list.items.iter().map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .expect("list Pods");
+        let bound: Vec<Option<String>> = list
+            .items
+            .iter()
+            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
         if !bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node)) {
             return list.items;
         }
         if started.elapsed() > BIND_TIMEOUT {
             panic!(
                 "Pods of {instance} not all bound to {node} after {BIND_TIMEOUT:?}: {bound:?}\n{}",
-                cp.log("kube-scheduler").lines().rev().take(20).collect::<Vec<_>>().join("\n")
+                cp.log("kube-scheduler")
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -278,11 +361,19 @@ async fn wait_bound_only_to(cp: &ControlPlane, instance: &str, node: &str) -> Ve
 }
 
 async fn deployment(client: &Client, name: &str) -> Option<Deployment> {
-    Api::<Deployment>::namespaced(client.clone(), NS).get_opt(name).await.expect("get a Deployment")
+    Api::<Deployment>::namespaced(client.clone(), NS)
+        .get_opt(name)
+        .await
+        .expect("get a Deployment")
 }
 
 fn image_of(d: &Deployment) -> String {
-    d.spec.template.spec.as_ref().and_then(|s| s.containers[0].image.clone()).unwrap_or_default()
+    d.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default()
 }
 
 fn roaming_repo(dir: &Path) {
@@ -307,26 +398,56 @@ async fn roaming_moves_the_consolidator_pod_from_the_home_gateway_to_the_hospita
     roaming_repo(repo.path());
 
     // 10:00: the home gateway has seen the bracelet for half an hour.
-    report(&client, "gw-home-1", "2026-11-28T09:59:55Z", Some("2026-11-28T09:30:00Z"), "0").await;
+    report(
+        &client,
+        "gw-home-1",
+        "2026-11-28T09:59:55Z",
+        Some("2026-11-28T09:30:00Z"),
+        "0",
+    )
+    .await;
     report(&client, "gw-hospital-1", "2026-11-28T09:59:55Z", None, "0").await;
     let run = apply(&cp, repo.path(), "2026-11-28T10:00:00Z", &[]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "1 created, 0 configured, 0 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "1 created, 0 configured, 0 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
     let pods = wait_bound_only_to(&cp, CONSOLIDATOR, "gw-home-1").await;
-    let image = pods[0].spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default();
+    let image = pods[0].spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default();
     assert!(image.ends_with("-arm64"), "the gateway is arm64: {image}");
 
     // 10:10: the bracelet left home at 10:00 (past the 2 min loss grace) and the hospital
     // gateway has seen it since 10:05 (past the 30 s dwell).
     report(&client, "gw-home-1", "2026-11-28T10:09:55Z", None, "0").await;
-    report(&client, "gw-hospital-1", "2026-11-28T10:09:58Z", Some("2026-11-28T10:05:00Z"), "0").await;
+    report(
+        &client,
+        "gw-hospital-1",
+        "2026-11-28T10:09:58Z",
+        Some("2026-11-28T10:05:00Z"),
+        "0",
+    )
+    .await;
     let run = apply(&cp, repo.path(), "2026-11-28T10:10:00Z", &[]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "0 created, 1 configured, 0 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 1 configured, 0 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
     // The Pod on the home gateway is gone and the new one is bound to the hospital gateway.
     wait_bound_only_to(&cp, CONSOLIDATOR, "gw-hospital-1").await;
-    let d = deployment(&client, CONSOLIDATOR).await.expect("the consolidator's Deployment");
-    assert_eq!(d.metadata.labels.as_ref().unwrap()["cloud4iot.io/node"], "gw-hospital-1");
+    let d = deployment(&client, CONSOLIDATOR)
+        .await
+        .expect("the consolidator's Deployment");
+    assert_eq!(
+        d.metadata.labels.as_ref().unwrap()["cloud4iot.io/node"],
+        "gw-hospital-1"
+    );
 
     // The diff against the cluster shows no placement change any more. The reason of a
     // move ("sees the device for 5m >= dwell") becomes the reason of staying on the next
@@ -339,7 +460,11 @@ async fn roaming_moves_the_consolidator_pod_from_the_home_gateway_to_the_hospita
     let run = diff(&cp, repo.path(), now).await;
     assert_eq!(run.code, 0, "{run}");
     let run = apply(&cp, repo.path(), now, &[]).await;
-    assert_eq!(summary(&run), "0 created, 0 configured, 1 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 0 configured, 1 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
     wait_bound_only_to(&cp, CONSOLIDATOR, "gw-hospital-1").await;
 }
 
@@ -353,18 +478,39 @@ async fn a_full_gateway_offloads_to_the_edge_of_its_site_and_takes_it_back_when_
     let seen_since = Some("2026-11-28T09:30:00Z");
 
     // The home gateway (1 CPU, 250m reserved) has 800m in use by others: no room for 250m.
-    report(&client, "gw-home-1", "2026-11-28T09:59:55Z", seen_since, "800m").await;
+    report(
+        &client,
+        "gw-home-1",
+        "2026-11-28T09:59:55Z",
+        seen_since,
+        "800m",
+    )
+    .await;
     let run = apply(&cp, repo.path(), "2026-11-28T10:00:00Z", &[]).await;
     assert_eq!(run.code, 0, "{run}");
     let pods = wait_bound_only_to(&cp, CONSOLIDATOR, "edge-home-1").await;
-    let image = pods[0].spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default();
+    let image = pods[0].spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default();
     assert!(image.ends_with("-amd64"), "the edge node is amd64: {image}");
 
     // Room returns: the instance comes back to the gateway that sees the bracelet.
-    report(&client, "gw-home-1", "2026-11-28T10:04:55Z", seen_since, "0").await;
+    report(
+        &client,
+        "gw-home-1",
+        "2026-11-28T10:04:55Z",
+        seen_since,
+        "0",
+    )
+    .await;
     let run = apply(&cp, repo.path(), "2026-11-28T10:05:00Z", &[]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "0 created, 1 configured, 0 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 1 configured, 0 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
     wait_bound_only_to(&cp, CONSOLIDATOR, "gw-home-1").await;
 }
 
@@ -374,24 +520,54 @@ async fn a_second_apply_changes_nothing_and_says_so() {
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 3);
     let b = cloud_function("engine-report", "registry.example.com/engine-report:1", 2);
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a), ("b.yaml", &b)]);
+    write_repo(
+        repo.path(),
+        &[
+            ("policy.yaml", CLOUD_POLICY),
+            ("a.yaml", &a),
+            ("b.yaml", &b),
+        ],
+    );
     let now = "2026-11-28T10:00:00Z";
 
     let first = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(first.code, 0, "{first}");
-    assert_eq!(summary(&first), "5 created, 0 configured, 0 unchanged, 0 pruned, 0 failed", "{first}");
-    let rv = deployment(&cp.client(), "fleet-stats-0").await.unwrap().metadata.resource_version;
+    assert_eq!(
+        summary(&first),
+        "5 created, 0 configured, 0 unchanged, 0 pruned, 0 failed",
+        "{first}"
+    );
+    let rv = deployment(&cp.client(), "fleet-stats-0")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
 
     let second = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(second.code, 0, "{second}");
-    assert_eq!(summary(&second), "0 created, 0 configured, 5 unchanged, 0 pruned, 0 failed", "{second}");
+    assert_eq!(
+        summary(&second),
+        "0 created, 0 configured, 5 unchanged, 0 pruned, 0 failed",
+        "{second}"
+    );
     // Nothing was written, not even managedFields timestamps.
-    let after = deployment(&cp.client(), "fleet-stats-0").await.unwrap().metadata.resource_version;
+    let after = deployment(&cp.client(), "fleet-stats-0")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
     assert_eq!(rv, after);
 
     // A dry run of a change reports it and stores nothing.
     let b2 = cloud_function("engine-report", "registry.example.com/engine-report:2", 2);
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a), ("b.yaml", &b2)]);
+    write_repo(
+        repo.path(),
+        &[
+            ("policy.yaml", CLOUD_POLICY),
+            ("a.yaml", &a),
+            ("b.yaml", &b2),
+        ],
+    );
     let dry = apply(&cp, repo.path(), now, &["--dry-run", "-o", "json"]).await;
     assert_eq!(dry.code, 0, "{dry}");
     let json: serde_json::Value = serde_json::from_str(&dry.stdout).expect("JSON output");
@@ -406,7 +582,11 @@ async fn a_second_apply_changes_nothing_and_says_so() {
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stdout.contains("engine-report:2"), "{run}");
     let run = apply(&cp, repo.path(), now, &[]).await;
-    assert_eq!(summary(&run), "0 created, 2 configured, 3 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 2 configured, 3 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
     let run = diff(&cp, repo.path(), now).await;
     assert_eq!(run.code, 0, "{run}");
 }
@@ -419,9 +599,20 @@ async fn pruning_deletes_only_managed_deployments_no_longer_desired_and_never_af
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);
     let b = cloud_function("engine-report", "registry.example.com/engine-report:1", 2);
     let now = "2026-11-28T10:00:00Z";
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a), ("b.yaml", &b)]);
+    write_repo(
+        repo.path(),
+        &[
+            ("policy.yaml", CLOUD_POLICY),
+            ("a.yaml", &a),
+            ("b.yaml", &b),
+        ],
+    );
     let run = apply(&cp, repo.path(), now, &[]).await;
-    assert_eq!(summary(&run), "3 created, 0 configured, 0 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "3 created, 0 configured, 0 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
 
     // A Deployment someone made by hand in the same namespace, without the label.
     let hand_made: Deployment = serde_json::from_value(serde_json::json!({
@@ -442,22 +633,50 @@ async fn pruning_deletes_only_managed_deployments_no_longer_desired_and_never_af
 
     // An invalid repository (an unknown field) that also lacks engine-report: nothing
     // is applied and nothing pruned; exit 1 as for invalid input.
-    let broken = a.replace("  policy: cloud-only", "  policy: cloud-only\n  colour: blue");
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &broken)]);
+    let broken = a.replace(
+        "  policy: cloud-only",
+        "  policy: cloud-only\n  colour: blue",
+    );
+    write_repo(
+        repo.path(),
+        &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &broken)],
+    );
     let run = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("a.yaml"), "the error names the file: {run}");
-    for name in ["fleet-stats-0", "engine-report-0", "engine-report-1", "hand-made"] {
-        assert!(deployment(&client, name).await.is_some(), "{name} must survive an invalid repo");
+    assert!(
+        run.stderr.contains("a.yaml"),
+        "the error names the file: {run}"
+    );
+    for name in [
+        "fleet-stats-0",
+        "engine-report-0",
+        "engine-report-1",
+        "hand-made",
+    ] {
+        assert!(
+            deployment(&client, name).await.is_some(),
+            "{name} must survive an invalid repo"
+        );
     }
 
     // engine-report removed from a valid repository: its two Deployments are pruned,
     // the hand-made one is not touched.
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a)]);
+    write_repo(
+        repo.path(),
+        &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a)],
+    );
     let run = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "0 created, 0 configured, 1 unchanged, 2 pruned, 0 failed", "{run}");
-    assert!(run.stdout.contains("deployment.apps/engine-report-0 pruned"), "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 0 configured, 1 unchanged, 2 pruned, 0 failed",
+        "{run}"
+    );
+    assert!(
+        run.stdout
+            .contains("deployment.apps/engine-report-0 pruned"),
+        "{run}"
+    );
     assert!(deployment(&client, "engine-report-0").await.is_none());
     assert!(deployment(&client, "hand-made").await.is_some());
 
@@ -469,9 +688,16 @@ async fn pruning_deletes_only_managed_deployments_no_longer_desired_and_never_af
     assert!(deployment(&client, "fleet-stats-0").await.is_some());
     let run = apply(&cp, repo.path(), now, &["--allow-empty"]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "0 created, 0 configured, 0 unchanged, 1 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 0 configured, 0 unchanged, 1 pruned, 0 failed",
+        "{run}"
+    );
     assert!(deployment(&client, "fleet-stats-0").await.is_none());
-    assert!(deployment(&client, "hand-made").await.is_some(), "never prune an unlabelled object");
+    assert!(
+        deployment(&client, "hand-made").await.is_some(),
+        "never prune an unlabelled object"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +706,10 @@ async fn drift_from_a_hand_edit_shows_in_the_diff_and_apply_restores_it() {
     let client = cp.client();
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a)]);
+    write_repo(
+        repo.path(),
+        &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a)],
+    );
     let now = "2026-11-28T10:00:00Z";
     let run = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(run.code, 0, "{run}");
@@ -492,18 +721,35 @@ async fn drift_from_a_hand_edit_shows_in_the_diff_and_apply_restores_it() {
         {"name": container_name(&client, "fleet-stats-0").await, "image": "registry.example.com/fleet-stats:hotfix"}
     ]}}}});
     Api::<Deployment>::namespaced(client.clone(), NS)
-        .patch("fleet-stats-0", &PatchParams { field_manager: Some("kubectl-set".to_owned()), ..Default::default() }, &Patch::Strategic(edit))
+        .patch(
+            "fleet-stats-0",
+            &PatchParams {
+                field_manager: Some("kubectl-set".to_owned()),
+                ..Default::default()
+            },
+            &Patch::Strategic(edit),
+        )
         .await
         .expect("edit the image by hand");
 
     let run = diff(&cp, repo.path(), now).await;
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stdout.contains("fleet-stats:hotfix") && run.stdout.contains("fleet-stats:1"), "{run}");
+    assert!(
+        run.stdout.contains("fleet-stats:hotfix") && run.stdout.contains("fleet-stats:1"),
+        "{run}"
+    );
 
     let run = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "0 created, 1 configured, 0 unchanged, 0 pruned, 0 failed", "{run}");
-    assert!(run.stdout.contains("kubectl-set"), "says whose edit it took back: {run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 1 configured, 0 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
+    assert!(
+        run.stdout.contains("kubectl-set"),
+        "says whose edit it took back: {run}"
+    );
     let d = deployment(&client, "fleet-stats-0").await.unwrap();
     assert_eq!(image_of(&d), "registry.example.com/fleet-stats:1");
     let run = diff(&cp, repo.path(), now).await;
@@ -511,7 +757,9 @@ async fn drift_from_a_hand_edit_shows_in_the_diff_and_apply_restores_it() {
 }
 
 async fn container_name(client: &Client, deployment_name: &str) -> String {
-    let d = deployment(client, deployment_name).await.expect("the Deployment");
+    let d = deployment(client, deployment_name)
+        .await
+        .expect("the Deployment");
     d.spec.template.spec.unwrap().containers[0].name.clone()
 }
 
@@ -522,7 +770,14 @@ async fn a_field_another_manager_applied_is_a_conflict_until_forced() {
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);
     let b = cloud_function("engine-report", "registry.example.com/engine-report:1", 1);
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a), ("b.yaml", &b)]);
+    write_repo(
+        repo.path(),
+        &[
+            ("policy.yaml", CLOUD_POLICY),
+            ("a.yaml", &a),
+            ("b.yaml", &b),
+        ],
+    );
     let now = "2026-11-28T10:00:00Z";
     let run = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(run.code, 0, "{run}");
@@ -537,27 +792,62 @@ async fn a_field_another_manager_applied_is_a_conflict_until_forced() {
         ]}}}
     });
     Api::<Deployment>::namespaced(client.clone(), NS)
-        .patch("fleet-stats-0", &PatchParams::apply("other-gitops").force(), &Patch::Apply(theirs))
+        .patch(
+            "fleet-stats-0",
+            &PatchParams::apply("other-gitops").force(),
+            &Patch::Apply(theirs),
+        )
         .await
         .expect("the other tool's apply");
     let b2 = cloud_function("engine-report", "registry.example.com/engine-report:2", 1);
     let a2 = cloud_function("fleet-stats", "registry.example.com/fleet-stats:2", 1);
-    write_repo(repo.path(), &[("policy.yaml", CLOUD_POLICY), ("a.yaml", &a2), ("b.yaml", &b2)]);
+    write_repo(
+        repo.path(),
+        &[
+            ("policy.yaml", CLOUD_POLICY),
+            ("a.yaml", &a2),
+            ("b.yaml", &b2),
+        ],
+    );
 
     // Without --force: the conflict is reported for that object, the other one applies,
     // nothing is pruned, exit 2.
     let run = apply(&cp, repo.path(), now, &[]).await;
     assert_eq!(run.code, 2, "{run}");
-    assert_eq!(summary(&run), "0 created, 1 configured, 0 unchanged, 0 pruned, 1 failed", "{run}");
-    let line = run.stdout.lines().find(|l| l.contains("fleet-stats-0")).unwrap_or_default();
-    assert!(line.contains("conflict") && line.contains("image") && line.contains("\"other-gitops\"") && line.contains("--force"), "{run}");
-    assert_eq!(image_of(&deployment(&client, "fleet-stats-0").await.unwrap()), "registry.example.com/fleet-stats:theirs");
-    assert_eq!(image_of(&deployment(&client, "engine-report-0").await.unwrap()), "registry.example.com/engine-report:2");
+    assert_eq!(
+        summary(&run),
+        "0 created, 1 configured, 0 unchanged, 0 pruned, 1 failed",
+        "{run}"
+    );
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("fleet-stats-0"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("conflict")
+            && line.contains("image")
+            && line.contains("\"other-gitops\"")
+            && line.contains("--force"),
+        "{run}"
+    );
+    assert_eq!(
+        image_of(&deployment(&client, "fleet-stats-0").await.unwrap()),
+        "registry.example.com/fleet-stats:theirs"
+    );
+    assert_eq!(
+        image_of(&deployment(&client, "engine-report-0").await.unwrap()),
+        "registry.example.com/engine-report:2"
+    );
 
     // With --force: cloud4iot takes the field.
     let run = apply(&cp, repo.path(), now, &["--force"]).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(summary(&run), "0 created, 1 configured, 1 unchanged, 0 pruned, 0 failed", "{run}");
+    assert_eq!(
+        summary(&run),
+        "0 created, 1 configured, 1 unchanged, 0 pruned, 0 failed",
+        "{run}"
+    );
     let d = deployment(&client, "fleet-stats-0").await.unwrap();
     assert_eq!(image_of(&d), "registry.example.com/fleet-stats:2");
     let managers: BTreeMap<String, String> = d
@@ -565,8 +855,18 @@ async fn a_field_another_manager_applied_is_a_conflict_until_forced() {
         .managed_fields
         .unwrap_or_default()
         .into_iter()
-        .map(|m| (m.manager.unwrap_or_default(), serde_json::to_string(&m.fields_v1).unwrap()))
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                serde_json::to_string(&m.fields_v1).unwrap(),
+            )
+        })
         .collect();
     assert!(managers["cloud4iot"].contains("f:image"), "{managers:?}");
-    assert!(!managers.get("other-gitops").is_some_and(|f| f.contains("f:image")), "{managers:?}");
+    assert!(
+        !managers
+            .get("other-gitops")
+            .is_some_and(|f| f.contains("f:image")),
+        "{managers:?}"
+    );
 }

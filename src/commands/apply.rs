@@ -60,7 +60,11 @@ pub enum ApplyFormat {
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let checkout = crate::source::open(&args.repo)?;
-    let state = StateArgs { state: None, kubeconfig: args.kubeconfig.clone(), context: args.context.clone() };
+    let state = StateArgs {
+        state: None,
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+    };
     let client = cluster::client(&state).await?;
     let opts = ApplyOptions {
         namespace: args.namespace.clone(),
@@ -80,22 +84,51 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
             for d in &diagnostics.0 {
                 eprintln!("{d}");
             }
-            eprintln!("{} error(s) in {}; nothing applied, nothing pruned", diagnostics.len(), args.repo.repo);
+            eprintln!(
+                "{} error(s) in {}; nothing applied, nothing pruned",
+                diagnostics.len(),
+                args.repo.repo
+            );
             return Ok(Outcome::Changes);
         }
         Err(err) => return Err(err.into()),
     };
     for p in reconciled.plan.unplaced() {
-        eprintln!("warning: {} ({}) is not placed: {}", p.instance, p.function, p.reason);
+        eprintln!(
+            "warning: {} ({}) is not placed: {}",
+            p.instance, p.function, p.reason
+        );
     }
     let report = &reconciled.report;
     match args.output {
-        ApplyFormat::Json => println!("{}", serde_json::to_string_pretty(report).context("encode the report")?),
+        ApplyFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(report).context("encode the report")?
+        ),
         ApplyFormat::Text => {
-            for object in report.objects.iter().filter(|o| o.action != apply::Action::Unchanged) {
-                println!("{object}{}", if report.dry_run { " (server dry run)" } else { "" });
+            for object in report
+                .objects
+                .iter()
+                .filter(|o| o.action != apply::Action::Unchanged)
+            {
+                println!(
+                    "{object}{}",
+                    if report.dry_run {
+                        " (server dry run)"
+                    } else {
+                        ""
+                    }
+                );
             }
-            println!("{}{}", report.summary, if report.dry_run { " (server dry run)" } else { "" });
+            println!(
+                "{}{}",
+                report.summary,
+                if report.dry_run {
+                    " (server dry run)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     match &report.prune {
@@ -108,7 +141,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
             "apply to namespace {} did not complete: {} failed{}",
             report.namespace,
             report.summary.failed,
-            if matches!(report.prune, Prune::Refused(_)) { ", prune refused" } else { "" }
+            if matches!(report.prune, Prune::Refused(_)) {
+                ", prune refused"
+            } else {
+                ""
+            }
         );
     }
     Ok(Outcome::Clean)
@@ -122,7 +159,10 @@ struct ProgressLine {
 
 impl ProgressLine {
     fn new(enabled: bool) -> Self {
-        ProgressLine { enabled, last: Mutex::new(None) }
+        ProgressLine {
+            enabled,
+            last: Mutex::new(None),
+        }
     }
 
     fn show(&self, p: Progress) {
@@ -133,7 +173,11 @@ impl ProgressLine {
         let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if due || p.done == p.total {
             *last = Some(Instant::now());
-            let verb = if p.phase == "prune" { "pruning" } else { "applying" };
+            let verb = if p.phase == "prune" {
+                "pruning"
+            } else {
+                "applying"
+            };
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "\r\x1b[K{verb} {}/{}", p.done, p.total);
             let _ = err.flush();
