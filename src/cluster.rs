@@ -155,7 +155,8 @@ pub async fn read_inventory_in(
             list_all(&reports, ListParams::default())
                 .await
                 .map_err(|source| match &source {
-                    kube::Error::Api(status) if status.is_not_found() => {
+                    // No CRD: the server answers a plain-text "404 page not found".
+                    kube::Error::Api(status) if status.code == 404 || status.is_not_found() => {
                         ClusterError::GatewayReportCrdMissing
                     }
                     _ => ClusterError::List {
