@@ -7,7 +7,11 @@
 //! instance name. Each instance walks its policy's tiers in order and takes the first one
 //! with room; a gateway's room is `allocatable - gatewayReserve - report.resources - placed`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+/// Fixed-seed fast hashing: these maps are only looked up, never iterated into output.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -77,6 +81,8 @@ struct NodeSlot {
     external: Resources,
     /// allocatable - external - placed.
     free: Resources,
+    /// Indexes into `Planner::pools`: (tier, arch) and (tier, site, arch).
+    pools: [Option<u32>; 2],
 }
 
 #[derive(Clone)]
@@ -131,7 +137,8 @@ pub struct Planner {
     sites: Vec<String>,
     nodes: Vec<NodeSlot>,
     node_ids: HashMap<String, u32>,
-    pools: HashMap<PoolKey, BTreeSet<PoolEntry>>,
+    pools: Vec<BTreeSet<PoolEntry>>,
+    pool_ids: HashMap<PoolKey, u32>,
     tier_nodes: HashMap<(Tier, Option<u32>), usize>,
     devices: Vec<Device>,
     device_ids: HashMap<String, u32>,
@@ -163,7 +170,7 @@ impl Planner {
     /// running. O(n log n) in nodes + sightings + instances.
     pub fn new(repo: &Repo, inv: &Inventory, now: Timestamp) -> Planner {
         let mut class_names = Vec::new();
-        let mut class_ids = HashMap::new();
+        let mut class_ids = HashMap::default();
         let policy_names: Vec<&String> = repo.policies.keys().collect();
         let policies = repo
             .policies
@@ -192,7 +199,7 @@ impl Planner {
             })
             .collect::<Vec<_>>();
         let mut fns = Vec::new();
-        let mut fn_by_class: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut fn_by_class: HashMap<u32, Vec<u32>> = HashMap::default();
         for f in repo.functions.values() {
             let s = &f.spec;
             let policy = policy_names
@@ -237,9 +244,9 @@ impl Planner {
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos.dedup_by(|a, b| a.name == b.name);
         let mut sites = Vec::new();
-        let mut site_ids = HashMap::new();
+        let mut site_ids = HashMap::default();
         let mut nodes = Vec::with_capacity(infos.len());
-        let mut node_ids = HashMap::with_capacity(infos.len());
+        let mut node_ids = HashMap::with_capacity_and_hasher(infos.len(), Default::default());
         for info in infos {
             let site = info
                 .site
@@ -251,6 +258,7 @@ impl Planner {
                 info,
                 site,
                 external: Resources::ZERO,
+                pools: [None, None],
             });
         }
         let n = nodes.len();
@@ -263,14 +271,15 @@ impl Planner {
             sites,
             nodes,
             node_ids,
-            pools: HashMap::new(),
-            tier_nodes: HashMap::new(),
+            pools: Vec::new(),
+            pool_ids: HashMap::default(),
+            tier_nodes: HashMap::default(),
             devices: Vec::new(),
-            device_ids: HashMap::new(),
+            device_ids: HashMap::default(),
             gw_devices: vec![Vec::new(); n],
             insts: Vec::new(),
             free_slots: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: HashMap::default(),
             device_insts: Vec::new(),
             node_insts: vec![Vec::new(); n],
             home_insts: vec![Vec::new(); n],
@@ -281,7 +290,7 @@ impl Planner {
         reports.sort_by(|a, b| {
             (&a.metadata.name, &a.spec.heartbeat).cmp(&(&b.metadata.name, &b.spec.heartbeat))
         });
-        let mut last: HashMap<&str, &GatewayReport> = HashMap::new();
+        let mut last: HashMap<&str, &GatewayReport> = HashMap::default();
         for r in reports {
             last.insert(r.metadata.name.as_deref().unwrap_or_default(), r);
         }
@@ -295,6 +304,17 @@ impl Planner {
             planner.add_sightings(g, r);
         }
         for i in 0..n {
+            let keys = planner.pool_keys(i as u32);
+            for (j, k) in keys.into_iter().enumerate() {
+                planner.nodes[i].pools[j] = k.map(|k| {
+                    let next = planner.pool_ids.len() as u32;
+                    let id = *planner.pool_ids.entry(k).or_insert(next);
+                    if id == next {
+                        planner.pools.push(BTreeSet::new());
+                    }
+                    id
+                });
+            }
             let slot = &mut planner.nodes[i];
             slot.free = slot.info.allocatable - slot.external;
             planner.pool_insert(i as u32);
@@ -333,6 +353,27 @@ impl Planner {
         }
         planner.place_all(cands);
         planner
+    }
+
+    /// The plan, consuming the planner (no copy of the placements).
+    pub fn into_plan(self) -> Plan {
+        // Function index order is function name order: sort small keys, then move once.
+        let mut keyed: Vec<(u32, Placement)> = self
+            .insts
+            .into_iter()
+            .flatten()
+            .map(|i| (i.function, i.placement))
+            .collect();
+        let mut order: Vec<u32> = (0..keyed.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (x, y) = (&keyed[a as usize], &keyed[b as usize]);
+            (x.0, &x.1.instance).cmp(&(y.0, &y.1.instance))
+        });
+        let placements = order
+            .into_iter()
+            .map(|i| std::mem::replace(&mut keyed[i as usize].1, Placement::empty()))
+            .collect();
+        Plan { placements }
     }
 
     /// The current plan, sorted by (function, instance).
@@ -398,7 +439,7 @@ impl Planner {
         affected.dedup();
 
         // Release what is re-planned; gateways that gain room take back what they offloaded.
-        let mut released: HashMap<String, Inst> = HashMap::new();
+        let mut released: HashMap<String, Inst> = HashMap::default();
         let mut freed_gateways: Vec<u32> = Vec::new();
         let mut queue = affected;
         let mut seen: HashSet<u32> = queue.iter().copied().collect();
@@ -501,8 +542,14 @@ impl Planner {
                     d
                 }
             };
-            let next = self.class_ids.len() as u32;
-            let class = *self.class_ids.entry(sd.class.clone()).or_insert(next);
+            let class = match self.class_ids.get(&sd.class) {
+                Some(&c) => c,
+                None => {
+                    let c = self.class_ids.len() as u32;
+                    self.class_ids.insert(sd.class.clone(), c);
+                    c
+                }
+            };
             let s = Sighting {
                 gw: g,
                 class,
@@ -656,31 +703,29 @@ impl Planner {
     }
 
     /// Places candidates in decision order; returns the slots they were stored in.
-    fn place_all(&mut self, mut cands: Vec<Cand>) -> Vec<u32> {
+    fn place_all(&mut self, cands: Vec<Cand>) -> Vec<u32> {
         let prio = |c: &Cand| match self.fns[c.function as usize].policy {
             Ok(p) => self.policies[p].priority,
             Err(_) => i32::MIN,
         };
-        cands.sort_by(|a, b| {
-            (
-                a.rank,
-                std::cmp::Reverse(prio(a)),
-                a.function,
-                &a.name,
-                a.device.map(|d| &self.devices[d as usize].id),
-            )
-                .cmp(&(
-                    b.rank,
-                    std::cmp::Reverse(prio(b)),
-                    b.function,
-                    &b.name,
-                    b.device.map(|d| &self.devices[d as usize].id),
-                ))
+        // Sort small keys, not the candidates themselves; names only break ties.
+        let mut order: Vec<(u8, std::cmp::Reverse<i32>, u32, u32)> = cands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.rank, std::cmp::Reverse(prio(c)), c.function, i as u32))
+            .collect();
+        let device_id = |c: &Cand| c.device.map(|d| self.devices[d as usize].id.as_str());
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then_with(|| {
+                let (x, y) = (&cands[a.3 as usize], &cands[b.3 as usize]);
+                // Two device ids with one slug share a Deployment: the first id wins.
+                (&x.name, device_id(x)).cmp(&(&y.name, device_id(y)))
+            })
         });
-        // Two device ids with one slug would share a Deployment: the first id (sorted) wins.
-        cands.dedup_by(|a, b| a.name == b.name);
+        let mut cands: Vec<Option<Cand>> = cands.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(cands.len());
-        for c in cands {
+        for (_, _, _, i) in order {
+            let c = cands[i as usize].take().expect("each candidate once");
             if self.by_name.contains_key(&c.name) {
                 continue;
             }
@@ -761,6 +806,7 @@ impl Planner {
         inst
     }
 
+    /// The pools a node is listed in (none when it is not schedulable).
     fn pool_keys(&self, node: u32) -> [Option<PoolKey>; 2] {
         let slot = &self.nodes[node as usize];
         if !slot.info.schedulable {
@@ -777,17 +823,15 @@ impl Planner {
 
     fn pool_insert(&mut self, node: u32) {
         let e = self.pool_entry(node);
-        for k in self.pool_keys(node).into_iter().flatten() {
-            self.pools.entry(k).or_default().insert(e);
+        for p in self.nodes[node as usize].pools.into_iter().flatten() {
+            self.pools[p as usize].insert(e);
         }
     }
 
     fn pool_remove(&mut self, node: u32) {
         let e = self.pool_entry(node);
-        for k in self.pool_keys(node).into_iter().flatten() {
-            if let Some(p) = self.pools.get_mut(&k) {
-                p.remove(&e);
-            }
+        for p in self.nodes[node as usize].pools.into_iter().flatten() {
+            self.pools[p as usize].remove(&e);
         }
     }
 
@@ -813,7 +857,11 @@ impl Planner {
             if f.image_for(arch).is_none() {
                 continue;
             }
-            let Some(pool) = self.pools.get(&(tier, site, arch)) else {
+            let Some(pool) = self
+                .pool_ids
+                .get(&(tier, site, arch))
+                .map(|&p| &self.pools[p as usize])
+            else {
                 continue;
             };
             any_arch |= !pool.is_empty();

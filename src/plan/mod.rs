@@ -70,6 +70,23 @@ pub struct Placement {
     pub reason: String,
 }
 
+impl Placement {
+    /// A placeholder with no allocation (for moving placements out of a buffer).
+    pub(crate) fn empty() -> Placement {
+        Placement {
+            function: String::new(),
+            instance: String::new(),
+            device: None,
+            tier: None,
+            node: None,
+            site: None,
+            arch: None,
+            image: None,
+            reason: String::new(),
+        }
+    }
+}
+
 /// Plans every instance of every function in `repo` against `inv` at time `now`.
 /// Instances already running (`inv.live`) keep their gateway and their room first.
 pub fn plan(
@@ -77,5 +94,5 @@ pub fn plan(
     inv: &crate::model::Inventory,
     now: jiff::Timestamp,
 ) -> Plan {
-    Planner::new(repo, inv, now).plan()
+    Planner::new(repo, inv, now).into_plan()
 }

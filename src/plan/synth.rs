@@ -391,7 +391,7 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
                 class: class.clone(),
                 rssi: r.range(-95, -40) as i32,
                 first_seen: ago(r.range(0, 3600)),
-                last_seen: ago(r.range(0, 60)),
+                last_seen: ago(r.range(0, 40)), // lossGrace is 30s: most are present
             });
         }
     }
