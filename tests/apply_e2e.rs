@@ -415,6 +415,22 @@ async fn roaming_moves_the_consolidator_pod_from_the_home_gateway_to_the_hospita
         "{run}"
     );
     let pods = wait_bound_only_to(&cp, CONSOLIDATOR, "gw-home-1").await;
+    // `plan --kubeconfig` reads the same live state and agrees.
+    let kubeconfig = cp.kubeconfig().to_str().expect("UTF-8 path");
+    let args = [
+        "--kubeconfig",
+        kubeconfig,
+        "--now",
+        "2026-11-28T10:00:00Z",
+        "-o",
+        "json",
+    ];
+    let repo_dir = repo.path().to_str().expect("UTF-8 path");
+    let run = cloud4iot(&[&["plan", "--repo", repo_dir][..], &args[..]].concat()).await;
+    assert_eq!(run.code, 0, "{run}");
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).expect("plan -o json");
+    assert_eq!(plan[0]["instance"], CONSOLIDATOR, "{run}");
+    assert_eq!(plan[0]["node"], "gw-home-1", "{run}");
     let image = pods[0].spec.as_ref().unwrap().containers[0]
         .image
         .clone()
