@@ -1068,6 +1068,16 @@ impl Planner {
                     } else {
                         format!("{}: offloaded to {target}", notes.join(" and "))
                     };
+                    // An instance that stays where it runs keeps the reason of the decision
+                    // that put it there: re-explaining it on every pass (RSSI jitter, growing
+                    // durations) would rewrite its reason annotation for nothing.
+                    if let Some(cur) = c.current.as_ref().filter(|cur| {
+                        !cur.reason.is_empty()
+                            && (&cur.tier, &cur.node, &cur.site, &cur.arch, &cur.image)
+                                == (&p.tier, &p.node, &p.site, &p.arch, &p.image)
+                    }) {
+                        p.reason = cur.reason.clone();
+                    }
                     return (p, Some(n));
                 }
                 Err(note) => notes.push(note),

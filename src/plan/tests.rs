@@ -571,3 +571,50 @@ mod incremental {
         }
     }
 }
+
+#[test]
+fn a_placement_that_does_not_change_keeps_the_reason_it_was_made_for() {
+    let repo = repo(OMH);
+    let first = plan(
+        &repo,
+        &inventory(&world(&[report(
+            "gw-home-1",
+            "0",
+            &[(BRACELET, -60, 600, 1)],
+        )])),
+        now(),
+    );
+    let made_for = only(&first).reason.clone();
+    assert!(made_for.contains("-60 dBm"), "{made_for}");
+    // What apply stored, read back as live state; the signal has since changed.
+    let opts = crate::render::RenderOptions {
+        namespace: "cloud4iot-functions".into(),
+        revision: None,
+    };
+    let live: Vec<String> = crate::render::render(&repo, &first, &opts)
+        .iter()
+        .map(|d| serde_norway::to_string(d).unwrap())
+        .collect();
+    let mut docs = world(&[report("gw-home-1", "0", &[(BRACELET, -71, 900, 1)])]);
+    docs.extend(live.clone());
+    let again = plan(&repo, &inventory(&docs), now());
+    assert_eq!(
+        only(&again),
+        only(&first),
+        "same place, same reason: nothing to write"
+    );
+
+    // A real move is a new decision with a fresh reason.
+    let mut docs = world(&[
+        report("gw-home-1", "0", &[]),
+        report("gw-hospital-1", "0", &[(BRACELET, -58, 60, 1)]),
+    ]);
+    docs.extend(live);
+    let moved = plan(&repo, &inventory(&docs), now());
+    assert_eq!(only(&moved).node.as_deref(), Some("gw-hospital-1"));
+    assert!(
+        only(&moved).reason.contains("gw-home-1 no longer does"),
+        "{}",
+        only(&moved).reason
+    );
+}
