@@ -188,25 +188,6 @@ async fn diff(cp: &ControlPlane, repo: &Path, now: &str) -> Run {
     .await
 }
 
-async fn diff_json(cp: &ControlPlane, repo: &Path, now: &str) -> serde_json::Value {
-    let kubeconfig = cp.kubeconfig().to_str().expect("UTF-8 path");
-    let repo = repo.to_str().expect("UTF-8 path");
-    let run = cloud4iot(&[
-        "diff",
-        "--repo",
-        repo,
-        "--kubeconfig",
-        kubeconfig,
-        "--now",
-        now,
-        "-o",
-        "json",
-    ])
-    .await;
-    assert!(run.code == 0 || run.code == 1, "{run}");
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("diff -o json: {e}\n{run}"))
-}
-
 /// The summary line of a text apply.
 fn summary(run: &Run) -> &str {
     run.stdout
@@ -465,14 +446,9 @@ async fn roaming_moves_the_consolidator_pod_from_the_home_gateway_to_the_hospita
         "gw-hospital-1"
     );
 
-    // The diff against the cluster shows no placement change any more. The reason of a
-    // move ("sees the device for 5m >= dwell") becomes the reason of staying on the next
-    // plan, so one more apply may rewrite that annotation; after it, all is unchanged.
+    // Right after the move the cluster is converged: the instance stays where it now runs,
+    // so it keeps the reason it moved for, and neither diff nor apply has anything to do.
     let now = "2026-11-28T10:10:00Z";
-    let run = diff_json(&cp, repo.path(), now).await;
-    assert_eq!(run["placementChanges"], serde_json::json!([]), "{run}");
-    let run = apply(&cp, repo.path(), now, &[]).await;
-    assert_eq!(run.code, 0, "{run}");
     let run = diff(&cp, repo.path(), now).await;
     assert_eq!(run.code, 0, "{run}");
     let run = apply(&cp, repo.path(), now, &[]).await;
