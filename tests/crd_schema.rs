@@ -34,6 +34,24 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
 
 fn shape(schema: &Value, root: &Value, path: &str) -> Shape {
     let schema = resolve(schema, root);
+    // A Kubernetes quantity: `x-kubernetes-int-or-string` in the CRD, ["string", "integer"]
+    // in JSON Schema.
+    let int_or_string = |ts: &[Value]| {
+        let mut ts: Vec<&str> = ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect();
+        ts.sort_unstable();
+        ts == ["integer", "string"]
+    };
+    if schema["x-kubernetes-int-or-string"] == Value::Bool(true)
+        || schema["type"]
+            .as_array()
+            .is_some_and(|ts| int_or_string(ts))
+    {
+        return Shape::Scalar("int-or-string".into());
+    }
     let ty = match &schema["type"] {
         Value::String(t) => t.clone(),
         // ["string", "null"]: the JSON Schema spelling of a nullable field.

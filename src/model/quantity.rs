@@ -16,10 +16,16 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0 };
+    pub const ZERO: Resources = Resources {
+        cpu_millis: 0,
+        memory_bytes: 0,
+    };
 
     pub fn new(cpu_millis: i64, memory_bytes: i64) -> Self {
-        Resources { cpu_millis, memory_bytes }
+        Resources {
+            cpu_millis,
+            memory_bytes,
+        }
     }
 
     /// Parses a `cpu` and a `memory` quantity; a missing one counts as zero.
@@ -83,18 +89,32 @@ impl Sub for Resources {
 
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cpu {}, memory {}", format_cpu(self.cpu_millis), format_memory(self.memory_bytes))
+        write!(
+            f,
+            "cpu {}, memory {}",
+            format_cpu(self.cpu_millis),
+            format_memory(self.memory_bytes)
+        )
     }
 }
 
 /// `950m`, `2` — the shortest exact form, as kubectl prints it.
 pub fn format_cpu(millis: i64) -> String {
-    if millis % 1000 == 0 { format!("{}", millis / 1000) } else { format!("{millis}m") }
+    if millis % 1000 == 0 {
+        format!("{}", millis / 1000)
+    } else {
+        format!("{millis}m")
+    }
 }
 
 /// `512Mi`, `1Gi`, or plain bytes when no binary suffix is exact.
 pub fn format_memory(bytes: i64) -> String {
-    const UNITS: [(&str, i64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    const UNITS: [(&str, i64); 4] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
     for (suffix, unit) in UNITS {
         if bytes != 0 && bytes % unit == 0 {
             return format!("{}{suffix}", bytes / unit);
@@ -114,7 +134,10 @@ pub struct QuantityError {
 /// `10^exp10 * 2^exp2` given by the suffix. Returns the value multiplied by `scale`
 /// (1000 for CPU millicores, 1 for bytes), rounded up as Kubernetes does.
 fn parse_scaled(value: &str, scale: i128) -> Result<i64, QuantityError> {
-    let err = |why| QuantityError { value: value.to_string(), why };
+    let err = |why| QuantityError {
+        value: value.to_string(),
+        why,
+    };
     let s = value.trim();
     if s.is_empty() {
         return Err(err("empty"));
@@ -141,9 +164,10 @@ fn parse_scaled(value: &str, scale: i128) -> Result<i64, QuantityError> {
         "Ti" => (0, 40),
         "Pi" => (0, 50),
         "Ei" => (0, 60),
-        other if other.starts_with(['e', 'E']) => {
-            (other[1..].parse::<i32>().map_err(|_| err("bad exponent"))?, 0)
-        }
+        other if other.starts_with(['e', 'E']) => (
+            other[1..].parse::<i32>().map_err(|_| err("bad exponent"))?,
+            0,
+        ),
         _ => return Err(err("unknown suffix")),
     };
     let negative = num.starts_with('-');
@@ -160,12 +184,17 @@ fn parse_scaled(value: &str, scale: i128) -> Result<i64, QuantityError> {
         .map_err(|_| err("no number"))?;
     let exp10 = exp10 - frac_part.len() as i32;
     let mut numerator = mantissa.checked_mul(scale).ok_or(err("too large"))?;
-    numerator = numerator.checked_mul(1i128 << exp2).ok_or(err("too large"))?;
+    numerator = numerator
+        .checked_mul(1i128 << exp2)
+        .ok_or(err("too large"))?;
     let value = if exp10 >= 0 {
-        numerator.checked_mul(10i128.checked_pow(exp10 as u32).ok_or(err("too large"))?)
+        numerator
+            .checked_mul(10i128.checked_pow(exp10 as u32).ok_or(err("too large"))?)
             .ok_or(err("too large"))?
     } else {
-        let d = 10i128.checked_pow((-exp10) as u32).ok_or(err("too small"))?;
+        let d = 10i128
+            .checked_pow((-exp10) as u32)
+            .ok_or(err("too small"))?;
         (numerator + d - 1) / d
     };
     i64::try_from(value).map_err(|_| err("too large"))
@@ -185,10 +214,29 @@ pub fn parse_memory_bytes(value: &str) -> Result<i64, QuantityError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceQuantities {
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
+    #[schemars(schema_with = "int_or_string")]
     pub cpu: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
+    #[schemars(schema_with = "int_or_string")]
     pub memory: Option<String>,
+}
+
+/// The schema Kubernetes gives quantities, so the API server accepts `cpu: 1` too.
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "nullable": true
+    })
 }
 
 /// Kubernetes accepts `cpu: 1` as well as `cpu: "1"`; so do we, everywhere a quantity is read.
@@ -222,7 +270,11 @@ mod tests {
         assert_eq!(parse_cpu_millis("250m").unwrap(), 250);
         assert_eq!(parse_cpu_millis("0.5").unwrap(), 500);
         assert_eq!(parse_cpu_millis("2").unwrap(), 2000);
-        assert_eq!(parse_cpu_millis("1.0005").unwrap(), 1001, "rounds up like Kubernetes");
+        assert_eq!(
+            parse_cpu_millis("1.0005").unwrap(),
+            1001,
+            "rounds up like Kubernetes"
+        );
         assert_eq!(parse_cpu_millis("100000u").unwrap(), 100);
     }
 
