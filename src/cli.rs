@@ -56,7 +56,9 @@ impl ColorChoice {
         match self {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal(),
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+            }
         }
     }
 }
@@ -129,10 +131,16 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Validate(args) => crate::commands::validate::run(&args),
         Command::Manifests(args) => crate::commands::manifests::run(&args),
         Command::Plan(args) if args.watch => {
-            crate::watch::watch(&args.repo, args.state.state.as_deref(), || crate::commands::plan::run(&args, color)).await
+            crate::watch::watch(&args.repo, args.state.state.as_deref(), || {
+                crate::commands::plan::run(&args, color)
+            })
+            .await
         }
         Command::Diff(args) if args.watch => {
-            crate::watch::watch(&args.repo, args.state.state.as_deref(), || async { crate::commands::diff::run(&args, color) }).await
+            crate::watch::watch(&args.repo, args.state.state.as_deref(), || async {
+                crate::commands::diff::run(&args, color)
+            })
+            .await
         }
         Command::Plan(args) => crate::commands::plan::run(&args, color).await,
         Command::Diff(args) if args.state.state.is_none() && args.base.is_none() => {
@@ -147,7 +155,8 @@ pub async fn run(cli: Cli) -> u8 {
         Err(err) => {
             eprintln!("error: {err:#}");
             // A revision refused by the signature policy is invalid input (1), not a failure.
-            err.downcast_ref::<crate::source::SourceError>().map_or(EXIT_ERROR, crate::source::SourceError::exit_code)
+            err.downcast_ref::<crate::source::SourceError>()
+                .map_or(EXIT_ERROR, crate::source::SourceError::exit_code)
         }
     }
 }

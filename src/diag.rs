@@ -21,8 +21,20 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn new(file: impl Into<PathBuf>, line: usize, column: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.into(), line, column, field: field.into(), message: message.into() }
+    pub fn new(
+        file: impl Into<PathBuf>,
+        line: usize,
+        column: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            file: file.into(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -70,7 +82,12 @@ impl fmt::Display for Diagnostics {
         for d in &self.0 {
             writeln!(f, "{d}")?;
         }
-        write!(f, "{} error{}", self.0.len(), if self.0.len() == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{} error{}",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -80,8 +97,17 @@ mod tests {
 
     #[test]
     fn display_names_file_line_field() {
-        let d = Diagnostic::new("functions/a.yaml", 12, 5, "spec.policy", "no PlacementPolicy named \"x\"");
-        assert_eq!(d.to_string(), "functions/a.yaml:12:5: spec.policy: no PlacementPolicy named \"x\"");
+        let d = Diagnostic::new(
+            "functions/a.yaml",
+            12,
+            5,
+            "spec.policy",
+            "no PlacementPolicy named \"x\"",
+        );
+        assert_eq!(
+            d.to_string(),
+            "functions/a.yaml:12:5: spec.policy: no PlacementPolicy named \"x\""
+        );
         let whole = Diagnostic::new("b.yaml", 0, 0, "", "not valid UTF-8");
         assert_eq!(whole.to_string(), "b.yaml: not valid UTF-8");
     }

@@ -190,7 +190,9 @@ fn ssh_remote_with_key_file_agent_and_errors() {
         .stdout(Stdio::null())
         .spawn()
     else {
-        panic!("no ssh-agent on this machine: install OpenSSH (Debian: openssh-client); .ci/run does");
+        panic!(
+            "no ssh-agent on this machine: install OpenSSH (Debian: openssh-client); .ci/run does"
+        );
     };
     let _agent = Kill(agent);
     let start = Instant::now();

@@ -69,7 +69,10 @@ mod tests {
     fn parses_friendly_and_iso() {
         assert_eq!("5s".parse::<Duration>().unwrap(), Duration::from_secs(5));
         assert_eq!("2m".parse::<Duration>().unwrap(), Duration::from_secs(120));
-        assert_eq!("PT1M30S".parse::<Duration>().unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            "PT1M30S".parse::<Duration>().unwrap(),
+            Duration::from_secs(90)
+        );
         assert!("soon".parse::<Duration>().is_err());
         assert_eq!(Duration::from_secs(5).to_string(), "5s");
     }

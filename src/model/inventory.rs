@@ -26,9 +26,18 @@ pub enum NodeError {
     #[error("node {node}: no {label} label: not a cloud4iot node")]
     NotManaged { node: String, label: &'static str },
     #[error("node {node}: label {label}={value:?} is not one of {allowed}")]
-    BadLabel { node: String, label: &'static str, value: String, allowed: &'static str },
+    BadLabel {
+        node: String,
+        label: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
     #[error("node {node}: status.allocatable.{field}: {source}")]
-    BadQuantity { node: String, field: &'static str, source: super::QuantityError },
+    BadQuantity {
+        node: String,
+        field: &'static str,
+        source: super::QuantityError,
+    },
 }
 
 impl NodeInfo {
@@ -37,16 +46,20 @@ impl NodeInfo {
     pub fn from_node(node: &Node) -> Result<NodeInfo, NodeError> {
         let name = node.metadata.name.clone().unwrap_or_default();
         let labels_map = node.metadata.labels.clone().unwrap_or_default();
-        let tier_value = labels_map
-            .get(labels::TIER)
-            .ok_or(NodeError::NotManaged { node: name.clone(), label: labels::TIER })?;
+        let tier_value = labels_map.get(labels::TIER).ok_or(NodeError::NotManaged {
+            node: name.clone(),
+            label: labels::TIER,
+        })?;
         let tier = Tier::parse(tier_value).ok_or_else(|| NodeError::BadLabel {
             node: name.clone(),
             label: labels::TIER,
             value: tier_value.clone(),
             allowed: "gateway, edge, cloud",
         })?;
-        let arch_value = labels_map.get(labels::ARCH).map(String::as_str).unwrap_or("amd64");
+        let arch_value = labels_map
+            .get(labels::ARCH)
+            .map(String::as_str)
+            .unwrap_or("amd64");
         let arch = Arch::parse(arch_value).ok_or_else(|| NodeError::BadLabel {
             node: name.clone(),
             label: labels::ARCH,
@@ -59,12 +72,20 @@ impl NodeInfo {
         let cpu = get("cpu")
             .map(parse_cpu_millis)
             .transpose()
-            .map_err(|source| NodeError::BadQuantity { node: name.clone(), field: "cpu", source })?
+            .map_err(|source| NodeError::BadQuantity {
+                node: name.clone(),
+                field: "cpu",
+                source,
+            })?
             .unwrap_or(0);
         let memory = get("memory")
             .map(parse_memory_bytes)
             .transpose()
-            .map_err(|source| NodeError::BadQuantity { node: name.clone(), field: "memory", source })?
+            .map_err(|source| NodeError::BadQuantity {
+                node: name.clone(),
+                field: "memory",
+                source,
+            })?
             .unwrap_or(0);
         let ready = status
             .and_then(|s| s.conditions.as_ref())
@@ -98,16 +119,28 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub fn new(mut nodes: Vec<NodeInfo>, mut reports: Vec<GatewayReport>, mut live: Vec<Deployment>) -> Self {
+    pub fn new(
+        mut nodes: Vec<NodeInfo>,
+        mut reports: Vec<GatewayReport>,
+        mut live: Vec<Deployment>,
+    ) -> Self {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         reports.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         live.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
-        Inventory { nodes, reports, live }
+        Inventory {
+            nodes,
+            reports,
+            live,
+        }
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| &self.nodes[i])
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
     }
 }

@@ -51,7 +51,9 @@ pub mod labels {
 }
 
 /// The three tiers of the Cloud4IoT architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Gateway,
@@ -80,7 +82,9 @@ impl fmt::Display for Tier {
 }
 
 /// CPU architectures, spelled as Go and `kubernetes.io/arch` spell them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Amd64,
@@ -94,8 +98,15 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 7] =
-        [Arch::Amd64, Arch::Arm64, Arch::Arm, Arch::I386, Arch::Ppc64le, Arch::S390x, Arch::Riscv64];
+    pub const ALL: [Arch; 7] = [
+        Arch::Amd64,
+        Arch::Arm64,
+        Arch::Arm,
+        Arch::I386,
+        Arch::Ppc64le,
+        Arch::S390x,
+        Arch::Riscv64,
+    ];
     pub fn as_str(&self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
@@ -173,7 +184,10 @@ pub struct FunctionSpec {
 impl FunctionSpec {
     /// The image to run on `arch`, if the function has one for it.
     pub fn image_for(&self, arch: Arch) -> Option<&str> {
-        self.arch_images.get(&arch).or(self.image.as_ref()).map(String::as_str)
+        self.arch_images
+            .get(&arch)
+            .or(self.image.as_ref())
+            .map(String::as_str)
     }
 }
 
@@ -297,7 +311,11 @@ fn default_loss_grace() -> Duration {
 
 impl Default for Presence {
     fn default() -> Self {
-        Presence { min_rssi: None, dwell: default_dwell(), loss_grace: default_loss_grace() }
+        Presence {
+            min_rssi: None,
+            dwell: default_dwell(),
+            loss_grace: default_loss_grace(),
+        }
     }
 }
 
@@ -376,7 +394,11 @@ pub fn device_slug(device_id: &str) -> String {
         }
     }
     let trimmed = out.trim_matches('-');
-    if trimmed.is_empty() { "device".to_string() } else { trimmed.to_string() }
+    if trimmed.is_empty() {
+        "device".to_string()
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// The stable name of an instance, also the name of its Deployment: a DNS-1123 label
@@ -388,7 +410,9 @@ pub fn instance_name(function: &str, discriminator: &str) -> String {
         return full;
     }
     // FNV-1a: stable across Rust versions, unlike std's hasher.
-    let hash = full.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let hash = full.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
     let prefix = full[..52].trim_end_matches('-');
     format!("{prefix}-{:010x}", hash & 0xff_ffff_ffff)
 }
@@ -421,9 +445,20 @@ mod tests {
         assert_eq!(device_slug("::"), "device");
         let long = device_instance_name(&"f".repeat(60), "AA:BB:CC:DD:EE:FF");
         assert!(long.len() <= 63, "{long}");
-        assert_eq!(long, device_instance_name(&"f".repeat(60), "AA:BB:CC:DD:EE:FF"), "stable");
-        assert_ne!(long, device_instance_name(&"f".repeat(60), "AA:BB:CC:DD:EE:00"), "unique");
-        assert!(long.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_eq!(
+            long,
+            device_instance_name(&"f".repeat(60), "AA:BB:CC:DD:EE:FF"),
+            "stable"
+        );
+        assert_ne!(
+            long,
+            device_instance_name(&"f".repeat(60), "AA:BB:CC:DD:EE:00"),
+            "unique"
+        );
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
     }
 
     #[test]
