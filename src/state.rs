@@ -64,7 +64,8 @@ pub enum StateError {
     #[error("{}{}: {item}: {field}: {message}", file.display(), line_suffix(item.line))]
     Item {
         file: PathBuf,
-        item: ItemRef,
+        /// Boxed: it is the bulk of the error, and errors travel through every `?`.
+        item: Box<ItemRef>,
         field: String,
         message: String,
     },
@@ -159,7 +160,7 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
                             };
                             return Err(StateError::Item {
                                 file: file.to_path_buf(),
-                                item: at,
+                                item: Box::new(at),
                                 field,
                                 message: e.to_string(),
                             });
@@ -202,7 +203,7 @@ fn typed<T: DeserializeOwned>(
 ) -> Result<T, StateError> {
     serde_path_to_error::deserialize(item).map_err(|e| StateError::Item {
         file: file.to_path_buf(),
-        item: at.clone(),
+        item: Box::new(at.clone()),
         field: e.path().to_string(),
         message: e.into_inner().to_string(),
     })

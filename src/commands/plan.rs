@@ -170,7 +170,7 @@ pub fn table(plan: &Plan, explain: bool, color: bool) -> String {
         if color && p.tier.is_none() {
             let mut s = String::new();
             line(&mut s, &cells);
-            let _ = write!(out, "\x1b[31m{}\x1b[0m\n", s.trim_end_matches('\n'));
+            let _ = writeln!(out, "\x1b[31m{}\x1b[0m", s.trim_end_matches('\n'));
         } else {
             line(&mut out, &cells);
         }

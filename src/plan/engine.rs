@@ -2,9 +2,9 @@
 //! class -> functions), a full plan, and cheap re-plans when one gateway report changes.
 //!
 //! Order of decisions (it decides who keeps room when it runs short), all deterministic:
-//! 1. running instances that stay on the gateway they run on, 2. other running instances,
-//! 3. new instances; within each, higher policy `priority` first, then function name, then
-//! instance name. Each instance walks its policy's tiers in order and takes the first one
+//! running instances that stay on the gateway they run on, then other running instances,
+//! then new instances; within each, higher policy `priority` first, then function name,
+//! then instance name. Each instance walks its policy's tiers in order and takes the first one
 //! with room; a gateway's room is `allocatable - gatewayReserve - report.resources - placed`.
 
 use std::collections::BTreeSet;
