@@ -58,18 +58,13 @@ pub struct Source {
 impl Source {
     /// A diagnostic at the value of the field at JSON `pointer` (e.g. `/spec/policy`).
     pub fn at(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
-        let pos = self.index.value(pointer);
-        Diagnostic::new(
-            self.file.clone(),
-            pos.line,
-            pos.column,
-            field_of_pointer(pointer),
-            message,
-        )
+        self.diagnostic(self.index.value(pointer), pointer, message)
     }
     /// A diagnostic at the key of the field at `pointer` (for fields that should not be there).
     pub fn at_key(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
-        let pos = self.index.key(pointer);
+        self.diagnostic(self.index.key(pointer), pointer, message)
+    }
+    fn diagnostic(&self, pos: Pos, pointer: &str, message: impl Into<String>) -> Diagnostic {
         Diagnostic::new(
             self.file.clone(),
             pos.line,
