@@ -17,9 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cloud4iot::apply::{self, ApplyOptions, Report};
-use cloud4iot::model::{Arch, Inventory, NodeInfo, Resources, Tier};
-use cloud4iot::render::{self, RenderOptions};
+use cloud4iot_core::model::{Arch, Inventory, NodeInfo, Resources, Tier};
+use cloud4iot_core::render::{self, RenderOptions};
+use cloud4iot_kube::apply::{self, ApplyOptions, Report};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use support::{ControlPlane, Options};
@@ -64,7 +64,7 @@ spec:
 
 /// The Deployments cloud4iot renders for `n` instances in `namespace`.
 fn rendered(n: usize, namespace: &str) -> Vec<Deployment> {
-    let repo = cloud4iot::load::load_str(Path::new("bench.yaml"), &repo_yaml(n))
+    let repo = cloud4iot_core::load::load_str(Path::new("bench.yaml"), &repo_yaml(n))
         .unwrap_or_else(|d| panic!("the bench repository is invalid: {d:?}"));
     let cloud = NodeInfo {
         name: "cloud-1".to_owned(),
@@ -76,7 +76,7 @@ fn rendered(n: usize, namespace: &str) -> Vec<Deployment> {
         schedulable: true,
     };
     let inventory = Inventory::new(vec![cloud], Vec::new(), Vec::new());
-    let plan = cloud4iot::plan::plan(&repo, &inventory, NOW.parse().expect("a timestamp"));
+    let plan = cloud4iot_core::plan::plan(&repo, &inventory, NOW.parse().expect("a timestamp"));
     let opts = RenderOptions {
         namespace: namespace.to_owned(),
         revision: Some("main@sha1:0123456789abcdef".to_owned()),
@@ -213,7 +213,7 @@ fn main() {
             }
 
             let mut ours = Vec::new();
-            for concurrency in [cloud4iot::cluster::DEFAULT_CONCURRENCY, 1] {
+            for concurrency in [cloud4iot_kube::cluster::DEFAULT_CONCURRENCY, 1] {
                 if concurrency == 1 && n > 1000 {
                     continue; // sequential at 10,000 adds minutes and says nothing new
                 }

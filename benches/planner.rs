@@ -5,9 +5,9 @@
 
 use std::hint::black_box;
 
-use cloud4iot::model::Tier;
-use cloud4iot::plan::synth::{self, SynthConfig};
-use cloud4iot::plan::{Planner, plan};
+use cloud4iot_core::model::Tier;
+use cloud4iot_core::plan::synth::{self, SynthConfig};
+use cloud4iot_core::plan::{Planner, plan};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn planner(c: &mut Criterion) {

@@ -7,10 +7,10 @@
 
 use std::hint::black_box;
 
-use cloud4iot::diff::object_diff;
-use cloud4iot::model::{Function, Repo, Tier, device_instance_name};
-use cloud4iot::plan::{Placement, Plan};
-use cloud4iot::render::{RenderOptions, render};
+use cloud4iot_core::diff::object_diff;
+use cloud4iot_core::model::{Function, Repo, Tier, device_instance_name};
+use cloud4iot_core::plan::{Placement, Plan};
+use cloud4iot_core::render::{RenderOptions, render};
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;

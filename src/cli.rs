@@ -107,6 +107,20 @@ pub struct RepoArgs {
     pub allowed_signers: Option<PathBuf>,
 }
 
+impl RepoArgs {
+    /// The source crate's options for these flags.
+    pub fn source(&self) -> cloud4iot_source::SourceOptions {
+        cloud4iot_source::SourceOptions {
+            repo: self.repo.clone(),
+            rev: self.rev.clone(),
+            path: self.path.clone(),
+            ssh_key: self.ssh_key.clone(),
+            allowed_signers: self.allowed_signers.clone(),
+            verify_signatures: self.verify_signatures,
+        }
+    }
+}
+
 /// Where the live state comes from: a snapshot file or a cluster.
 #[derive(Debug, Clone, Args)]
 pub struct StateArgs {
@@ -122,6 +136,16 @@ pub struct StateArgs {
     /// The kubeconfig context to use.
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+}
+
+impl StateArgs {
+    /// The kube crate's options for these flags.
+    pub fn client(&self) -> cloud4iot_kube::cluster::ClientOptions {
+        cloud4iot_kube::cluster::ClientOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
 }
 
 /// Runs one command to its exit code. Errors are printed here, once, with their causes.
@@ -155,8 +179,10 @@ pub async fn run(cli: Cli) -> u8 {
         Err(err) => {
             eprintln!("error: {err:#}");
             // A revision refused by the signature policy is invalid input (1), not a failure.
-            err.downcast_ref::<crate::source::SourceError>()
-                .map_or(EXIT_ERROR, crate::source::SourceError::exit_code)
+            match err.downcast_ref::<cloud4iot_source::SourceError>() {
+                Some(source) if source.is_refusal() => Outcome::Changes as u8,
+                _ => EXIT_ERROR,
+            }
         }
     }
 }

@@ -1,24 +1,9 @@
-//! cloud4iot: a declarative GitOps reconciler for IoT functions.
-//!
-//! The pipeline, one module per step: source (git) -> load + validate (repository YAML)
-//! -> plan (pure placement across gateway, edge and cloud) -> render (pure Kubernetes
-//! objects) -> diff (pure) -> apply (server-side apply, prune). Only the two ends do I/O.
+//! The `cloud4iot` command line: arguments, one function per subcommand, output formats,
+//! `--watch` and exit codes. The work itself is in the workspace's crates:
+//! `cloud4iot-core` (pure: load, validate, plan, render, diff), `cloud4iot-source` (git)
+//! and `cloud4iot-kube` (cluster reads, server-side apply, manifests).
 
-pub mod apply;
 pub mod cli;
-pub mod cluster;
 pub mod commands;
-pub mod crd;
-pub mod diag;
-pub mod diff;
-pub mod install;
-pub mod load;
-pub mod model;
 pub mod output;
-pub mod plan;
-pub mod render;
-pub mod schema;
-pub mod source;
-pub mod state;
-pub mod validate;
 pub mod watch;

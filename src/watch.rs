@@ -28,7 +28,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Outcome>>,
 {
-    let checkout = crate::source::open(repo)?;
+    let checkout = cloud4iot_source::open(&repo.source())?;
     if !checkout.live {
         bail!(
             "--watch needs a local directory read as it is on disk; {} is read at a revision (drop --rev, a URL or --verify-signatures)",

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloud4iot::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
+use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -203,7 +203,7 @@ fn summary(run: &Run) -> &str {
 /// site and a cloud node.
 async fn cluster(options: Options) -> ControlPlane {
     let cp = ControlPlane::start(options).await;
-    cp.install_crds(cloud4iot::crd::all()).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
     cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
         .await;
     cp.create_node(gateway_node(

@@ -1,13 +1,12 @@
-//! `cloud4iot::cluster` against a real kube-apiserver: the client from a kubeconfig and a
+//! `cloud4iot_kube::cluster` against a real kube-apiserver: the client from a kubeconfig and a
 //! context, the live inventory (only cloud4iot's Nodes and managed Deployments), a clear
 //! error when the GatewayReport CRD is missing, and a server-side dry-run apply that shows
 //! the server's defaults and stores nothing.
 
 mod support;
 
-use cloud4iot::cli::StateArgs;
-use cloud4iot::cluster::{self, ClusterError};
-use cloud4iot::model::{GatewayReport, GatewayReportSpec, Tier};
+use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, Tier};
+use cloud4iot_kube::cluster::{self, ClusterError};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -40,9 +39,8 @@ fn deployment(name: &str, managed: bool) -> Deployment {
     d
 }
 
-fn state_args(cp: &ControlPlane, context: Option<&str>) -> StateArgs {
-    StateArgs {
-        state: None,
+fn state_args(cp: &ControlPlane, context: Option<&str>) -> cluster::ClientOptions {
+    cluster::ClientOptions {
         kubeconfig: Some(cp.kubeconfig().to_owned()),
         context: context.map(str::to_owned),
     }
@@ -65,7 +63,7 @@ async fn the_inventory_holds_cloud4iot_nodes_reports_and_managed_deployments_onl
     );
     assert!(err.to_string().contains("cloud4iot manifests"), "{err}");
 
-    cp.install_crds(cloud4iot::crd::all()).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
     cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
         .await;
     cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "8", "16Gi"))

@@ -227,7 +227,7 @@ async fn server_side_apply_records_the_cloud4iot_field_manager() {
 #[tokio::test]
 async fn the_projects_crds_install_and_are_served() {
     let cp = ControlPlane::start(Options::api_only()).await;
-    let crds = cloud4iot::crd::all();
+    let crds = cloud4iot_kube::crd::all();
     assert!(!crds.is_empty());
     cp.install_crds(crds.clone()).await;
     for crd in crds {

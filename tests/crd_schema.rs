@@ -105,7 +105,7 @@ fn shape(schema: &Value, root: &Value, path: &str) -> Shape {
 }
 
 fn crd_spec_schema() -> Value {
-    let crd = cloud4iot::crd::all()
+    let crd = cloud4iot_kube::crd::all()
         .into_iter()
         .find(|c| c.spec.names.kind == "GatewayReport")
         .expect("GatewayReport CRD");

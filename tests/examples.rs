@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cloud4iot::model::{Arch, Tier};
-use cloud4iot::plan::{self, Placement, Plan};
+use cloud4iot_core::model::{Arch, Tier};
+use cloud4iot_core::plan::{self, Placement, Plan};
 use jiff::Timestamp;
 
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
@@ -25,8 +25,8 @@ fn snapshot(name: &str) -> PathBuf {
 }
 
 fn plan_of(name: &str) -> Plan {
-    let repo = cloud4iot::load::load_dir(&examples()).expect("examples-repo is valid");
-    let inv = cloud4iot::state::read_snapshot(&snapshot(name)).expect("snapshot reads");
+    let repo = cloud4iot_core::load::load_dir(&examples()).expect("examples-repo is valid");
+    let inv = cloud4iot_core::state::read_snapshot(&snapshot(name)).expect("snapshot reads");
     plan::plan(&repo, &inv, NOW.parse::<Timestamp>().unwrap())
 }
 
@@ -50,7 +50,7 @@ fn cloud4iot(args: &[&str]) -> Output {
 
 #[test]
 fn the_repository_holds_the_documented_objects() {
-    let repo = cloud4iot::load::load_dir(&examples()).expect("examples-repo is valid");
+    let repo = cloud4iot_core::load::load_dir(&examples()).expect("examples-repo is valid");
     assert_eq!(
         repo.functions.keys().collect::<Vec<_>>(),
         ["engine-diagnostic", "omh-consolidator"]
@@ -89,7 +89,10 @@ fn the_repository_holds_the_documented_objects() {
     );
     let roaming = &repo.policies["ehealth-roaming"].spec;
     assert_eq!(roaming.effective_tiers(), [Tier::Gateway, Tier::Edge]);
-    assert_eq!(roaming.data_locality, cloud4iot::model::DataLocality::Site);
+    assert_eq!(
+        roaming.data_locality,
+        cloud4iot_core::model::DataLocality::Site
+    );
     assert!(roaming.follow_device);
 
     let engine = &repo.functions["engine-diagnostic"].spec;
@@ -103,7 +106,7 @@ fn the_repository_holds_the_documented_objects() {
 #[test]
 fn snapshots_read_as_the_readme_describes() {
     for name in ["home", "hospital", "gateway-full"] {
-        let inv = cloud4iot::state::read_snapshot(&snapshot(name)).unwrap();
+        let inv = cloud4iot_core::state::read_snapshot(&snapshot(name)).unwrap();
         let nodes: Vec<_> = inv
             .nodes
             .iter()

@@ -10,7 +10,7 @@ use support::{ControlPlane, Options, cloud_node, gateway_node};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_base_reads_the_live_state_from_the_cluster() {
     let cp = ControlPlane::start(Options::api_only()).await;
-    cp.install_crds(cloud4iot::crd::all()).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
     cp.create_node(gateway_node("gw-live-1", "plant", "arm64", "4", "2Gi"))
         .await;
     cp.create_node(cloud_node("cloud-live-1", "cloud", "amd64", "16", "64Gi"))

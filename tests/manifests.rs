@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cloud4iot::install::{
+use cloud4iot_kube::install::{
     AGENT, CONTROLLER, InstallObject, InstallOptions, NODE_NAME_CLAIM, literals, objects, typed,
 };
 use k8s_openapi::api::rbac::v1::PolicyRule;

@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cloud4iot::model::{DataLocality, Inventory, Repo, Resources, Tier};
-use cloud4iot::plan::synth::{self, SynthConfig, XorShift};
-use cloud4iot::plan::{Plan, current_placements, plan};
-use cloud4iot::render::{RenderOptions, render};
+use cloud4iot_core::model::{DataLocality, Inventory, Repo, Resources, Tier};
+use cloud4iot_core::plan::synth::{self, SynthConfig, XorShift};
+use cloud4iot_core::plan::{Plan, current_placements, plan};
+use cloud4iot_core::render::{RenderOptions, render};
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
@@ -107,7 +107,7 @@ fn check_rules(
         }
         let arch = match &p.node {
             Some(n) => inv.node(n).unwrap().arch,
-            None => p.arch.unwrap_or(cloud4iot::model::Arch::Amd64),
+            None => p.arch.unwrap_or(cloud4iot_core::model::Arch::Amd64),
         };
         prop_assert_eq!(
             p.image.as_deref(),

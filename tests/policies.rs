@@ -8,12 +8,12 @@
 
 use std::path::Path;
 
-use cloud4iot::load::load_files;
-use cloud4iot::model::{
+use cloud4iot_core::load::load_files;
+use cloud4iot_core::model::{
     Arch, GatewayReport, GatewayReportSpec, Inventory, NodeInfo, Repo, ResourceQuantities,
     Resources, SeenDevice, Tier,
 };
-use cloud4iot::plan::{self, Placement, Plan};
+use cloud4iot_core::plan::{self, Placement, Plan};
 use jiff::{SignedDuration, Timestamp};
 
 const TAG: &str = "AA:BB:CC:00:00:01";

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use cloud4iot::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
+use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
 use kube::api::{Api, Patch, PatchParams};
 use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
 
@@ -47,7 +47,7 @@ fn ok(out: Output, what: &str) -> String {
 
 async fn cluster() -> ControlPlane {
     let cp = ControlPlane::start(Options::api_only()).await;
-    cp.install_crds(cloud4iot::crd::all()).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
     cp.create_node(gateway_node("gw-home-1", "home", "arm64", "3500m", "623Mi"))
         .await;
     cp.create_node(gateway_node(

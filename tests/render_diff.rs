@@ -1,11 +1,13 @@
 //! The diff layer: placement changes between plans, and desired objects against live
 //! ones as the API server returns them (server-owned fields and defaults must not show).
 
-use cloud4iot::diff::{Action, DiffReport, PlacementChangeKind, object_diff, placement_changes};
-use cloud4iot::model::{Function, Repo, Tier, device_instance_name};
-use cloud4iot::output::diff::DiffFormat;
-use cloud4iot::plan::{Placement, Plan};
-use cloud4iot::render::{RenderOptions, render};
+use cloud4iot::output::diff::{DiffFormat, DiffOutput};
+use cloud4iot_core::diff::{
+    Action, DiffReport, PlacementChangeKind, object_diff, placement_changes,
+};
+use cloud4iot_core::model::{Function, Repo, Tier, device_instance_name};
+use cloud4iot_core::plan::{Placement, Plan};
+use cloud4iot_core::render::{RenderOptions, render};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;
 
@@ -475,7 +477,11 @@ fn large_inputs_give_the_same_output_as_one_at_a_time() {
         .placements
         .iter()
         .filter_map(|p| {
-            cloud4iot::render::render_placement(&repo().functions["omh-consolidator"], p, &opts)
+            cloud4iot_core::render::render_placement(
+                &repo().functions["omh-consolidator"],
+                p,
+                &opts,
+            )
         })
         .collect();
     assert_eq!(rendered, one_by_one);

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use cloud4iot::model::{
+use cloud4iot_core::model::{
     Arch, Function, Repo, Tier, device_instance_name, labels, replica_instance_name,
 };
-use cloud4iot::plan::{Placement, Plan, current_placements};
-use cloud4iot::render::{RenderOptions, is_dns1123_label, render, to_yaml_stream};
+use cloud4iot_core::plan::{Placement, Plan, current_placements};
+use cloud4iot_core::render::{RenderOptions, is_dns1123_label, render, to_yaml_stream};
 
 const FUNCTIONS: &str = r#"
 apiVersion: cloud4iot.io/v1alpha1

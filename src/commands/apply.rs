@@ -14,9 +14,9 @@ use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
-use crate::apply::{self, ApplyOptions, Progress, Prune, ReconcileError};
-use crate::cli::{Outcome, RepoArgs, StateArgs};
-use crate::cluster;
+use crate::cli::{Outcome, RepoArgs};
+use cloud4iot_kube::apply::{self, ApplyOptions, Progress, Prune, ReconcileError};
+use cloud4iot_kube::cluster;
 
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
@@ -59,13 +59,12 @@ pub enum ApplyFormat {
 }
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
-    let checkout = crate::source::open(&args.repo)?;
-    let state = StateArgs {
-        state: None,
+    let checkout = cloud4iot_source::open(&args.repo.source())?;
+    let client = cluster::client(&cluster::ClientOptions {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
-    };
-    let client = cluster::client(&state).await?;
+    })
+    .await?;
     let opts = ApplyOptions {
         namespace: args.namespace.clone(),
         force: args.force,
@@ -76,7 +75,15 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let now = args.now.unwrap_or_else(jiff::Timestamp::now);
     let indicator = ProgressLine::new(std::io::stderr().is_terminal());
     let progress = |p: Progress| indicator.show(p);
-    let outcome = apply::reconcile(&client, &checkout, now, &opts, &progress).await;
+    let outcome = apply::reconcile(
+        &client,
+        &checkout.dir,
+        checkout.revision.as_deref(),
+        now,
+        &opts,
+        &progress,
+    )
+    .await;
     indicator.clear();
     let reconciled = match outcome {
         Ok(r) => r,

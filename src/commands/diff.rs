@@ -8,8 +8,8 @@ use clap::Args;
 use jiff::Timestamp;
 
 use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
-use crate::diff::DiffReport;
-use crate::output::diff::DiffFormat;
+use crate::output::diff::{DiffFormat, DiffOutput};
+use cloud4iot_core::diff::DiffReport;
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -38,7 +38,7 @@ pub struct DiffArgs {
     #[arg(long, value_name = "TIMESTAMP")]
     pub now: Option<Timestamp>,
     /// The namespace of the function Deployments.
-    #[arg(long, short = 'n', value_name = "NS", default_value = crate::render::DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Compare two revisions instead of the repository with the live objects: plan the
     /// base (e.g. `main`) and the head (--rev, or the files on disk) against the same
@@ -57,7 +57,7 @@ pub fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
     let Some(inputs) = super::render::read_inputs(&args.repo, &args.state, args.now)? else {
         return Ok(Outcome::Changes);
     };
-    let report = crate::diff::against_live(
+    let report = cloud4iot_core::diff::against_live(
         &inputs.repo,
         &inputs.inventory,
         inputs.now,
@@ -71,8 +71,8 @@ pub fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
 /// and defaulting or admission never shows as drift.
 pub async fn run_against_cluster(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
     use anyhow::Context;
-    let checkout = crate::source::open(&args.repo)?;
-    let repo = match crate::load::load_dir(&checkout.dir) {
+    let checkout = cloud4iot_source::open(&args.repo.source())?;
+    let repo = match cloud4iot_core::load::load_dir(&checkout.dir) {
         Ok(repo) => repo,
         Err(diagnostics) => {
             diagnostics.0.iter().for_each(|d| eprintln!("{d}"));
@@ -80,20 +80,21 @@ pub async fn run_against_cluster(args: &DiffArgs, color: ColorChoice) -> anyhow:
             return Ok(Outcome::Changes);
         }
     };
-    let client = crate::cluster::client(&args.state)
+    let client = cloud4iot_kube::cluster::client(&args.state.client())
         .await
         .context("connecting to the cluster")?;
-    let inventory = crate::cluster::read_inventory_in(&client, &args.namespace)
+    let inventory = cloud4iot_kube::cluster::read_inventory_in(&client, &args.namespace)
         .await
         .context("reading the live state")?;
-    let plan = crate::plan::plan(&repo, &inventory, args.now.unwrap_or_else(Timestamp::now));
-    let opts = crate::render::RenderOptions {
+    let plan =
+        cloud4iot_core::plan::plan(&repo, &inventory, args.now.unwrap_or_else(Timestamp::now));
+    let opts = cloud4iot_core::render::RenderOptions {
         namespace: args.namespace.clone(),
         revision: checkout.revision.clone(),
     };
-    let rendered = crate::render::render(&repo, &plan, &opts);
-    let desired = crate::cluster::dry_run_apply(&client, &rendered).await?;
-    let before = crate::plan::current_placements(&inventory.live);
+    let rendered = cloud4iot_core::render::render(&repo, &plan, &opts);
+    let desired = cloud4iot_kube::cluster::dry_run_apply(&client, &rendered).await?;
+    let before = cloud4iot_core::plan::current_placements(&inventory.live);
     print(
         &DiffReport::new(&before, &plan, &desired, &inventory.live),
         args.output,

@@ -11,18 +11,18 @@ use jiff::Timestamp;
 
 use crate::cli::{ColorChoice, Outcome};
 use crate::commands::diff::DiffArgs;
-use crate::model::Repo;
-use crate::output::diff::DiffFormat;
-use crate::source::Checkout;
+use crate::output::diff::{DiffFormat, DiffOutput};
+use cloud4iot_core::model::Repo;
+use cloud4iot_source::Checkout;
 
 /// Runs the two-revision diff: `--base` against `--rev` (or the files on disk).
 pub fn run(args: &DiffArgs, base: &str, color: ColorChoice) -> anyhow::Result<Outcome> {
     // The head first: an invalid head is reported alone, nothing else computed.
-    let head = crate::source::open(&args.repo)?;
+    let head = cloud4iot_source::open(&args.repo.source())?;
     let Some(head_repo) = load(&head, "head", &args.repo.repo)? else {
         return Ok(Outcome::Changes);
     };
-    let base_checkout = crate::source::open_at(&args.repo, Some(base))?;
+    let base_checkout = cloud4iot_source::open_at(&args.repo.source(), Some(base))?;
     let Some(base_repo) = load(&base_checkout, "base", &args.repo.repo)? else {
         return Ok(Outcome::Changes);
     };
@@ -37,11 +37,12 @@ pub fn run(args: &DiffArgs, base: &str, color: ColorChoice) -> anyhow::Result<Ou
                 .and_then(|_| super::render::snapshot_now(&inventory))
         })
         .unwrap_or_else(Timestamp::now);
-    let opts = crate::render::RenderOptions {
+    let opts = cloud4iot_core::render::RenderOptions {
         namespace: args.namespace.clone(),
         revision: None,
     };
-    let report = crate::diff::between_revisions(&base_repo, &head_repo, &inventory, now, &opts);
+    let report =
+        cloud4iot_core::diff::between_revisions(&base_repo, &head_repo, &inventory, now, &opts);
 
     let base_rev = base_checkout
         .revision
@@ -68,7 +69,7 @@ pub fn run(args: &DiffArgs, base: &str, color: ColorChoice) -> anyhow::Result<Ou
 }
 
 /// The live state both revisions are planned against: the snapshot, else the cluster.
-fn read_state(args: &DiffArgs) -> anyhow::Result<crate::model::Inventory> {
+fn read_state(args: &DiffArgs) -> anyhow::Result<cloud4iot_core::model::Inventory> {
     if args.state.state.is_some() {
         return super::render::read_state(&args.state);
     }
@@ -78,10 +79,10 @@ fn read_state(args: &DiffArgs) -> anyhow::Result<crate::model::Inventory> {
         .context("reading the cluster needs the async runtime")?;
     tokio::task::block_in_place(|| {
         handle.block_on(async {
-            let client = crate::cluster::client(&args.state)
+            let client = cloud4iot_kube::cluster::client(&args.state.client())
                 .await
                 .context("connecting to the cluster")?;
-            crate::cluster::read_inventory_in(&client, &args.namespace)
+            cloud4iot_kube::cluster::read_inventory_in(&client, &args.namespace)
                 .await
                 .context("reading the live state")
         })
@@ -90,7 +91,7 @@ fn read_state(args: &DiffArgs) -> anyhow::Result<crate::model::Inventory> {
 
 /// Loads a checkout; `None` after printing its diagnostics (`which`: head or base).
 fn load(checkout: &Checkout, which: &str, repo: &str) -> anyhow::Result<Option<Repo>> {
-    match crate::load::load_dir(&checkout.dir) {
+    match cloud4iot_core::load::load_dir(&checkout.dir) {
         Ok(r) => Ok(Some(r)),
         Err(diagnostics) => {
             let mut stderr = std::io::stderr().lock();

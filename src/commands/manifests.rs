@@ -5,8 +5,8 @@ use std::io::Write;
 use clap::Args;
 
 use crate::cli::Outcome;
-use crate::install::{InstallOptions, SYSTEM_NAMESPACE, default_image, objects};
-use crate::render::to_yaml_stream;
+use cloud4iot_core::render::to_yaml_stream;
+use cloud4iot_kube::install::{InstallOptions, SYSTEM_NAMESPACE, default_image, objects};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -26,7 +26,7 @@ pub struct ManifestsArgs {
     #[arg(long, short = 'n', value_name = "NS", default_value = SYSTEM_NAMESPACE)]
     pub namespace: String,
     /// The namespace function Deployments go to: the only one the controller may write.
-    #[arg(long, value_name = "NS", default_value = crate::render::DEFAULT_NAMESPACE)]
+    #[arg(long, value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
     pub functions_namespace: String,
     /// The IaC repository the controller follows (its `CLOUD4IOT_REPO`).
     #[arg(long, value_name = "URL")]

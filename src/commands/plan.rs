@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 use jiff::Timestamp;
 
 use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
-use crate::model::{Inventory, Tier};
-use crate::plan::{Placement, Plan};
+use cloud4iot_core::model::{Inventory, Tier};
+use cloud4iot_core::plan::{Placement, Plan};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -56,8 +56,8 @@ pub enum PlanFormat {
 }
 
 pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
-    let checkout = crate::source::open(&args.repo)?;
-    let repo = match crate::load::load_dir(&checkout.dir) {
+    let checkout = cloud4iot_source::open(&args.repo.source())?;
+    let repo = match cloud4iot_core::load::load_dir(&checkout.dir) {
         Ok(r) => r,
         Err(diagnostics) => {
             let mut stderr = std::io::stderr().lock();
@@ -74,7 +74,7 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
         .now
         .or_else(|| snapshot.then(|| newest_heartbeat(&inventory)).flatten())
         .unwrap_or_else(Timestamp::now);
-    let plan = crate::plan::plan(&repo, &inventory, now);
+    let plan = cloud4iot_core::plan::plan(&repo, &inventory, now);
     let out = match args.output {
         PlanFormat::Table => table(&plan, args.explain, color.enabled()),
         PlanFormat::Json => serde_json::to_string_pretty(&plan.placements)? + "\n",
@@ -93,12 +93,12 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
 
 async fn read_inventory(state: &StateArgs) -> anyhow::Result<(Inventory, bool)> {
     if let Some(path) = &state.state {
-        return Ok((crate::state::read_snapshot(path)?, true));
+        return Ok((cloud4iot_core::state::read_snapshot(path)?, true));
     }
-    let client = crate::cluster::client(state)
+    let client = cloud4iot_kube::cluster::client(&state.client())
         .await
         .context("connecting to the cluster")?;
-    let inv = crate::cluster::read_inventory(&client)
+    let inv = cloud4iot_kube::cluster::read_inventory(&client)
         .await
         .context("reading the live state")?;
     Ok((inv, false))

@@ -10,10 +10,10 @@ use clap::Args;
 use jiff::Timestamp;
 
 use crate::cli::{Outcome, RepoArgs, StateArgs};
-use crate::model::{Inventory, Repo};
-use crate::plan::Plan;
-use crate::render::{RenderOptions, render, to_yaml_stream};
-use crate::source::Checkout;
+use cloud4iot_core::model::{Inventory, Repo};
+use cloud4iot_core::plan::Plan;
+use cloud4iot_core::render::{RenderOptions, render, to_yaml_stream};
+use cloud4iot_source::Checkout;
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -34,7 +34,7 @@ pub struct RenderArgs {
     #[arg(long, value_name = "TIMESTAMP")]
     pub now: Option<Timestamp>,
     /// The namespace of the function Deployments.
-    #[arg(long, short = 'n', value_name = "NS", default_value = crate::render::DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
     pub namespace: String,
 }
 
@@ -55,7 +55,7 @@ impl Inputs {
     }
 
     pub fn plan(&self) -> Plan {
-        crate::plan::plan(&self.repo, &self.inventory, self.now)
+        cloud4iot_core::plan::plan(&self.repo, &self.inventory, self.now)
     }
 }
 
@@ -66,8 +66,8 @@ pub fn read_inputs(
     state: &StateArgs,
     now: Option<Timestamp>,
 ) -> anyhow::Result<Option<Inputs>> {
-    let checkout = crate::source::open(repo)?;
-    let loaded = match crate::load::load_dir(&checkout.dir) {
+    let checkout = cloud4iot_source::open(&repo.source())?;
+    let loaded = match cloud4iot_core::load::load_dir(&checkout.dir) {
         Ok(r) => r,
         Err(diagnostics) => {
             print_invalid(repo, &diagnostics)?;
@@ -95,7 +95,7 @@ pub fn read_state(state: &StateArgs) -> anyhow::Result<Inventory> {
 }
 
 fn read_snapshot(path: &Path) -> anyhow::Result<Inventory> {
-    crate::state::read_snapshot(path)
+    cloud4iot_core::state::read_snapshot(path)
         .with_context(|| format!("reading state snapshot {}", path.display()))
 }
 
@@ -122,18 +122,18 @@ pub async fn run(args: &RenderArgs) -> anyhow::Result<Outcome> {
 
 /// Source and load as [`read_inputs`], the live state from the cluster, the clock.
 async fn read_inputs_from_cluster(args: &RenderArgs) -> anyhow::Result<Option<Inputs>> {
-    let checkout = crate::source::open(&args.repo)?;
-    let repo = match crate::load::load_dir(&checkout.dir) {
+    let checkout = cloud4iot_source::open(&args.repo.source())?;
+    let repo = match cloud4iot_core::load::load_dir(&checkout.dir) {
         Ok(r) => r,
         Err(diagnostics) => {
             print_invalid(&args.repo, &diagnostics)?;
             return Ok(None);
         }
     };
-    let client = crate::cluster::client(&args.state)
+    let client = cloud4iot_kube::cluster::client(&args.state.client())
         .await
         .context("connecting to the cluster")?;
-    let inventory = crate::cluster::read_inventory_in(&client, &args.namespace)
+    let inventory = cloud4iot_kube::cluster::read_inventory_in(&client, &args.namespace)
         .await
         .context("reading the live state")?;
     let now = args.now.unwrap_or_else(Timestamp::now);
@@ -145,7 +145,10 @@ async fn read_inputs_from_cluster(args: &RenderArgs) -> anyhow::Result<Option<In
     }))
 }
 
-fn print_invalid(repo: &RepoArgs, diagnostics: &crate::diag::Diagnostics) -> std::io::Result<()> {
+fn print_invalid(
+    repo: &RepoArgs,
+    diagnostics: &cloud4iot_core::diag::Diagnostics,
+) -> std::io::Result<()> {
     let mut stderr = std::io::stderr().lock();
     for d in &diagnostics.0 {
         writeln!(stderr, "{d}")?;

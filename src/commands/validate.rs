@@ -6,7 +6,7 @@ use std::io::Write;
 use clap::{Args, ValueEnum};
 
 use crate::cli::{Outcome, RepoArgs};
-use crate::model::Repo;
+use cloud4iot_core::model::Repo;
 
 /// The long help of `cloud4iot validate --help`.
 pub const LONG_ABOUT: &str = "Check a repository's Functions, PlacementPolicies and DeviceClasses.\n\n\
@@ -39,8 +39,8 @@ pub enum ValidateOutput {
 }
 
 pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
-    let checkout = crate::source::open(&args.repo)?;
-    let loaded = crate::load::load_dir_with_sources(&checkout.dir).map_err(|d| {
+    let checkout = cloud4iot_source::open(&args.repo.source())?;
+    let loaded = cloud4iot_core::load::load_dir_with_sources(&checkout.dir).map_err(|d| {
         anyhow::anyhow!(
             "cannot list the files of repository {}:\n{d}",
             args.repo.repo

@@ -6,7 +6,9 @@ use std::fmt::Write;
 
 use anstyle::{AnsiColor, Style};
 
-use crate::diff::{Action, DiffReport, ObjectChange, PlacementChange, PlacementChangeKind};
+use cloud4iot_core::diff::{
+    Action, DiffReport, ObjectChange, PlacementChange, PlacementChangeKind,
+};
 
 /// Output formats of `cloud4iot diff`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -16,8 +18,17 @@ pub enum DiffFormat {
     Json,
 }
 
-impl DiffReport {
-    pub fn render(&self, format: DiffFormat, color: bool) -> String {
+/// The output formats of a [`DiffReport`] (the report itself is the core's; how it reads
+/// is the command line's).
+pub trait DiffOutput {
+    fn render(&self, format: DiffFormat, color: bool) -> String;
+    fn render_text(&self, color: bool) -> String;
+    fn render_markdown(&self) -> String;
+    fn render_json(&self) -> String;
+}
+
+impl DiffOutput for DiffReport {
+    fn render(&self, format: DiffFormat, color: bool) -> String {
         match format {
             DiffFormat::Text => self.render_text(color),
             DiffFormat::Markdown => self.render_markdown(),
@@ -26,7 +37,7 @@ impl DiffReport {
     }
 
     /// Placement changes, then one unified diff per object; ANSI colours when `color`.
-    pub fn render_text(&self, color: bool) -> String {
+    fn render_text(&self, color: bool) -> String {
         let paint = |style: Style, s: &str| {
             if color {
                 format!("{}{s}{}", style.render(), style.render_reset())
@@ -95,7 +106,7 @@ impl DiffReport {
     }
 
     /// A summary table of placement changes and one collapsible diff per object.
-    pub fn render_markdown(&self) -> String {
+    fn render_markdown(&self) -> String {
         let mut out = String::from("### cloud4iot diff\n\n");
         if !self.has_changes() {
             out.push_str("No changes.\n");
@@ -144,7 +155,7 @@ impl DiffReport {
     }
 
     /// `{"placementChanges": [...], "objectChanges": [...]}`, pretty-printed.
-    pub fn render_json(&self) -> String {
+    fn render_json(&self) -> String {
         // Plain data of strings and enums: serialising cannot fail.
         let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
         s.push('\n');
@@ -153,8 +164,9 @@ impl DiffReport {
 }
 
 fn movement(c: &PlacementChange) -> String {
-    let loc =
-        |l: &Option<crate::diff::Location>| l.as_ref().map_or("-".to_string(), |l| l.to_string());
+    let loc = |l: &Option<cloud4iot_core::diff::Location>| {
+        l.as_ref().map_or("-".to_string(), |l| l.to_string())
+    };
     match c.change {
         PlacementChangeKind::Moved => format!("moved {} -> {}", loc(&c.from), loc(&c.to)),
         PlacementChangeKind::Appeared => format!("appeared on {}", loc(&c.to)),

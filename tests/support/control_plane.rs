@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! let cp = ControlPlane::start(Options::with_scheduling()).await;
-//! cp.install_crds(cloud4iot::crd::all()).await;
+//! cp.install_crds(cloud4iot_kube::crd::all()).await;
 //! cp.create_node(support::gateway_node("gw-home-1", "home", "arm64", "2", "2Gi")).await;
 //! let client = cp.client();
 //! ```

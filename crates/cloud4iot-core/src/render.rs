@@ -65,7 +65,7 @@ impl Default for RenderOptions {
 /// function is not in `repo` or that have no image, render nothing (the planner places
 /// neither). The output follows the plan's order: sorted by (function, instance).
 pub fn render(repo: &Repo, plan: &Plan, opts: &RenderOptions) -> Vec<Deployment> {
-    crate::diff::par_filter_map(&plan.placements, |p| {
+    crate::par::filter_map(&plan.placements, |p| {
         render_placement(repo.functions.get(&p.function)?, p, opts)
     })
 }

@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::model::GatewayReport;
+use cloud4iot_core::model::GatewayReport;
 
 /// Every CRD cloud4iot installs.
 pub fn all() -> Vec<CustomResourceDefinition> {

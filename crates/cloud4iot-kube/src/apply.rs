@@ -29,11 +29,10 @@ use kube::core::{PartialObjectMeta, Status};
 use serde::Serialize;
 
 use crate::cluster::{self, ClusterError, FIELD_MANAGER};
-use crate::diag::Diagnostics;
-use crate::model::labels;
-use crate::plan::Plan;
-use crate::render::RenderOptions;
-use crate::source::Checkout;
+use cloud4iot_core::diag::Diagnostics;
+use cloud4iot_core::model::labels;
+use cloud4iot_core::plan::Plan;
+use cloud4iot_core::render::RenderOptions;
 
 /// How to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -542,7 +541,7 @@ async fn apply_one(
 fn same_content(a: &Deployment, b: &Deployment) -> bool {
     let strip = |d: &Deployment| {
         let mut v = serde_json::to_value(d).unwrap_or_default();
-        crate::diff::strip_server_fields(&mut v);
+        cloud4iot_core::diff::strip_server_fields(&mut v);
         v
     };
     strip(a) == strip(b)
@@ -598,27 +597,28 @@ pub struct Reconciled {
 }
 
 /// The whole pipeline after the source step, as the `apply` command and the controller
-/// run it: load + validate `checkout` -> read the live inventory -> plan at `now` ->
-/// render (with the checkout's revision) -> apply -> prune. An invalid repository or an
+/// run it: load + validate the checked-out `dir` -> read the live inventory -> plan at
+/// `now` -> render (with `revision`) -> apply -> prune. An invalid repository or an
 /// unreadable cluster stops it before anything is applied or pruned.
-#[tracing::instrument(skip_all, fields(revision = checkout.revision.as_deref().unwrap_or("-"), %now))]
+#[tracing::instrument(skip_all, fields(revision = revision.unwrap_or("-"), %now))]
 pub async fn reconcile(
     client: &Client,
-    checkout: &Checkout,
+    dir: &std::path::Path,
+    revision: Option<&str>,
     now: jiff::Timestamp,
     opts: &ApplyOptions,
     progress: ProgressFn<'_>,
 ) -> Result<Reconciled, ReconcileError> {
-    let repo = crate::load::load_dir(&checkout.dir).map_err(ReconcileError::Invalid)?;
+    let repo = cloud4iot_core::load::load_dir(dir).map_err(ReconcileError::Invalid)?;
     let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
-    let plan = crate::plan::plan(&repo, &inventory, now);
+    let plan = cloud4iot_core::plan::plan(&repo, &inventory, now);
     let render_opts = RenderOptions {
         namespace: opts.namespace.clone(),
-        revision: checkout.revision.clone(),
+        revision: revision.map(str::to_owned),
     };
-    let desired = crate::render::render(&repo, &plan, &render_opts);
+    let desired = cloud4iot_core::render::render(&repo, &plan, &render_opts);
     let mut report = apply(client, &desired, opts, progress).await?;
-    report.revision = checkout.revision.clone();
+    report.revision = revision.map(str::to_owned);
     Ok(Reconciled { plan, report })
 }
 

@@ -30,8 +30,6 @@ pub mod signature;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::RepoArgs;
-
 pub use git::cache_root;
 
 /// A tree of repository files ready to load, and the revision it came from.
@@ -92,33 +90,46 @@ pub enum SourceError {
     Signers(#[from] signature::AllowedSignersError),
 }
 
-/// Exit code of a revision refused by the signature policy: like invalid YAML, the
-/// revision is bad input that must not be applied (and CI gates on validate/plan fail).
-pub const EXIT_REFUSED: u8 = 1;
-
 impl SourceError {
-    /// The process exit code this error ends a command with: 1 for a revision refused by
-    /// policy (invalid input), 2 for everything else (the source could not be read).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            SourceError::Refused { .. } => EXIT_REFUSED,
-            _ => crate::cli::EXIT_ERROR,
-        }
+    /// Whether the revision was read but refused by the signature policy: bad input that
+    /// must not be applied (the command line exits 1 for it, as for invalid YAML), rather
+    /// than a source that could not be read.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SourceError::Refused { .. })
     }
 }
 
-/// Resolves `--repo` (at `--rev`) to a directory to load.
-pub fn open(args: &RepoArgs) -> Result<Checkout, SourceError> {
-    open_at(args, args.rev.as_deref())
+/// Where the desired configuration comes from, and what a revision must satisfy.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// A directory, a local git repository or a git URL.
+    pub repo: String,
+    /// A branch, tag or commit; `None`: the files on disk for a directory, HEAD for a bare
+    /// repository, the remote's HEAD branch for a URL.
+    pub rev: Option<String>,
+    /// The directory inside the repository that holds the configuration.
+    pub path: Option<PathBuf>,
+    /// Private key for ssh URLs (else `CLOUD4IOT_SSH_KEY`, else the ssh agent).
+    pub ssh_key: Option<PathBuf>,
+    /// Accept a revision only when its commit is signed by a key in this
+    /// `allowed_signers` file.
+    pub allowed_signers: Option<PathBuf>,
+    /// Verify signatures; with no `allowed_signers` every revision is refused.
+    pub verify_signatures: bool,
 }
 
-/// Resolves `--repo` at `rev` instead of `--rev` (`diff --base` opens the base this way);
-/// every other option of `args` applies.
-pub fn open_at(args: &RepoArgs, rev: Option<&str>) -> Result<Checkout, SourceError> {
+/// Resolves the repository at `opts.rev` to a directory to load.
+pub fn open(opts: &SourceOptions) -> Result<Checkout, SourceError> {
+    open_at(opts, opts.rev.as_deref())
+}
+
+/// Resolves the repository at `rev` instead of `opts.rev` (`diff --base` opens the base
+/// this way); every other option applies.
+pub fn open_at(args: &SourceOptions, rev: Option<&str>) -> Result<Checkout, SourceError> {
     let policy = match (&args.verify_signatures, &args.allowed_signers) {
         (true, Some(file)) => Some(signature::AllowedSigners::read(file)?),
-        // clap's `requires` makes this unreachable from the command line; a library caller
-        // asking for verification without signers gets every revision refused.
+        // The command line requires the file; a library caller asking for verification
+        // without signers gets every revision refused.
         (true, None) => Some(signature::AllowedSigners::default()),
         (false, _) => None,
     };

@@ -15,14 +15,13 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
-use crate::cli::StateArgs;
-use crate::model::{GatewayReport, Inventory, NodeInfo, labels};
+use cloud4iot_core::model::{GatewayReport, Inventory, NodeInfo, labels};
 
 /// The field manager of every write cloud4iot makes.
 pub const FIELD_MANAGER: &str = "cloud4iot";
 
 /// The namespace functions run in unless `--namespace` says otherwise.
-pub const DEFAULT_NAMESPACE: &str = crate::render::DEFAULT_NAMESPACE;
+pub const DEFAULT_NAMESPACE: &str = cloud4iot_core::render::DEFAULT_NAMESPACE;
 
 /// Concurrent requests for bulk operations (apply, dry-run, prune) unless told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -75,15 +74,24 @@ pub enum ClusterError {
     },
 }
 
+/// Which cluster to talk to.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Kubeconfig files (a `KUBECONFIG`-style list, merged as kubectl merges them).
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    pub context: Option<String>,
+}
+
 /// A client for the cluster `args` names: `--kubeconfig FILE` (or `KUBECONFIG`, which may
 /// list several files, merged as kubectl merges them) with `--context`; else
 /// `~/.kube/config`; else the in-cluster service account.
-pub async fn client(args: &StateArgs) -> Result<Client, ClusterError> {
+pub async fn client(args: &ClientOptions) -> Result<Client, ClusterError> {
     Client::try_from(config(args).await?).map_err(ClusterError::Client)
 }
 
 /// The client configuration [`client`] uses.
-pub async fn config(args: &StateArgs) -> Result<Config, ClusterError> {
+pub async fn config(args: &ClientOptions) -> Result<Config, ClusterError> {
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..KubeConfigOptions::default()
@@ -228,7 +236,7 @@ pub async fn namespace_exists(client: &Client, namespace: &str) -> Result<bool, 
 /// report a conflict for fields another tool applied).
 ///
 /// Results are stripped of what the server owns (status, managedFields, uid,
-/// resourceVersion, generation, timestamps; see [`crate::diff::strip_server_fields`]).
+/// resourceVersion, generation, timestamps; see [`cloud4iot_core::diff::strip_server_fields`]).
 /// Objects whose namespace does not exist yet cannot be dry-run by the server; they are
 /// returned as rendered (everything in them is new anyway). Results are in input order.
 pub async fn dry_run_apply(
@@ -288,6 +296,6 @@ pub fn without_server_fields(object: &Deployment) -> Deployment {
     let Ok(mut value) = serde_json::to_value(object) else {
         return object.clone();
     };
-    crate::diff::strip_server_fields(&mut value);
+    cloud4iot_core::diff::strip_server_fields(&mut value);
     serde_json::from_value(value).unwrap_or_else(|_| object.clone())
 }

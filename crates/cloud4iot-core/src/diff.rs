@@ -178,7 +178,7 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    par_filter_map(&keys, |&(namespace, name)| {
+    crate::par::filter_map(&keys, |&(namespace, name)| {
         object_change(
             namespace,
             name,
@@ -234,34 +234,6 @@ fn object_change(
         namespace: namespace.to_string(),
         name: name.to_string(),
         diff,
-    })
-}
-
-/// `items.iter().filter_map(f)` on every core for large inputs, in order: the output is
-/// the same as the sequential one (objects are independent; fleets are large).
-pub(crate) fn par_filter_map<T: Sync, R: Send>(
-    items: &[T],
-    f: impl Fn(&T) -> Option<R> + Sync,
-) -> Vec<R> {
-    const MIN_CHUNK: usize = 2048;
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || items.len() < 2 * MIN_CHUNK {
-        return items.iter().filter_map(f).collect();
-    }
-    let chunk = items.len().div_ceil(threads).max(MIN_CHUNK);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().filter_map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
     })
 }
 

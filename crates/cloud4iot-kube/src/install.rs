@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::model::labels;
+use cloud4iot_core::model::labels;
 
 pub const SYSTEM_NAMESPACE: &str = "cloud4iot-system";
 pub const CONTROLLER: &str = "cloud4iot-controller";
@@ -47,7 +47,7 @@ impl Default for InstallOptions {
         InstallOptions {
             image: default_image(),
             namespace: SYSTEM_NAMESPACE.to_string(),
-            functions_namespace: crate::render::DEFAULT_NAMESPACE.to_string(),
+            functions_namespace: cloud4iot_core::render::DEFAULT_NAMESPACE.to_string(),
             repo: None,
         }
     }
@@ -104,7 +104,7 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         m
     };
     let sa_subject = |name: &str| json!({"kind": "ServiceAccount", "name": name, "namespace": ns});
-    let gatewayreports = crate::model::GROUP;
+    let gatewayreports = cloud4iot_core::model::GROUP;
     // Containers run as an unprivileged user on a read-only root filesystem.
     let restricted = json!({
         "runAsNonRoot": true,

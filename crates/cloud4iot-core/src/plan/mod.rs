@@ -7,6 +7,7 @@
 
 mod engine;
 mod live;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,17 @@
+//! cloud4iot's pure core: everything between reading the inputs and touching the cluster.
+//!
+//! The pipeline, one module per step: load + validate (repository YAML, with positions for
+//! every diagnostic) -> plan (placement across gateway, edge and cloud) -> render
+//! (Kubernetes objects) -> diff. `state` reads snapshots of the live side. Nothing here
+//! starts a runtime, opens a socket or reads the clock: time is an input.
+
+pub mod diag;
+pub mod diff;
+pub mod load;
+pub mod model;
+mod par;
+pub mod plan;
+pub mod render;
+pub mod schema;
+pub mod state;
+pub mod validate;
