@@ -3,8 +3,8 @@
 //! each run into a fresh namespace, then the same again with nothing to change.
 //!
 //! `cargo bench --bench apply` prints a table. Sizes default to 1,000 and 10,000 objects;
-//! `CLOUD4IOT_BENCH_SIZES=1000` (comma-separated) picks others. `KUBECTL` names the kubectl
-//! binary (default `kubectl` on PATH). No scheduler or controller-manager runs: this
+//! `CLOUD4IOT_BENCH_SIZES=1000` (comma-separated) picks others. `KUBECTL` names another kubectl
+//! binary (default: the one tests/control-plane builds from the API server's own release). No scheduler or controller-manager runs: this
 //! measures the API writes, not what the cluster does with them.
 //!
 //! One run per cell: a 10,000-object kubectl run takes minutes (kubectl sends one request
@@ -157,7 +157,12 @@ fn main() {
                 .expect("CLOUD4IOT_BENCH_SIZES: comma-separated numbers")
         })
         .collect();
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| {
+        support::assets::kubectl()
+            .to_str()
+            .expect("a UTF-8 path")
+            .to_owned()
+    });
     let version = Command::new(&kubectl)
         .args(["version", "--client", "-o", "yaml"])
         .output();

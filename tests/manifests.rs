@@ -264,7 +264,7 @@ const POLICY_MESSAGE: &str = "may write only the GatewayReport named after its o
 async fn a_real_api_server_accepts_and_enforces_the_manifests() {
     let cp = support::ControlPlane::start(support::Options::api_only()).await;
     let yaml = stream(&[]);
-    let mut kubectl = Command::new("kubectl")
+    let mut kubectl = Command::new(support::assets::kubectl())
         .args([
             "apply",
             "--server-side",
@@ -278,7 +278,7 @@ async fn a_real_api_server_accepts_and_enforces_the_manifests() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl on PATH");
+        .expect("the kubectl of tests/control-plane");
     kubectl
         .stdin
         .take()
@@ -382,7 +382,7 @@ fn manifests_match_golden() {
     // Review install changes as a YAML diff; rewrite with UPDATE_GOLDEN=1.
     let actual = stream(&["--image", "ghcr.io/cloud4iot/cloud4iot:golden"]);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/manifests.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::write(&path, &actual).unwrap();
         return;
     }

@@ -17,7 +17,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_cloud4iot");
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo");
 const NOW: &str = "2026-11-28T10:00:00Z";
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], stdin: Option<&str>) -> Output {
+    let program = program.as_ref();
     let mut child = Command::new(program)
         .args(args)
         .env_remove("KUBECONFIG")
@@ -25,7 +26,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", program.to_string_lossy()));
     child
         .stdin
         .take()
@@ -97,7 +98,7 @@ async fn cluster() -> ControlPlane {
 fn snapshot(kubeconfig: &Path, file: &Path) {
     let yaml = ok(
         run(
-            "kubectl",
+            support::assets::kubectl(),
             &[
                 "get",
                 "nodes,gatewayreports,deployments",
@@ -148,7 +149,7 @@ async fn rendered_objects_applied_by_kubectl_diff_clean_until_edited_by_hand() {
     // The field manager cloud4iot applies with, so managedFields say these fields are ours.
     ok(
         run(
-            "kubectl",
+            support::assets::kubectl(),
             &[
                 "apply",
                 "--server-side",
@@ -200,7 +201,7 @@ async fn rendered_objects_applied_by_kubectl_diff_clean_until_edited_by_hand() {
 
     ok(
         run(
-            "kubectl",
+            support::assets::kubectl(),
             &[
                 "set",
                 "image",

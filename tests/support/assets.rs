@@ -1,4 +1,4 @@
-//! Where the control-plane binaries come from.
+//! Where the control-plane binaries (and the kubectl of the same release) come from.
 //!
 //! `KUBEBUILDER_ASSETS` naming a directory that holds all of them (the envtest
 //! convention) wins; otherwise `tests/control-plane/build` builds them from the
@@ -11,16 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// The binaries a complete assets directory holds.
-pub const BINARIES: [&str; 4] = [
+/// The binaries a complete assets directory holds (envtest's directories hold kubectl too).
+pub const BINARIES: [&str; 5] = [
     "etcd",
     "kube-apiserver",
     "kube-scheduler",
     "kube-controller-manager",
+    "kubectl",
 ];
 
 /// The Kubernetes release `tests/control-plane` builds.
 pub const RELEASE: &str = "v1.37.2";
+
+/// The kubectl built from the control plane's own release: tests and benches run this
+/// one, never whatever kubectl the machine has on PATH.
+pub fn kubectl() -> PathBuf {
+    dir().join("kubectl")
+}
 
 /// Whether `dir` holds every binary in [`BINARIES`].
 pub fn is_complete(dir: &Path) -> bool {
@@ -52,7 +59,7 @@ fn find() -> Result<PathBuf, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/control-plane/build");
     let help = "the integration tests need a real Kubernetes control plane: set \
                 KUBEBUILDER_ASSETS to a directory holding etcd, kube-apiserver, \
-                kube-scheduler and kube-controller-manager, or install Go >= 1.26 so \
+                kube-scheduler, kube-controller-manager and kubectl, or install Go >= 1.26 so \
                 tests/control-plane/build can build them (see README.md)";
     let output = Command::new("bash")
         .arg(&script)
