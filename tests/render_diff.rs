@@ -434,7 +434,7 @@ fn formats_match_golden() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
             .join(file);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
             std::fs::write(&path, &actual).unwrap();
             continue;
         }
