@@ -51,9 +51,13 @@ where
     if let Some(state) = &state
         && !state.starts_with(&dir)
     {
+        // Its directory, not the file: an editor that saves by writing a new file and
+        // renaming it over the old one replaces the file, and a watch on the old file sees
+        // that once and nothing after. `relevant` keeps only the snapshot's own events.
+        let parent = state.parent().unwrap_or(state);
         watcher
-            .watch(state, RecursiveMode::NonRecursive)
-            .with_context(|| format!("watching {}", state.display()))?;
+            .watch(parent, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", parent.display()))?;
     }
     let changes = |event: &Event| {
         matches!(

@@ -1,8 +1,15 @@
-//! `plan --watch` re-runs when a policy file changes and exits 0 on Ctrl-C (SIGINT).
+//! `plan --watch` re-runs when a policy file or the `--state` snapshot changes and exits 0
+//! on Ctrl-C (SIGINT).
+//!
+//! The run counts do not depend on timing: each save is one filesystem event (written
+//! outside the watched directory, then renamed into place), so no scheduling delay can
+//! split it across two debounce windows; and the check that nothing else triggers a run
+//! waits for a quiet spell first, which a slow machine can only lengthen, never break.
 
 mod git_support;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -61,12 +68,26 @@ fn wait_for(
     }
 }
 
-/// Ctrl-C, then the exit code and how many runs the whole session made.
+/// Long enough for a run that something had wrongly triggered to show: several times the
+/// debounce. Waiting longer can only hide such a run, never invent one.
+const QUIET: Duration = Duration::from_millis(4 * 300);
+
+/// Saves `text` as `path` the way editors that write a new file and rename it do: one
+/// event in the watched directory (a `rename` into it), however the machine schedules the
+/// watcher. `scratch` is on the same file system, outside anything watched.
+fn save(scratch: &Path, path: &Path, text: &str) {
+    let staged = scratch.join("staged-save");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// After a quiet spell, Ctrl-C; then the exit code and how many runs the whole session made.
 fn interrupt(
     mut child: std::process::Child,
     rx: mpsc::Receiver<Line>,
     seen: Vec<String>,
 ) -> (Option<i32>, usize) {
+    std::thread::sleep(QUIET);
     // Through the shell, whose `kill` is a builtin: no procps needed.
     let kill = std::process::Command::new("sh")
         .args(["-c", &format!("kill -INT {}", child.id())])
@@ -107,11 +128,11 @@ fn plan_watch_reruns_on_a_policy_edit_and_exits_0_on_ctrl_c() {
 
     let policy = dir.join("policies/engine-monitoring.yaml");
     let text = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(
+    save(
+        tmp.path(),
         &policy,
-        text.replacen("\n  mode: normal\n", "\n  mode: intensive\n", 1),
-    )
-    .unwrap();
+        &text.replacen("\n  mode: normal\n", "\n  mode: intensive\n", 1),
+    );
     wait_for(&rx, &mut seen, engine(" gateway "));
 
     let (code, runs) = interrupt(child, rx, seen);
@@ -134,10 +155,11 @@ fn diff_watch_with_base_compares_each_save_with_the_base() {
     );
     let mut seen = Vec::new();
     wait_for(&rx, &mut seen, |l| l == "No changes.");
-    g.edit(
-        "policies/engine-monitoring.yaml",
-        "\n  mode: normal\n",
-        "\n  mode: intensive\n",
+    let text = g.read("policies/engine-monitoring.yaml");
+    save(
+        tmp.path(),
+        &g.path("policies/engine-monitoring.yaml"),
+        &text.replacen("\n  mode: normal\n", "\n  mode: intensive\n", 1),
     );
     wait_for(&rx, &mut seen, |l| {
         l.contains("engine-diagnostic-0: moved cloud -> gateway/")
@@ -148,6 +170,54 @@ fn diff_watch_with_base_compares_each_save_with_the_base() {
         runs, 2,
         "git's own reads of .git and the files do not trigger runs"
     );
+}
+
+fn consolidator(node: &'static str) -> impl Fn(&str) -> bool {
+    move |l: &str| l.contains("omh-consolidator-c4-7c-8d-6a-12-34") && l.contains(node)
+}
+
+#[test]
+fn plan_watch_reruns_on_each_state_edit_even_when_the_file_is_replaced() {
+    let tmp = TempDir::new().unwrap();
+    let states = tmp.path().join("snapshots");
+    std::fs::create_dir(&states).unwrap();
+    let state = states.join("cluster.yaml");
+    let snapshot =
+        |name: &str| std::fs::read_to_string(Path::new(EXAMPLES).join("state").join(name)).unwrap();
+    std::fs::write(&state, snapshot("home.yaml")).unwrap();
+    let (child, rx) = spawn(
+        cloud4iot(tmp.path())
+            .args([
+                "plan",
+                "--watch",
+                "--explain",
+                "--repo",
+                EXAMPLES,
+                "--state",
+            ])
+            .arg(&state),
+    );
+    let mut seen = Vec::new();
+    wait_for(&rx, &mut seen, consolidator(" gw-home-1 "));
+
+    // The bracelet reaches the hospital: roaming.
+    save(tmp.path(), &state, &snapshot("hospital.yaml"));
+    wait_for(&rx, &mut seen, consolidator(" gw-hospital-1 "));
+    // The file was replaced, not rewritten: the watch must follow the name, not the old
+    // file. The hospital gateway fills up: offloading to the edge.
+    save(tmp.path(), &state, &snapshot("gateway-full.yaml"));
+    wait_for(&rx, &mut seen, |l| {
+        consolidator(" edge ")(l) && l.contains("offloaded to edge at site hospital")
+    });
+    // An in-place write (truncate, then write) is seen too.
+    std::fs::write(&state, snapshot("home.yaml")).unwrap();
+    wait_for(&rx, &mut seen, consolidator(" gw-home-1 "));
+
+    let (code, runs) = interrupt(child, rx, seen);
+    assert_eq!(code, Some(0));
+    // The start, two replacements, and one or two for the in-place write (its truncation and
+    // its write are two events, which a loaded machine may space wider than the debounce).
+    assert!((4..=5).contains(&runs), "{runs} runs");
 }
 
 #[test]
