@@ -83,6 +83,8 @@ struct NodeSlot {
     free: Resources,
     /// Indexes into `Planner::pools`: (tier, arch) and (tier, site, arch).
     pools: [Option<u32>; 2],
+    /// The gateway's report heartbeat, if it has a report with one.
+    heartbeat: Option<Timestamp>,
 }
 
 #[derive(Clone)]
@@ -133,6 +135,8 @@ pub struct Planner {
     policies: Vec<PolicyInfo>,
     fns: Vec<FnInfo>,
     fn_by_class: HashMap<u32, Vec<u32>>,
+    /// Per device class: the distinct (dwell, lossGrace) of the policies of its functions.
+    class_times: HashMap<u32, Vec<(SignedDuration, SignedDuration)>>,
     class_ids: HashMap<String, u32>,
     sites: Vec<String>,
     nodes: Vec<NodeSlot>,
@@ -166,9 +170,25 @@ fn secs(d: SignedDuration) -> String {
 }
 
 impl Planner {
-    /// Builds the indexes and plans every instance; instances in `inv.live` count as
-    /// running. O(n log n) in nodes + sightings + instances.
+    /// Builds the indexes and plans every instance at `now`; the instances of `inv.live`
+    /// (managed Deployments read back with [`current_placements`]) count as running.
+    /// The plan depends only on the content of `repo`, `inv` and `now`, never on the order
+    /// of their items. O(n log n) in nodes + sightings + instances.
     pub fn new(repo: &Repo, inv: &Inventory, now: Timestamp) -> Planner {
+        let running = current_placements(&inv.live).placements;
+        Planner::build(repo, inv, now, running)
+    }
+
+    /// A full plan of `repo` and `inv` at `now` in which this planner's current plan
+    /// counts as running (instead of `inv.live`). Use it for what the incremental methods
+    /// do not cover: a new repository revision, or a Node that appears, disappears or
+    /// changes (labels, allocatable, readiness, cordon, taints). Same result as
+    /// [`Planner::new`] with `inv.live` holding the rendered current plan.
+    pub fn rebuild(&self, repo: &Repo, inv: &Inventory, now: Timestamp) -> Planner {
+        Planner::build(repo, inv, now, self.plan().placements)
+    }
+
+    fn build(repo: &Repo, inv: &Inventory, now: Timestamp, running: Vec<Placement>) -> Planner {
         let mut class_names = Vec::new();
         let mut class_ids = HashMap::default();
         let policy_names: Vec<&String> = repo.policies.keys().collect();
@@ -259,6 +279,7 @@ impl Planner {
                 site,
                 external: Resources::ZERO,
                 pools: [None, None],
+                heartbeat: None,
             });
         }
         let n = nodes.len();
@@ -267,6 +288,7 @@ impl Planner {
             policies,
             fns,
             fn_by_class,
+            class_times: HashMap::default(),
             class_ids,
             sites,
             nodes,
@@ -285,6 +307,13 @@ impl Planner {
             home_insts: vec![Vec::new(); n],
         };
 
+        for (&c, fis) in &planner.fn_by_class {
+            let mut times: Vec<_> = fis.iter().map(|&fi| planner.presence_times(fi)).collect();
+            times.sort_unstable();
+            times.dedup();
+            planner.class_times.insert(c, times);
+        }
+
         // Reports: one per gateway (the latest heartbeat wins if a name repeats).
         let mut reports: Vec<&GatewayReport> = inv.reports.iter().collect();
         reports.sort_by(|a, b| {
@@ -301,20 +330,11 @@ impl Planner {
         by_gw.sort_by_key(|(g, _)| *g);
         for (g, r) in by_gw {
             planner.nodes[g as usize].external = external_of(r);
+            planner.nodes[g as usize].heartbeat = r.spec.heartbeat;
             planner.add_sightings(g, r);
         }
         for i in 0..n {
-            let keys = planner.pool_keys(i as u32);
-            for (j, k) in keys.into_iter().enumerate() {
-                planner.nodes[i].pools[j] = k.map(|k| {
-                    let next = planner.pool_ids.len() as u32;
-                    let id = *planner.pool_ids.entry(k).or_insert(next);
-                    if id == next {
-                        planner.pools.push(BTreeSet::new());
-                    }
-                    id
-                });
-            }
+            planner.nodes[i].pools = planner.pool_ids_of(i as u32);
             let slot = &mut planner.nodes[i];
             slot.free = slot.info.allocatable - slot.external;
             planner.pool_insert(i as u32);
@@ -333,8 +353,7 @@ impl Planner {
             }
         }
 
-        let current: HashMap<String, Placement> = current_placements(&inv.live)
-            .placements
+        let current: HashMap<String, Placement> = running
             .into_iter()
             .map(|p| (p.instance.clone(), p))
             .collect();
@@ -390,12 +409,17 @@ impl Planner {
         plan
     }
 
-    /// Replaces one gateway's report and re-plans only what it touches: the instances of
-    /// the devices it saw before or sees now, everything charged to it when its resources
-    /// changed, and instances offloaded from gateways that gained room. The rest of the
-    /// plan is kept as it is (a periodic full plan picks up loss-grace expiries elsewhere).
+    /// Replaces the report of gateway `report.metadata.name` (or adds it) at time `now`
+    /// (which must not be earlier than the planner's time) and re-plans what that touches:
+    /// the instances of the devices it saw before or sees now, what is charged to it when
+    /// its resources or heartbeat freshness changed, instances offloaded from gateways that
+    /// gained room, and everything [`Planner::advance`] re-plans for the time that passed.
+    ///
+    /// Guarantee: the resulting [`Planner::plan`] equals a full plan
+    /// (`Planner::new(repo, inv', now)`) where `inv'` is the planner's inputs with this
+    /// report replaced and with the plan before this call as the running instances.
+    /// A report of a node that is not a gateway (or unknown) changes nothing.
     pub fn update_report(&mut self, report: GatewayReport, now: Timestamp) -> PlanDelta {
-        self.now = now;
         let Some(g) = report
             .metadata
             .name
@@ -403,25 +427,154 @@ impl Planner {
             .and_then(|n| self.gateway_index(n))
         else {
             tracing::debug!(report = ?report.metadata.name, "report of a node that is not a gateway: ignored");
-            return PlanDelta::default();
+            return self.advance(now);
         };
-        let mut affected_devices: Vec<u32> = std::mem::take(&mut self.gw_devices[g as usize]);
-        for &d in &affected_devices {
+        self.change_report(g, Some(&report), now)
+    }
+
+    /// Removes gateway `name`'s report (its GatewayReport was deleted) at `now`: the gateway
+    /// sees no device, has no heartbeat and no external use. Same guarantee as
+    /// [`Planner::update_report`]: equal to a full plan of the inputs without that report.
+    pub fn remove_report(&mut self, name: &str, now: Timestamp) -> PlanDelta {
+        match self.gateway_index(name) {
+            Some(g) => self.change_report(g, None, now),
+            None => self.advance(now),
+        }
+    }
+
+    /// The earliest instant after the planner's time at which the plan can change with no
+    /// new input: a sighting reaches a policy's `dwell` (at `firstSeen + dwell`), a
+    /// sighting's `lossGrace` runs out (the first instant after `lastSeen + lossGrace`), or
+    /// a gateway's heartbeat goes stale (the first instant after
+    /// `heartbeat + STALE_AFTER`). `None`: nothing is pending. Calling
+    /// [`Planner::advance`] at that instant (or later) brings the plan up to date; before
+    /// it, `advance` changes nothing. It may name an instant at which nothing ends up
+    /// moving (a dwell reached while the old gateway still sees the device): it is a
+    /// lower bound, never late.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        let now = self.now;
+        let mut due: Option<Timestamp> = None;
+        let mut consider = |t: Option<Timestamp>| {
+            if let Some(t) = t.filter(|&t| t > now) {
+                due = Some(due.map_or(t, |d| d.min(t)));
+            }
+        };
+        let tick = SignedDuration::from_nanos(1);
+        for slot in &self.nodes {
+            consider(
+                slot.heartbeat
+                    .and_then(|h| h.checked_add(super::STALE_AFTER + tick).ok()),
+            );
+        }
+        for dev in &self.devices {
+            for s in &dev.sightings {
+                for &(dwell, grace) in self.class_times.get(&s.class).into_iter().flatten() {
+                    consider(s.first.checked_add(dwell).ok());
+                    consider(s.last.checked_add(grace + tick).ok());
+                }
+            }
+        }
+        due
+    }
+
+    /// Moves the planner's clock to `now` and re-plans what time alone changes between the
+    /// old time and `now`: devices with a sighting whose dwell was reached or whose
+    /// lossGrace ran out, and gateways whose heartbeat went stale. Guarantee: the result
+    /// equals a full plan of the same inputs at `now` with the plan before this call as
+    /// the running instances. `now` earlier than the planner's time re-plans the same way
+    /// for the instants in between.
+    pub fn advance(&mut self, now: Timestamp) -> PlanDelta {
+        let (devices, gateways) = self.time_affected(now);
+        self.now = now;
+        self.replan(devices, &gateways)
+    }
+
+    /// Devices and gateways whose time-dependent state may differ between `self.now`
+    /// and `now` (a threshold in the half-open interval between them).
+    fn time_affected(&self, now: Timestamp) -> (Vec<u32>, Vec<u32>) {
+        let (lo, hi) = if now >= self.now {
+            (self.now, now)
+        } else {
+            (now, self.now)
+        };
+        // A state changes at t when lo < t <= hi (dwell: reached at t; grace and stale:
+        // checked with `>`, so `lo - x > d` flips when x + d in [lo, hi)).
+        let crossed_at = |t: Option<Timestamp>| t.is_some_and(|t| lo < t && t <= hi);
+        let crossed_after = |t: Option<Timestamp>| t.is_some_and(|t| lo <= t && t < hi);
+        let mut gateways = Vec::new();
+        for (g, slot) in self.nodes.iter().enumerate() {
+            if crossed_after(
+                slot.heartbeat
+                    .and_then(|h| h.checked_add(super::STALE_AFTER).ok()),
+            ) {
+                gateways.push(g as u32);
+            }
+        }
+        let mut devices = Vec::new();
+        for (d, dev) in self.devices.iter().enumerate() {
+            let hit = dev.sightings.iter().any(|s| {
+                self.class_times
+                    .get(&s.class)
+                    .into_iter()
+                    .flatten()
+                    .any(|&(dwell, grace)| {
+                        crossed_at(s.first.checked_add(dwell).ok())
+                            || crossed_after(s.last.checked_add(grace).ok())
+                    })
+            });
+            if hit {
+                devices.push(d as u32);
+            }
+        }
+        (devices, gateways)
+    }
+
+    fn change_report(
+        &mut self,
+        g: u32,
+        report: Option<&GatewayReport>,
+        now: Timestamp,
+    ) -> PlanDelta {
+        let (mut affected_devices, mut gateways) = self.time_affected(now);
+        self.now = now;
+        let was_stale = self.stale(g);
+        let old_devices = std::mem::take(&mut self.gw_devices[g as usize]);
+        for &d in &old_devices {
             self.devices[d as usize].sightings.retain(|s| s.gw != g);
         }
-        self.add_sightings(g, &report);
+        affected_devices.extend(old_devices);
+        if let Some(r) = report {
+            self.add_sightings(g, r);
+        }
+        self.nodes[g as usize].heartbeat = report.and_then(|r| r.spec.heartbeat);
         affected_devices.extend(self.gw_devices[g as usize].iter().copied());
-        affected_devices.sort_unstable();
-        affected_devices.dedup();
 
-        let mut affected: Vec<u32> = Vec::new();
-        let external = external_of(&report);
+        let external = report.map(external_of).unwrap_or(Resources::ZERO);
         if external != self.nodes[g as usize].external {
             let old = self.nodes[g as usize].external;
             self.pool_remove(g);
             let slot = &mut self.nodes[g as usize];
             slot.free = slot.free + old - external;
             slot.external = external;
+            self.pool_insert(g);
+            gateways.push(g);
+        }
+        if was_stale != self.stale(g) {
+            gateways.push(g);
+        }
+        self.replan(affected_devices, &gateways)
+    }
+
+    /// Re-plans the instances of `devices`, everything charged to or homed on `gateways`,
+    /// and instances offloaded from gateways that gain room in the process.
+    fn replan(&mut self, mut affected_devices: Vec<u32>, gateways: &[u32]) -> PlanDelta {
+        affected_devices.sort_unstable();
+        affected_devices.dedup();
+        let mut affected: Vec<u32> = Vec::new();
+        for &g in gateways {
+            // Staleness may have changed: list the gateway in the pools it now belongs to.
+            self.pool_remove(g);
+            self.nodes[g as usize].pools = self.pool_ids_of(g);
             self.pool_insert(g);
             affected.extend(self.node_insts[g as usize].iter().copied());
             affected.extend(self.home_insts[g as usize].iter().copied());
@@ -617,14 +770,26 @@ impl Planner {
         }
     }
 
+    /// (dwell, lossGrace) of function `fi`'s policy (the defaults when it has none).
+    fn presence_times(&self, fi: u32) -> (SignedDuration, SignedDuration) {
+        match self.fns[fi as usize].policy {
+            Ok(p) => (self.policies[p].dwell, self.policies[p].grace),
+            Err(_) => (SignedDuration::from_secs(5), SignedDuration::from_secs(30)),
+        }
+    }
+
+    /// Whether gateway `g`'s report heartbeat is older than [`super::STALE_AFTER`] at `now`.
+    fn stale(&self, g: u32) -> bool {
+        self.nodes[g as usize]
+            .heartbeat
+            .is_some_and(|h| self.now.duration_since(h) > super::STALE_AFTER)
+    }
+
     /// Where device `dev` is for function `fi`: presence (minRssi, lossGrace), dwell
     /// before a running instance moves, and no move while the old gateway still has it.
     fn home(&self, fi: u32, class: u32, dev: &Device, current: Option<&Placement>) -> Option<Home> {
         let f = &self.fns[fi as usize];
-        let (dwell, grace) = match f.policy {
-            Ok(p) => (self.policies[p].dwell, self.policies[p].grace),
-            Err(_) => (SignedDuration::from_secs(5), SignedDuration::from_secs(30)),
-        };
+        let (dwell, grace) = self.presence_times(fi);
         let now = self.now;
         let seen = |s: &&Sighting| s.class == class && now.duration_since(s.last) <= grace;
         let present = |s: &&Sighting| seen(s) && s.rssi >= f.min_rssi;
@@ -635,7 +800,7 @@ impl Planner {
                 .iter()
                 .filter(present)
                 .filter(|s| !dwelled || now.duration_since(s.first) >= dwell)
-                .max_by_key(|s| (s.rssi, std::cmp::Reverse(s.gw)))
+                .max_by_key(|s| (!self.stale(s.gw), s.rssi, std::cmp::Reverse(s.gw)))
         };
         let strongest = best(false)?;
         let n_present = dev.sightings.iter().filter(present).count();
@@ -662,7 +827,12 @@ impl Planner {
         let Some(old) = old else {
             return Some(fresh(strongest, ""));
         };
-        let at_old = dev.sightings.iter().find(|s| s.gw == old);
+        // A stale gateway does not keep the instances it runs.
+        let at_old = dev
+            .sightings
+            .iter()
+            .find(|s| s.gw == old)
+            .filter(|s| !self.stale(s.gw));
         if let Some(s) = at_old.filter(|s| present(s)) {
             return Some(Home {
                 gw: old,
@@ -809,11 +979,25 @@ impl Planner {
     /// The pools a node is listed in (none when it is not schedulable).
     fn pool_keys(&self, node: u32) -> [Option<PoolKey>; 2] {
         let slot = &self.nodes[node as usize];
-        if !slot.info.schedulable {
+        if !slot.info.schedulable || self.stale(node) {
             return [None, None];
         }
         let (t, a) = (slot.info.tier, slot.info.arch);
         [Some((t, None, a)), slot.site.map(|s| (t, Some(s), a))]
+    }
+
+    /// The ids of the pools a node belongs to now, creating pools as needed.
+    fn pool_ids_of(&mut self, node: u32) -> [Option<u32>; 2] {
+        self.pool_keys(node).map(|k| {
+            k.map(|k| {
+                let next = self.pool_ids.len() as u32;
+                let id = *self.pool_ids.entry(k).or_insert(next);
+                if id == next {
+                    self.pools.push(BTreeSet::new());
+                }
+                id
+            })
+        })
     }
 
     fn pool_entry(&self, node: u32) -> PoolEntry {
@@ -904,6 +1088,9 @@ impl Planner {
         let name = &slot.info.name;
         if !slot.info.schedulable {
             return Err(format!("{name} is not ready"));
+        }
+        if self.stale(g) {
+            return Err(format!("{name}'s heartbeat is stale"));
         }
         if f.image_for(slot.info.arch).is_none() {
             return Err(format!("no image for {name}'s arch {}", slot.info.arch));

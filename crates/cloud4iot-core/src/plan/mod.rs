@@ -19,6 +19,16 @@ use crate::model::{Arch, Tier};
 pub use engine::{PlanDelta, Planner};
 pub use live::current_placements;
 
+/// How often an agent writes its GatewayReport when nothing changes (its default).
+pub const HEARTBEAT_INTERVAL: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
+
+/// A gateway whose report heartbeat is older than this (3 heartbeat intervals, 90s) is
+/// *stale*: its agent or the gateway is down. Its sightings still keep a device present
+/// (within lossGrace), but no instance is placed on it: they offload, or follow their
+/// device to a gateway whose heartbeat is fresh. A report without a heartbeat (written by
+/// hand) is never stale.
+pub const STALE_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(90);
+
 /// The desired placement of every function instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {

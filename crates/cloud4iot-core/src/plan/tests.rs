@@ -518,6 +518,78 @@ fn update_report_moves_one_device_like_a_full_plan_does() {
     assert_eq!(planner.plan(), plan(&r, &world_after, later));
 }
 
+#[test]
+fn next_due_names_the_dwell_the_loss_grace_and_the_stale_heartbeat() {
+    let r = repo(OMH);
+    // Seen for 2s (dwell 5s: reached in 3s), last seen 1s ago (lossGrace 30s: lost after
+    // 29s), heartbeat now (stale after 90s).
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 2, 1)],
+    )]));
+    let mut planner = Planner::new(&r, &inv, now());
+    let at = |s: i64| {
+        now()
+            .checked_add(jiff::SignedDuration::from_secs(s))
+            .unwrap()
+    };
+    let tick = jiff::SignedDuration::from_nanos(1);
+    assert_eq!(planner.next_due(), Some(at(3)));
+    assert!(
+        planner.advance(at(3)).is_empty(),
+        "dwell reached, no other gateway"
+    );
+    assert_eq!(planner.next_due(), Some(at(29).checked_add(tick).unwrap()));
+    // Up to the last instant of lossGrace nothing changes; just after it the device is gone.
+    assert!(planner.advance(at(29)).is_empty());
+    let delta = planner.advance(planner.next_due().unwrap());
+    assert_eq!(
+        delta.removed,
+        vec![("omh-consolidator".to_string(), INSTANCE.to_string())]
+    );
+    assert_eq!(planner.next_due(), Some(at(90).checked_add(tick).unwrap()));
+    planner.advance(at(91));
+    assert_eq!(planner.next_due(), None, "nothing left to wait for");
+}
+
+#[test]
+fn a_stale_heartbeat_offloads_the_gateway_instances_and_remove_report_is_a_full_plan() {
+    let r = repo(OMH);
+    // lossGrace 5m so the sighting outlives the heartbeat.
+    let long_grace = OMH.replace("lossGrace: 30s", "lossGrace: 5m");
+    let r_long = repo(&long_grace);
+    let inv = inventory(&world(&[report(
+        "gw-home-1",
+        "0",
+        &[(BRACELET, -55, 600, 1)],
+    )]));
+    let mut planner = Planner::new(&r_long, &inv, now());
+    assert_eq!(only(&planner.plan()).node.as_deref(), Some("gw-home-1"));
+    let later = now()
+        .checked_add(jiff::SignedDuration::from_secs(91))
+        .unwrap();
+    let delta = planner.advance(later);
+    assert_eq!(delta.upserted.len(), 1);
+    let after = planner.plan();
+    let p = only(&after);
+    assert_eq!(p.tier, Some(Tier::Edge));
+    assert_eq!(p.site.as_deref(), Some("home"));
+    assert!(
+        p.reason.contains("gw-home-1's heartbeat is stale"),
+        "{}",
+        p.reason
+    );
+    planner.check_accounting().unwrap();
+
+    // A deleted report: the device is seen nowhere, so its instance goes.
+    let mut planner = Planner::new(&r, &inv, now());
+    let delta = planner.remove_report("gw-home-1", now());
+    assert_eq!(delta.removed.len(), 1);
+    assert!(planner.plan().placements.is_empty());
+    planner.check_accounting().unwrap();
+}
+
 mod incremental {
     use proptest::prelude::*;
 
