@@ -415,10 +415,11 @@ impl Planner {
     /// its resources or heartbeat freshness changed, instances offloaded from gateways that
     /// gained room, and everything [`Planner::advance`] re-plans for the time that passed.
     ///
-    /// Guarantee: the resulting [`Planner::plan`] equals a full plan
-    /// (`Planner::new(repo, inv', now)`) where `inv'` is the planner's inputs with this
-    /// report replaced and with the plan before this call as the running instances.
-    /// A report of a node that is not a gateway (or unknown) changes nothing.
+    /// Aim (being completed, see issue 12): the resulting [`Planner::plan`] equals a full
+    /// plan ([`Planner::rebuild`] with the new inputs, the plan before this call counting
+    /// as running). Known gap today: room freed on a gateway goes only to instances
+    /// offloaded from that gateway, not to waiting replicas, until the next rebuild.
+    /// A report of a node that is not a gateway (or unknown) only advances the clock.
     pub fn update_report(&mut self, report: GatewayReport, now: Timestamp) -> PlanDelta {
         let Some(g) = report
             .metadata
