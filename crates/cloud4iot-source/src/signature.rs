@@ -344,8 +344,10 @@ pub fn verify(
             .as_ref()
             .is_none_or(|ns| ns.iter().any(|n| n == NAMESPACE))
     };
+    // Both bounds inclusive, as ssh-keygen (sshsig.c) checks them: git verify-commit
+    // accepts a commit made exactly at valid-before.
     let in_time = |s: &&Signer| {
-        s.valid_after.is_none_or(|t| time >= t) && s.valid_before.is_none_or(|t| time < t)
+        s.valid_after.is_none_or(|t| time >= t) && s.valid_before.is_none_or(|t| time <= t)
     };
     let candidates: Vec<&Signer> = with_key.collect();
     let Some(signer) = candidates
