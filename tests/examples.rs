@@ -1,6 +1,11 @@
 //! The reference scenarios of `examples-repo/` do what its README says: the bracelet's
 //! consolidator on the home gateway, then on the hospital gateway, then offloaded to the
 //! hospital's edge when that gateway is full; the commands of the README exit as documented.
+//! And the snapshots themselves come from a real API server after a real `cloud4iot apply`
+//! (`UPDATE_GOLDEN=1` rewrites them).
+
+mod git_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -309,5 +314,284 @@ fn a_snapshot_is_judged_at_its_newest_heartbeat_without_now() {
     assert_eq!(
         plan.iter().map(|p| p.instance.as_str()).collect::<Vec<_>>(),
         ["engine-diagnostic-0"]
+    );
+}
+
+// ------------------------------------------------ the snapshots, from a real API server
+
+/// The objects of a kubectl List as JSON values.
+fn items(yaml: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_norway::from_str(yaml).expect("a List");
+    list["items"].as_array().expect("items").clone()
+}
+
+fn of_kind<'a>(
+    items: &'a [serde_json::Value],
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    items.iter().filter(move |i| i["kind"] == kind)
+}
+
+/// A GatewayReport as its agent writes it (server-side apply, its own field manager).
+async fn write_report(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    use cloud4iot_core::model::GatewayReport;
+    use kube::api::{Api, Patch, PatchParams};
+    let report = serde_json::json!({
+        "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+        "metadata": {"name": name}, "spec": spec,
+    });
+    Api::<GatewayReport>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(&report),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("write the GatewayReport of {name}: {e}"));
+}
+
+/// What each snapshot's own comment says (the first paragraph of the committed file).
+fn scenario_comment(text: &str) -> String {
+    text.lines()
+        .take_while(|l| l.starts_with('#') && *l != "#")
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+const HISTORY: &str = "\
+# Nodes, GatewayReports and the managed Deployments as kube-apiserver v1.37.2 returns them
+# (kubectl get nodes,gatewayreports,deployments -A -o yaml), made by tests/examples.rs
+# (UPDATE_GOLDEN=1 cargo test --test examples rewrites them): the recorded Nodes and
+# GatewayReports written to a test control plane, and the Deployments that `cloud4iot apply`
+# created there for the home placement, at 2026-11-27T16:41:02Z (the inpatient's bracelet
+# seen for 50s) and 18:04:28Z (the patient's, seen for 44s). No controller-manager or kubelet
+# ran, so the Deployments have no status. uid and resourceVersion are removed and creation
+# times pinned (the Deployments': when apply created them), so the files are stable.
+# Consistent with now = 2026-11-28T10:00:00Z, the newest GatewayReport heartbeat.
+";
+
+/// kubectl's output with what differs on every run made stable: each item's `uid` and
+/// `resourceVersion` lines dropped, its `creationTimestamp` set from `created`
+/// (kind/name -> time). Text, not re-serialised YAML, so the rest is kubectl's exact bytes.
+fn pin(kubectl_yaml: &str, created: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut item: Vec<&str> = Vec::new();
+    let flush = |item: &mut Vec<&str>, out: &mut String| {
+        if item.is_empty() {
+            return;
+        }
+        let field = |prefix: &str| {
+            item.iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let key = format!("{}/{}", field("  kind: "), field("    name: "));
+        for line in item.drain(..) {
+            if line.starts_with("    uid: ") || line.starts_with("    resourceVersion: ") {
+                continue;
+            }
+            if line.starts_with("    creationTimestamp: ") {
+                let time = created
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("a creation time for {key}"));
+                out.push_str(&format!("    creationTimestamp: \"{time}\"\n"));
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in kubectl_yaml.lines() {
+        if line.starts_with("- ") || !line.starts_with(' ') {
+            flush(&mut item, &mut out);
+        }
+        if line.starts_with("- ") || (!item.is_empty() && line.starts_with(' ')) {
+            item.push(line);
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    flush(&mut item, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshots_are_what_a_real_api_server_returns_after_a_real_apply() {
+    use std::collections::BTreeMap;
+    let scenarios = ["home", "hospital", "gateway-full"];
+    // The recorded inputs: Nodes as their kubelets reported them and each scenario's
+    // GatewayReports as the agents wrote them. The Deployments are not inputs.
+    let committed: BTreeMap<&str, String> = scenarios
+        .iter()
+        .map(|s| (*s, std::fs::read_to_string(snapshot(s)).unwrap()))
+        .collect();
+    let recorded: BTreeMap<&str, Vec<serde_json::Value>> = committed
+        .iter()
+        .map(|(s, text)| (*s, items(text)))
+        .collect();
+    let mut created = BTreeMap::new();
+    for item in
+        of_kind(&recorded["home"], "Node").chain(of_kind(&recorded["home"], "GatewayReport"))
+    {
+        let meta = &item["metadata"];
+        created.insert(
+            format!(
+                "{}/{}",
+                item["kind"].as_str().unwrap(),
+                meta["name"].as_str().unwrap()
+            ),
+            meta["creationTimestamp"].as_str().unwrap().to_owned(),
+        );
+    }
+
+    let cp = support::ControlPlane::start(support::Options::api_only()).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    let client = cp.client();
+    for node in of_kind(&recorded["home"], "Node") {
+        let mut node: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(node.clone()).unwrap();
+        node.metadata.uid = None;
+        node.metadata.resource_version = None;
+        node.metadata.creation_timestamp = None;
+        support::create_node(&client, node).await;
+    }
+
+    // The repository as a platform team's git repository holds it (a fixed commit, so the
+    // revision annotation is stable).
+    let tmp = tempfile::TempDir::new().unwrap();
+    let repo_dir = tmp.path().join("fleet");
+    let mut repo = git_support::GitRepo::init(&repo_dir);
+    git_support::copy_dir(&examples(), &repo_dir, &["state", "README.md"]);
+    repo.commit("eHealth roaming and engine diagnostics");
+    let apply = |now: &'static str| {
+        let kubeconfig = cp.kubeconfig().to_owned();
+        let repo_dir = repo_dir.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+                .args(["apply", "--repo"])
+                .arg(&repo_dir)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--now", now])
+                .env_remove("KUBECONFIG")
+                .env("NO_COLOR", "1")
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "apply --now {now}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let deployments = |client: kube::Client| async move {
+        kube::api::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+            client,
+            "cloud4iot-functions",
+        )
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|d| d.metadata.name.unwrap())
+        .collect::<Vec<_>>()
+    };
+    let resources = |scenario: &str, gateway: &str| {
+        of_kind(&recorded[scenario], "GatewayReport")
+            .find(|r| r["metadata"]["name"] == gateway)
+            .unwrap()["spec"]["resources"]
+            .clone()
+    };
+    let seen = |id: &str, first: &str, last: &str, rssi: i32| serde_json::json!({"id": id, "class": "omh-bracelet", "firstSeen": first, "lastSeen": last, "rssi": rssi});
+
+    // 16:41:02: the hospital gateway has seen the inpatient's bracelet for 50s.
+    let t1 = "2026-11-27T16:41:02Z";
+    write_report(&client, "gw-home-1", serde_json::json!({"heartbeat": t1, "devices": [], "resources": resources("home", "gw-home-1")})).await;
+    write_report(
+        &client,
+        "gw-hospital-1",
+        serde_json::json!({"heartbeat": t1, "resources": resources("home", "gw-hospital-1"),
+        "devices": [seen(INPATIENT, "2026-11-27T16:40:12Z", t1, -67)]}),
+    )
+    .await;
+    apply(t1).await;
+    for name in deployments(client.clone()).await {
+        created.insert(format!("Deployment/{name}"), t1.to_owned());
+    }
+    // 18:04:28: the patient is home, the home gateway has seen the bracelet for 44s.
+    let t2 = "2026-11-27T18:04:28Z";
+    write_report(
+        &client,
+        "gw-home-1",
+        serde_json::json!({"heartbeat": t2, "resources": resources("home", "gw-home-1"),
+        "devices": [seen(BRACELET, "2026-11-27T18:03:44Z", t2, -58)]}),
+    )
+    .await;
+    write_report(
+        &client,
+        "gw-hospital-1",
+        serde_json::json!({"heartbeat": t2, "resources": resources("home", "gw-hospital-1"),
+        "devices": [seen(INPATIENT, "2026-11-27T16:40:12Z", t2, -67)]}),
+    )
+    .await;
+    apply(t2).await;
+    for name in deployments(client.clone()).await {
+        created
+            .entry(format!("Deployment/{name}"))
+            .or_insert_with(|| t2.to_owned());
+    }
+
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for scenario in scenarios {
+        // The scenario's reports, as recorded; then the cluster read back.
+        for report in of_kind(&recorded[scenario], "GatewayReport") {
+            write_report(
+                &client,
+                report["metadata"]["name"].as_str().unwrap(),
+                report["spec"].clone(),
+            )
+            .await;
+        }
+        let out = Command::new(support::assets::kubectl())
+            .args([
+                "get",
+                "nodes,gatewayreports,deployments",
+                "-A",
+                "-o",
+                "yaml",
+                "--kubeconfig",
+            ])
+            .arg(cp.kubeconfig())
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = format!(
+            "{}#\n{HISTORY}{}",
+            scenario_comment(&committed[scenario]),
+            pin(&String::from_utf8(out.stdout).unwrap(), &created)
+        );
+        if text != committed[scenario] {
+            if update {
+                std::fs::write(snapshot(scenario), &text).unwrap();
+            }
+            stale.push(scenario);
+        }
+    }
+    assert!(
+        update || stale.is_empty(),
+        "examples-repo/state/{{{}}}.yaml differ from what the API server returned; \
+         rerun with UPDATE_GOLDEN=1 if intended and review the diff",
+        stale.join(",")
     );
 }
