@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use cloud4iot_core::diff::object_diff;
-use cloud4iot_core::model::{Function, Repo, Tier, device_instance_name};
+use cloud4iot_core::model::{Repo, Tier, device_instance_name};
 use cloud4iot_core::plan::{Placement, Plan};
 use cloud4iot_core::render::{RenderOptions, render};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,17 +19,13 @@ const INSTANCES: usize = 100_000;
 const GATEWAYS: usize = 10_000;
 
 fn repo() -> Repo {
-    let f: Function = serde_norway::from_str(
+    cloud4iot_core::testing::repo(
         "apiVersion: cloud4iot.io/v1alpha1\nkind: Function\nmetadata: {name: omh-consolidator}\n\
          spec:\n  image: ghcr.io/cloud4iot/omh-consolidator:1.2.0\n  resources: {cpu: 250m, memory: 96Mi}\n  \
          instances: {perDevice: {deviceClass: omh-bracelet}}\n  policy: follow-patient\n  \
          env: [{name: UPSTREAM_URL, value: 'https://ehealth.example.com/omh/v1'}]\n  \
          ports: [{name: metrics, containerPort: 9102}]\n",
     )
-    .unwrap();
-    let mut repo = Repo::default();
-    repo.functions.insert(f.metadata.name.clone(), f);
-    repo
 }
 
 fn plan(shift: usize) -> Plan {
@@ -44,16 +40,14 @@ fn plan(shift: usize) -> Plan {
             );
             // Every 100th instance has roamed to the next gateway when `shift` is 1.
             let gw = (i + if i % 100 == 0 { shift } else { 0 }) % GATEWAYS;
+            let instance = device_instance_name("omh-consolidator", &device);
             Placement {
-                function: "omh-consolidator".into(),
-                instance: device_instance_name("omh-consolidator", &device),
                 device: Some(device),
                 tier: Some(Tier::Gateway),
                 node: Some(format!("gw-{gw:05}")),
-                site: None,
-                arch: None,
                 image: Some("ghcr.io/cloud4iot/omh-consolidator:1.2.0".into()),
                 reason: format!("gw-{gw:05} sees the device at -60 dBm"),
+                ..cloud4iot_core::testing::placement("omh-consolidator", &instance)
             }
         })
         .collect();
@@ -93,7 +87,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     let desired = render(&repo, &after, &opts);
     assert_eq!(
-        object_diff(&desired, &live).len(),
+        object_diff(&desired, &live).unwrap().len(),
         INSTANCES / 100,
         "1% moved"
     );
@@ -104,12 +98,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| render(black_box(&repo), black_box(&after), &opts))
     });
     group.bench_function("object_diff", |b| {
-        b.iter(|| object_diff(black_box(&desired), black_box(&live)))
+        b.iter(|| object_diff(black_box(&desired), black_box(&live)).unwrap())
     });
     group.bench_function("render+diff", |b| {
         b.iter(|| {
             let desired = render(black_box(&repo), black_box(&after), &opts);
-            object_diff(&desired, black_box(&live))
+            object_diff(&desired, black_box(&live)).unwrap()
         })
     });
     group.finish();

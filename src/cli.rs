@@ -161,16 +161,13 @@ pub async fn run(cli: Cli) -> u8 {
             .await
         }
         Command::Diff(args) if args.watch => {
-            crate::watch::watch(&args.repo, args.state.state.as_deref(), || async {
+            crate::watch::watch(&args.repo, args.state.state.as_deref(), || {
                 crate::commands::diff::run(&args, color)
             })
             .await
         }
         Command::Plan(args) => crate::commands::plan::run(&args, color).await,
-        Command::Diff(args) if args.state.state.is_none() && args.base.is_none() => {
-            crate::commands::diff::run_against_cluster(&args, color).await
-        }
-        Command::Diff(args) => crate::commands::diff::run(&args, color),
+        Command::Diff(args) => crate::commands::diff::run(&args, color).await,
         Command::Render(args) => crate::commands::render::run(&args).await,
         Command::Apply(args) => crate::commands::apply::run(args).await,
     };

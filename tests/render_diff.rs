@@ -5,7 +5,7 @@ use cloud4iot::output::diff::{DiffFormat, DiffOutput};
 use cloud4iot_core::diff::{
     Action, DiffReport, PlacementChangeKind, object_diff, placement_changes,
 };
-use cloud4iot_core::model::{Function, Repo, Tier, device_instance_name};
+use cloud4iot_core::model::{Repo, Tier, device_instance_name};
 use cloud4iot_core::plan::{Placement, Plan};
 use cloud4iot_core::render::{RenderOptions, render};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,7 +14,7 @@ use serde_json::json;
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
 
 fn repo() -> Repo {
-    let f: Function = serde_norway::from_str(
+    cloud4iot_core::testing::repo(
         r#"
 apiVersion: cloud4iot.io/v1alpha1
 kind: Function
@@ -27,24 +27,18 @@ spec:
   ports: [{name: metrics, containerPort: 9102}]
 "#,
     )
-    .unwrap();
-    let mut repo = Repo::default();
-    repo.functions.insert(f.metadata.name.clone(), f);
-    repo
 }
 
 fn at(tier: Option<Tier>, node: Option<&str>, reason: &str) -> Plan {
+    let instance = device_instance_name("omh-consolidator", BRACELET);
     Plan {
         placements: vec![Placement {
-            function: "omh-consolidator".into(),
-            instance: device_instance_name("omh-consolidator", BRACELET),
             device: Some(BRACELET.into()),
             tier,
             node: node.map(str::to_string),
-            site: None,
-            arch: None,
             image: Some("ghcr.io/cloud4iot/omh-consolidator:1.2.0".into()),
             reason: reason.into(),
+            ..cloud4iot_core::testing::placement("omh-consolidator", &instance)
         }],
     }
 }
@@ -94,7 +88,7 @@ fn as_served(d: &Deployment) -> Deployment {
 fn server_owned_fields_and_defaults_are_no_change() {
     let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
     let live: Vec<Deployment> = desired.iter().map(as_served).collect();
-    assert_eq!(object_diff(&desired, &live), vec![]);
+    assert_eq!(object_diff(&desired, &live).unwrap(), vec![]);
 }
 
 #[test]
@@ -111,12 +105,16 @@ fn a_new_revision_alone_is_no_change_a_new_reason_is() {
             },
         )
     };
-    assert_eq!(object_diff(&desired, &older_revision(reason)), vec![]);
+    assert_eq!(
+        object_diff(&desired, &older_revision(reason)).unwrap(),
+        vec![]
+    );
     // The reason is a decision: an apply writes it, so the diff shows it.
     let changes = object_diff(
         &desired,
         &older_revision("gw-home-1 was the only gateway in range"),
-    );
+    )
+    .unwrap();
     assert_eq!(changes.len(), 1);
     let diff = &changes[0].diff;
     assert!(
@@ -134,7 +132,7 @@ fn an_image_changed_by_hand_shows() {
     let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
     let mut live = as_served(&desired[0]);
     live.spec.template.spec.as_mut().unwrap().containers[0].image = Some("evil:latest".into());
-    let changes = object_diff(&desired, &[live]);
+    let changes = object_diff(&desired, &[live]).unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].action, Action::Update);
     assert!(
@@ -184,7 +182,7 @@ fn roaming_moves_the_instance_and_the_affinity() {
     );
 
     let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
-    let objects = object_diff(&rendered(&hospital), &live);
+    let objects = object_diff(&rendered(&hospital), &live).unwrap();
     assert_eq!(objects.len(), 1);
     assert!(
         objects[0]
@@ -200,7 +198,7 @@ fn offloading_drops_the_gateway_toleration_and_node_label() {
     let gateway = at(Some(Tier::Gateway), Some("gw-home-1"), "fits");
     let edge = at(Some(Tier::Edge), None, "gateway full (cpu)");
     let live: Vec<Deployment> = rendered(&gateway).iter().map(as_served).collect();
-    let objects = object_diff(&rendered(&edge), &live);
+    let objects = object_diff(&rendered(&edge), &live).unwrap();
     let diff = &objects[0].diff;
     assert!(diff.contains("-    cloud4iot.io/node: gw-home-1"), "{diff}");
     assert!(diff.contains("-      tolerations:"), "{diff}");
@@ -227,7 +225,7 @@ fn create_delete_and_unmanaged_objects() {
         .as_mut()
         .unwrap()
         .remove("app.kubernetes.io/managed-by");
-    let changes = object_diff(&desired, &[orphan, foreign]);
+    let changes = object_diff(&desired, &[orphan, foreign]).unwrap();
     let summary: Vec<(Action, &str)> = changes
         .iter()
         .map(|c| (c.action, c.name.as_str()))
@@ -286,7 +284,7 @@ fn roaming_report() -> DiffReport {
         "gw-hospital-1 sees the device",
     );
     let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
-    DiffReport::new(&home, &hospital, &rendered(&hospital), &live)
+    DiffReport::new(&home, &hospital, &rendered(&hospital), &live).unwrap()
 }
 
 #[test]
@@ -294,7 +292,7 @@ fn formats() {
     let report = roaming_report();
     assert!(report.has_changes());
 
-    let text = report.render(DiffFormat::Text, false);
+    let text = report.render(DiffFormat::Text, false).unwrap();
     assert!(!text.contains('\x1b'), "no colour unless asked");
     let moved = text
         .find("moved gateway/gw-home-1 -> gateway/gw-hospital-1")
@@ -304,11 +302,14 @@ fn formats() {
         "placement changes come first"
     );
     assert!(
-        report.render(DiffFormat::Text, true).contains("\x1b["),
+        report
+            .render(DiffFormat::Text, true)
+            .unwrap()
+            .contains("\x1b["),
         "colour when asked"
     );
 
-    let md = report.render(DiffFormat::Markdown, false);
+    let md = report.render(DiffFormat::Markdown, false).unwrap();
     assert!(md.contains("| `omh-consolidator-c4-7c-8d-6a-12-34` | moved | gateway/gw-home-1 | gateway/gw-hospital-1 |"), "{md}");
     assert!(md.contains("<details><summary>update Deployment <code>cloud4iot-functions/omh-consolidator-c4-7c-8d-6a-12-34</code></summary>"), "{md}");
     assert!(md.contains("```diff\n"), "{md}");
@@ -322,7 +323,7 @@ fn formats() {
     );
 
     let json: serde_json::Value =
-        serde_json::from_str(&report.render(DiffFormat::Json, false)).unwrap();
+        serde_json::from_str(&report.render(DiffFormat::Json, false).unwrap()).unwrap();
     assert_eq!(json["placementChanges"][0]["change"], "moved");
     assert_eq!(json["placementChanges"][0]["from"]["node"], "gw-home-1");
     assert_eq!(json["placementChanges"][0]["to"]["node"], "gw-hospital-1");
@@ -330,9 +331,12 @@ fn formats() {
 
     let none = DiffReport::default();
     assert!(!none.has_changes());
-    assert_eq!(none.render(DiffFormat::Text, false), "No changes.\n");
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&none.render_json()).unwrap(),
+        none.render(DiffFormat::Text, false).unwrap(),
+        "No changes.\n"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&none.render_json().unwrap()).unwrap(),
         json!({"placementChanges": [], "objectChanges": []})
     );
 }
@@ -373,7 +377,7 @@ fn a_field_cloud4iot_applied_and_no_longer_sets_shows_as_removed() {
         },
     );
 
-    let ours = object_diff(&after, &[with_ports_owned_by(&before[0], "cloud4iot")]);
+    let ours = object_diff(&after, &[with_ports_owned_by(&before[0], "cloud4iot")]).unwrap();
     assert_eq!(ours.len(), 1, "our ports go away with the next apply");
     assert!(
         ours[0]
@@ -383,7 +387,7 @@ fn a_field_cloud4iot_applied_and_no_longer_sets_shows_as_removed() {
         ours[0].diff
     );
 
-    let theirs = object_diff(&after, &[with_ports_owned_by(&before[0], "someone-else")]);
+    let theirs = object_diff(&after, &[with_ports_owned_by(&before[0], "someone-else")]).unwrap();
     assert_eq!(
         theirs,
         vec![],
@@ -401,8 +405,8 @@ fn a_server_side_dry_run_result_can_be_the_desired_side() {
         .iter()
         .map(as_served)
         .collect();
-    assert_eq!(object_diff(&dry_run, &dry_run), vec![]);
-    let changes = object_diff(&dry_run, &live);
+    assert_eq!(object_diff(&dry_run, &dry_run).unwrap(), vec![]);
+    let changes = object_diff(&dry_run, &live).unwrap();
     assert_eq!(changes.len(), 1);
     for noise in [
         "uid",
@@ -430,7 +434,7 @@ fn formats_match_golden() {
         (DiffFormat::Markdown, "diff-roaming.md"),
         (DiffFormat::Json, "diff-roaming.json"),
     ] {
-        let actual = report.render(format, false);
+        let actual = report.render(format, false).unwrap();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
             .join(file);
@@ -490,7 +494,7 @@ fn large_inputs_give_the_same_output_as_one_at_a_time() {
         .iter()
         .map(as_served)
         .collect();
-    let changes = object_diff(&rendered, &live);
+    let changes = object_diff(&rendered, &live).unwrap();
     assert_eq!(changes.len(), 12, "every 500th instance moved");
     let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
     let mut sorted_names = names.clone();

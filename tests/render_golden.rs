@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use cloud4iot_core::model::{
-    Arch, Function, Repo, Tier, device_instance_name, labels, replica_instance_name,
+    Arch, Repo, Tier, device_instance_name, is_dns1123_label, labels, replica_instance_name,
 };
 use cloud4iot_core::plan::{Placement, Plan, current_placements};
-use cloud4iot_core::render::{RenderOptions, is_dns1123_label, render, to_yaml_stream};
+use cloud4iot_core::render::{RenderOptions, render, to_yaml_stream};
 
 const FUNCTIONS: &str = r#"
 apiVersion: cloud4iot.io/v1alpha1
@@ -38,12 +38,7 @@ spec:
 "#;
 
 fn repo() -> Repo {
-    let mut repo = Repo::default();
-    for doc in serde_norway::Deserializer::from_str(FUNCTIONS) {
-        let f: Function = serde::Deserialize::deserialize(doc).expect("fixture function");
-        repo.functions.insert(f.metadata.name.clone(), f);
-    }
-    repo
+    cloud4iot_core::testing::repo(FUNCTIONS)
 }
 
 fn placement(
@@ -53,15 +48,9 @@ fn placement(
     tier: Option<Tier>,
 ) -> Placement {
     Placement {
-        function: function.to_string(),
-        instance,
         device: device.map(str::to_string),
         tier,
-        node: None,
-        site: None,
-        arch: None,
-        image: None,
-        reason: String::new(),
+        ..cloud4iot_core::testing::placement(function, &instance)
     }
 }
 

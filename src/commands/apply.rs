@@ -29,7 +29,7 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
     /// The namespace functions run in: where Deployments are applied and pruned.
-    #[arg(long, short = 'n', value_name = "NS", default_value = cluster::DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Take ownership of fields another field manager applied (reported as conflicts
     /// otherwise). Fields changed by imperative edits are taken back without it.
@@ -88,15 +88,9 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let reconciled = match outcome {
         Ok(r) => r,
         Err(ReconcileError::Invalid(diagnostics)) => {
-            for d in &diagnostics.0 {
-                eprintln!("{d}");
-            }
-            eprintln!(
-                "{} error(s) in {}; nothing applied, nothing pruned",
-                diagnostics.len(),
-                args.repo.repo
-            );
-            return Ok(Outcome::Changes);
+            let name = super::inputs::described(&args.repo.repo, &checkout);
+            let line = format!("{name}: invalid, nothing applied, nothing pruned");
+            return super::inputs::print_invalid(&diagnostics, Some(&line));
         }
         Err(err) => return Err(err.into()),
     };

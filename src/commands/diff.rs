@@ -4,12 +4,15 @@
 
 use std::io::Write;
 
+use anyhow::Context;
 use clap::Args;
 use jiff::Timestamp;
 
+use super::inputs::{Live, Loaded};
 use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
 use crate::output::diff::{DiffFormat, DiffOutput};
 use cloud4iot_core::diff::DiffReport;
+use cloud4iot_core::pipeline::Pipeline;
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -50,56 +53,28 @@ pub struct DiffArgs {
     pub watch: bool,
 }
 
-pub fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
+/// Against a snapshot (`--state`), the rendered objects are compared with its live
+/// objects. Against the cluster, they first go through a server-side dry-run apply, so the
+/// diff compares what the server would store with what it stores, and defaulting or
+/// admission never shows as drift. `--base`: see diff_base.rs.
+pub async fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
     if let Some(base) = &args.base {
-        return super::diff_base::run(args, base, color);
+        return super::diff_base::run(args, base, color).await;
     }
-    let Some(inputs) = super::render::read_inputs(&args.repo, &args.state, args.now)? else {
+    let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing compared")? else {
         return Ok(Outcome::Changes);
     };
-    let report = cloud4iot_core::diff::against_live(
-        &inputs.repo,
-        &inputs.inventory,
-        inputs.now,
-        &inputs.render_options(&args.namespace),
-    );
-    print(&report, args.output, color)
-}
-
-/// Against the cluster (no `--state`): the rendered objects go through a server-side
-/// dry-run apply, so the diff compares what the server would store with what it stores,
-/// and defaulting or admission never shows as drift.
-pub async fn run_against_cluster(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
-    use anyhow::Context;
-    let checkout = cloud4iot_source::open(&args.repo.source())?;
-    let repo = match cloud4iot_core::load::load_dir(&checkout.dir) {
-        Ok(repo) => repo,
-        Err(diagnostics) => {
-            diagnostics.0.iter().for_each(|d| eprintln!("{d}"));
-            eprintln!("{}: invalid, nothing compared", args.repo.repo);
-            return Ok(Outcome::Changes);
+    let live = Live::read(&args.state, &args.namespace).await?;
+    let desired = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now))
+        .run(&loaded.render_options(&args.namespace));
+    let report = match &live.client {
+        None => desired.diff_live(&live.inventory)?,
+        Some(client) => {
+            let served = cloud4iot_kube::cluster::dry_run_apply(client, &desired.objects).await?;
+            desired.diff_live_as(&served, &live.inventory)?
         }
     };
-    let client = cloud4iot_kube::cluster::client(&args.state.client())
-        .await
-        .context("connecting to the cluster")?;
-    let inventory = cloud4iot_kube::cluster::read_inventory_in(&client, &args.namespace)
-        .await
-        .context("reading the live state")?;
-    let plan =
-        cloud4iot_core::plan::plan(&repo, &inventory, args.now.unwrap_or_else(Timestamp::now));
-    let opts = cloud4iot_core::render::RenderOptions {
-        namespace: args.namespace.clone(),
-        revision: checkout.revision.clone(),
-    };
-    let rendered = cloud4iot_core::render::render(&repo, &plan, &opts);
-    let desired = cloud4iot_kube::cluster::dry_run_apply(&client, &rendered).await?;
-    let before = cloud4iot_core::plan::current_placements(&inventory.live);
-    print(
-        &DiffReport::new(&before, &plan, &desired, &inventory.live),
-        args.output,
-        color,
-    )
+    print(&report, args.output, color)
 }
 
 /// Prints `report` and turns it into the exit status.
@@ -108,7 +83,9 @@ pub fn print(
     format: DiffFormat,
     color: ColorChoice,
 ) -> anyhow::Result<Outcome> {
-    let text = report.render(format, format == DiffFormat::Text && color.enabled());
+    let text = report
+        .render(format, format == DiffFormat::Text && color.enabled())
+        .context("encoding the diff")?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(if report.has_changes() {
         Outcome::Changes

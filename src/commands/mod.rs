@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod diff;
 pub mod diff_base;
+pub mod inputs;
 pub mod manifests;
 pub mod plan;
 pub mod render;

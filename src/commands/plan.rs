@@ -3,12 +3,13 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use jiff::Timestamp;
 
+use super::inputs::{Live, Loaded};
 use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
-use cloud4iot_core::model::{Inventory, Tier};
+use cloud4iot_core::model::Tier;
+use cloud4iot_core::pipeline::Pipeline;
 use cloud4iot_core::plan::{Placement, Plan};
 
 #[derive(Debug, Clone, Args)]
@@ -56,25 +57,11 @@ pub enum PlanFormat {
 }
 
 pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
-    let checkout = cloud4iot_source::open(&args.repo.source())?;
-    let repo = match cloud4iot_core::load::load_dir(&checkout.dir) {
-        Ok(r) => r,
-        Err(diagnostics) => {
-            let mut stderr = std::io::stderr().lock();
-            for d in &diagnostics.0 {
-                writeln!(stderr, "{d}")?;
-            }
-            writeln!(stderr, "{}: invalid, nothing planned", args.repo.repo)?;
-            return Ok(Outcome::Changes);
-        }
+    let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing planned")? else {
+        return Ok(Outcome::Changes);
     };
-    let (inventory, snapshot) = read_inventory(&args.state).await?;
-    // The clock is read here, at the edge; the planner itself never reads it.
-    let now = args
-        .now
-        .or_else(|| snapshot.then(|| newest_heartbeat(&inventory)).flatten())
-        .unwrap_or_else(Timestamp::now);
-    let plan = cloud4iot_core::plan::plan(&repo, &inventory, now);
+    let live = Live::read(&args.state, cloud4iot_core::render::DEFAULT_NAMESPACE).await?;
+    let plan = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now)).plan();
     let out = match args.output {
         PlanFormat::Table => table(&plan, args.explain, color.enabled()),
         PlanFormat::Json => serde_json::to_string_pretty(&plan.placements)? + "\n",
@@ -89,24 +76,6 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
     } else {
         Outcome::Clean
     })
-}
-
-async fn read_inventory(state: &StateArgs) -> anyhow::Result<(Inventory, bool)> {
-    if let Some(path) = &state.state {
-        return Ok((cloud4iot_core::state::read_snapshot(path)?, true));
-    }
-    let client = cloud4iot_kube::cluster::client(&state.client())
-        .await
-        .context("connecting to the cluster")?;
-    let inv = cloud4iot_kube::cluster::read_inventory(&client)
-        .await
-        .context("reading the live state")?;
-    Ok((inv, false))
-}
-
-/// The newest GatewayReport heartbeat: the moment a snapshot describes.
-fn newest_heartbeat(inv: &Inventory) -> Option<Timestamp> {
-    inv.reports.iter().filter_map(|r| r.spec.heartbeat).max()
 }
 
 /// `5 instances: 2 on gateways, 1 at the edge, 1 in the cloud, 1 unplaced`.
@@ -189,15 +158,10 @@ mod tests {
         node: Option<&str>,
     ) -> Placement {
         Placement {
-            function: function.into(),
-            instance: instance.into(),
-            device: None,
             tier,
             node: node.map(Into::into),
-            site: None,
-            arch: None,
-            image: None,
             reason: format!("why {instance}"),
+            ..cloud4iot_core::testing::placement(function, instance)
         }
     }
 

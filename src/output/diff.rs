@@ -21,17 +21,18 @@ pub enum DiffFormat {
 /// The output formats of a [`DiffReport`] (the report itself is the core's; how it reads
 /// is the command line's).
 pub trait DiffOutput {
-    fn render(&self, format: DiffFormat, color: bool) -> String;
+    /// The report in `format`; an error only if JSON cannot be encoded (never empty output).
+    fn render(&self, format: DiffFormat, color: bool) -> Result<String, serde_json::Error>;
     fn render_text(&self, color: bool) -> String;
     fn render_markdown(&self) -> String;
-    fn render_json(&self) -> String;
+    fn render_json(&self) -> Result<String, serde_json::Error>;
 }
 
 impl DiffOutput for DiffReport {
-    fn render(&self, format: DiffFormat, color: bool) -> String {
+    fn render(&self, format: DiffFormat, color: bool) -> Result<String, serde_json::Error> {
         match format {
-            DiffFormat::Text => self.render_text(color),
-            DiffFormat::Markdown => self.render_markdown(),
+            DiffFormat::Text => Ok(self.render_text(color)),
+            DiffFormat::Markdown => Ok(self.render_markdown()),
             DiffFormat::Json => self.render_json(),
         }
     }
@@ -155,11 +156,10 @@ impl DiffOutput for DiffReport {
     }
 
     /// `{"placementChanges": [...], "objectChanges": [...]}`, pretty-printed.
-    fn render_json(&self) -> String {
-        // Plain data of strings and enums: serialising cannot fail.
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+    fn render_json(&self) -> Result<String, serde_json::Error> {
+        let mut s = serde_json::to_string_pretty(self)?;
         s.push('\n');
-        s
+        Ok(s)
     }
 }
 

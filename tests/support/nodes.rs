@@ -5,42 +5,16 @@
 //! nothing runs on them: the scheduler binds Pods (sets `spec.nodeName`), and that
 //! is what "placed" means in the integration tests.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{
-    Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Node, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
-pub const TIER_LABEL: &str = "cloud4iot.io/tier";
-pub const SITE_LABEL: &str = "cloud4iot.io/site";
-pub const ARCH_LABEL: &str = "kubernetes.io/arch";
-pub const OS_LABEL: &str = "kubernetes.io/os";
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-/// Taint key (no value, effect NoSchedule) on gateways.
-pub const GATEWAY_TAINT: &str = "cloud4iot.io/gateway";
-/// Pods per node in allocatable and capacity.
-pub const MAX_PODS: &str = "110";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tier {
-    Gateway,
-    Edge,
-    Cloud,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Gateway => "gateway",
-            Tier::Edge => "edge",
-            Tier::Cloud => "cloud",
-        }
-    }
-}
+pub use cloud4iot_core::model::Tier;
+pub use cloud4iot_core::model::labels::{
+    ARCH as ARCH_LABEL, GATEWAY_TAINT, HOSTNAME as HOSTNAME_LABEL, OS as OS_LABEL,
+    SITE as SITE_LABEL, TIER as TIER_LABEL,
+};
 
 /// A gateway Node (tainted `cloud4iot.io/gateway:NoSchedule`), e.g.
 /// `gateway_node("gw-home-1", "home", "arm64", "1", "1Gi")`.
@@ -58,58 +32,25 @@ pub fn cloud_node(name: &str, site: &str, arch: &str, cpu: &str, memory: &str) -
     node(Tier::Cloud, name, site, arch, cpu, memory)
 }
 
-/// A Ready Node of `tier` at `site` with `cpu` and `memory` (Kubernetes quantities)
-/// allocatable; only gateways are tainted. Add labels or taints to the result as needed.
+/// The core's fixture Node ([`cloud4iot_core::testing::node`]) with what a kubelet would
+/// add: a heartbeat now on its Ready condition, and the node's system info. Add labels or
+/// taints to the result as needed.
 pub fn node(tier: Tier, name: &str, site: &str, arch: &str, cpu: &str, memory: &str) -> Node {
-    let labels = BTreeMap::from([
-        (TIER_LABEL.to_owned(), tier.as_str().to_owned()),
-        (SITE_LABEL.to_owned(), site.to_owned()),
-        (ARCH_LABEL.to_owned(), arch.to_owned()),
-        (OS_LABEL.to_owned(), "linux".to_owned()),
-        (HOSTNAME_LABEL.to_owned(), name.to_owned()),
-    ]);
-    let taints = (tier == Tier::Gateway).then(|| {
-        vec![Taint {
-            key: GATEWAY_TAINT.to_owned(),
-            effect: "NoSchedule".to_owned(),
-            ..Taint::default()
-        }]
-    });
-    let resources = BTreeMap::from([
-        ("cpu".to_owned(), Quantity(cpu.to_owned())),
-        ("memory".to_owned(), Quantity(memory.to_owned())),
-        ("pods".to_owned(), Quantity(MAX_PODS.to_owned())),
-    ]);
+    let mut node = cloud4iot_core::testing::node(tier, name, site, arch, cpu, memory);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NodeSpec {
-            taints,
-            ..NodeSpec::default()
-        }),
-        status: Some(NodeStatus {
-            allocatable: Some(resources.clone()),
-            capacity: Some(resources),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".to_owned(),
-                status: "True".to_owned(),
-                reason: Some("KubeletReady".to_owned()),
-                message: Some("created by the cloud4iot test harness (no kubelet)".to_owned()),
-                last_heartbeat_time: Some(now.clone()),
-                last_transition_time: Some(now),
-            }]),
-            node_info: Some(NodeSystemInfo {
-                architecture: arch.to_owned(),
-                operating_system: "linux".to_owned(),
-                ..NodeSystemInfo::default()
-            }),
-            ..NodeStatus::default()
-        }),
+    let status = node.status.as_mut().expect("the fixture has a status");
+    for ready in status.conditions.iter_mut().flatten() {
+        ready.reason = Some("KubeletReady".to_owned());
+        ready.message = Some("created by the cloud4iot test harness (no kubelet)".to_owned());
+        ready.last_heartbeat_time = Some(now.clone());
+        ready.last_transition_time = Some(now.clone());
     }
+    status.node_info = Some(NodeSystemInfo {
+        architecture: arch.to_owned(),
+        operating_system: "linux".to_owned(),
+        ..NodeSystemInfo::default()
+    });
+    node
 }
 
 /// Creates `node`, writes its status through the status subresource (a create

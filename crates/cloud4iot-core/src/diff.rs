@@ -159,18 +159,44 @@ impl ObjectChange {
     }
 }
 
+/// Why a diff could not be computed. Never a silently empty or `null` side: a diff that
+/// hides a change is worse than no diff.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error("a Deployment in namespace {namespace:?} has no name")]
+    Unnamed { namespace: String },
+    #[error("Deployment {namespace}/{name}: cannot encode it for the diff: {message}")]
+    Encode {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+}
+
 /// Desired against live Deployments, keyed by namespace/name and sorted by it. Live
 /// objects without `app.kubernetes.io/managed-by: cloud4iot` are never deleted (nor shown);
-/// identical objects after normalisation are not reported.
-pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectChange> {
-    fn key(d: &Deployment) -> (&str, &str) {
-        (
-            d.metadata.namespace.as_deref().unwrap_or_default(),
-            d.metadata.name.as_deref().unwrap_or_default(),
-        )
+/// identical objects after normalisation are not reported. An object without a name is
+/// an error.
+pub fn object_diff(
+    desired: &[Deployment],
+    live: &[Deployment],
+) -> Result<Vec<ObjectChange>, DiffError> {
+    fn keyed(objects: &[Deployment]) -> Result<BTreeMap<(&str, &str), &Deployment>, DiffError> {
+        objects
+            .iter()
+            .map(|d| {
+                let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
+                match d.metadata.name.as_deref() {
+                    Some(name) => Ok(((namespace, name), d)),
+                    None => Err(DiffError::Unnamed {
+                        namespace: namespace.to_string(),
+                    }),
+                }
+            })
+            .collect()
     }
-    let desired_map: BTreeMap<_, &Deployment> = desired.iter().map(|d| (key(d), d)).collect();
-    let live_map: BTreeMap<_, &Deployment> = live.iter().map(|d| (key(d), d)).collect();
+    let desired_map = keyed(desired)?;
+    let live_map = keyed(live)?;
     let keys: Vec<(&str, &str)> = desired_map
         .keys()
         .chain(live_map.keys())
@@ -185,21 +211,29 @@ pub fn object_diff(desired: &[Deployment], live: &[Deployment]) -> Vec<ObjectCha
             desired_map.get(&(namespace, name)).copied(),
             live_map.get(&(namespace, name)).copied(),
         )
+        .map_err(|message| DiffError::Encode {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            message,
+        })
+        .transpose()
     })
+    .into_iter()
+    .collect()
 }
 
-/// The change of one object, if any.
+/// The change of one object, if any; `Err`: it could not be encoded.
 fn object_change(
     namespace: &str,
     name: &str,
     desired: Option<&Deployment>,
     live: Option<&Deployment>,
-) -> Option<ObjectChange> {
+) -> Result<Option<ObjectChange>, String> {
     let (action, old, new) = match (desired, live) {
-        (Some(d), None) => (Action::Create, String::new(), to_yaml(&served_view(d))),
+        (Some(d), None) => (Action::Create, String::new(), to_yaml(&served_view(d)?)?),
         (Some(d), Some(l)) => {
-            let mut d = served_view(d);
-            let mut l = to_value(l);
+            let mut d = served_view(d)?;
+            let mut l = to_value(l)?;
             let owned = applied_fields(&l);
             strip_server_fields(&mut l);
             // Compare without building the pruned object; only a changed object pays for
@@ -210,17 +244,17 @@ fn object_change(
                 equal_but_revision(&mut pruned, &mut d)
             });
             if equal {
-                return None;
+                return Ok(None);
             }
             let l = prune_to(&l, Some(&d), owned.as_ref(), Some(""));
-            (Action::Update, to_yaml(&l), to_yaml(&d))
+            (Action::Update, to_yaml(&l)?, to_yaml(&d)?)
         }
-        (None, Some(l)) if is_managed(l) => {
-            let mut l = to_value(l);
+        (None, Some(l)) if labels::is_managed(&l.metadata) => {
+            let mut l = to_value(l)?;
             strip_server_fields(&mut l);
-            (Action::Delete, to_yaml(&l), String::new())
+            (Action::Delete, to_yaml(&l)?, String::new())
         }
-        _ => return None,
+        _ => return Ok(None),
     };
     let label = format!("{namespace}/{name}");
     let diff = similar::TextDiff::from_lines(&old, &new)
@@ -228,13 +262,13 @@ fn object_change(
         .context_radius(3)
         .header(&format!("a/{label}"), &format!("b/{label}"))
         .to_string();
-    Some(ObjectChange {
+    Ok(Some(ObjectChange {
         action,
         kind: "Deployment".to_string(),
         namespace: namespace.to_string(),
         name: name.to_string(),
         diff,
-    })
+    }))
 }
 
 /// Equal once the `cloud4iot.io/revision` annotation is set aside. Which commit last applied
@@ -260,29 +294,20 @@ fn equal_but_revision(a: &mut Value, b: &mut Value) -> bool {
     equal
 }
 
-fn is_managed(d: &Deployment) -> bool {
-    d.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::MANAGED_BY))
-        .is_some_and(|v| v == labels::MANAGER)
-}
-
 /// A desired object without server-owned fields: a no-op for rendered objects, and what
 /// makes the result of a server-side dry-run apply usable as the desired side.
-fn served_view(d: &Deployment) -> Value {
-    let mut v = to_value(d);
+fn served_view(d: &Deployment) -> Result<Value, String> {
+    let mut v = to_value(d)?;
     strip_server_fields(&mut v);
-    v
+    Ok(v)
 }
 
-fn to_value(d: &Deployment) -> Value {
-    // A Deployment always serialises: its fields are strings, numbers and maps.
-    serde_json::to_value(d).unwrap_or(Value::Null)
+fn to_value(d: &Deployment) -> Result<Value, String> {
+    serde_json::to_value(d).map_err(|e| e.to_string())
 }
 
-fn to_yaml(v: &Value) -> String {
-    serde_norway::to_string(v).unwrap_or_default()
+fn to_yaml(v: &Value) -> Result<String, String> {
+    serde_norway::to_string(v).map_err(|e| e.to_string())
 }
 
 /// Annotations the server or kubectl write, never cloud4iot.
@@ -551,53 +576,19 @@ pub struct DiffReport {
 impl DiffReport {
     /// Compares the plan `after` and its rendered objects with the plan `before` and the
     /// objects live now (or rendered from `before`, to compare two revisions).
-    pub fn new(before: &Plan, after: &Plan, desired: &[Deployment], live: &[Deployment]) -> Self {
-        DiffReport {
+    pub fn new(
+        before: &Plan,
+        after: &Plan,
+        desired: &[Deployment],
+        live: &[Deployment],
+    ) -> Result<Self, DiffError> {
+        Ok(DiffReport {
             placement_changes: placement_changes(before, after),
-            object_changes: object_diff(desired, live),
-        }
+            object_changes: object_diff(desired, live)?,
+        })
     }
 
     pub fn has_changes(&self) -> bool {
         !self.placement_changes.is_empty() || !self.object_changes.is_empty()
     }
-}
-
-/// The diff an apply would make: the plan for `repo` against the live state `inv`
-/// (placements read back from the live Deployments; objects against those Deployments).
-pub fn against_live(
-    repo: &crate::model::Repo,
-    inv: &crate::model::Inventory,
-    now: jiff::Timestamp,
-    opts: &crate::render::RenderOptions,
-) -> DiffReport {
-    let after = crate::plan::plan(repo, inv, now);
-    let desired = crate::render::render(repo, &after, opts);
-    DiffReport::new(
-        &crate::plan::current_placements(&inv.live),
-        &after,
-        &desired,
-        &inv.live,
-    )
-}
-
-/// What a change of the repository alone does (`--base` against `--rev`): both revisions
-/// planned against the same live state, and their rendered objects compared. The revision
-/// annotation is left out of both, so it does not mark every object as changed.
-pub fn between_revisions(
-    base: &crate::model::Repo,
-    head: &crate::model::Repo,
-    inv: &crate::model::Inventory,
-    now: jiff::Timestamp,
-    opts: &crate::render::RenderOptions,
-) -> DiffReport {
-    let opts = crate::render::RenderOptions {
-        revision: None,
-        ..opts.clone()
-    };
-    let before = crate::plan::plan(base, inv, now);
-    let after = crate::plan::plan(head, inv, now);
-    let old = crate::render::render(base, &before, &opts);
-    let new = crate::render::render(head, &after, &opts);
-    DiffReport::new(&before, &after, &new, &old)
 }

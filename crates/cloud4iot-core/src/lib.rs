@@ -2,16 +2,18 @@
 //!
 //! The pipeline, one module per step: load + validate (repository YAML, with positions for
 //! every diagnostic) -> plan (placement across gateway, edge and cloud) -> render
-//! (Kubernetes objects) -> diff. `state` reads snapshots of the live side. Nothing here
-//! starts a runtime, opens a socket or reads the clock: time is an input.
+//! (Kubernetes objects) -> diff, composed once in [`pipeline`]. `state` reads snapshots of
+//! the live side. Nothing here starts a runtime, opens a socket or reads the clock: time is
+//! an input. Feature `testing`: the fixture builders of the tests and benches.
 
 pub mod diag;
 pub mod diff;
 pub mod load;
 pub mod model;
 mod par;
+pub mod pipeline;
 pub mod plan;
 pub mod render;
-pub mod schema;
 pub mod state;
-pub mod validate;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

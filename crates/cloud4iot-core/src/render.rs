@@ -279,21 +279,11 @@ pub fn canonical_memory(value: &str) -> String {
 /// The container is named after its function when that is a DNS-1123 label (so
 /// `kubectl logs -c <function>` works), else `function`.
 fn container_name(function: &str) -> String {
-    if is_dns1123_label(function) {
+    if crate::model::is_dns1123_label(function) {
         function.to_string()
     } else {
         "function".to_string()
     }
-}
-
-/// A DNS-1123 label: at most 63 lowercase alphanumerics or `-`, alphanumeric at both ends.
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// A label value is at most 63 characters; longer ones keep a prefix and a stable hash

@@ -170,13 +170,7 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
                 "GatewayReport" => reports.push(typed::<GatewayReport>(item, file, &at)?),
                 "Deployment" => {
                     let d: Deployment = typed(item, file, &at)?;
-                    let managed = d
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(labels::MANAGED_BY))
-                        .is_some_and(|v| v == labels::MANAGER);
-                    if managed {
+                    if labels::is_managed(&d.metadata) {
                         live.push(d);
                     } else {
                         tracing::debug!(item = %at, "deployment not managed by cloud4iot: skipped");

@@ -25,12 +25,13 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
-use kube::core::{PartialObjectMeta, Status};
+use kube::core::Status;
 use serde::Serialize;
 
 use crate::cluster::{self, ClusterError, FIELD_MANAGER};
 use cloud4iot_core::diag::Diagnostics;
 use cloud4iot_core::model::labels;
+use cloud4iot_core::pipeline::Pipeline;
 use cloud4iot_core::plan::Plan;
 use cloud4iot_core::render::RenderOptions;
 
@@ -52,7 +53,7 @@ pub struct ApplyOptions {
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
-            namespace: cluster::DEFAULT_NAMESPACE.to_owned(),
+            namespace: cloud4iot_core::render::DEFAULT_NAMESPACE.to_owned(),
             force: false,
             allow_empty: false,
             concurrency: cluster::DEFAULT_CONCURRENCY,
@@ -263,7 +264,8 @@ pub async fn apply(
     let candidates: Vec<&Before> = before
         .values()
         .filter(|b| {
-            is_managed(&b.meta) && !wanted.contains(b.meta.name.as_deref().unwrap_or_default())
+            labels::is_managed(&b.meta)
+                && !wanted.contains(b.meta.name.as_deref().unwrap_or_default())
         })
         .collect();
     let prune = if failed_applies > 0 {
@@ -319,13 +321,6 @@ fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> Obje
     }
 }
 
-fn is_managed(meta: &ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(labels::MANAGED_BY))
-        .is_some_and(|v| v == labels::MANAGER)
-}
-
 /// Every Deployment in the namespace, managed or not (a desired name may already exist
 /// unlabelled): metadata only, unless a dry run needs whole objects to compare.
 async fn read_before(
@@ -347,7 +342,7 @@ async fn read_before(
             })
             .collect()
     } else {
-        list_metadata_all(api)
+        cluster::list_metadata_all(api, ListParams::default())
             .await
             .map_err(list_error)?
             .into_iter()
@@ -361,21 +356,6 @@ async fn read_before(
         .into_iter()
         .map(|b| (b.meta.name.clone().unwrap_or_default(), b))
         .collect())
-}
-
-async fn list_metadata_all(
-    api: &Api<Deployment>,
-) -> Result<Vec<PartialObjectMeta<Deployment>>, kube::Error> {
-    let mut params = ListParams::default().limit(500);
-    let mut out = Vec::new();
-    loop {
-        let page = api.list_metadata(&params).await?;
-        out.extend(page.items);
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(out),
-        }
-    }
 }
 
 async fn create_namespace(client: &Client, ns: &str) -> Result<(), ClusterError> {
@@ -462,7 +442,10 @@ async fn apply_one(
     opts: &ApplyOptions,
 ) -> ObjectResult {
     let ns = opts.namespace.as_str();
-    let name = object.metadata.name.clone().unwrap_or_default();
+    let Some(name) = object.metadata.name.clone() else {
+        let message = "a rendered Deployment has no name: nothing to apply it as".to_owned();
+        return result(ns, "", Action::Failed, Some(message));
+    };
     if object
         .metadata
         .namespace
@@ -520,16 +503,14 @@ async fn apply_one(
     };
     let action = match before {
         None => Action::Created,
-        Some(b) if opts.dry_run => {
-            if b.object
-                .as_ref()
-                .is_some_and(|live| same_content(live, &stored))
-            {
-                Action::Unchanged
-            } else {
-                Action::Configured
+        Some(b) if opts.dry_run => match b.object.as_ref().map(|l| same_content(l, &stored)) {
+            Some(Ok(true)) => Action::Unchanged,
+            Some(Ok(false)) | None => Action::Configured,
+            Some(Err(err)) => {
+                let message = format!("cannot compare with the live object: {err}");
+                return result(ns, &name, Action::Failed, Some(message));
             }
-        }
+        },
         // The server does not write a no-op apply, so the resourceVersion tells.
         Some(b) if b.meta.resource_version == stored.metadata.resource_version => Action::Unchanged,
         Some(_) => Action::Configured,
@@ -538,13 +519,13 @@ async fn apply_one(
 }
 
 /// Equal once what the server owns (status, managedFields, resourceVersion, ...) is removed.
-fn same_content(a: &Deployment, b: &Deployment) -> bool {
+fn same_content(a: &Deployment, b: &Deployment) -> Result<bool, serde_json::Error> {
     let strip = |d: &Deployment| {
-        let mut v = serde_json::to_value(d).unwrap_or_default();
+        let mut v = serde_json::to_value(d)?;
         cloud4iot_core::diff::strip_server_fields(&mut v);
-        v
+        Ok::<_, serde_json::Error>(v)
     };
-    strip(a) == strip(b)
+    Ok(strip(a)? == strip(b)?)
 }
 
 async fn prune_one(api: &Api<Deployment>, meta: &ObjectMeta, dry_run: bool) -> ObjectResult {
@@ -611,15 +592,17 @@ pub async fn reconcile(
 ) -> Result<Reconciled, ReconcileError> {
     let repo = cloud4iot_core::load::load_dir(dir).map_err(ReconcileError::Invalid)?;
     let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
-    let plan = cloud4iot_core::plan::plan(&repo, &inventory, now);
     let render_opts = RenderOptions {
         namespace: opts.namespace.clone(),
         revision: revision.map(str::to_owned),
     };
-    let desired = cloud4iot_core::render::render(&repo, &plan, &render_opts);
-    let mut report = apply(client, &desired, opts, progress).await?;
+    let desired = Pipeline::new(&repo, &inventory, now).run(&render_opts);
+    let mut report = apply(client, &desired.objects, opts, progress).await?;
     report.revision = revision.map(str::to_owned);
-    Ok(Reconciled { plan, report })
+    Ok(Reconciled {
+        plan: desired.plan,
+        report,
+    })
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectList, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
@@ -19,9 +20,6 @@ use cloud4iot_core::model::{GatewayReport, Inventory, NodeInfo, labels};
 
 /// The field manager of every write cloud4iot makes.
 pub const FIELD_MANAGER: &str = "cloud4iot";
-
-/// The namespace functions run in unless `--namespace` says otherwise.
-pub const DEFAULT_NAMESPACE: &str = cloud4iot_core::render::DEFAULT_NAMESPACE;
 
 /// Concurrent requests for bulk operations (apply, dry-run, prune) unless told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -65,6 +63,15 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+    #[error("Deployment {namespace}/{name} as the server returned it: {source}")]
+    Decode {
+        namespace: String,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("a rendered Deployment in namespace {namespace} has no name")]
+    Unnamed { namespace: String },
     #[error("dry-run apply of Deployment {namespace}/{name}: {source}")]
     DryRun {
         namespace: String,
@@ -133,9 +140,10 @@ pub async fn config(args: &ClientOptions) -> Result<Config, ClusterError> {
     Config::infer().await.map_err(ClusterError::Infer)
 }
 
-/// The live inventory with functions in [`DEFAULT_NAMESPACE`].
+/// The live inventory with functions in the default namespace
+/// ([`cloud4iot_core::render::DEFAULT_NAMESPACE`]).
 pub async fn read_inventory(client: &Client) -> Result<Inventory, ClusterError> {
-    read_inventory_in(client, DEFAULT_NAMESPACE).await
+    read_inventory_in(client, cloud4iot_core::render::DEFAULT_NAMESPACE).await
 }
 
 /// The live inventory: cloud4iot's Nodes (those with a tier label; a node whose labels or
@@ -203,10 +211,31 @@ pub(crate) async fn list_all<K>(api: &Api<K>, params: ListParams) -> Result<Vec<
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,
 {
+    all_pages(params, |p| async move { api.list(&p).await }).await
+}
+
+/// The metadata of every object `api` lists under `params`, page by page.
+pub(crate) async fn list_metadata_all<K>(
+    api: &Api<K>,
+    params: ListParams,
+) -> Result<Vec<PartialObjectMeta<K>>, kube::Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    all_pages(params, |p| async move { api.list_metadata(&p).await }).await
+}
+
+/// Follows `continue` tokens until the last page, [`PAGE_SIZE`] objects a page.
+async fn all_pages<T, F, Fut>(params: ListParams, list: F) -> Result<Vec<T>, kube::Error>
+where
+    T: Clone,
+    F: Fn(ListParams) -> Fut,
+    Fut: Future<Output = Result<ObjectList<T>, kube::Error>>,
+{
     let mut params = params.limit(PAGE_SIZE);
     let mut out = Vec::new();
     loop {
-        let page = api.list(&params).await?;
+        let page = list(params.clone()).await?;
         out.extend(page.items);
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
@@ -271,19 +300,26 @@ pub async fn dry_run_apply_with(
             let missing = &missing;
             async move {
                 let namespace = object.metadata.namespace.clone().unwrap_or_default();
-                let name = object.metadata.name.clone().unwrap_or_default();
+                let Some(name) = object.metadata.name.clone() else {
+                    return Err(ClusterError::Unnamed { namespace });
+                };
                 if missing.contains(&namespace) {
                     return Ok(object.clone());
                 }
                 let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-                api.patch(&name, params, &Patch::Apply(object))
+                let stored = api
+                    .patch(&name, params, &Patch::Apply(object))
                     .await
-                    .map(|stored| without_server_fields(&stored))
                     .map_err(|source| ClusterError::DryRun {
-                        namespace,
-                        name,
+                        namespace: namespace.clone(),
+                        name: name.clone(),
                         source,
-                    })
+                    })?;
+                without_server_fields(&stored).map_err(|source| ClusterError::Decode {
+                    namespace,
+                    name,
+                    source,
+                })
             }
         })
         .buffered(concurrency.max(1))
@@ -292,10 +328,8 @@ pub async fn dry_run_apply_with(
 }
 
 /// `object` without the fields the API server owns, for comparing with desired objects.
-pub fn without_server_fields(object: &Deployment) -> Deployment {
-    let Ok(mut value) = serde_json::to_value(object) else {
-        return object.clone();
-    };
+pub fn without_server_fields(object: &Deployment) -> Result<Deployment, serde_json::Error> {
+    let mut value = serde_json::to_value(object)?;
     cloud4iot_core::diff::strip_server_fields(&mut value);
-    serde_json::from_value(value).unwrap_or_else(|_| object.clone())
+    serde_json::from_value(value)
 }

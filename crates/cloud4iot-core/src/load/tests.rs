@@ -213,3 +213,89 @@ fn a_miscased_kind_gets_a_hint() {
         "k.yaml:2:7: kind: unknown kind \"placementpolicy\" (did you mean PlacementPolicy?)"
     );
 }
+
+/// The semantic checks of [`super::validate`], through the loader as users meet them.
+mod validate_checks {
+    use std::path::Path;
+
+    use super::super::validate::check;
+    use super::*;
+    use crate::model::Tier;
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str(Path::new("r.yaml"), text) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const HEAD: &str =
+        "apiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata: {name: p}\nspec:\n";
+
+    #[test]
+    fn a_mode_that_drops_the_gateway_under_gateway_locality_is_reported() {
+        let text = format!(
+            "{HEAD}  dataLocality: gateway\n  modes:\n    normal: {{tiers: [cloud]}}\n    test: {{tiers: [gateway]}}\n  mode: test\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "r.yaml:7:21: spec.modes.normal.tiers: dataLocality gateway keeps data on the gateway, \
+              but tiers [cloud] exclude it: nothing could be placed"
+            ]
+        );
+    }
+
+    #[test]
+    fn mode_without_modes_and_zero_loss_grace() {
+        let text = format!("{HEAD}  tiers: [edge]\n  mode: fast\n  presence: {{lossGrace: 0s}}\n");
+        assert_eq!(
+            errors(&text),
+            [
+                "r.yaml:6:9: spec.mode: mode \"fast\" selects nothing: the policy defines no `modes`",
+                "r.yaml:7:25: spec.presence.lossGrace: lossGrace 0s: a device would count as absent \
+                 between two reports; give e.g. 30s",
+            ]
+        );
+    }
+
+    #[test]
+    fn repeated_env_and_ports_are_reported_at_the_second() {
+        let text = format!(
+            "{HEAD}  tiers: [cloud]\n---\napiVersion: cloud4iot.io/v1alpha1\nkind: Function\n\
+             metadata: {{name: f}}\nspec:\n  image: i\n  instances: {{replicas: 1}}\n  policy: p\n  \
+             env: [{{name: A}}, {{name: A, value: x}}]\n  \
+             ports: [{{containerPort: 80}}, {{containerPort: 80, protocol: TCP}}]\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "r.yaml:14:27: spec.env[1].name: environment variable \"A\" is set twice (also spec.env[0])",
+                "r.yaml:15:48: spec.ports[1].containerPort: port 80/TCP is declared twice (also spec.ports[0])",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repo_built_in_code_is_checked_too() {
+        // No sources: diagnostics still name the object, at line 0.
+        let mut repo = load_str(Path::new("r.yaml"), &format!("{HEAD}  tiers: [cloud]\n")).unwrap();
+        repo.policies.get_mut("p").unwrap().spec.tiers = vec![Tier::Cloud, Tier::Cloud];
+        let diags = check(&repo, &Sources::default());
+        assert_eq!(diags.len(), 1);
+        assert_eq!(
+            diags[0].to_string(),
+            "<PlacementPolicy p>: spec.tiers[1]: tier cloud is listed twice"
+        );
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "omh-consolidator", "x1", &"a".repeat(63)] {
+            assert!(crate::model::is_dns1123_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!crate::model::is_dns1123_label(bad), "{bad}");
+        }
+    }
+}

@@ -137,6 +137,13 @@ impl Inventory {
         }
     }
 
+    /// The moment a snapshot describes: its newest GatewayReport heartbeat (`None` without
+    /// one). Commands reading a snapshot plan at this moment unless `--now` says otherwise,
+    /// so a snapshot always plans the same. The one place that rule lives.
+    pub fn snapshot_time(&self) -> Option<jiff::Timestamp> {
+        self.reports.iter().filter_map(|r| r.spec.heartbeat).max()
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes
             .binary_search_by(|n| n.name.as_str().cmp(name))

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 pub use duration::Duration;
 pub use inventory::{Inventory, NodeError, NodeInfo};
 pub use quantity::{
-    QuantityError, ResourceQuantities, Resources, format_cpu, format_memory, parse_cpu_millis,
-    parse_memory_bytes,
+    QuantityError, ResourceQuantities, Resources, format_cpu, format_memory, number_as_quantity,
+    parse_cpu_millis, parse_memory_bytes,
 };
 
 pub const GROUP: &str = "cloud4iot.io";
@@ -40,6 +40,7 @@ pub mod labels {
     pub const NODE: &str = "cloud4iot.io/node";
     pub const ARCH: &str = "kubernetes.io/arch";
     pub const HOSTNAME: &str = "kubernetes.io/hostname";
+    pub const OS: &str = "kubernetes.io/os";
     /// The taint key gateways may carry so that only cloud4iot functions land there.
     pub const GATEWAY_TAINT: &str = "cloud4iot.io/gateway";
     /// Annotations.
@@ -48,6 +49,15 @@ pub mod labels {
     pub const REASON: &str = "cloud4iot.io/reason";
     /// The environment variable a per-device instance receives its device id in.
     pub const DEVICE_ENV: &str = "CLOUD4IOT_DEVICE_ID";
+
+    /// Whether an object is cloud4iot's (`app.kubernetes.io/managed-by: cloud4iot`): the one
+    /// test of what diff may show as deleted, prune may delete and a snapshot keeps as live.
+    pub fn is_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY))
+            .is_some_and(|v| v == MANAGER)
+    }
 }
 
 /// The three tiers of the Cloud4IoT architecture.
@@ -184,11 +194,18 @@ pub struct FunctionSpec {
 impl FunctionSpec {
     /// The image to run on `arch`, if the function has one for it.
     pub fn image_for(&self, arch: Arch) -> Option<&str> {
-        self.arch_images
-            .get(&arch)
-            .or(self.image.as_ref())
-            .map(String::as_str)
+        image_for(&self.arch_images, self.image.as_deref(), arch)
     }
+}
+
+/// The image for `arch`: its `archImages` entry, else the multi-arch `image`. The one rule
+/// (the planner keeps the two fields in its own tables and asks here too).
+pub fn image_for<'a>(
+    arch_images: &'a BTreeMap<Arch, String>,
+    image: Option<&'a str>,
+    arch: Arch,
+) -> Option<&'a str> {
+    arch_images.get(&arch).map(String::as_str).or(image)
 }
 
 /// Exactly one of `perDevice` or `replicas` (checked by validation).
@@ -381,6 +398,17 @@ pub struct SeenDevice {
     pub first_seen: jiff::Timestamp,
     #[schemars(with = "String")]
     pub last_seen: jiff::Timestamp,
+}
+
+/// A DNS-1123 label: at most 63 lowercase alphanumerics or `-`, alphanumeric at both ends.
+/// What Deployment names, container names and repository object names must be.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Label-safe, DNS-1123-safe form of a device id: `C4:7C:8D:6A:12:34` -> `c4-7c-8d-6a-12-34`.

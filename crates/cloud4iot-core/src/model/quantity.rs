@@ -244,14 +244,23 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     #[serde(untagged)]
     enum Raw {
         S(String),
-        I(i64),
-        F(f64),
+        N(serde_json::Number),
     }
     Ok(Option::<Raw>::deserialize(d)?.map(|raw| match raw {
         Raw::S(s) => s,
-        Raw::I(i) => i.to_string(),
-        Raw::F(f) => f.to_string(),
+        Raw::N(n) => number_as_quantity(&n),
     }))
+}
+
+/// A quantity written as a number (`cpu: 1`, `memory: 1e9`) as the string the model keeps:
+/// its decimal form. Display of f64 never uses an exponent: 1e8 -> "100000000".
+pub fn number_as_quantity(n: &serde_json::Number) -> String {
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.to_string(),
+        (_, Some(u), _) => u.to_string(),
+        (_, _, Some(f)) => f.to_string(),
+        _ => n.to_string(),
+    }
 }
 
 impl ResourceQuantities {

@@ -67,10 +67,7 @@ struct FnInfo {
 
 impl FnInfo {
     fn image_for(&self, arch: Arch) -> Option<&str> {
-        self.arch_images
-            .get(&arch)
-            .or(self.image.as_ref())
-            .map(String::as_str)
+        crate::model::image_for(&self.arch_images, self.image.as_deref(), arch)
     }
 }
 
@@ -775,7 +772,10 @@ impl Planner {
     fn presence_times(&self, fi: u32) -> (SignedDuration, SignedDuration) {
         match self.fns[fi as usize].policy {
             Ok(p) => (self.policies[p].dwell, self.policies[p].grace),
-            Err(_) => (SignedDuration::from_secs(5), SignedDuration::from_secs(30)),
+            Err(_) => {
+                let d = crate::model::Presence::default();
+                (d.dwell.as_signed(), d.loss_grace.as_signed())
+            }
         }
     }
 
@@ -1128,12 +1128,7 @@ impl Planner {
             function: f.name.clone(),
             instance: c.name.clone(),
             device: c.device.map(|d| self.devices[d as usize].id.clone()),
-            tier: None,
-            node: None,
-            site: None,
-            arch: None,
-            image: None,
-            reason: String::new(),
+            ..Placement::empty()
         };
         let unplaced = |mut p: Placement, why: String| {
             p.reason = why;

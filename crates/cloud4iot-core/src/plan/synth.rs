@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::model::{
-    Arch, DataLocality, DeviceClassSpec, DeviceMatch, Duration, FunctionSpec, GatewayReport,
+    Arch, DataLocality, DeviceClassSpec, DeviceMatch, FunctionSpec, GatewayReport,
     GatewayReportSpec, Instances, Inventory, Metadata, Mode, NodeInfo, Object, PerDevice,
     PlacementPolicy, PlacementPolicySpec, Presence, Repo, ResourceQuantities, Resources,
     SeenDevice, Tier,
@@ -153,8 +153,7 @@ fn policies() -> Vec<PlacementPolicy> {
                 data_locality: locality,
                 presence: Presence {
                     min_rssi,
-                    dwell: Duration::from_secs(5),
-                    loss_grace: Duration::from_secs(30),
+                    ..Presence::default()
                 },
                 gateway_reserve: reserve,
                 priority,

@@ -10,27 +10,7 @@ pub(crate) const BRACELET: &str = "C4:7C:8D:6A:12:34";
 
 /// Parses repository YAML (Function, PlacementPolicy, DeviceClass documents).
 pub(crate) fn repo(yaml: &str) -> Repo {
-    let mut repo = Repo::default();
-    for doc in serde_norway::Deserializer::from_str(yaml) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
-        let name = v["metadata"]["name"].as_str().unwrap().to_string();
-        match v["kind"].as_str().unwrap() {
-            "Function" => drop(
-                repo.functions
-                    .insert(name, serde_json::from_value(v).unwrap()),
-            ),
-            "PlacementPolicy" => drop(
-                repo.policies
-                    .insert(name, serde_json::from_value(v).unwrap()),
-            ),
-            "DeviceClass" => drop(
-                repo.device_classes
-                    .insert(name, serde_json::from_value(v).unwrap()),
-            ),
-            k => panic!("unexpected kind {k}"),
-        }
-    }
-    repo
+    crate::testing::repo(yaml)
 }
 
 pub(crate) fn node(name: &str, tier: &str, site: &str, arch: &str, cpu: &str, mem: &str) -> String {

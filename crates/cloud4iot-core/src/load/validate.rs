@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::source::{Kind, Source, Sources};
 use crate::diag::Diagnostic;
-use crate::load::{Kind, Sources};
 use crate::model::{DataLocality, Function, PlacementPolicy, Repo, ResourceQuantities, Tier};
 
 /// Every semantic problem of `repo`, unsorted.
@@ -128,7 +128,7 @@ fn check_policy(sources: &Sources, name: &str, p: &PlacementPolicy, out: &mut Ve
     }
     let mut lists: Vec<(String, &[Tier])> = vec![("/spec/tiers".to_string(), &spec.tiers)];
     for (mode, m) in &spec.modes {
-        let pointer = format!("/spec/modes/{}/tiers", crate::load::position::escape(mode));
+        let pointer = format!("/spec/modes/{}/tiers", super::position::escape(mode));
         if m.tiers.is_empty() {
             out.push(src.at(&pointer, format!("mode {mode:?} allows no tier")));
         }
@@ -196,7 +196,7 @@ fn check_policy(sources: &Sources, name: &str, p: &PlacementPolicy, out: &mut Ve
 fn check_quantities(
     q: &ResourceQuantities,
     pointer: &str,
-    src: &crate::load::Source,
+    src: &Source,
     out: &mut Vec<Diagnostic>,
 ) {
     if let Some(cpu) = &q.cpu
@@ -218,8 +218,8 @@ fn check_quantities(
 }
 
 /// Names become Deployment names and label values: DNS-1123 labels.
-fn check_name(kind: Kind, name: &str, src: &crate::load::Source, out: &mut Vec<Diagnostic>) {
-    if !is_dns_label(name) {
+fn check_name(kind: Kind, name: &str, src: &Source, out: &mut Vec<Diagnostic>) {
+    if !crate::model::is_dns1123_label(name) {
         out.push(src.at(
             "/metadata/name",
             format!(
@@ -231,16 +231,6 @@ fn check_name(kind: Kind, name: &str, src: &crate::load::Source, out: &mut Vec<D
     }
 }
 
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 /// ` (defined: a, b, c)` for a message about a dangling reference.
 /// `written` are the names in the files (with errors or not), `loaded` those of the repo.
 fn defined<'a>(mut written: BTreeSet<&'a str>, loaded: impl Iterator<Item = &'a String>) -> String {
@@ -250,91 +240,5 @@ fn defined<'a>(mut written: BTreeSet<&'a str>, loaded: impl Iterator<Item = &'a 
         0 => " (the repository defines none)".to_string(),
         n if n <= 8 => format!(" (defined: {})", names.join(", ")),
         n => format!(" (defined: {}, and {} more)", names[..8].join(", "), n - 8),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn errors(text: &str) -> Vec<String> {
-        match crate::load::load_str(Path::new("r.yaml"), text) {
-            Ok(_) => Vec::new(),
-            Err(d) => d.0.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    const HEAD: &str =
-        "apiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata: {name: p}\nspec:\n";
-
-    #[test]
-    fn a_mode_that_drops_the_gateway_under_gateway_locality_is_reported() {
-        let text = format!(
-            "{HEAD}  dataLocality: gateway\n  modes:\n    normal: {{tiers: [cloud]}}\n    test: {{tiers: [gateway]}}\n  mode: test\n"
-        );
-        assert_eq!(
-            errors(&text),
-            [
-                "r.yaml:7:21: spec.modes.normal.tiers: dataLocality gateway keeps data on the gateway, \
-              but tiers [cloud] exclude it: nothing could be placed"
-            ]
-        );
-    }
-
-    #[test]
-    fn mode_without_modes_and_zero_loss_grace() {
-        let text = format!("{HEAD}  tiers: [edge]\n  mode: fast\n  presence: {{lossGrace: 0s}}\n");
-        assert_eq!(
-            errors(&text),
-            [
-                "r.yaml:6:9: spec.mode: mode \"fast\" selects nothing: the policy defines no `modes`",
-                "r.yaml:7:25: spec.presence.lossGrace: lossGrace 0s: a device would count as absent \
-                 between two reports; give e.g. 30s",
-            ]
-        );
-    }
-
-    #[test]
-    fn repeated_env_and_ports_are_reported_at_the_second() {
-        let text = format!(
-            "{HEAD}  tiers: [cloud]\n---\napiVersion: cloud4iot.io/v1alpha1\nkind: Function\n\
-             metadata: {{name: f}}\nspec:\n  image: i\n  instances: {{replicas: 1}}\n  policy: p\n  \
-             env: [{{name: A}}, {{name: A, value: x}}]\n  \
-             ports: [{{containerPort: 80}}, {{containerPort: 80, protocol: TCP}}]\n"
-        );
-        assert_eq!(
-            errors(&text),
-            [
-                "r.yaml:14:27: spec.env[1].name: environment variable \"A\" is set twice (also spec.env[0])",
-                "r.yaml:15:48: spec.ports[1].containerPort: port 80/TCP is declared twice (also spec.ports[0])",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_repo_built_in_code_is_checked_too() {
-        // No sources: diagnostics still name the object, at line 0.
-        let mut repo =
-            crate::load::load_str(Path::new("r.yaml"), &format!("{HEAD}  tiers: [cloud]\n"))
-                .unwrap();
-        repo.policies.get_mut("p").unwrap().spec.tiers = vec![Tier::Cloud, Tier::Cloud];
-        let diags = check(&repo, &Sources::default());
-        assert_eq!(diags.len(), 1);
-        assert_eq!(
-            diags[0].to_string(),
-            "<PlacementPolicy p>: spec.tiers[1]: tier cloud is listed twice"
-        );
-    }
-
-    #[test]
-    fn dns_labels() {
-        for ok in ["a", "omh-consolidator", "x1", &"a".repeat(63)] {
-            assert!(is_dns_label(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
-            assert!(!is_dns_label(bad), "{bad}");
-        }
     }
 }

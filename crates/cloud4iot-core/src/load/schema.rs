@@ -9,13 +9,14 @@ use jsonschema::Validator;
 use jsonschema::error::{TypeKind, ValidationError, ValidationErrorKind};
 use serde_json::Value;
 
+use super::position::escape;
+use super::source::{Kind, Source, json_type};
 use crate::diag::Diagnostic;
-use crate::load::{Kind, Source, json_type, position::escape};
 
-pub const FUNCTION: &str = include_str!("../../../schema/function.json");
-pub const PLACEMENT_POLICY: &str = include_str!("../../../schema/placementpolicy.json");
-pub const DEVICE_CLASS: &str = include_str!("../../../schema/deviceclass.json");
-pub const GATEWAY_REPORT: &str = include_str!("../../../schema/gatewayreport.json");
+pub const FUNCTION: &str = include_str!("../../../../schema/function.json");
+pub const PLACEMENT_POLICY: &str = include_str!("../../../../schema/placementpolicy.json");
+pub const DEVICE_CLASS: &str = include_str!("../../../../schema/deviceclass.json");
+pub const GATEWAY_REPORT: &str = include_str!("../../../../schema/gatewayreport.json");
 
 /// Every schema with its file name under `schema/`.
 pub const ALL: [(&str, &str); 4] = [

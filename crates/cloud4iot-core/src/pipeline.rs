@@ -1,0 +1,174 @@
+//! The one composition of the pure steps: a repository and a live inventory, at a moment,
+//! become a plan, the objects it calls for, and the diff against what runs.
+//!
+//! Every command runs this (`plan` stops after the plan; `render`, `diff`, `diff --base`
+//! and `apply`'s reconcile go on to the objects); they differ only in what they print or
+//! send to the cluster. Where `now` comes from is the caller's decision (the clock, a
+//! `--now` flag, or the moment a snapshot describes: [`Inventory::snapshot_time`]).
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+
+use crate::diff::{DiffError, DiffReport};
+use crate::model::{Inventory, Repo};
+use crate::plan::{Plan, current_placements};
+use crate::render::RenderOptions;
+
+/// The inputs of one pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Pipeline<'a> {
+    pub repo: &'a Repo,
+    pub inventory: &'a Inventory,
+    /// The moment presence and dwell are judged at.
+    pub now: Timestamp,
+}
+
+/// What one pass decides: the plan and the objects it renders to.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub plan: Plan,
+    /// Sorted by (function, instance), as the plan.
+    pub objects: Vec<Deployment>,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(repo: &'a Repo, inventory: &'a Inventory, now: Timestamp) -> Self {
+        Pipeline {
+            repo,
+            inventory,
+            now,
+        }
+    }
+
+    /// The placement of every instance (instances already running keep their room first).
+    pub fn plan(&self) -> Plan {
+        crate::plan::plan(self.repo, self.inventory, self.now)
+    }
+
+    /// The plan and the objects it calls for.
+    pub fn run(&self, opts: &RenderOptions) -> Desired {
+        let plan = self.plan();
+        let objects = crate::render::render(self.repo, &plan, opts);
+        Desired { plan, objects }
+    }
+}
+
+impl Desired {
+    /// What an apply would change: the placements read back from the live objects of
+    /// `inventory` against this plan, and the live objects against [`Desired::objects`].
+    pub fn diff_live(&self, inventory: &Inventory) -> Result<DiffReport, DiffError> {
+        self.diff_live_as(&self.objects, inventory)
+    }
+
+    /// [`Desired::diff_live`] with the desired objects as the server would store them
+    /// (the result of a server-side dry-run apply of [`Desired::objects`]), so defaulting
+    /// and admission never show as drift.
+    pub fn diff_live_as(
+        &self,
+        served: &[Deployment],
+        inventory: &Inventory,
+    ) -> Result<DiffReport, DiffError> {
+        DiffReport::new(
+            &current_placements(&inventory.live),
+            &self.plan,
+            served,
+            &inventory.live,
+        )
+    }
+
+    /// What merging this revision into `base` changes, both planned against the same
+    /// inventory at the same moment. Render both without a revision annotation
+    /// (`RenderOptions::revision: None`), or every object shows as changed.
+    pub fn diff_from(&self, base: &Desired) -> Result<DiffReport, DiffError> {
+        DiffReport::new(&base.plan, &self.plan, &self.objects, &base.objects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GatewayReport, GatewayReportSpec, NodeInfo, Resources, SeenDevice, Tier};
+
+    const REPO: &str = r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: DeviceClass
+metadata: {name: bracelet}
+spec: {match: {namePrefix: OMH}}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {name: follow}
+spec: {tiers: [gateway, cloud]}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: f}
+spec:
+  image: example.org/f:1
+  resources: {cpu: 100m, memory: 64Mi}
+  instances: {perDevice: {deviceClass: bracelet}}
+  policy: follow
+"#;
+
+    fn world(gateway: &str) -> Inventory {
+        let now: Timestamp = "2026-11-28T10:00:00Z".parse().unwrap();
+        let node = |name: &str| NodeInfo {
+            name: name.into(),
+            tier: Tier::Gateway,
+            site: None,
+            arch: crate::model::Arch::Arm64,
+            allocatable: Resources::new(1000, 1 << 30),
+            gateway_taint: true,
+            schedulable: true,
+        };
+        let report = GatewayReport::new(
+            gateway,
+            GatewayReportSpec {
+                heartbeat: Some(now),
+                devices: vec![SeenDevice {
+                    id: "AA:BB:CC:DD:EE:01".into(),
+                    class: "bracelet".into(),
+                    rssi: -50,
+                    first_seen: now - jiff::SignedDuration::from_mins(10),
+                    last_seen: now,
+                }],
+                resources: None,
+            },
+        );
+        Inventory::new(vec![node("gw-a"), node("gw-b")], vec![report], vec![])
+    }
+
+    #[test]
+    fn one_pass_plans_renders_and_diffs() {
+        let repo = crate::load::load_str(std::path::Path::new("r.yaml"), REPO).unwrap();
+        let at_a = world("gw-a");
+        let now = at_a.snapshot_time().unwrap();
+        let desired = Pipeline::new(&repo, &at_a, now).run(&RenderOptions::default());
+        assert_eq!(desired.plan.placements.len(), 1);
+        assert_eq!(desired.plan.placements[0].node.as_deref(), Some("gw-a"));
+        assert_eq!(desired.objects.len(), 1);
+        // Nothing runs yet: the instance appears and its Deployment is created.
+        let report = desired.diff_live(&at_a).unwrap();
+        assert_eq!(report.placement_changes.len(), 1);
+        assert_eq!(report.object_changes.len(), 1);
+
+        // Once applied, the same pass is no change.
+        let running = Inventory::new(
+            at_a.nodes.clone(),
+            at_a.reports.clone(),
+            desired.objects.clone(),
+        );
+        let again = Pipeline::new(&repo, &running, now).run(&RenderOptions::default());
+        assert!(!again.diff_live(&running).unwrap().has_changes());
+
+        // The device roams: the plan of the new world against the old plan is one move.
+        let at_b = world("gw-b");
+        let moved = Pipeline::new(&repo, &at_b, now).run(&RenderOptions::default());
+        let report = moved.diff_from(&desired).unwrap();
+        assert_eq!(report.placement_changes.len(), 1);
+        assert_eq!(
+            report.placement_changes[0].change,
+            crate::diff::PlacementChangeKind::Moved
+        );
+    }
+}
