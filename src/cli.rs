@@ -79,6 +79,11 @@ pub enum Command {
     /// Apply the placement to the cluster: server-side apply (field manager `cloud4iot`),
     /// then prune managed Deployments that are no longer desired.
     Apply(crate::commands::apply::ApplyArgs),
+    /// Run the reconciler as a controller: git poll + webhook, watches, incremental
+    /// re-planning, status, Events, metrics, leader election.
+    #[command(long_about = crate::commands::run::LONG_ABOUT)]
+    Run(crate::commands::run::RunArgs),
+    Status(crate::commands::status::StatusArgs),
 }
 
 /// Where the desired configuration comes from.
@@ -170,6 +175,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Diff(args) => crate::commands::diff::run(&args, color).await,
         Command::Render(args) => crate::commands::render::run(&args).await,
         Command::Apply(args) => crate::commands::apply::run(args).await,
+        Command::Run(args) => crate::commands::run::run(args).await,
+        Command::Status(args) => crate::commands::status::run(&args).await,
     };
     match result {
         Ok(outcome) => outcome as u8,

@@ -75,6 +75,7 @@ fn the_stream_parses_back_into_typed_objects() {
         "ValidatingAdmissionPolicyBinding",
         "Deployment",
         "DaemonSet",
+        "Service",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
     }
@@ -160,6 +161,11 @@ fn rbac_is_least_privilege() {
                 key("cloud4iot.io", "gatewayreports"),
                 set(&["get", "list", "watch"])
             ),
+            (
+                key("cloud4iot.io", "reconcilers"),
+                set(&["get", "create", "patch"])
+            ),
+            (key("cloud4iot.io", "reconcilers/status"), set(&["patch"])),
         ])
     );
     let (namespace, functions) = rules(&objects, "Role", CONTROLLER);
@@ -170,9 +176,32 @@ fn rbac_is_least_privilege() {
     );
     assert_eq!(
         grants(&functions),
+        BTreeMap::from([
+            (
+                key("apps", "deployments"),
+                set(&["get", "list", "watch", "create", "patch", "delete"])
+            ),
+            (key("events.k8s.io", "events"), set(&["create", "patch"])),
+        ])
+    );
+    // The leader-election Lease, in the controller's own namespace only.
+    let leases = objects
+        .iter()
+        .find_map(|o| match o {
+            InstallObject::Role(r)
+                if r.metadata.name.as_deref() == Some(CONTROLLER)
+                    && r.metadata.namespace.as_deref() == Some("cloud4iot-system") =>
+            {
+                Some(r.rules.clone().unwrap_or_default())
+            }
+            _ => None,
+        })
+        .expect("a Role for the Lease");
+    assert_eq!(
+        grants(&leases),
         BTreeMap::from([(
-            key("apps", "deployments"),
-            set(&["get", "list", "watch", "create", "patch", "delete"])
+            key("coordination.k8s.io", "leases"),
+            set(&["get", "create", "update"])
         )])
     );
     let (_, agent) = rules(&objects, "ClusterRole", AGENT);

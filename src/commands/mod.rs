@@ -7,4 +7,6 @@ pub mod inputs;
 pub mod manifests;
 pub mod plan;
 pub mod render;
+pub mod run;
+pub mod status;
 pub mod validate;

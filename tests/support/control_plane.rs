@@ -350,6 +350,49 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("create namespace {name}: {e}"))
     }
 
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL), leaves it down for `down`, then starts
+    /// it again with the same arguments: same port, same etcd, so clients reconnect to the
+    /// same URL and find the same objects. Returns once it is ready again.
+    pub async fn restart_apiserver(&mut self, down: Duration) {
+        let dir = self.processes.path().to_owned();
+        let p = self
+            .processes
+            .children
+            .iter_mut()
+            .find(|p| p.name == "kube-apiserver")
+            .expect("kube-apiserver is running");
+        terminate(p.child.id());
+        let deadline = Instant::now() + STOP_GRACE;
+        while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        tokio::time::sleep(down).await;
+        let out = File::options()
+            .append(true)
+            .open(&p.log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", p.log.display()));
+        let err = out.try_clone().expect("clone log file handle");
+        let (bin, args) = &p.command;
+        p.child = Command::new(bin)
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("restart {}: {e}", bin.display()));
+        let client = self.client.clone();
+        self.processes
+            .wait_for(
+                "kube-apiserver ready after its restart",
+                APISERVER_READY,
+                async || get_text(&client, "/readyz").await.as_deref() == Some("ok"),
+            )
+            .await;
+    }
+
     /// The log of one component (`etcd`, `kube-apiserver`, `kube-scheduler`,
     /// `kube-controller-manager`) so far.
     pub fn log(&self, component: &str) -> String {
@@ -368,6 +411,8 @@ struct Process {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// The binary and its arguments, to start it again ([`ControlPlane::restart_apiserver`]).
+    command: (PathBuf, Vec<OsString>),
 }
 
 /// The processes of one control plane and its directory: whatever happens (a
@@ -386,15 +431,22 @@ impl Processes {
         let log = self.path().join(format!("{name}.log"));
         let out = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log file handle");
+        let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
         let child = Command::new(bin)
-            .args(args.into_iter().map(OsString::from))
+            .args(&args)
             .current_dir(self.path())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        self.children.push(Process { name, child, log });
+        let command = (bin.to_owned(), args);
+        self.children.push(Process {
+            name,
+            child,
+            log,
+            command,
+        });
     }
 
     /// Starts a component that serves `/healthz` over HTTPS on the port given to

@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
@@ -68,6 +68,7 @@ pub enum InstallObject {
     ValidatingAdmissionPolicyBinding(Box<ValidatingAdmissionPolicyBinding>),
     Deployment(Box<Deployment>),
     DaemonSet(Box<DaemonSet>),
+    Service(Box<Service>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +114,13 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"}
     });
-    let mut controller_env = vec![json!({"name": "CLOUD4IOT_LOG", "value": "info"})];
+    let mut controller_env = vec![
+        json!({"name": "CLOUD4IOT_LOG", "value": "info"}),
+        json!({"name": "XDG_CACHE_HOME", "value": "/cache"}),
+        // The Lease's namespace and this replica's identity (downward API).
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    ];
     if let Some(repo) = &opts.repo {
         controller_env.push(json!({"name": "CLOUD4IOT_REPO", "value": repo}));
     }
@@ -129,7 +136,10 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             "metadata": meta(CONTROLLER, None),
             "rules": [
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [gatewayreports], "resources": ["gatewayreports"], "verbs": ["get", "list", "watch"]}
+                {"apiGroups": [gatewayreports], "resources": ["gatewayreports"], "verbs": ["get", "list", "watch"]},
+                // its status object (`cloud4iot status`), created and written by server-side apply
+                {"apiGroups": [gatewayreports], "resources": ["reconcilers"], "verbs": ["get", "create", "patch"]},
+                {"apiGroups": [gatewayreports], "resources": ["reconcilers/status"], "verbs": ["patch"]}
             ]
         }),
         json!({
@@ -144,12 +154,29 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             "metadata": meta(CONTROLLER, Some(fns)),
             "rules": [
                 {"apiGroups": ["apps"], "resources": ["deployments"],
-                 "verbs": ["get", "list", "watch", "create", "patch", "delete"]}
+                 "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+                // Roamed / Offloaded / Recalled / Unplaced, on the Deployments
+                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
             ]
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": meta(CONTROLLER, Some(fns)),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
+            "subjects": [sa_subject(CONTROLLER)]
+        }),
+        // The controller's leader election: one Lease in its own namespace.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta(CONTROLLER, Some(ns)),
+            "rules": [
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                 "verbs": ["get", "create", "update"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta(CONTROLLER, Some(ns)),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
             "subjects": [sa_subject(CONTROLLER)]
         }),
@@ -202,22 +229,40 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": meta(CONTROLLER, Some(ns)),
             "spec": {
-                "replicas": 1,
+                // Two replicas: one leader (a Lease), one warm standby.
+                "replicas": 2,
                 "selector": {"matchLabels": {"app.kubernetes.io/name": CONTROLLER}},
                 "template": {
                     "metadata": {"labels": {"app.kubernetes.io/name": CONTROLLER, "app.kubernetes.io/part-of": "cloud4iot"}},
                     "spec": {
                         "serviceAccountName": CONTROLLER,
+                        "terminationGracePeriodSeconds": 30,
                         "containers": [{
                             "name": "controller",
                             "image": opts.image,
-                            "args": ["run", "--namespace", fns],
+                            "args": ["run", "--namespace", fns, "--listen", "0.0.0.0:8080"],
                             "env": controller_env,
-                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-                            "securityContext": restricted
-                        }]
+                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+                            "securityContext": restricted,
+                            // git checkouts (the root filesystem is read-only)
+                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]
+                        }],
+                        "volumes": [{"name": "cache", "emptyDir": {}}]
                     }
                 }
+            }
+        }),
+        // /metrics for Prometheus and /hook for git webhooks (every replica serves both;
+        // a standby's fetch never writes, and the leader polls every --interval).
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(CONTROLLER, Some(ns)),
+            "spec": {
+                "selector": {"app.kubernetes.io/name": CONTROLLER},
+                "ports": [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
             }
         }),
         json!({
@@ -284,6 +329,7 @@ pub fn typed(literal: Value) -> Result<InstallObject, InstallError> {
         }
         "Deployment" => InstallObject::Deployment(de(literal).map_err(err)?),
         "DaemonSet" => InstallObject::DaemonSet(de(literal).map_err(err)?),
+        "Service" => InstallObject::Service(de(literal).map_err(err)?),
         "CustomResourceDefinition" => {
             InstallObject::CustomResourceDefinition(de(literal).map_err(err)?)
         }

@@ -5,3 +5,4 @@ pub mod apply;
 pub mod cluster;
 pub mod crd;
 pub mod install;
+pub mod reconciler;

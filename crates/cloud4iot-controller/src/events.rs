@@ -1,0 +1,161 @@
+//! Kubernetes Events (events.k8s.io/v1) for every migration, on the Deployment that moved:
+//! `Roamed` (another gateway, or another site of the same tier), `Offloaded` (up a tier:
+//! gateway -> edge -> cloud), `Recalled` (back down) and `Unplaced` (Warning), each with
+//! the planner's reason as its note.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio::sync::mpsc;
+
+use cloud4iot_core::plan::Placement;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migration {
+    Roamed,
+    Offloaded,
+    Recalled,
+    Unplaced,
+}
+
+impl Migration {
+    /// The Event reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Migration::Roamed => "Roamed",
+            Migration::Offloaded => "Offloaded",
+            Migration::Recalled => "Recalled",
+            Migration::Unplaced => "Unplaced",
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Migration::Roamed => "roamed",
+            Migration::Offloaded => "offloaded",
+            Migration::Recalled => "recalled",
+            Migration::Unplaced => "unplaced",
+        }
+    }
+}
+
+/// The migration from what runs (`before`, `None`: nothing) to `after`, if it is one.
+/// A first placement is not a migration; neither is a change of image or reason alone.
+pub fn migration(before: Option<&Placement>, after: &Placement) -> Option<Migration> {
+    let Some(to) = after.tier else {
+        // Unplaced: worth a warning when it ran before, or when it is new.
+        return match before {
+            Some(b) if b.tier.is_none() => None,
+            _ => Some(Migration::Unplaced),
+        };
+    };
+    let b = before?;
+    let from = b.tier?;
+    Some(match from.cmp(&to) {
+        std::cmp::Ordering::Less => Migration::Offloaded,
+        std::cmp::Ordering::Greater => Migration::Recalled,
+        std::cmp::Ordering::Equal if b.node != after.node || b.site != after.site => {
+            Migration::Roamed
+        }
+        std::cmp::Ordering::Equal => return None,
+    })
+}
+
+/// One Event to publish.
+#[derive(Clone, Debug)]
+pub struct Note {
+    pub migration: Migration,
+    pub reason: String,
+    pub reference: ObjectReference,
+}
+
+/// The Deployment's reference without reading it.
+pub fn deployment_ref(namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some("Deployment".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        uid,
+        ..ObjectReference::default()
+    }
+}
+
+/// Publishes Events from a bounded queue in a task of its own, so that Events never slow
+/// the roaming path; when the queue is full, Events are dropped (and logged).
+pub fn publisher(client: Client, identity: String) -> mpsc::Sender<Note> {
+    let (tx, mut rx) = mpsc::channel::<Note>(1024);
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "cloud4iot".into(),
+            instance: Some(identity),
+        },
+    );
+    tokio::spawn(async move {
+        while let Some(note) = rx.recv().await {
+            let mut text = note.reason.clone();
+            if text.len() > 1024 {
+                let mut end = 1024;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+            let event = Event {
+                type_: if note.migration == Migration::Unplaced {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: note.migration.as_str().into(),
+                note: Some(text),
+                action: "Place".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &note.reference).await {
+                tracing::warn!(error = %e, object = ?note.reference.name, "publishing an Event");
+            }
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloud4iot_core::model::Tier;
+
+    fn at(tier: Option<Tier>, node: Option<&str>) -> Placement {
+        Placement {
+            function: "f".into(),
+            instance: "f-1".into(),
+            device: None,
+            tier,
+            node: node.map(str::to_owned),
+            site: None,
+            arch: None,
+            image: None,
+            reason: "because".into(),
+        }
+    }
+
+    #[test]
+    fn kinds_follow_the_tier_order() {
+        let gw_a = at(Some(Tier::Gateway), Some("a"));
+        let gw_b = at(Some(Tier::Gateway), Some("b"));
+        let edge = at(Some(Tier::Edge), None);
+        let cloud = at(Some(Tier::Cloud), None);
+        let none = at(None, None);
+        assert_eq!(migration(Some(&gw_a), &gw_b), Some(Migration::Roamed));
+        assert_eq!(migration(Some(&gw_a), &edge), Some(Migration::Offloaded));
+        assert_eq!(migration(Some(&edge), &cloud), Some(Migration::Offloaded));
+        assert_eq!(migration(Some(&cloud), &gw_a), Some(Migration::Recalled));
+        assert_eq!(migration(Some(&gw_a), &none), Some(Migration::Unplaced));
+        assert_eq!(migration(None, &none), Some(Migration::Unplaced));
+        assert_eq!(migration(Some(&none), &none), None);
+        assert_eq!(migration(None, &gw_a), None, "a first placement");
+        assert_eq!(migration(Some(&gw_a), &gw_a), None);
+    }
+}

@@ -1,0 +1,111 @@
+//! The controller's HTTP endpoints on hyper 1 + hyper-util (four routes do not need a
+//! framework): `/metrics`, `/healthz` (the process serves), `/readyz` (caches synced and
+//! the first revision read) and `POST /hook` (a git webhook: it only wakes the poller).
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::metrics::Metrics;
+use crate::webhook::{Verdict, verify};
+
+pub struct Shared {
+    pub metrics: Metrics,
+    /// Set once every watch has listed (its first InitDone) and the first revision was read.
+    pub ready: AtomicBool,
+    pub webhook_secret: Option<Vec<u8>>,
+    /// Wakes the git poller; `notify_one` coalesces many hooks into one fetch.
+    pub fetch_now: std::sync::Arc<Notify>,
+}
+
+const MAX_HOOK_BODY: usize = 5 << 20; // GitHub caps payloads at 25 MB; pushes are small
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .expect("static response")
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, PLAIN, "ok"),
+        (&Method::GET, "/readyz") if shared.ready.load(Ordering::Acquire) => {
+            text(StatusCode::OK, PLAIN, "ok")
+        }
+        (&Method::GET, "/readyz") => {
+            text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "caches not synced")
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (&Method::POST, "/hook") => {
+            let Some(secret) = shared.webhook_secret.as_deref() else {
+                return Ok(text(
+                    StatusCode::NOT_FOUND,
+                    PLAIN,
+                    "no webhook secret configured",
+                ));
+            };
+            let (parts, body) = req.into_parts();
+            let body = match Limited::new(body, MAX_HOOK_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, PLAIN, "too large")),
+            };
+            match verify(secret, &parts.headers, &body) {
+                Verdict::Fetch => {
+                    shared.fetch_now.notify_one();
+                    text(StatusCode::ACCEPTED, PLAIN, "fetch scheduled")
+                }
+                Verdict::Ignore => text(StatusCode::OK, PLAIN, "ignored"),
+                Verdict::Unauthorized => text(StatusCode::UNAUTHORIZED, PLAIN, "bad signature"),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found"),
+    };
+    Ok(resp)
+}
+
+/// Serves on `listener` until `shutdown` turns true; in-flight connections finish gracefully
+/// (for at most 5 s).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted { Ok(s) => s, Err(e) => { tracing::warn!(%e, "accept"); continue } };
+                let shared = shared.clone();
+                let conn = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(move |req| handle(shared.clone(), req)));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await { tracing::debug!(%e, "connection"); }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+    }
+}

@@ -1,0 +1,751 @@
+//! `cloud4iot run`: the reconciler that runs itself.
+//!
+//! One task owns the state ([`world::World`]) and runs the loop; everything else feeds it
+//! or serves from it:
+//! - the git poller ([`source`]): every `--interval` with jitter, and at once on a webhook;
+//! - the watches ([`watches`]) on Nodes, GatewayReports and managed Deployments;
+//! - the leader elector ([`lease`]) over a `coordination.k8s.io` Lease;
+//! - the HTTP server ([`http`]): `/metrics`, `/healthz`, `/readyz`, `POST /hook`.
+//!
+//! Each turn of the loop takes one input, then everything else already queued (so bursts
+//! coalesce into one write), then:
+//! - a full reconcile (plan everything, apply what differs from the live objects, prune
+//!   under `apply`'s guards) on a new revision, on becoming leader, after a re-list and
+//!   every `--resync`;
+//! - otherwise the writes of the instances the incremental planner or the drift check
+//!   marked, one request each.
+//!
+//! Only the leader writes (Deployments, status, Events); a standby keeps its caches and
+//! plan warm, so a takeover starts from a synced state. A revision that fails to fetch,
+//! validate or verify is not applied and prunes nothing: the last good one keeps being
+//! reconciled against presence changes, and the status says Stalled.
+
+pub mod events;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod source;
+pub mod status;
+pub mod watches;
+pub mod webhook;
+pub mod world;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use kube::api::Api;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use cloud4iot_kube::apply::{self, Action, ApplyOptions, Prune};
+use cloud4iot_kube::cluster::{self, ClientOptions};
+use cloud4iot_kube::reconciler::{self, ReconcilerSpec, ReconcilerStatus, UnplacedInstance};
+use cloud4iot_source::SourceOptions;
+
+use crate::events::{Migration, Note, deployment_ref, migration};
+use crate::lease::{Elector, LeaseConfig};
+use crate::metrics::{Metrics, Trigger};
+use crate::source::Fetched;
+use crate::status::{Facts, Problem};
+use crate::world::{Work, World};
+
+/// Everything `cloud4iot run` is told.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub source: SourceOptions,
+    pub client: ClientOptions,
+    /// The functions namespace: where Deployments are applied and pruned.
+    pub namespace: String,
+    /// Git poll period (jittered by +-10 %).
+    pub interval: Duration,
+    /// Full resync period.
+    pub resync: Duration,
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/hook` are served.
+    pub listen: SocketAddr,
+    /// The webhook secret; `None`: `/hook` answers 404.
+    pub webhook_secret: Option<Vec<u8>>,
+    pub lease: LeaseConfig,
+    /// The Reconciler object that holds the status.
+    pub status_name: String,
+    pub force: bool,
+    pub allow_empty: bool,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A unique identity for this process: `$POD_NAME` (downward API) or the host name, with
+/// the pid and a random suffix.
+pub fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cloud4iot".to_owned());
+    let suffix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos()
+        % 100_000;
+    format!("{host}_{}_{suffix:05}", std::process::id())
+}
+
+/// Backoff for failed writes: 0.5 s doubling to 30 s, reset by a success.
+struct Backoff {
+    next: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: Duration::from_millis(500),
+            until: None,
+        }
+    }
+    fn fail(&mut self) {
+        self.until = Some(Instant::now() + self.next);
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+    }
+    fn ok(&mut self) {
+        *self = Backoff::new();
+    }
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|u| Instant::now() < u)
+    }
+}
+
+/// Runs the controller until `shutdown` resolves (SIGTERM), then stops writing, releases
+/// the Lease and returns.
+pub async fn run(
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let client = cluster::client(&opts.client).await?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(opts.listen);
+    tracing::info!(%addr, identity = %opts.lease.identity, "serving /metrics, /healthz, /readyz and /hook");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let fetch_now = Arc::new(Notify::new());
+    let shared = Arc::new(http::Shared {
+        metrics: Metrics::default(),
+        ready: Default::default(),
+        webhook_secret: opts.webhook_secret.clone(),
+        fetch_now: fetch_now.clone(),
+    });
+    let server = tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
+
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let elector = Elector::new(client.clone(), opts.lease.clone());
+    let elector = tokio::spawn(elector.run(leader_tx, stop_rx.clone()));
+
+    let (source_tx, source_rx) = mpsc::channel(4);
+    let on_error = {
+        let shared = shared.clone();
+        move || shared.metrics.source_error()
+    };
+    tokio::spawn(source::poll(
+        opts.source.clone(),
+        opts.interval,
+        fetch_now,
+        source_tx,
+        on_error,
+        stop_rx.clone(),
+    ));
+
+    let events = events::publisher(client.clone(), opts.lease.identity.clone());
+    let changes = watches::changes(client.clone(), &opts.namespace);
+    let mut controller = Controller {
+        world: World::new(&opts.namespace),
+        client,
+        opts,
+        shared,
+        events,
+        facts: Facts::default(),
+        attempted: None,
+        reconciled_at: None,
+        status_written: None,
+        status_at: None,
+        status_ensured: false,
+        status_pending: false,
+        backoff: Backoff::new(),
+    };
+    controller.run(changes, source_rx, leader_rx, stop_rx).await;
+
+    // Writers stopped with the loop; the elector steps down and releases the Lease.
+    let _ = tokio::time::timeout(Duration::from_secs(10), elector).await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Controller {
+    world: World,
+    client: Client,
+    opts: RunOptions,
+    shared: Arc<http::Shared>,
+    events: mpsc::Sender<Note>,
+    facts: Facts,
+    attempted: Option<String>,
+    reconciled_at: Option<jiff::Timestamp>,
+    status_written: Option<ReconcilerStatus>,
+    status_at: Option<Instant>,
+    status_ensured: bool,
+    /// A changed status waits for the once-a-second slot.
+    status_pending: bool,
+    backoff: Backoff,
+}
+
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+impl Controller {
+    async fn run(
+        &mut self,
+        mut changes: impl futures::Stream<Item = Result<watches::Change, kube::runtime::watcher::Error>>
+        + Unpin,
+        mut sources: mpsc::Receiver<Fetched>,
+        mut leader_rx: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut leader = false;
+        let mut seen_source = false;
+        let mut next_resync = Instant::now() + self.opts.resync;
+        loop {
+            // The next instant something falls due with no input (only future ones).
+            let now = Instant::now();
+            let mut wake = next_resync;
+            for at in [
+                self.backoff.until,
+                self.status_pending
+                    .then(|| self.status_at.map(|t| t + STATUS_EVERY))
+                    .flatten(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            {
+                wake = wake.min(at);
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                changed = leader_rx.changed() => {
+                    if changed.is_err() { break; }
+                    let now_leader = *leader_rx.borrow_and_update();
+                    if now_leader && !leader {
+                        tracing::info!("became the leader: full reconcile");
+                        self.world.full = Some(Trigger::Leader);
+                        self.status_ensured = false;
+                    } else if !now_leader && leader {
+                        tracing::info!("no longer the leader: standing by");
+                    }
+                    leader = now_leader;
+                    self.shared.metrics.set_leader(leader);
+                }
+                Some(fetched) = sources.recv() => {
+                    seen_source = true;
+                    self.on_source(fetched);
+                }
+                Some(change) = changes.next() => self.on_change(change),
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= next_resync {
+                        self.world.full.get_or_insert(Trigger::Resync);
+                        next_resync = Instant::now() + self.opts.resync;
+                    }
+                }
+            }
+            // Coalesce: everything already queued joins this turn.
+            while let Some(Some(change)) = changes.next().now_or_never() {
+                self.on_change(change);
+            }
+            let ready = self.world.caches_synced() && seen_source;
+            self.shared.ready.store(ready, Ordering::Release);
+            if !self.world.can_plan() {
+                continue;
+            }
+            if !leader {
+                // A standby plans (warm for a takeover) but never writes.
+                if let Some(_why) = self.world.full.take() {
+                    tokio::task::block_in_place(|| self.world.replan(jiff::Timestamp::now()));
+                }
+                self.world.dirty.clear();
+                continue;
+            }
+            if self.backoff.waiting() {
+                continue;
+            }
+            let fence = leader_rx.clone();
+            if let Some(why) = self.world.full.take() {
+                self.full(why, fence, stop.clone()).await;
+            } else if !self.world.dirty.is_empty() {
+                self.incremental(fence, stop.clone()).await;
+            }
+            self.write_status().await;
+        }
+    }
+
+    fn on_change(&mut self, change: Result<watches::Change, kube::runtime::watcher::Error>) {
+        match change {
+            Ok(c) => self.world.on_change(c, jiff::Timestamp::now()),
+            // The watcher retries by itself (with backoff); nothing is lost: it re-lists.
+            Err(e) => tracing::warn!(error = %e, "watch"),
+        }
+    }
+
+    fn on_source(&mut self, fetched: Fetched) {
+        match fetched {
+            Fetched::Good { revision, repo } => {
+                self.attempted = revision.clone();
+                self.facts.source = None;
+                self.world.set_revision(revision, repo);
+            }
+            Fetched::Bad {
+                revision,
+                reason,
+                message,
+            } => {
+                tracing::warn!(
+                    revision = revision.as_deref().unwrap_or("-"),
+                    reason,
+                    "not applied: {message}"
+                );
+                if revision.is_some() {
+                    self.attempted = revision;
+                }
+                self.facts.source = Some(Problem {
+                    reason: reason.to_owned(),
+                    message,
+                });
+            }
+        }
+    }
+
+    fn apply_options(&self) -> ApplyOptions {
+        ApplyOptions {
+            namespace: self.opts.namespace.clone(),
+            force: self.opts.force,
+            allow_empty: self.opts.allow_empty,
+            concurrency: self.opts.concurrency,
+            dry_run: false,
+        }
+    }
+
+    /// Plan everything, apply what differs, prune under `apply`'s guards.
+    async fn full(
+        &mut self,
+        why: Trigger,
+        mut fence: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let started = Instant::now();
+        let now = jiff::Timestamp::now();
+        tracing::info!(
+            trigger = why.as_str(),
+            revision = self.world.render.revision.as_deref().unwrap_or("-"),
+            "full reconcile"
+        );
+        self.facts.reconciling = true;
+        self.write_status().await;
+        let world = &mut self.world;
+        let (objects, changed) = tokio::task::block_in_place(|| {
+            world.replan(now);
+            let objects: Vec<Deployment> = world
+                .desired
+                .keys()
+                .filter_map(|name| world.desired_object(name).map(|(d, _)| d))
+                .collect();
+            let changed: HashSet<String> = objects
+                .iter()
+                .filter(|d| world.needs_write(d))
+                .filter_map(|d| d.metadata.name.clone())
+                .collect();
+            (objects, changed)
+        });
+        let opts = self.apply_options();
+        let select = |d: &Deployment| {
+            d.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| changed.contains(n))
+        };
+        let applying = apply::apply_selected(&self.client, &objects, &select, &opts, &|_| {});
+        let outcome = tokio::select! {
+            r = applying => Some(r),
+            _ = fence.wait_for(|l| !*l) => None,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        self.facts.reconciling = false;
+        let report = match outcome {
+            None => {
+                tracing::warn!("full reconcile abandoned: no longer the leader, or stopping");
+                self.world.full.get_or_insert(why);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "full reconcile failed; retrying");
+                self.facts.apply = Some(Problem {
+                    reason: "ApplyFailed".into(),
+                    message: e.to_string(),
+                });
+                self.world.full.get_or_insert(why);
+                self.backoff.fail();
+                return;
+            }
+            Some(Ok(report)) => report,
+        };
+        for o in &report.objects {
+            let action = match o.action {
+                Action::Created | Action::Configured => "applied",
+                Action::Pruned => "deleted",
+                Action::Failed => "failed",
+                Action::Unchanged => continue,
+            };
+            self.shared.metrics.wrote(action);
+            if o.action == Action::Failed {
+                tracing::warn!("{o}");
+                continue;
+            }
+            let before = self
+                .world
+                .live
+                .get(&o.name)
+                .and_then(|l| l.placement.clone());
+            if let Some(after) = self.world.desired.get(&o.name).cloned() {
+                self.migrated(before.as_ref(), &after, &o.name);
+            }
+        }
+        if report.succeeded() {
+            self.facts.apply = None;
+            self.backoff.ok();
+        } else {
+            let (reason, message) = match &report.prune {
+                Prune::Refused(why) => ("PruneRefused", why.clone()),
+                _ => (
+                    "ApplyFailed",
+                    format!(
+                        "{} of {} object(s) failed to apply",
+                        report.summary.failed,
+                        objects.len()
+                    ),
+                ),
+            };
+            self.facts.apply = Some(Problem {
+                reason: reason.into(),
+                message,
+            });
+            self.world.full.get_or_insert(why);
+            self.backoff.fail();
+        }
+        let old = self.facts.applied_revision.take();
+        if let Some(rev) = &self.world.render.revision
+            && old.as_ref() != Some(rev)
+        {
+            self.shared.metrics.set_revision(old.as_deref(), rev);
+        }
+        self.facts.applied_revision = self.world.render.revision.clone();
+        self.facts.reconciled = true;
+        self.reconciled_at = Some(jiff::Timestamp::now());
+        tracing::info!(summary = %report.summary, "full reconcile done");
+        self.shared
+            .metrics
+            .observe(why, started.elapsed().as_secs_f64());
+    }
+
+    /// Writes what the incremental planner and the drift check marked.
+    async fn incremental(
+        &mut self,
+        mut fence: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let started = Instant::now();
+        let (work, why) = self.world.take_work();
+        let why = why.unwrap_or(Trigger::Presence);
+        if work.is_empty() {
+            return;
+        }
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let opts = self.apply_options();
+        let (applies, deletes): (Vec<Work>, Vec<Work>) = work
+            .into_iter()
+            .partition(|w| matches!(w, Work::Apply { .. }));
+        let writing = async {
+            let results: Vec<(Work, apply::ObjectResult)> = futures::stream::iter(applies)
+                .map(|w| {
+                    let api = &api;
+                    let opts = &opts;
+                    async move {
+                        let Work::Apply {
+                            object,
+                            live_version,
+                            ..
+                        } = &w
+                        else {
+                            unreachable!("partitioned")
+                        };
+                        let r =
+                            apply::apply_object(api, object, live_version.as_deref(), opts).await;
+                        (w, r)
+                    }
+                })
+                .buffer_unordered(opts.concurrency.max(1))
+                .collect()
+                .await;
+            results
+        };
+        let Some(mut results) = fenced(writing, &mut fence, &mut stop).await else {
+            tracing::warn!("writes abandoned: no longer the leader, or stopping");
+            return;
+        };
+        let failed = results
+            .iter()
+            .filter(|(_, r)| r.action == Action::Failed)
+            .count();
+        // Prune guards: never after a failed write; never every managed object unless
+        // allowed.
+        let placed = self.world.desired.values().any(|p| p.tier.is_some());
+        if failed > 0 {
+            if !deletes.is_empty() {
+                tracing::warn!(failed, "not deleting after a failed write");
+                for d in &deletes {
+                    if let Work::Delete { name, .. } = d {
+                        self.world.dirty.insert(name.clone());
+                    }
+                }
+            }
+        } else if !placed && deletes.len() >= self.world.live.len() && !self.opts.allow_empty {
+            tracing::warn!("refusing to delete every managed Deployment (pass --allow-empty)");
+            self.facts.apply = Some(Problem {
+                reason: "PruneRefused".into(),
+                message: "the desired set is empty: refusing to delete every managed Deployment"
+                    .into(),
+            });
+        } else if !deletes.is_empty() {
+            let deleting = futures::stream::iter(deletes)
+                .map(|w| {
+                    let api = &api;
+                    let ns = opts.namespace.clone();
+                    async move {
+                        let Work::Delete {
+                            name,
+                            uid,
+                            resource_version,
+                            ..
+                        } = &w
+                        else {
+                            unreachable!("partitioned")
+                        };
+                        let r =
+                            apply::prune_object(api, &ns, name, uid, resource_version, false).await;
+                        (w, r)
+                    }
+                })
+                .buffer_unordered(opts.concurrency.max(1))
+                .collect::<Vec<_>>();
+            match fenced(deleting, &mut fence, &mut stop).await {
+                Some(r) => results.extend(r),
+                None => return,
+            }
+        }
+        let mut any_failed = false;
+        for (w, r) in results {
+            match r.action {
+                Action::Failed => {
+                    any_failed = true;
+                    self.shared.metrics.wrote("failed");
+                    tracing::warn!("{r}");
+                    let name = match &w {
+                        Work::Apply { object, .. } => {
+                            object.metadata.name.clone().unwrap_or_default()
+                        }
+                        Work::Delete { name, .. } => name.clone(),
+                    };
+                    self.world.dirty.insert(name);
+                }
+                Action::Pruned => {
+                    self.shared.metrics.wrote("deleted");
+                    if let Work::Delete {
+                        name,
+                        before,
+                        after: Some(after),
+                        ..
+                    } = &w
+                    {
+                        self.migrated(before.as_ref(), after, name);
+                    }
+                }
+                _ => {
+                    self.shared.metrics.wrote("applied");
+                    if let Work::Apply {
+                        object,
+                        before,
+                        after,
+                        ..
+                    } = &w
+                    {
+                        let name = object.metadata.name.clone().unwrap_or_default();
+                        self.migrated(before.as_ref(), after, &name);
+                    }
+                }
+            }
+        }
+        if any_failed {
+            self.world.dirty_trigger.get_or_insert(why);
+            self.facts.apply = Some(Problem {
+                reason: "ApplyFailed".into(),
+                message: "some writes failed; retrying with backoff".into(),
+            });
+            self.backoff.fail();
+        } else {
+            if self
+                .facts
+                .apply
+                .as_ref()
+                .is_some_and(|p| p.reason == "ApplyFailed")
+            {
+                self.facts.apply = None;
+            }
+            self.backoff.ok();
+        }
+        self.shared
+            .metrics
+            .observe(why, started.elapsed().as_secs_f64());
+    }
+
+    /// Counts and publishes a migration Event, if `before` -> `after` is one.
+    fn migrated(
+        &self,
+        before: Option<&cloud4iot_core::plan::Placement>,
+        after: &cloud4iot_core::plan::Placement,
+        name: &str,
+    ) {
+        let Some(kind) = migration(before, after) else {
+            return;
+        };
+        self.shared.metrics.migrated(kind.label());
+        tracing::info!(deployment = name, kind = kind.as_str(), reason = %after.reason, "migration");
+        let uid = self
+            .world
+            .live
+            .get(name)
+            .map(|l| l.uid().to_owned())
+            .filter(|u| !u.is_empty() && kind != Migration::Unplaced);
+        let note = Note {
+            migration: kind,
+            reason: after.reason.clone(),
+            reference: deployment_ref(&self.opts.namespace, name, uid),
+        };
+        if self.events.try_send(note).is_err() {
+            tracing::warn!(deployment = name, "Event queue full: Event dropped");
+        }
+    }
+
+    fn status(&mut self) -> ReconcilerStatus {
+        let (tiers, unplaced) = self.world.counts();
+        self.shared.metrics.set_tiers(&tiers, unplaced.len() as u64);
+        let prev = self
+            .status_written
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        ReconcilerStatus {
+            conditions: status::conditions(&prev, &self.facts, jiff::Timestamp::now()),
+            last_applied_revision: self.facts.applied_revision.clone(),
+            last_attempted_revision: self.attempted.clone(),
+            last_reconciled_at: self.reconciled_at.map(Time),
+            leader: Some(self.opts.lease.identity.clone()),
+            tiers,
+            unplaced_count: unplaced.len() as u64,
+            unplaced: unplaced
+                .iter()
+                .take(100)
+                .map(|p| UnplacedInstance {
+                    function: p.function.clone(),
+                    instance: p.instance.clone(),
+                    reason: p.reason.clone(),
+                })
+                .collect(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes the status when it changed, at most once per second.
+    async fn write_status(&mut self) {
+        let status = self.status();
+        if self.status_written.as_ref() == Some(&status) {
+            return;
+        }
+        if self.status_at.is_some_and(|t| t.elapsed() < STATUS_EVERY) && !self.facts.reconciling {
+            self.status_pending = true; // the loop wakes up for it
+            return;
+        }
+        self.status_pending = false;
+        if !self.status_ensured {
+            let spec = ReconcilerSpec {
+                source: Some(self.opts.source.repo.clone()),
+                namespace: Some(self.opts.namespace.clone()),
+            };
+            match status::ensure(&self.client, &self.opts.status_name, spec).await {
+                Ok(()) => self.status_ensured = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "creating the Reconciler {}", self.opts.status_name);
+                    self.status_at = Some(Instant::now());
+                    return;
+                }
+            }
+        }
+        self.status_at = Some(Instant::now());
+        match status::write(&self.client, &self.opts.status_name, &status).await {
+            Ok(()) => self.status_written = Some(status),
+            Err(e) => tracing::warn!(error = %e, "writing the status"),
+        }
+    }
+}
+
+/// Runs `work` unless leadership is lost or the process is stopping first.
+async fn fenced<T>(
+    work: impl std::future::Future<Output = T>,
+    fence: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::select! {
+        r = work => Some(r),
+        _ = fence.wait_for(|l| !*l) => None,
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+/// The default name of the status object.
+pub const STATUS_NAME: &str = reconciler::NAME;

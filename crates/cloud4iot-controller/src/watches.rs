@@ -1,0 +1,88 @@
+//! The three watches the loop follows, merged into one stream: Nodes with a tier label,
+//! every GatewayReport, and the managed Deployments of the functions namespace (a user's
+//! own Deployments are never seen, so never touched). Each watcher lists first, then
+//! watches; after an API server restart or a 410 Gone it lists again (`Init` ..
+//! `InitDone`), and retries with client-go's backoff in between.
+//!
+//! Objects are trimmed before anything keeps them: Nodes lose their images, addresses and
+//! managedFields; reports their managedFields. Deployments arrive whole (the drift check
+//! reads their managedFields) and the loop keeps only a trimmed copy.
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use cloud4iot_core::model::{GatewayReport, labels};
+
+/// One change from one of the watches.
+#[derive(Debug)]
+pub enum Change {
+    Node(Event<Node>),
+    Report(Event<GatewayReport>),
+    Deployment(Event<Deployment>),
+}
+
+impl Change {
+    /// Which watch it came from: 0 nodes, 1 reports, 2 deployments.
+    pub fn source(&self) -> usize {
+        match self {
+            Change::Node(_) => 0,
+            Change::Report(_) => 1,
+            Change::Deployment(_) => 2,
+        }
+    }
+}
+
+pub fn changes(
+    client: Client,
+    namespace: &str,
+) -> impl Stream<Item = Result<Change, watcher::Error>> + Send + Unpin + use<> {
+    let nodes = watcher(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().labels(labels::TIER),
+    )
+    .default_backoff()
+    .modify(slim_node)
+    .map_ok(Change::Node);
+    let reports = watcher(
+        Api::<GatewayReport>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|r| r.managed_fields_mut().clear())
+    .map_ok(Change::Report);
+    let deployments = watcher(
+        Api::<Deployment>::namespaced(client, namespace),
+        watcher::Config::default()
+            .labels(&cloud4iot_kube::cluster::managed_selector())
+            .page_size(500),
+    )
+    .default_backoff()
+    .map_ok(Change::Deployment);
+    futures::stream::select_all([nodes.boxed(), reports.boxed(), deployments.boxed()])
+}
+
+/// Keeps what [`cloud4iot_core::model::NodeInfo::from_node`] reads: labels, allocatable,
+/// the Ready condition, cordon and taints.
+pub fn slim_node(n: &mut Node) {
+    n.managed_fields_mut().clear();
+    n.annotations_mut().clear();
+    if let Some(s) = n.status.as_mut() {
+        s.images = None;
+        s.node_info = None;
+        s.addresses = None;
+        s.capacity = None;
+        s.volumes_attached = None;
+        s.volumes_in_use = None;
+        s.daemon_endpoints = None;
+        s.config = None;
+        s.features = None;
+        s.runtime_handlers = None;
+        if let Some(c) = s.conditions.as_mut() {
+            c.retain(|c| c.type_ == "Ready");
+        }
+    }
+}

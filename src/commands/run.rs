@@ -1,0 +1,159 @@
+//! `cloud4iot run`: the controller (see the `cloud4iot-controller` crate). Runs until
+//! SIGTERM or Ctrl-C, then stops writing, releases its Lease and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cli::{Outcome, RepoArgs};
+use cloud4iot_controller::lease::LeaseConfig;
+use cloud4iot_controller::{RunOptions, STATUS_NAME, default_identity};
+use cloud4iot_kube::cluster::{self, ClientOptions};
+use cloud4iot_kube::install::SYSTEM_NAMESPACE;
+
+pub const LONG_ABOUT: &str = "Run the reconciler as a controller: the same pipeline as \
+`apply` (source, validate, plan, render, apply, prune, status), started by\n\
+- git: a poll every --interval (with jitter) and a webhook (POST /hook; GitHub \
+X-Hub-Signature-256 or GitLab X-Gitlab-Token, checked against --webhook-secret-file), which \
+only triggers a fetch;\n\
+- watches on Nodes, GatewayReports and the managed Deployments: a presence change is \
+re-planned incrementally and only the instances it moves are written; a hand edit of a \
+managed Deployment is taken back and a deleted one recreated;\n\
+- a full resync every --resync, and a full reconcile on becoming leader.\n\n\
+A revision that fails to fetch, validate or verify its signature is not applied and prunes \
+nothing; the last good revision keeps being reconciled, and the status object says Stalled. \
+Only objects that differ from the live ones are written; the `cloud4iot.io/revision` \
+annotation of a Deployment names the revision that last changed it, and the status object \
+(`kubectl get reconcilers`, `cloud4iot status`) the revision applied.\n\n\
+Replicas elect a leader with a coordination.k8s.io Lease; only the leader writes. Serves \
+/metrics (Prometheus), /healthz and /readyz (ready once the caches are synced and the first \
+revision was read) on --listen. SIGTERM: stops writing, releases the Lease, exits 0.";
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Examples:\n  cloud4iot run --repo https://git.example/iot/fleet.git --kubeconfig ~/.kube/config\n  cloud4iot run --repo ./fleet --rev main --interval 30s --listen 127.0.0.1:8080"
+)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The cluster (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster).
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The namespace functions run in: where Deployments are applied and pruned.
+    #[arg(long, short = 'n', value_name = "NS", default_value = cluster::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// How often to poll the repository (jittered by +-10 %).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = duration)]
+    pub interval: Duration,
+    /// How often to reconcile everything, as a safety net.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+    pub resync: Duration,
+    /// Address of /metrics, /healthz, /readyz and /hook.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// File holding the webhook secret (a mounted Secret); without it /hook answers 404.
+    #[arg(long, value_name = "FILE", env = "CLOUD4IOT_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "cloud4iot-controller")]
+    pub lease_name: String,
+    /// How long a leader's Lease is valid without renewal: a standby takes over at most
+    /// this long (plus --lease-retry) after the leader dies.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
+    /// A leader that could not renew for this long stops writing (less than
+    /// --lease-duration).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub lease_renew_deadline: Duration,
+    /// How often to renew, or to try to acquire.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub lease_retry: Duration,
+    /// The name of the Reconciler object that holds the status.
+    #[arg(long, value_name = "NAME", default_value = STATUS_NAME)]
+    pub status_name: String,
+    /// Take ownership of fields another field manager applied.
+    #[arg(long)]
+    pub force: bool,
+    /// Allow pruning every managed Deployment when the repository desires none.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Requests to the API server in flight at once.
+    #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d: cloud4iot_core::model::Duration = s.parse()?;
+    Duration::try_from(d.as_signed()).map_err(|e| format!("{s:?}: {e}"))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    if args.lease_renew_deadline >= args.lease_duration {
+        anyhow::bail!("--lease-renew-deadline must be shorter than --lease-duration");
+    }
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("--webhook-secret-file {}", path.display()))?;
+            let secret = text.trim_ascii().to_vec();
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "--webhook-secret-file {}: empty",
+                path.display()
+            );
+            Some(secret)
+        }
+        None => None,
+    };
+    let opts = RunOptions {
+        source: args.repo.source(),
+        client: ClientOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            context: args.context.clone(),
+        },
+        namespace: args.namespace.clone(),
+        interval: args.interval,
+        resync: args.resync,
+        listen: args.listen,
+        webhook_secret,
+        lease: LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: default_identity(),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.lease_renew_deadline,
+            retry_period: args.lease_retry,
+        },
+        status_name: args.status_name.clone(),
+        force: args.force,
+        allow_empty: args.allow_empty,
+        concurrency: args.concurrency.max(1),
+    };
+    cloud4iot_controller::run(opts, shutdown()).await?;
+    Ok(Outcome::Clean)
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+}

@@ -1,0 +1,684 @@
+//! `cloud4iot run` end to end: the real binary against a real control plane (etcd,
+//! kube-apiserver, kube-scheduler, kube-controller-manager), following a real git
+//! repository made with git2, with GatewayReports written through the API as the agents
+//! would. The clock is the real one: reports carry timestamps relative to now.
+//!
+//! There is no kubelet: a Pod is "placed" when the scheduler has bound it, and a small
+//! stand-in finishes the deletion of Pods (so a Recreate rollout can go on).
+
+mod git_support;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
+use cloud4iot_kube::reconciler::{Reconciler, ReconcilerStatus};
+use git_support::GitRepo;
+use hmac::{Hmac, Mac};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
+
+const NS: &str = "cloud4iot-functions";
+const SYSTEM_NS: &str = "cloud4iot-system";
+const BRACELET: &str = "C4:7C:8D:6A:12:34";
+const CONSOLIDATOR: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
+const SECRET: &str = "It's a Secret to Everybody";
+/// Bound on every wait: generous for a loaded 2-core machine. Not a speed claim.
+const WAIT: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------- repositories
+
+const DEVICE_CLASS: &str = r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: DeviceClass
+metadata:
+  name: omh-bracelet
+spec:
+  match:
+    namePrefix: "OMH-BR"
+  minRssi: -90
+"#;
+
+fn roaming_policy(dwell: &str) -> String {
+    format!(
+        r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata:
+  name: ehealth-roaming
+spec:
+  tiers: [gateway, edge]
+  followDevice: true
+  dataLocality: site
+  presence:
+    minRssi: -80
+    dwell: {dwell}
+    lossGrace: 2m
+  gatewayReserve:
+    cpu: 250m
+    memory: 128Mi
+  priority: 100
+"#
+    )
+}
+
+const CONSOLIDATOR_FN: &str = r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata:
+  name: omh-consolidator
+spec:
+  archImages:
+    arm64: registry.example.com/ehealth/omh-consolidator:1.4.2-arm64
+    amd64: registry.example.com/ehealth/omh-consolidator:1.4.2-amd64
+  resources:
+    cpu: 250m
+    memory: 96Mi
+  instances:
+    perDevice:
+      deviceClass: omh-bracelet
+  policy: ehealth-roaming
+"#;
+
+const CLOUD_POLICY: &str = r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata:
+  name: cloud-only
+spec:
+  tiers: [cloud]
+  followDevice: false
+"#;
+
+fn cloud_function(name: &str, image: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata:
+  name: {name}
+spec:
+  image: {image}
+  resources:
+    cpu: 100m
+    memory: 64Mi
+  instances:
+    replicas: {replicas}
+  policy: cloud-only
+"#
+    )
+}
+
+/// A git repository with the roaming scenario and one cloud function, committed on main.
+fn roaming_repo(dir: &Path, dwell: &str) -> GitRepo {
+    let mut repo = GitRepo::init(dir);
+    repo.write("device-classes/omh-bracelet.yaml", DEVICE_CLASS);
+    repo.write("policies/ehealth-roaming.yaml", &roaming_policy(dwell));
+    repo.write("policies/cloud-only.yaml", CLOUD_POLICY);
+    repo.write("functions/omh-consolidator.yaml", CONSOLIDATOR_FN);
+    repo.write(
+        "functions/fleet-stats.yaml",
+        &cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1),
+    );
+    repo.commit("roaming consolidator and fleet stats");
+    repo
+}
+
+// ---------------------------------------------------------------- the cluster
+
+/// Two gateways (home, hospital), an edge node at each site, a cloud node; the CRDs; the
+/// controller's namespace (its Lease lives there).
+async fn cluster() -> ControlPlane {
+    let cp = ControlPlane::start(Options::with_scheduling()).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
+        .await;
+    cp.create_node(gateway_node(
+        "gw-hospital-1",
+        "hospital",
+        "arm64",
+        "2",
+        "2Gi",
+    ))
+    .await;
+    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi"))
+        .await;
+    cp.create_node(edge_node(
+        "edge-hospital-1",
+        "hospital",
+        "amd64",
+        "8",
+        "16Gi",
+    ))
+    .await;
+    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
+        .await;
+    cp.create_namespace(SYSTEM_NS).await;
+    cp
+}
+
+fn ago(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs)
+}
+
+/// Writes gateway `node`'s report as its agent would: the bracelet (at `rssi`) seen since
+/// `seen_since` (None: not seen), and `cpu_in_use` by others.
+async fn report(
+    client: &Client,
+    node: &str,
+    seen_since: Option<jiff::Timestamp>,
+    rssi: i32,
+    cpu_in_use: &str,
+) {
+    let now = jiff::Timestamp::now();
+    let devices = seen_since
+        .map(|first| {
+            vec![SeenDevice {
+                id: BRACELET.to_owned(),
+                class: "omh-bracelet".to_owned(),
+                rssi,
+                first_seen: first,
+                last_seen: now,
+            }]
+        })
+        .unwrap_or_default();
+    let mut report = GatewayReport::new(
+        node,
+        GatewayReportSpec {
+            heartbeat: Some(now),
+            devices,
+            resources: Some(ResourceQuantities {
+                cpu: Some(cpu_in_use.to_owned()),
+                memory: Some("0".to_owned()),
+            }),
+        },
+    );
+    report.metadata.managed_fields = None;
+    Api::<GatewayReport>::all(client.clone())
+        .patch(
+            node,
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(&report),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("write the GatewayReport of {node}: {e}"));
+}
+
+/// Finishes the deletion of Pods that were deleted gracefully, as the kubelet would.
+struct KubeletStandIn(tokio::task::JoinHandle<()>);
+
+impl KubeletStandIn {
+    fn start(client: Client) -> Self {
+        let pods: Api<Pod> = Api::namespaced(client, NS);
+        KubeletStandIn(tokio::spawn(async move {
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    for pod in list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_some())
+                    {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let _ = pods
+                            .delete(&name, &DeleteParams::default().grace_period(0))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for KubeletStandIn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls `probe` until it returns Some, or panics with `what` (and `context()`) after WAIT.
+async fn eventually<T>(
+    what: &str,
+    context: impl Fn() -> String,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(t) = probe().await {
+            return t;
+        }
+        if started.elapsed() > WAIT {
+            panic!("{what}: not after {WAIT:?}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn deployment(client: &Client, name: &str) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), NS)
+        .get_opt(name)
+        .await
+        .expect("get a Deployment")
+}
+
+fn node_label(d: &Deployment) -> Option<String> {
+    d.metadata
+        .labels
+        .as_ref()?
+        .get("cloud4iot.io/node")
+        .cloned()
+}
+
+fn tier_label(d: &Deployment) -> Option<String> {
+    d.metadata
+        .labels
+        .as_ref()?
+        .get("cloud4iot.io/tier")
+        .cloned()
+}
+
+fn image_of(d: &Deployment) -> String {
+    d.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until the only Pods of `instance` are bound to `node`.
+async fn wait_bound_only_to(cp: &ControlPlane, ctl: &Controller, instance: &str, node: &str) {
+    let pods: Api<Pod> = Api::namespaced(cp.client(), NS);
+    let selector = format!("cloud4iot.io/instance={instance}");
+    eventually(
+        &format!("the Pods of {instance} all bound to {node}"),
+        || ctl.log(),
+        async || {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            let bound: Vec<Option<String>> = list
+                .items
+                .iter()
+                .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+                .collect();
+            (!bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node))).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until the Deployment of `name` satisfies `ok`.
+async fn wait_deployment(
+    client: &Client,
+    ctl: &Controller,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&Deployment) -> bool,
+) -> Deployment {
+    eventually(
+        what,
+        || ctl.log(),
+        async || deployment(client, name).await.filter(|d| ok(d)),
+    )
+    .await
+}
+
+async fn status(client: &Client) -> Option<ReconcilerStatus> {
+    Api::<Reconciler>::all(client.clone())
+        .get_opt("cloud4iot")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.status)
+}
+
+fn condition<'a>(s: &'a ReconcilerStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    s.condition(type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+async fn events_for(client: &Client, name: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(name))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- the controller
+
+/// `cloud4iot run` as a child process, its log in a file; killed on drop.
+struct Controller {
+    child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Controller {
+    /// Starts it following `repo` (`--rev main`), with a webhook secret, polling only every
+    /// hour (so what happens sooner came from the webhook or the watches).
+    fn start(cp: &ControlPlane, repo: &Path, extra: &[&str]) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("webhook-secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        let port = free_port();
+        let log = dir.path().join("controller.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"));
+        cmd.args(["run", "--repo"])
+            .arg(repo)
+            .args(["--rev", "main", "--kubeconfig"])
+            .arg(cp.kubeconfig())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--webhook-secret-file")
+            .arg(&secret)
+            .args(["--interval", "1h", "--lease-namespace", SYSTEM_NS])
+            .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
+            .args(["--lease-retry", "1s"])
+            .args(extra)
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("CLOUD4IOT_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("start cloud4iot run");
+        Controller {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(60);
+        format!("--- controller log (tail)\n{}", lines[start..].join("\n"))
+    }
+
+    /// One HTTP/1.1 request to its server: (status, body).
+    async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        // Blocking is fine on loopback with a timeout (the runtime has two workers).
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).ok()?;
+        s.write_all(body).ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned();
+        Some((code, body))
+    }
+
+    async fn wait_ready(&self) {
+        eventually(
+            "/readyz answers 200",
+            || self.log(),
+            async || {
+                matches!(self.http("GET", "/readyz", &[], b"").await, Some((200, _))).then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn metrics(&self) -> String {
+        let (code, body) = self
+            .http("GET", "/metrics", &[], b"")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// A GitHub push delivery, signed with `secret`.
+    async fn push_hook(&self, secret: &str) -> u16 {
+        let body =
+            br#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        let sig: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let headers = [
+            ("X-GitHub-Event", "push".to_owned()),
+            ("X-Hub-Signature-256", format!("sha256={sig}")),
+            ("Content-Type", "application/json".to_owned()),
+        ];
+        self.http("POST", "/hook", &headers, body)
+            .await
+            .expect("POST /hook")
+            .0
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        // SAFETY: kill(2) with our own unreaped child's pid.
+        unsafe {
+            kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM, then its exit code.
+    async fn terminate(&mut self) -> i32 {
+        self.signal(15);
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit 30 s after SIGTERM\n{}", self.log()))
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: a crash, nothing released.
+    async fn kill(&mut self) {
+        self.signal(9);
+        let _ = self.child.wait().await;
+    }
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), SYSTEM_NS)
+        .get_opt("cloud4iot-controller")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+// ---------------------------------------------------------------- the scenarios
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_followed() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let _kubelet = KubeletStandIn::start(client.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = roaming_repo(dir.path(), "30s");
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(&client, "gw-hospital-1", None, -58, "0").await;
+
+    let ctl = Controller::start(&cp, dir.path(), &[]);
+    ctl.wait_ready().await;
+    // The first revision: both functions, the consolidator on the home gateway.
+    wait_deployment(
+        &client,
+        &ctl,
+        "fleet-stats-0",
+        "fleet-stats-0 applied",
+        |_| true,
+    )
+    .await;
+    let d = wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the consolidator at home",
+        |d| node_label(d).as_deref() == Some("gw-home-1"),
+    )
+    .await;
+    assert!(image_of(&d).ends_with("-arm64"), "{}", image_of(&d));
+    wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-home-1").await;
+
+    // A commit, then a webhook: applied long before the next poll (an hour away).
+    repo.write(
+        "functions/engine-report.yaml",
+        &cloud_function("engine-report", "registry.example.com/engine-report:1", 1),
+    );
+    let commit = repo.commit("add engine-report");
+    assert_eq!(ctl.push_hook("wrong secret").await, 401);
+    let pushed = Instant::now();
+    assert_eq!(ctl.push_hook(SECRET).await, 202);
+    let d = wait_deployment(
+        &client,
+        &ctl,
+        "engine-report-0",
+        "engine-report-0 applied after the webhook",
+        |_| true,
+    )
+    .await;
+    eprintln!(
+        "commit -> Deployment stored after the webhook: {:?}",
+        pushed.elapsed()
+    );
+    let revision = d.metadata.annotations.as_ref().unwrap()["cloud4iot.io/revision"].clone();
+    assert_eq!(revision, format!("main@sha1:{commit}"));
+    // The other objects did not change, so they were not rewritten: their revision
+    // annotation still names the commit that last changed them.
+    let fleet = deployment(&client, "fleet-stats-0").await.unwrap();
+    assert_ne!(
+        fleet.metadata.annotations.as_ref().unwrap()["cloud4iot.io/revision"],
+        revision
+    );
+
+    // The bracelet reaches the hospital: its consolidator follows, and the real scheduler
+    // binds the new Pod there.
+    report(&client, "gw-home-1", None, -58, "0").await;
+    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
+    let d = wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the consolidator at the hospital",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    assert_eq!(tier_label(&d).as_deref(), Some("gateway"));
+    wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-hospital-1").await;
+
+    // An Event on the Deployment says why; the status and the metrics agree.
+    let roamed = eventually(
+        "a Roamed Event",
+        || ctl.log(),
+        async || {
+            events_for(&client, CONSOLIDATOR)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("Roamed"))
+        },
+    )
+    .await;
+    assert!(
+        roamed.note.as_deref().is_some_and(|n| !n.is_empty()),
+        "{roamed:?}"
+    );
+    let s = eventually(
+        "status Ready",
+        || ctl.log(),
+        async || {
+            status(&client)
+                .await
+                .filter(|s| s.last_applied_revision.as_deref() == Some(revision.as_str()))
+                .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+        },
+    )
+    .await;
+    assert_eq!(s.tiers.get("gateway"), Some(&1), "{s:?}");
+    assert_eq!(s.tiers.get("cloud"), Some(&2), "{s:?}");
+    let metrics = ctl.metrics().await;
+    assert!(
+        metrics.contains("cloud4iot_migrations_total{kind=\"roamed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cloud4iot_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "cloud4iot_applied_revision_info{{revision=\"{revision}\"}} 1"
+        )),
+        "{metrics}"
+    );
+
+    // `cloud4iot status` prints it, as text and as JSON.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["status", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Ready") && text.contains(&revision), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["status", "-o", "json", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["lastAppliedRevision"], revision.as_str());
+}
