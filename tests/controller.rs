@@ -610,8 +610,9 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
 
     // The bracelet reaches the hospital: its consolidator follows, and the real scheduler
     // binds the new Pod there.
-    report(&client, "gw-home-1", None, -58, "0").await;
+    // (The hospital first: a device no gateway reports at all has no instance to move.)
     report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
+    report(&client, "gw-home-1", None, -58, "0").await;
     let d = wait_deployment(
         &client,
         &ctl,
@@ -681,4 +682,88 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
         .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["lastAppliedRevision"], revision.as_str());
+
+    // SIGTERM: it stops, releases the Lease and exits 0.
+    let mut ctl = ctl;
+    assert!(lease_holder(&client).await.is_some());
+    assert_eq!(ctl.terminate().await, 0, "{}", ctl.log());
+    assert_eq!(lease_holder(&client).await, None, "released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_nothing_writes() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let _kubelet = KubeletStandIn::start(client.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(&client, "gw-hospital-1", None, -58, "0").await;
+
+    let a = Controller::start(&cp, dir.path(), &[]);
+    let b = Controller::start(&cp, dir.path(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    wait_deployment(&client, &a, CONSOLIDATOR, "the consolidator at home", |d| {
+        node_label(d).as_deref() == Some("gw-home-1")
+    })
+    .await;
+    let first = eventually(
+        "a Lease holder",
+        || a.log(),
+        async || lease_holder(&client).await,
+    )
+    .await;
+
+    // Exactly one says it leads; the other has written nothing.
+    let (mut leader, mut standby) = if a.metrics().await.contains("cloud4iot_leader 1") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(leader.metrics().await.contains("cloud4iot_leader 1"));
+    let idle = standby.metrics().await;
+    assert!(idle.contains("cloud4iot_leader 0"), "{idle}");
+    assert!(
+        !idle.contains("cloud4iot_object_writes_total{"),
+        "the standby wrote: {idle}"
+    );
+
+    // The leader crashes (nothing released). The standby takes over within the lease
+    // duration and follows the bracelet to the hospital.
+    leader.kill().await;
+    // (The hospital first: a device no gateway reports at all has no instance to move.)
+    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
+    report(&client, "gw-home-1", None, -58, "0").await;
+    let taken = Instant::now();
+    wait_deployment(
+        &client,
+        &standby,
+        CONSOLIDATOR,
+        "the consolidator at the hospital",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    eprintln!(
+        "leader killed -> move applied by the new leader: {:?}",
+        taken.elapsed()
+    );
+    let second = lease_holder(&client).await.expect("a holder");
+    assert_ne!(first, second);
+    assert!(standby.metrics().await.contains("cloud4iot_leader 1"));
+    wait_bound_only_to(&cp, &standby, CONSOLIDATOR, "gw-hospital-1").await;
+
+    // Both stopped: a presence change is followed by no one.
+    assert_eq!(standby.terminate().await, 0, "{}", standby.log());
+    assert_eq!(lease_holder(&client).await, None, "released on SIGTERM");
+    let before = deployment(&client, CONSOLIDATOR).await.unwrap();
+    report(&client, "gw-hospital-1", None, -58, "0").await;
+    report(&client, "gw-home-1", Some(ago(300)), -58, "0").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = deployment(&client, CONSOLIDATOR).await.unwrap();
+    assert_eq!(
+        before.metadata.resource_version,
+        after.metadata.resource_version
+    );
+    assert_eq!(node_label(&after).as_deref(), Some("gw-hospital-1"));
 }
