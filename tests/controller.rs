@@ -418,6 +418,16 @@ impl Controller {
         }
     }
 
+    /// Its leader-election identity, from its first log line.
+    fn identity(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.split("identity=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no identity in the log\n{text}"))
+            .to_owned()
+    }
+
     fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -715,12 +725,13 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     )
     .await;
 
-    // Exactly one says it leads; the other has written nothing.
-    let (mut leader, mut standby) = if a.metrics().await.contains("cloud4iot_leader 1") {
+    // Exactly one says it leads (the Lease's holder); the other has written nothing.
+    let (mut leader, mut standby) = if a.identity() == first {
         (a, b)
     } else {
         (b, a)
     };
+    assert_eq!(leader.identity(), first, "the holder is one of the two");
     assert!(leader.metrics().await.contains("cloud4iot_leader 1"));
     let idle = standby.metrics().await;
     assert!(idle.contains("cloud4iot_leader 0"), "{idle}");

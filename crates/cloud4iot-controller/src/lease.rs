@@ -188,44 +188,70 @@ impl Elector {
     /// Runs until `stop`; publishes leadership on `tx`. Writers gate on `*rx.borrow()` and
     /// abort in-flight work when it turns false.
     pub async fn run(mut self, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        // When the last successful renewal was *sent*: the others judge expiry from when
+        // they saw it written, which is later, so stepping down `renew_deadline` after
+        // this instant is always before anyone may acquire.
         let mut last_renew: Option<Instant> = None;
+        let step_down = |tx: &watch::Sender<bool>, why: &str| {
+            if tx.send_replace(false) {
+                tracing::warn!("{why}: no longer the leader");
+            }
+        };
         loop {
             let leader = *tx.borrow();
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_renew = Some(Instant::now());
+            let deadline = last_renew
+                .filter(|_| leader)
+                .map(|t| t + self.cfg.renew_deadline);
+            // A leader's request may not outlive its deadline; a candidate's may take a
+            // retry period.
+            let budget = deadline.map_or(self.cfg.retry_period.max(Duration::from_secs(1)), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let sent = Instant::now();
+            match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    last_renew = Some(sent);
+                    if !leader {
+                        tracing::info!(identity = %self.cfg.identity, "acquired the lease");
+                    }
                     tx.send_if_modified(|l| !std::mem::replace(l, true));
                 }
-                Ok(false) if leader => {
+                Ok(Ok(false)) if leader => {
                     // Someone else holds it now (our renew lost a race): step down at once.
-                    tx.send_replace(false);
+                    step_down(&tx, "another replica holds the lease");
                     last_renew = None;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "lease"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease"),
+                Err(_) => tracing::warn!("lease request timed out"),
             }
-            if leader && last_renew.is_some_and(|t| t.elapsed() >= self.cfg.renew_deadline) {
-                tracing::warn!(
-                    "could not renew the lease within the renew deadline: stepping down"
-                );
-                tx.send_replace(false);
+            let now = Instant::now();
+            if *tx.borrow() && last_renew.is_none_or(|t| now >= t + self.cfg.renew_deadline) {
+                step_down(&tx, "could not renew the lease within the renew deadline");
                 last_renew = None;
             }
-            let jitter = if *tx.borrow() {
-                Duration::ZERO
+            let mut pause = if *tx.borrow() {
+                self.cfg.retry_period
             } else {
-                self.cfg.retry_period.mul_f64(0.2 * rand_unit())
+                self.cfg.retry_period + self.cfg.retry_period.mul_f64(0.2 * rand_unit())
             };
+            if let Some(t) = last_renew.filter(|_| *tx.borrow()) {
+                // Wake in time to step down if renewals keep failing.
+                pause = pause.min((t + self.cfg.renew_deadline).saturating_duration_since(now));
+            }
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.retry_period + jitter) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => break,
             }
         }
         if *tx.borrow() {
             tx.send_replace(false); // writers stop first
         }
-        if let Err(e) = self.release().await {
-            tracing::warn!(error = %e, "releasing the lease");
+        let released = tokio::time::timeout(Duration::from_secs(5), self.release()).await;
+        match released {
+            Ok(Ok(())) => tracing::info!("released the lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease"),
+            Err(_) => tracing::warn!("releasing the lease timed out"),
         }
     }
 }

@@ -172,6 +172,17 @@ pub async fn run(
     let elector = Elector::new(client.clone(), opts.lease.clone());
     let elector = tokio::spawn(elector.run(leader_tx, stop_rx.clone()));
 
+    {
+        // The gauge follows the elector itself, even while the loop is busy writing.
+        let mut rx = leader_rx.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let l = *rx.borrow_and_update();
+                shared.metrics.set_leader(l);
+            }
+        });
+    }
     let (source_tx, source_rx) = mpsc::channel(4);
     let on_error = {
         let shared = shared.clone();
@@ -273,7 +284,6 @@ impl Controller {
                         tracing::info!("no longer the leader: standing by");
                     }
                     leader = now_leader;
-                    self.shared.metrics.set_leader(leader);
                 }
                 Some(fetched) = sources.recv() => {
                     seen_source = true;
