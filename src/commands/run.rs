@@ -46,7 +46,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
     /// The namespace functions run in: where Deployments are applied and pruned.
-    #[arg(long, short = 'n', value_name = "NS", default_value = cluster::DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// How often to poll the repository (jittered by +-10 %).
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = duration)]
