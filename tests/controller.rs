@@ -778,3 +778,417 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     );
     assert_eq!(node_label(&after).as_deref(), Some("gw-hospital-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_report() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "8s");
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    let ctl = Controller::start(&cp, dir.path(), &[]);
+    ctl.wait_ready().await;
+    wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the consolidator at home",
+        |d| node_label(d).as_deref() == Some("gw-home-1"),
+    )
+    .await;
+
+    // The hospital hears the bracelet strongly from now on; home still hears it, weakly
+    // (below minRssi). The last reports written in this test.
+    let first_seen = jiff::Timestamp::now();
+    report(&client, "gw-hospital-1", Some(first_seen), -50, "0").await;
+    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    let since = |t: jiff::Timestamp| jiff::Timestamp::now().duration_since(t);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = deployment(&client, CONSOLIDATOR).await.unwrap();
+    if since(first_seen) < jiff::SignedDuration::from_millis(7500) {
+        assert_eq!(
+            node_label(&d).as_deref(),
+            Some("gw-home-1"),
+            "moved before dwell\n{}",
+            ctl.log()
+        );
+    }
+    let d = wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the move once dwell passed",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    assert!(
+        since(first_seen) >= jiff::SignedDuration::from_secs(8),
+        "moved {:?} after first seen",
+        since(first_seen)
+    );
+    let reason = &d.metadata.annotations.as_ref().unwrap()["cloud4iot.io/reason"];
+    assert!(reason.contains("dwell"), "{reason}");
+    let metrics = ctl.metrics().await;
+    assert!(
+        metrics.contains("cloud4iot_reconcile_duration_seconds_count{trigger=\"timer\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_still_followed() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let key = git_support::new_key();
+    let signers = dir.path().join("allowed_signers");
+    std::fs::write(&signers, git_support::allowed_line("ops@example.org", &key)).unwrap();
+    let repo_dir = dir.path().join("repo");
+    let mut repo = GitRepo::init(&repo_dir);
+    repo.write("device-classes/omh-bracelet.yaml", DEVICE_CLASS);
+    repo.write("policies/ehealth-roaming.yaml", &roaming_policy("30s"));
+    repo.write("policies/cloud-only.yaml", CLOUD_POLICY);
+    repo.write("functions/omh-consolidator.yaml", CONSOLIDATOR_FN);
+    repo.write(
+        "functions/fleet-stats.yaml",
+        &cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1),
+    );
+    let good = repo.commit_ssh_signed("signed", &key);
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(&client, "gw-hospital-1", None, -58, "0").await;
+    let signers = signers.to_str().unwrap().to_owned();
+    let ctl = Controller::start(
+        &cp,
+        &repo_dir,
+        &["--verify-signatures", "--allowed-signers", &signers],
+    );
+    ctl.wait_ready().await;
+    wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the consolidator at home",
+        |d| node_label(d).as_deref() == Some("gw-home-1"),
+    )
+    .await;
+    let fleet = wait_deployment(&client, &ctl, "fleet-stats-0", "fleet-stats", |_| true).await;
+    let applied = format!("main@sha1:{good}");
+    eventually(
+        "Ready",
+        || ctl.log(),
+        async || {
+            status(&client)
+                .await
+                .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+        },
+    )
+    .await;
+
+    // 1. A signed commit with an invalid file (and fleet-stats removed): refused.
+    repo.write(
+        "functions/broken.yaml",
+        "apiVersion: cloud4iot.io/v1alpha1\nkind: Function\nmetadata:\n  name: broken\nspec:\n  imagee: x\n",
+    );
+    std::fs::remove_file(repo.path("functions/fleet-stats.yaml")).unwrap();
+    let invalid = repo.commit_ssh_signed("broken", &key);
+    assert_eq!(ctl.push_hook(SECRET).await, 202);
+    let s = eventually(
+        "Stalled: ValidationFailed",
+        || ctl.log(),
+        async || {
+            status(&client)
+                .await
+                .filter(|s| condition(s, "Stalled").is_some_and(|c| c.1 == "ValidationFailed"))
+        },
+    )
+    .await;
+    let (ready, reason, message) = condition(&s, "Ready").unwrap();
+    assert_eq!((ready, reason), ("False", "ValidationFailed"), "{s:?}");
+    assert!(message.contains("functions/broken.yaml"), "{message}");
+    assert_eq!(
+        s.last_attempted_revision,
+        Some(format!("main@sha1:{invalid}"))
+    );
+    assert_eq!(s.last_applied_revision.as_deref(), Some(applied.as_str()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["status", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "not Ready exits 1");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ValidationFailed"));
+
+    // Nothing was pruned; presence is still followed on the last good revision.
+    let still = deployment(&client, "fleet-stats-0")
+        .await
+        .expect("not pruned");
+    assert_eq!(still.metadata.uid, fleet.metadata.uid);
+    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
+    report(&client, "gw-home-1", None, -58, "0").await;
+    let moved = wait_deployment(&client, &ctl, CONSOLIDATOR, "the roam while stalled", |d| {
+        node_label(d).as_deref() == Some("gw-hospital-1")
+    })
+    .await;
+    assert_eq!(
+        moved.metadata.annotations.as_ref().unwrap()["cloud4iot.io/revision"],
+        applied,
+        "written from the last good revision"
+    );
+
+    // 2. The file fixed, but the commit unsigned: refused too.
+    std::fs::remove_file(repo.path("functions/broken.yaml")).unwrap();
+    repo.write(
+        "functions/engine-report.yaml",
+        &cloud_function("engine-report", "registry.example.com/engine-report:1", 1),
+    );
+    let unsigned = repo.commit("unsigned");
+    assert_eq!(ctl.push_hook(SECRET).await, 202);
+    let s = eventually(
+        "Stalled: SignatureRefused",
+        || ctl.log(),
+        async || {
+            status(&client)
+                .await
+                .filter(|s| condition(s, "Stalled").is_some_and(|c| c.1 == "SignatureRefused"))
+        },
+    )
+    .await;
+    assert_eq!(
+        s.last_attempted_revision,
+        Some(format!("main@sha1:{unsigned}"))
+    );
+    assert!(
+        deployment(&client, "engine-report-0").await.is_none(),
+        "not applied"
+    );
+    assert!(
+        deployment(&client, "fleet-stats-0").await.is_some(),
+        "not pruned"
+    );
+
+    // 3. The same tree, signed: applied and pruned, Ready again.
+    let signed = repo.commit_ssh_signed("signed again", &key);
+    assert_eq!(ctl.push_hook(SECRET).await, 202);
+    wait_deployment(
+        &client,
+        &ctl,
+        "engine-report-0",
+        "engine-report applied",
+        |_| true,
+    )
+    .await;
+    eventually(
+        "fleet-stats pruned",
+        || ctl.log(),
+        async || {
+            deployment(&client, "fleet-stats-0")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let s = eventually(
+        "Ready on the signed revision",
+        || ctl.log(),
+        async || {
+            status(&client)
+                .await
+                .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+        },
+    )
+    .await;
+    assert_eq!(s.last_applied_revision, Some(format!("main@sha1:{signed}")));
+    assert!(condition(&s, "Stalled").is_none(), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gateway_offloads() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let _kubelet = KubeletStandIn::start(client.clone());
+    cp.create_namespace(NS).await;
+    // A user's own Deployment in the functions namespace (no managed-by label).
+    let user: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "user-app", "namespace": NS, "labels": {"app": "user-app"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "user-app"}},
+            "template": {"metadata": {"labels": {"app": "user-app"}},
+                         "spec": {"containers": [{"name": "app", "image": "registry.example.com/user:1"}]}}
+        }
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let user = deployments
+        .create(&kube::api::PostParams::default(), &user)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    let ctl = Controller::start(&cp, dir.path(), &["--resync", "3s"]);
+    ctl.wait_ready().await;
+    let fleet = wait_deployment(&client, &ctl, "fleet-stats-0", "fleet-stats", |_| true).await;
+
+    // `kubectl set image` by hand: taken back.
+    let container = fleet.spec.template.spec.as_ref().unwrap().containers[0]
+        .name
+        .clone();
+    let edit = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": container, "image": "registry.example.com/fleet-stats:hotfix"}
+    ]}}}});
+    deployments
+        .patch(
+            "fleet-stats-0",
+            &PatchParams {
+                field_manager: Some("kubectl-set".to_owned()),
+                ..Default::default()
+            },
+            &Patch::Strategic(edit),
+        )
+        .await
+        .unwrap();
+    wait_deployment(
+        &client,
+        &ctl,
+        "fleet-stats-0",
+        "the hand edit reverted",
+        |d| image_of(d) == "registry.example.com/fleet-stats:1",
+    )
+    .await;
+
+    // Deleted by hand: recreated.
+    deployments
+        .delete("fleet-stats-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_deployment(&client, &ctl, "fleet-stats-0", "recreated", |d| {
+        d.metadata.uid != fleet.metadata.uid
+    })
+    .await;
+
+    // The gateway fills up: the consolidator goes to the edge of its site, and comes back
+    // when room returns.
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "at home", |d| {
+        node_label(d).as_deref() == Some("gw-home-1")
+    })
+    .await;
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "800m").await;
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "offloaded to the edge", |d| {
+        tier_label(d).as_deref() == Some("edge")
+    })
+    .await;
+    wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "edge-home-1").await;
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "recalled to the gateway",
+        |d| node_label(d).as_deref() == Some("gw-home-1"),
+    )
+    .await;
+    wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-home-1").await;
+    for kind in ["Offloaded", "Recalled"] {
+        eventually(
+            &format!("an {kind} Event"),
+            || ctl.log(),
+            async || {
+                events_for(&client, CONSOLIDATOR)
+                    .await
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some(kind))
+            },
+        )
+        .await;
+    }
+
+    // A full resync later (every 3 s here) the user's Deployment is exactly as it was.
+    eventually(
+        "a full resync",
+        || ctl.log(),
+        async || {
+            let text = ctl.metrics().await;
+            text.contains("cloud4iot_reconcile_duration_seconds_count{trigger=\"resync\"}")
+                .then_some(())
+        },
+    )
+    .await;
+    let after = deployments.get("user-app").await.expect("never pruned");
+    // (Its status moves on with the deployment controller; its spec and labels do not.)
+    assert_eq!(after.metadata.generation, user.metadata.generation);
+    assert_eq!(after.metadata.labels, user.metadata.labels);
+    assert_eq!(image_of(&after), "registry.example.com/user:1");
+    assert!(
+        after
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .all(|m| m.manager.as_deref() != Some("cloud4iot")),
+        "never written by cloud4iot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_api_server_restart_the_controller_reconnects_and_converges() {
+    let mut cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(&client, "gw-hospital-1", None, -58, "0").await;
+    let ctl = Controller::start(&cp, dir.path(), &[]);
+    ctl.wait_ready().await;
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "at home", |d| {
+        node_label(d).as_deref() == Some("gw-home-1")
+    })
+    .await;
+
+    cp.restart_apiserver(Duration::from_secs(3)).await;
+    // The same etcd, a new API server: presence changes are followed again.
+    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
+    report(&client, "gw-home-1", None, -58, "0").await;
+    wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the roam after the restart",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    // Nothing lost, nothing duplicated, and what is stored is what the plan says.
+    let managed = Api::<Deployment>::namespaced(client.clone(), NS)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=cloud4iot"))
+        .await
+        .unwrap();
+    let mut names: Vec<String> = managed
+        .items
+        .iter()
+        .filter_map(|d| d.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["fleet-stats-0".to_owned(), CONSOLIDATOR.to_owned()]
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["diff", "--rev", "main", "--repo"])
+        .arg(dir.path())
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .env("NO_COLOR", "1")
+        .env("XDG_CACHE_HOME", dir.path().join("diff-cache"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the cluster matches the plan:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        ctl.log()
+    );
+}

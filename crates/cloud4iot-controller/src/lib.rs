@@ -270,6 +270,15 @@ impl Controller {
             {
                 wake = wake.min(at);
             }
+            // A move that falls due later (dwell, lossGrace, stale heartbeat).
+            let due = self.world.next_due().filter(|_| self.world.full.is_none());
+            let timer = due.map(|t| {
+                let wait = t.duration_since(jiff::Timestamp::now());
+                now + Duration::try_from(wait).unwrap_or(Duration::ZERO)
+            });
+            if let Some(t) = timer {
+                wake = wake.min(t);
+            }
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
@@ -291,6 +300,9 @@ impl Controller {
                 }
                 Some(change) = changes.next() => self.on_change(change),
                 _ = tokio::time::sleep_until(wake) => {
+                    if timer.is_some_and(|t| Instant::now() >= t) {
+                        self.world.advance(jiff::Timestamp::now());
+                    }
                     if Instant::now() >= next_resync {
                         self.world.full.get_or_insert(Trigger::Resync);
                         next_resync = Instant::now() + self.opts.resync;

@@ -45,6 +45,12 @@ pub fn conditions(prev: &[Condition], facts: &Facts, now: jiff::Timestamp) -> Ve
             p.reason.clone(),
             format!("{} (still reconciling {revision})", p.message),
         )
+    } else if facts.reconciling {
+        (
+            "Unknown",
+            "Progressing".to_owned(),
+            "Reconciliation in progress".to_owned(),
+        )
     } else if let Some(p) = &facts.apply {
         ("False", p.reason.clone(), p.message.clone())
     } else if facts.reconciled {

@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
-use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, Inventory, NodeInfo, Repo};
+use cloud4iot_core::model::{GatewayReport, Inventory, NodeInfo, Repo};
 use cloud4iot_core::plan::{Placement, PlanDelta, Planner, current_placements};
 use cloud4iot_core::render::{RenderOptions, render_placement};
 
@@ -250,10 +250,12 @@ impl World {
             }
             Event::Delete(r) => {
                 let name = r.metadata.name.clone().unwrap_or_default();
-                if self.reports.remove(&name).is_some() {
+                if self.reports.remove(&name).is_some() && self.full.is_none() {
                     // A gateway without a report sees nothing and runs nothing of others.
-                    let empty = GatewayReport::new(&name, GatewayReportSpec::default());
-                    self.replan_report(empty, now);
+                    if let Some(planner) = self.planner.as_mut() {
+                        let delta = planner.remove_report(&name, now);
+                        self.absorb(delta, Trigger::Presence);
+                    }
                 }
             }
         }
@@ -268,6 +270,23 @@ impl World {
         };
         let delta = planner.update_report(report, now);
         self.absorb(delta, Trigger::Presence);
+    }
+
+    /// The earliest instant the plan can change with no new input (dwell reached,
+    /// lossGrace run out, a heartbeat gone stale).
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.planner.as_ref().and_then(Planner::next_due)
+    }
+
+    /// Re-plans what time alone changed by `now` (the timer fired).
+    pub fn advance(&mut self, now: Timestamp) {
+        if self.full.is_some() {
+            return;
+        }
+        if let Some(planner) = self.planner.as_mut() {
+            let delta = planner.advance(now);
+            self.absorb(delta, Trigger::Timer);
+        }
     }
 
     /// Records a planner delta: the desired map follows it and the instances are dirty.
