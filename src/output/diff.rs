@@ -52,15 +52,12 @@ impl DiffOutput for DiffReport {
             out.push_str("No changes.\n");
             return out;
         }
+        let heading = |out: &mut String, text: String| {
+            let _ = writeln!(out, "{}", paint(bold, &text));
+        };
         if !self.placement_changes.is_empty() {
-            let _ = writeln!(
-                out,
-                "{}",
-                paint(
-                    bold,
-                    &format!("Placement changes ({}):", self.placement_changes.len())
-                )
-            );
+            let n = self.placement_changes.len();
+            heading(&mut out, format!("Placement changes ({n}):"));
             for c in &self.placement_changes {
                 let _ = writeln!(out, "  {}: {}", paint(bold, &c.instance), movement(c));
                 if let Some(r) = &c.reason_before {
@@ -73,14 +70,8 @@ impl DiffOutput for DiffReport {
             out.push('\n');
         }
         if !self.object_changes.is_empty() {
-            let _ = writeln!(
-                out,
-                "{}",
-                paint(
-                    bold,
-                    &format!("Object changes ({}):", summary(&self.object_changes))
-                )
-            );
+            let counts = summary(&self.object_changes);
+            heading(&mut out, format!("Object changes ({counts}):"));
             for c in &self.object_changes {
                 let _ = writeln!(
                     out,

@@ -242,35 +242,23 @@ pub async fn apply_selected(
     };
 
     // Apply, `concurrency` requests at a time.
-    let total = desired.len();
-    let mut results = Vec::with_capacity(total + 8);
-    {
+    let mut results = {
         let api = &api;
         let before = &before;
-        let mut stream = futures::stream::iter(desired)
-            .map(|object| async move {
-                let name = object.metadata.name.clone().unwrap_or_default();
-                if !namespace_exists && opts.dry_run {
-                    let note = format!("namespace {ns} would be created");
-                    return result(ns, &name, Action::Created, Some(note));
-                }
-                let live = before.get(&name);
-                if live.is_some() && !write(object) {
-                    return result(ns, &name, Action::Unchanged, None);
-                }
-                apply_one(api, object, live, opts).await
-            })
-            .buffer_unordered(opts.concurrency.max(1));
-        while let Some(r) = stream.next().await {
-            results.push(r);
-            progress(Progress {
-                phase: "apply",
-                done: results.len(),
-                total,
-            });
-        }
-    }
-    results.sort_by(|a, b| a.name.cmp(&b.name));
+        let applies = desired.iter().map(|object| async move {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            if !namespace_exists && opts.dry_run {
+                let note = format!("namespace {ns} would be created");
+                return result(ns, &name, Action::Created, Some(note));
+            }
+            let live = before.get(&name);
+            if live.is_some() && !write(object) {
+                return result(ns, &name, Action::Unchanged, None);
+            }
+            apply_one(api, object, live, opts).await
+        });
+        run_all(applies, "apply", opts.concurrency, progress).await
+    };
     let failed_applies = results
         .iter()
         .filter(|r| r.action == Action::Failed)
@@ -299,20 +287,10 @@ pub async fn apply_selected(
             candidates.len()
         ))
     } else {
-        let total = candidates.len();
-        let mut pruned = Vec::with_capacity(total);
-        let mut stream = futures::stream::iter(candidates)
-            .map(|b| prune_one(&api, &b.meta, opts.dry_run))
-            .buffer_unordered(opts.concurrency.max(1));
-        while let Some(r) = stream.next().await {
-            pruned.push(r);
-            progress(Progress {
-                phase: "prune",
-                done: pruned.len(),
-                total,
-            });
-        }
-        pruned.sort_by(|a, b| a.name.cmp(&b.name));
+        let prunes = candidates
+            .into_iter()
+            .map(|b| prune_one(&api, &b.meta, opts.dry_run));
+        let pruned = run_all(prunes, "prune", opts.concurrency, progress).await;
         results.extend(pruned);
         Prune::Done
     };
@@ -329,6 +307,27 @@ pub async fn apply_selected(
         prune,
         summary,
     })
+}
+
+/// Runs `requests`, `concurrency` at a time, reporting [`Progress`] in `phase` after each;
+/// the results sorted by name.
+async fn run_all(
+    requests: impl Iterator<Item = impl Future<Output = ObjectResult>>,
+    phase: &'static str,
+    concurrency: usize,
+    progress: ProgressFn<'_>,
+) -> Vec<ObjectResult> {
+    let requests: Vec<_> = requests.collect();
+    let total = requests.len();
+    let mut results = Vec::with_capacity(total);
+    let mut stream = futures::stream::iter(requests).buffer_unordered(concurrency.max(1));
+    while let Some(r) = stream.next().await {
+        results.push(r);
+        let done = results.len();
+        progress(Progress { phase, done, total });
+    }
+    results.sort_by(|a, b| a.name.cmp(&b.name));
+    results
 }
 
 fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> ObjectResult {
@@ -783,26 +782,21 @@ mod tests {
             "1 created, 0 configured, 2 unchanged, 1 pruned, 0 failed"
         );
         assert!(summary.changed());
-        let failed = result(
-            "ns",
-            "fleet-stats-0",
-            Action::Failed,
-            Some("conflict: x".to_owned()),
-        );
-        assert_eq!(
-            failed.to_string(),
-            "deployment.apps/fleet-stats-0 failed: conflict: x"
-        );
-        let noted = result(
-            "ns",
-            "fleet-stats-0",
-            Action::Configured,
-            Some("took back y".to_owned()),
-        );
-        assert_eq!(
-            noted.to_string(),
-            "deployment.apps/fleet-stats-0 configured (took back y)"
-        );
+        for (action, message, shown) in [
+            (
+                Action::Failed,
+                "conflict: x",
+                "deployment.apps/fleet-stats-0 failed: conflict: x",
+            ),
+            (
+                Action::Configured,
+                "took back y",
+                "deployment.apps/fleet-stats-0 configured (took back y)",
+            ),
+        ] {
+            let r = result("ns", "fleet-stats-0", action, Some(message.to_owned()));
+            assert_eq!(r.to_string(), shown);
+        }
         let json = serde_json::to_value(Prune::Refused("empty".to_owned())).unwrap();
         assert_eq!(
             json,

@@ -19,19 +19,11 @@ pub enum Kind {
     DeviceClass,
 }
 
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Function, Kind::PlacementPolicy, Kind::DeviceClass];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Function => "Function",
-            Kind::PlacementPolicy => "PlacementPolicy",
-            Kind::DeviceClass => "DeviceClass",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+crate::model::spelled!(Kind {
+    Function => "Function",
+    PlacementPolicy => "PlacementPolicy",
+    DeviceClass => "DeviceClass",
+});
 
 /// Where one object of the repository was written: its file and the positions of its nodes.
 #[derive(Clone, Debug)]

@@ -49,18 +49,16 @@ fn check_function(
         )),
         _ => {}
     }
-    if let Some(per_device) = &spec.instances.per_device
-        && !repo.device_classes.contains_key(&per_device.device_class)
-        && !sources.mentions(Kind::DeviceClass, &per_device.device_class)
-    {
-        out.push(src.at(
-            "/spec/instances/perDevice/deviceClass",
-            format!(
-                "no DeviceClass named {:?}{}",
-                per_device.device_class,
-                defined(sources.names(Kind::DeviceClass), repo.device_classes.keys())
-            ),
-        ));
+    if let Some(per_device) = &spec.instances.per_device {
+        let reference = (Kind::DeviceClass, per_device.device_class.as_str());
+        let pointer = "/spec/instances/perDevice/deviceClass";
+        check_reference(
+            reference,
+            &repo.device_classes,
+            sources,
+            (&src, pointer),
+            out,
+        );
     }
     if spec.image.is_none() && spec.arch_images.is_empty() {
         out.push(src.at(
@@ -69,18 +67,14 @@ fn check_function(
         ));
     }
     check_quantities(&spec.resources, "/spec/resources", &src, out);
-    if !repo.policies.contains_key(&spec.policy)
-        && !sources.mentions(Kind::PlacementPolicy, &spec.policy)
-    {
-        out.push(src.at(
-            "/spec/policy",
-            format!(
-                "no PlacementPolicy named {:?}{}",
-                spec.policy,
-                defined(sources.names(Kind::PlacementPolicy), repo.policies.keys())
-            ),
-        ));
-    }
+    let reference = (Kind::PlacementPolicy, spec.policy.as_str());
+    check_reference(
+        reference,
+        &repo.policies,
+        sources,
+        (&src, "/spec/policy"),
+        out,
+    );
     let mut env = BTreeMap::new();
     for (i, var) in spec.env.iter().enumerate() {
         if let Some(first) = env.insert(var.name.as_str(), i) {
@@ -229,6 +223,25 @@ fn check_name(kind: Kind, name: &str, src: &Source, out: &mut Vec<Diagnostic>) {
             ),
         ));
     }
+}
+
+/// A reference to the object `(kind, name)`, written at `(src, pointer)`: a problem when
+/// no object of that kind and name is written, with the names that are.
+fn check_reference<V>(
+    (kind, name): (Kind, &str),
+    loaded: &BTreeMap<String, V>,
+    sources: &Sources,
+    (src, pointer): (&Source, &str),
+    out: &mut Vec<Diagnostic>,
+) {
+    if loaded.contains_key(name) || sources.mentions(kind, name) {
+        return;
+    }
+    let known = defined(sources.names(kind), loaded.keys());
+    out.push(src.at(
+        pointer,
+        format!("no {} named {name:?}{known}", kind.as_str()),
+    ));
 }
 
 /// ` (defined: a, b, c)` for a message about a dangling reference.

@@ -4,7 +4,10 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 
-use super::{Arch, GatewayReport, Resources, Tier, labels, parse_cpu_millis, parse_memory_bytes};
+use super::{
+    Arch, GatewayReport, QuantityError, Resources, Tier, labels, parse_cpu_millis,
+    parse_memory_bytes,
+};
 
 /// What placement needs to know about a node, extracted once from the `Node` object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,24 +72,19 @@ impl NodeInfo {
         let status = node.status.as_ref();
         let alloc = status.and_then(|s| s.allocatable.as_ref());
         let get = |k: &str| alloc.and_then(|a| a.get(k)).map(|q| q.0.as_str());
-        let cpu = get("cpu")
-            .map(parse_cpu_millis)
-            .transpose()
-            .map_err(|source| NodeError::BadQuantity {
-                node: name.clone(),
-                field: "cpu",
-                source,
-            })?
-            .unwrap_or(0);
-        let memory = get("memory")
-            .map(parse_memory_bytes)
-            .transpose()
-            .map_err(|source| NodeError::BadQuantity {
-                node: name.clone(),
-                field: "memory",
-                source,
-            })?
-            .unwrap_or(0);
+        // A missing quantity counts as zero (no room), one that does not parse is an error.
+        let quantity = |field: &'static str, parse: fn(&str) -> Result<i64, QuantityError>| {
+            let value = get(field).map(parse).transpose();
+            value
+                .map(Option::unwrap_or_default)
+                .map_err(|source| NodeError::BadQuantity {
+                    node: name.clone(),
+                    field,
+                    source,
+                })
+        };
+        let cpu = quantity("cpu", parse_cpu_millis)?;
+        let memory = quantity("memory", parse_memory_bytes)?;
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))

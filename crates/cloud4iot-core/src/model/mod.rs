@@ -8,7 +8,6 @@ mod inventory;
 mod quantity;
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -60,6 +59,31 @@ pub mod labels {
     }
 }
 
+/// `ALL` (in declaration order), `as_str`, `parse` and `Display` of a fieldless enum, from
+/// the spelling of each variant: one table, so the three cannot disagree.
+macro_rules! spelled {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: [$ty; [$($text),+].len()] = [$($ty::$variant),+];
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+            pub fn parse(s: &str) -> Option<$ty> {
+                Self::ALL.into_iter().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use spelled;
+
 /// The three tiers of the Cloud4IoT architecture.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -71,25 +95,11 @@ pub enum Tier {
     Cloud,
 }
 
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Gateway, Tier::Edge, Tier::Cloud];
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Tier::Gateway => "gateway",
-            Tier::Edge => "edge",
-            Tier::Cloud => "cloud",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Tier> {
-        Tier::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+spelled!(Tier {
+    Gateway => "gateway",
+    Edge => "edge",
+    Cloud => "cloud",
+});
 
 /// CPU architectures, spelled as Go and `kubernetes.io/arch` spell them.
 #[derive(
@@ -107,37 +117,15 @@ pub enum Arch {
     Riscv64,
 }
 
-impl Arch {
-    pub const ALL: [Arch; 7] = [
-        Arch::Amd64,
-        Arch::Arm64,
-        Arch::Arm,
-        Arch::I386,
-        Arch::Ppc64le,
-        Arch::S390x,
-        Arch::Riscv64,
-    ];
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-            Arch::Arm => "arm",
-            Arch::I386 => "386",
-            Arch::Ppc64le => "ppc64le",
-            Arch::S390x => "s390x",
-            Arch::Riscv64 => "riscv64",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+spelled!(Arch {
+    Amd64 => "amd64",
+    Arm64 => "arm64",
+    Arm => "arm",
+    I386 => "386",
+    Ppc64le => "ppc64le",
+    S390x => "s390x",
+    Riscv64 => "riscv64",
+});
 
 /// Metadata of a repository object: a name, and labels/annotations for the user's own use.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

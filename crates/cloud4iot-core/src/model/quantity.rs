@@ -212,20 +212,12 @@ pub fn parse_memory_bytes(value: &str) -> Result<i64, QuantityError> {
 
 /// The `cpu`/`memory` pair as users write it in YAML.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ResourceQuantities {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "string_or_number"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "quantity")]
     #[schemars(schema_with = "int_or_string")]
     pub cpu: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "string_or_number"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "quantity")]
     #[schemars(schema_with = "int_or_string")]
     pub memory: Option<String>,
 }
@@ -239,7 +231,7 @@ fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// Kubernetes accepts `cpu: 1` as well as `cpu: "1"`; so do we, everywhere a quantity is read.
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+fn quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
