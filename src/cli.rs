@@ -181,7 +181,8 @@ pub async fn run(cli: Cli) -> u8 {
     match result {
         Ok(outcome) => outcome as u8,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Backstop: no message, whatever produced it, shows a URL's credentials.
+            eprintln!("error: {}", cloud4iot_source::redact(&format!("{err:#}")));
             // A revision refused by the signature policy is invalid input (1), not a failure.
             match err.downcast_ref::<cloud4iot_source::SourceError>() {
                 Some(source) if source.is_refusal() => Outcome::Changes as u8,

@@ -32,7 +32,7 @@ where
     if !checkout.live {
         bail!(
             "--watch needs a local directory read as it is on disk; {} is read at a revision (drop --rev, a URL or --verify-signatures)",
-            repo.repo
+            cloud4iot_source::redact(&repo.repo)
         );
     }
     let dir = checkout.dir.canonicalize().unwrap_or(checkout.dir);

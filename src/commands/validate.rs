@@ -43,7 +43,7 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
     let loaded = cloud4iot_core::load::load_dir_with_sources(&checkout.dir).map_err(|d| {
         anyhow::anyhow!(
             "cannot list the files of repository {}:\n{d}",
-            args.repo.repo
+            cloud4iot_source::redact(&args.repo.repo)
         )
     })?;
     let result = loaded.finish();
@@ -61,8 +61,8 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
         }
         (ValidateOutput::Text, Ok(repo)) => {
             let name = match &checkout.revision {
-                Some(rev) => format!("{} ({rev})", args.repo.repo),
-                None => args.repo.repo.clone(),
+                Some(rev) => format!("{} ({rev})", cloud4iot_source::redact(&args.repo.repo)),
+                None => cloud4iot_source::redact(&args.repo.repo),
             };
             writeln!(stdout, "{name}: {}: valid", summary(&repo))?;
             Ok(Outcome::Clean)

@@ -12,6 +12,7 @@ use git2::{
     ObjectType, Oid, ProxyOptions, RemoteCallbacks, Repository, StatusOptions, Tree,
 };
 
+use super::redact::redact;
 use super::signature::AllowedSigners;
 use super::{Checkout, SourceError};
 
@@ -25,20 +26,95 @@ pub struct Options {
     pub ssh_key: Option<PathBuf>,
 }
 
-/// `$XDG_CACHE_HOME/cloud4iot`, else `$HOME/.cache/cloud4iot`, else a directory under the
-/// system's temporary directory (a CI container may have no home).
-pub fn cache_root() -> PathBuf {
+/// `$XDG_CACHE_HOME/cloud4iot`, else `$HOME/.cache/cloud4iot`. Never a shared temporary
+/// directory: another local user could plant trees there that would then be rendered.
+pub fn cache_root() -> Result<PathBuf, SourceError> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .or_else(|| {
             std::env::var_os("HOME")
                 .filter(|v| !v.is_empty())
                 .map(|h| PathBuf::from(h).join(".cache"))
+                .filter(|p| p.is_absolute())
         })
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("cloud4iot")
+        .ok_or(SourceError::NoCache)?;
+    Ok(base.join("cloud4iot"))
 }
+
+/// `dir` (and its missing parents) created with mode 0700, and checked to be a directory
+/// of ours that nobody else can write or read: not a symbolic link, owned by this user,
+/// no group or other permission bits. A cache directory someone else could have written
+/// into is refused rather than repaired.
+pub(crate) fn private_dir(dir: &Path, label: &str) -> Result<(), SourceError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let io = |source| SourceError::Io {
+        repo: label.to_owned(),
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let problem = if !meta.file_type().is_dir() {
+        Some("is not a directory (a symbolic link?)".to_owned())
+    } else if meta.uid() != me {
+        Some(format!(
+            "is owned by uid {}, not by this user ({me})",
+            meta.uid()
+        ))
+    } else if meta.permissions().mode() & 0o022 != 0 {
+        Some(format!(
+            "can be written by other users (mode {:o}): its content cannot be trusted; \
+             remove it (it is only a cache)",
+            meta.permissions().mode() & 0o777
+        ))
+    } else {
+        // Readable by others (a cache made before it was private): nobody else could
+        // write it, so closing it is enough.
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        None
+    };
+    match problem {
+        Some(p) => Err(SourceError::UnsafeCache {
+            dir: dir.to_path_buf(),
+            problem: p,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Opens (creating, mode 0600) a lock file without following a symbolic link at its
+/// path, so a planted link cannot make this process create or truncate another file.
+fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// git's `ref_rev_parse_rules`, in git's order (refs.c): the first that exists wins.
+const REV_PARSE_RULES: [&str; 6] = [
+    "{}",
+    "refs/{}",
+    "refs/tags/{}",
+    "refs/heads/{}",
+    "refs/remotes/{}",
+    "refs/remotes/{}/HEAD",
+];
 
 /// A local repository that contains the directory `--repo` names.
 pub struct Local {
@@ -82,11 +158,13 @@ impl Local {
         policy: Option<&AllowedSigners>,
         sub: &Path,
     ) -> Result<Checkout, SourceError> {
+        let root = self.dir.clone();
         if !sub.as_os_str().is_empty() {
             self.dir = self.dir.join(sub);
             self.rel = self.rel.join(sub);
         }
         if rev.is_none() && policy.is_none() && self.repo.workdir().is_some() {
+            super::inside(&root, &self.dir, sub, &self.label)?;
             return self.open_work_tree();
         }
         let (commit, revision) = resolve(&self.repo, rev.unwrap_or("HEAD"), &self.label)?;
@@ -145,16 +223,13 @@ pub fn open_url(
     let rev = rev.filter(|r| *r != "HEAD");
     // Messages show the URL without a password it may carry.
     let url = &redact(remote_url);
-    let dir = cache_root().join("git").join(url_key(remote_url));
-    std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(|source| SourceError::Io {
-        repo: url.to_owned(),
-        dir: dir.clone(),
-        source,
-    })?;
+    let git_dir = cache_root()?.join("git");
+    private_dir(&git_dir, url)?;
+    let dir = git_dir.join(url_key(remote_url));
     // One fetch per cache repository at a time (two CI jobs, or the controller and a
     // person): libgit2 would fail on the other's ref locks. Released when dropped.
     let lock_path = dir.with_extension("lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|source| SourceError::Io {
+    let lock = open_lock(&lock_path).map_err(|source| SourceError::Io {
         repo: url.to_owned(),
         dir: lock_path.clone(),
         source,
@@ -164,14 +239,10 @@ pub fn open_url(
         dir: lock_path,
         source,
     })?;
+    private_dir(&dir, url)?;
     let repo = if dir.join("HEAD").is_file() {
         Repository::open_bare(&dir).map_err(|e| git_error(url, e))?
     } else {
-        std::fs::create_dir_all(&dir).map_err(|source| SourceError::Io {
-            repo: url.to_owned(),
-            dir: dir.clone(),
-            source,
-        })?;
         Repository::init_bare(&dir).map_err(|e| git_error(url, e))?
     };
     let mut remote = repo
@@ -233,21 +304,6 @@ pub fn open_url(
     };
     let (commit, revision) = resolve(&repo, &rev, url)?;
     checkout_commit(&repo, commit, revision, sub, url, policy)
-}
-
-/// `https://user:secret@host/x` -> `https://user:***@host/x`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// The cache directory name of a URL: its SHA-1 (libgit2's hasher; no extra dependency).
@@ -327,7 +383,7 @@ fn callbacks(opts: &Options) -> RemoteCallbacks<'_> {
 fn git_error(repo: &str, e: git2::Error) -> SourceError {
     SourceError::Git {
         repo: repo.to_owned(),
-        message: e.message().to_owned(),
+        message: redact(e.message()),
     }
 }
 
@@ -337,24 +393,27 @@ fn remote_error(url: &str, e: git2::Error) -> SourceError {
     {
         SourceError::HostKey {
             url: url.to_owned(),
-            message: e.message().to_owned(),
+            message: redact(e.message()),
         }
     } else if e.code() == ErrorCode::Auth {
         SourceError::Auth {
             url: url.to_owned(),
-            message: e.message().to_owned(),
+            message: redact(e.message()),
         }
     } else {
         SourceError::Unreachable {
             url: url.to_owned(),
-            message: e.message().to_owned(),
+            message: redact(e.message()),
         }
     }
 }
 
-/// A revision to a commit and its Flux-style name. Branches first, then tags, then
-/// remote-tracking branches (`origin/main` in a CI clone), full ref names, and anything
-/// else git's revision syntax accepts (a hash, `HEAD~1`) as a bare commit.
+/// A revision to a commit and its Flux-style name, resolved as `git rev-parse` does: a full
+/// hash is that commit; otherwise the first of `NAME`, `refs/NAME`, `refs/tags/NAME`,
+/// `refs/heads/NAME`, `refs/remotes/NAME`, `refs/remotes/NAME/HEAD` that exists (so a name
+/// that is both a tag and a branch is the tag, and a warning says so, as git warns
+/// "refname is ambiguous"); then anything else git's revision syntax accepts (a short
+/// hash, `HEAD~1`) as a bare commit.
 pub fn resolve(repo: &Repository, rev: &str, label: &str) -> Result<(Oid, String), SourceError> {
     let not_found = || SourceError::RevisionNotFound {
         rev: rev.to_owned(),
@@ -378,23 +437,38 @@ pub fn resolve(repo: &Repository, rev: &str, label: &str) -> Result<(Oid, String
             },
         );
     }
-    for prefix in ["refs/heads/", "refs/tags/", "refs/remotes/", ""] {
-        if prefix.is_empty() && !rev.starts_with("refs/") {
-            continue;
+    if rev.len() == 40
+        && rev.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(oid) = Oid::from_str(rev)
+        && let Ok(commit) = repo.find_commit(oid)
+    {
+        return Ok((commit.id(), flux(None, commit.id())));
+    }
+    let found: Vec<git2::Reference<'_>> = REV_PARSE_RULES
+        .iter()
+        .filter_map(|rule| repo.find_reference(&rule.replace("{}", rev)).ok())
+        .collect();
+    if let Some(reference) = found.first() {
+        let full = reference.name().unwrap_or(rev).to_owned();
+        if found.len() > 1 {
+            let others: Vec<&str> = found[1..].iter().filter_map(|r| r.name().ok()).collect();
+            tracing::warn!(
+                "refname {rev:?} is ambiguous (also {}): using {full}, as git rev-parse does; \
+                 name the full ref to choose",
+                others.join(", ")
+            );
         }
-        if let Ok(reference) = repo.find_reference(&format!("{prefix}{rev}")) {
-            let commit = reference.peel_to_commit().map_err(|_| not_found())?.id();
-            // `refs/heads/x` is reported as `x`; other refs (`refs/pull/42/head`) in full.
-            let standard = ["refs/heads/", "refs/tags/", "refs/remotes/"]
-                .iter()
-                .any(|p| rev.starts_with(p));
-            let name = if prefix.is_empty() && standard {
-                reference.shorthand().unwrap_or(rev).to_owned()
-            } else {
-                rev.to_owned()
-            };
-            return Ok((commit, flux(Some(&name), commit)));
-        }
+        let commit = reference.peel_to_commit().map_err(|_| not_found())?.id();
+        // `refs/heads/x` is reported as `x`; other refs (`refs/pull/42/head`) in full.
+        let standard = ["refs/heads/", "refs/tags/", "refs/remotes/"]
+            .iter()
+            .any(|p| rev.starts_with(p));
+        let name = if standard {
+            reference.shorthand().unwrap_or(rev).to_owned()
+        } else {
+            rev.to_owned()
+        };
+        return Ok((commit, flux(Some(&name), commit)));
     }
     match repo.revparse_single(rev) {
         Ok(object) => {
@@ -475,19 +549,14 @@ fn checkout_commit(
     })
 }
 
-/// Writes `tree` to `<cache>/git/trees/<tree id>` unless it is already there: into a
-/// temporary sibling first, renamed into place, so a reader never sees half a tree.
+/// Writes `tree` to `<cache>/git/trees/<tree id>`: into a private temporary sibling first,
+/// renamed into place, so a reader never sees half a tree. A tree already there is reused
+/// only after it is checked against `tree` (every entry, no extra file): whatever is in the
+/// cache, what gets rendered is what the commit holds (also under `--verify-signatures`).
 fn materialise(repo: &Repository, tree: &Tree<'_>, label: &str) -> Result<PathBuf, SourceError> {
-    let trees = cache_root().join("git").join("trees");
+    let trees = cache_root()?.join("git").join("trees");
+    private_dir(&trees, label)?;
     let dir = trees.join(tree.id().to_string());
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = trees.join(format!(".tmp-{}-{}-{nanos}", tree.id(), std::process::id()));
     let io = |dir: &Path| {
         let dir = dir.to_path_buf();
         move |source| SourceError::Io {
@@ -496,19 +565,114 @@ fn materialise(repo: &Repository, tree: &Tree<'_>, label: &str) -> Result<PathBu
             source,
         }
     };
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        if matches_tree(repo, tree, &dir) {
+            return Ok(dir);
+        }
+        tracing::warn!(dir = %dir.display(), "cached tree differs from the commit; written again");
+        remove_any(&dir).map_err(io(&dir))?;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = trees.join(format!(".tmp-{}-{}-{nanos}", tree.id(), std::process::id()));
+    create_private_dir(&tmp).map_err(io(&tmp))?;
     if let Err(e) = write_tree(repo, tree, &tmp, label) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     if let Err(e) = std::fs::rename(&tmp, &dir) {
         let _ = std::fs::remove_dir_all(&tmp);
-        // Another process wrote the same tree first: its copy is identical.
-        if !dir.is_dir() {
+        // Another process wrote the same tree first: used if it holds the commit's content.
+        if !matches_tree(repo, tree, &dir) {
             return Err(io(&dir)(e));
         }
     }
     Ok(dir)
+}
+
+/// A directory, a file or a symbolic link, removed.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+/// The names [`write_tree`] writes, and how: entries a hostile repository could use to
+/// write outside the checkout are left out.
+fn written_entries<'t>(tree: &'t Tree<'_>) -> impl Iterator<Item = (Vec<u8>, git2::TreeEntry<'t>)> {
+    tree.iter().filter_map(|entry| {
+        let name = entry.name_bytes().to_vec();
+        let bad = name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.eq_ignore_ascii_case(b".git");
+        let kind = entry.kind();
+        // Submodules (commits) are not fetched.
+        let written = matches!(kind, Some(ObjectType::Tree) | Some(ObjectType::Blob));
+        (!bad && written).then_some((name, entry))
+    })
+}
+
+/// Whether `dir` holds exactly what [`write_tree`] writes for `tree`: the same names, each
+/// blob with the same content (hashed as git does), each symbolic link to the same target,
+/// nothing else.
+fn matches_tree(repo: &Repository, tree: &Tree<'_>, dir: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return false;
+    };
+    if !meta.file_type().is_dir() {
+        return false;
+    }
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut on_disk: Vec<Vec<u8>> = Vec::new();
+    for e in read {
+        let Ok(e) = e else { return false };
+        on_disk.push(e.file_name().as_bytes().to_vec());
+    }
+    on_disk.sort();
+    let mut expected: Vec<Vec<u8>> = written_entries(tree).map(|(n, _)| n).collect();
+    expected.sort();
+    if on_disk != expected {
+        return false;
+    }
+    written_entries(tree).all(|(name, entry)| {
+        let path = dir.join(OsStr::from_bytes(&name));
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return false;
+        };
+        match entry.kind() {
+            Some(ObjectType::Tree) => repo
+                .find_tree(entry.id())
+                .is_ok_and(|sub| matches_tree(repo, &sub, &path)),
+            Some(ObjectType::Blob) if entry.filemode() == 0o120000 => {
+                meta.file_type().is_symlink()
+                    && repo.find_blob(entry.id()).is_ok_and(|b| {
+                        std::fs::read_link(&path)
+                            .is_ok_and(|t| t.as_os_str().as_bytes() == b.content())
+                    })
+            }
+            Some(ObjectType::Blob) => {
+                meta.file_type().is_file()
+                    && std::fs::read(&path).is_ok_and(|bytes| {
+                        Oid::hash_object(ObjectType::Blob, &bytes).is_ok_and(|id| id == entry.id())
+                    })
+            }
+            _ => false,
+        }
+    })
 }
 
 fn write_tree(
@@ -517,67 +681,50 @@ fn write_tree(
     dir: &Path,
     label: &str,
 ) -> Result<(), SourceError> {
-    for entry in tree.iter() {
-        let name = entry.name_bytes();
-        // Names a hostile repository could use to write outside the checkout.
-        if name.is_empty()
-            || name == b"."
-            || name == b".."
-            || name.contains(&b'/')
-            || name.eq_ignore_ascii_case(b".git")
-        {
-            continue;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SourceError::Io {
+            repo: label.to_owned(),
+            dir: path,
+            source,
         }
-        let path = dir.join(OsStr::from_bytes(name));
+    };
+    for (name, entry) in written_entries(tree) {
+        let path = dir.join(OsStr::from_bytes(&name));
         match entry.kind() {
             Some(ObjectType::Tree) => {
-                std::fs::create_dir(&path).map_err(|source| SourceError::Io {
-                    repo: label.to_owned(),
-                    dir: path.clone(),
-                    source,
-                })?;
+                create_private_dir(&path).map_err(io(&path))?;
                 let sub = repo
                     .find_tree(entry.id())
                     .map_err(|e| git_error(label, e))?;
                 write_tree(repo, &sub, &path, label)?;
             }
-            // Symbolic links are not followed: a link could point at any file on the
-            // machine reading the repository. Submodules (commits) are not fetched.
+            // A symbolic link is written as one, as git checks it out; the loader follows
+            // it only when it stays inside the repository and names it otherwise.
             Some(ObjectType::Blob) if entry.filemode() == 0o120000 => {
-                tracing::warn!(path = %path.display(), "symbolic link in the repository skipped");
+                let blob = repo
+                    .find_blob(entry.id())
+                    .map_err(|e| git_error(label, e))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(blob.content()), &path)
+                    .map_err(io(&path))?;
             }
             Some(ObjectType::Blob) => {
                 let blob = repo
                     .find_blob(entry.id())
                     .map_err(|e| git_error(label, e))?;
-                std::fs::write(&path, blob.content()).map_err(|source| SourceError::Io {
-                    repo: label.to_owned(),
-                    dir: path.clone(),
-                    source,
-                })?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(blob.content()))
+                    .map_err(io(&path))?;
             }
             _ => {}
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_in_urls_are_not_shown() {
-        assert_eq!(
-            super::redact("https://ci:s3cret@git.example.org/a/b.git"),
-            "https://ci:***@git.example.org/a/b.git"
-        );
-        assert_eq!(
-            super::redact("https://ci@git.example.org/a.git"),
-            "https://ci@git.example.org/a.git"
-        );
-        assert_eq!(
-            super::redact("ssh://git@host:22/x@y"),
-            "ssh://git@host:22/x@y"
-        );
-        assert_eq!(super::redact("file:///tmp/r"), "file:///tmp/r");
-    }
 }

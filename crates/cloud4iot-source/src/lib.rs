@@ -26,11 +26,13 @@
 //! commit, never for uncommitted edits). See [`signature`].
 
 mod git;
+mod redact;
 pub mod signature;
 
 use std::path::{Path, PathBuf};
 
 pub use git::cache_root;
+pub use redact::redact;
 
 /// A tree of repository files ready to load, and the revision it came from.
 #[derive(Debug)]
@@ -52,6 +54,21 @@ pub enum SourceError {
     NotFound(String),
     #[error("--path {0}: must be a relative path inside the repository")]
     BadPath(String),
+    #[error(
+        "--path {path}: resolves to {target} through a symbolic link, outside the repository {repo}; refused"
+    )]
+    PathOutside {
+        path: String,
+        target: String,
+        repo: String,
+    },
+    #[error(
+        "no private cache directory for git checkouts: neither XDG_CACHE_HOME nor HOME is set \
+         to an absolute path (a shared temporary directory is never used); set one of them"
+    )]
+    NoCache,
+    #[error("the cache directory {dir} {problem}")]
+    UnsafeCache { dir: PathBuf, problem: String },
     #[error("repository {repo}: not a git repository, so --{flag} cannot be used with it")]
     NotARepository { repo: String, flag: &'static str },
     #[error("repository {repo}: {message}")]
@@ -139,7 +156,8 @@ pub fn open_at(args: &SourceOptions, rev: Option<&str>) -> Result<Checkout, Sour
             .clone()
             .or_else(|| std::env::var_os("CLOUD4IOT_SSH_KEY").map(PathBuf::from)),
     };
-    let label = args.repo.as_str();
+    // Every message names the repository without the credentials a URL may carry.
+    let label = &redact(&args.repo);
     let path = Path::new(&args.repo);
     let sub = args.path.clone().unwrap_or_default();
     let sub: PathBuf = if sub.components().all(|c| {
@@ -167,7 +185,7 @@ pub fn open_at(args: &SourceOptions, rev: Option<&str>) -> Result<Checkout, Sour
         return git::open_url(&args.repo, rev, &opts, policy.as_ref(), &sub);
     }
     if !path.is_dir() {
-        return Err(SourceError::NotFound(args.repo.clone()));
+        return Err(SourceError::NotFound(label.clone()));
     }
     match git::discover(path, label)? {
         None => {
@@ -187,6 +205,7 @@ pub fn open_at(args: &SourceOptions, rev: Option<&str>) -> Result<Checkout, Sour
             if !dir.is_dir() {
                 return Err(SourceError::NotFound(dir.display().to_string()));
             }
+            inside(path, &dir, &sub, label)?;
             Ok(Checkout {
                 dir,
                 revision: None,
@@ -195,6 +214,25 @@ pub fn open_at(args: &SourceOptions, rev: Option<&str>) -> Result<Checkout, Sour
             })
         }
         Some(local) => local.open(rev, policy.as_ref(), &sub),
+    }
+}
+
+/// `--path` resolved on disk must stay inside the repository: a symbolic link on the way
+/// (`--path config` with `config -> /etc`) must not lead the loader out of it.
+pub(crate) fn inside(root: &Path, dir: &Path, sub: &Path, label: &str) -> Result<(), SourceError> {
+    if sub.as_os_str().is_empty() || !dir.exists() {
+        return Ok(());
+    }
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let target = canon(dir);
+    if target.starts_with(canon(root)) {
+        Ok(())
+    } else {
+        Err(SourceError::PathOutside {
+            path: sub.display().to_string(),
+            target: target.display().to_string(),
+            repo: label.to_owned(),
+        })
     }
 }
 
