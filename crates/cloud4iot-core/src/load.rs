@@ -8,6 +8,7 @@
 //! deserialised into the typed struct. A [`position::DocIndex`] built from the same text
 //! maps the JSON pointer of any field back to its line and column.
 
+pub mod limits;
 pub mod position;
 pub mod schema;
 mod source;
@@ -28,7 +29,7 @@ use crate::model::{API_VERSION, Object, Repo};
 pub use position::{DocIndex, Pos};
 use source::json_type;
 pub use source::{Kind, Source, Sources, field_of_pointer};
-pub use walk::repository_files;
+pub use walk::{files_and_refused_links, repository_files};
 
 /// A repository as read, before the semantic checks: the objects, where each came from,
 /// and the problems found so far.
@@ -43,6 +44,23 @@ impl Loaded {
     /// Reads one file's text (`file` is the name diagnostics show) into this load.
     pub fn add_file(&mut self, file: &Path, text: &str) {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if text.len() as u64 > limits::MAX_FILE_BYTES {
+            self.diagnostics.push(too_large(file, text.len() as u64));
+            return;
+        }
+        if let Some((line, depth)) = limits::too_deep(text, limits::MAX_DEPTH) {
+            self.diagnostics.push(Diagnostic::new(
+                file,
+                line,
+                0,
+                "",
+                format!(
+                    "nested {depth} levels deep, more than the limit of {}; not parsed",
+                    limits::MAX_DEPTH
+                ),
+            ));
+            return;
+        }
         let indexes = position::index(text);
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             // `<<: *defaults` merge keys are resolved here, as Kubernetes tools do.
@@ -232,12 +250,23 @@ pub fn load_dir(root: &Path) -> Result<Repo, Diagnostics> {
 /// object came from. `Err` only when the files cannot be listed.
 pub fn load_dir_with_sources(root: &Path) -> Result<Loaded, Diagnostics> {
     let mut loaded = Loaded::default();
-    let files = match repository_files(root) {
-        Ok(files) => files,
+    let files = match files_and_refused_links(root) {
+        Ok((files, refused_links)) => {
+            loaded.diagnostics.extend(refused_links);
+            files
+        }
         Err(diags) => return Err(Diagnostics(diags).sorted()),
     };
     for rel in files {
-        match std::fs::read(root.join(&rel)) {
+        let path = root.join(&rel);
+        // Checked before reading: a huge file must not be read into memory at all.
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.len() > limits::MAX_FILE_BYTES
+        {
+            loaded.diagnostics.push(too_large(&rel, meta.len()));
+            continue;
+        }
+        match std::fs::read(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => loaded.add_file(&rel, &text),
                 Err(err) => loaded.diagnostics.push(Diagnostic::new(
@@ -258,6 +287,19 @@ pub fn load_dir_with_sources(root: &Path) -> Result<Loaded, Diagnostics> {
         }
     }
     Ok(loaded)
+}
+
+fn too_large(file: &Path, bytes: u64) -> Diagnostic {
+    Diagnostic::new(
+        file,
+        0,
+        0,
+        "",
+        format!(
+            "{bytes} bytes, more than the limit of {} bytes for a repository file; not read",
+            limits::MAX_FILE_BYTES
+        ),
+    )
 }
 
 /// Loads one file's text, as if it were the whole repository (handy in tests).

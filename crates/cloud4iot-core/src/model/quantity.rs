@@ -55,18 +55,22 @@ impl Resources {
 
     pub fn saturating_sub(self, other: Resources) -> Resources {
         Resources {
-            cpu_millis: (self.cpu_millis - other.cpu_millis).max(0),
-            memory_bytes: (self.memory_bytes - other.memory_bytes).max(0),
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis).max(0),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes).max(0),
         }
     }
 }
 
+/// Sums and differences saturate at the bounds of i64: every quantity is at most i64::MAX
+/// (parsing refuses more), and a sum that would overflow (a report claiming exabytes twice)
+/// is "more than anything has", which is what a capacity check needs, never a wrap-around
+/// to a negative number or a panic.
 impl Add for Resources {
     type Output = Resources;
     fn add(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis + o.cpu_millis,
-            memory_bytes: self.memory_bytes + o.memory_bytes,
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
         }
     }
 }
@@ -81,8 +85,8 @@ impl Sub for Resources {
     type Output = Resources;
     fn sub(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis - o.cpu_millis,
-            memory_bytes: self.memory_bytes - o.memory_bytes,
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
         }
     }
 }
@@ -284,6 +288,22 @@ mod tests {
         assert_eq!(parse_memory_bytes("1G").unwrap(), 1_000_000_000);
         assert_eq!(parse_memory_bytes("1e3").unwrap(), 1000);
         assert_eq!(parse_memory_bytes("1.5Gi").unwrap(), 3 << 29);
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_overflowing() {
+        let huge = Resources::new(i64::MAX, i64::MAX);
+        let mut sum = huge + huge;
+        assert_eq!(sum, huge);
+        sum += Resources::new(1, 1);
+        assert_eq!(sum, huge);
+        let negative = Resources::new(i64::MIN, i64::MIN) - huge;
+        assert_eq!(negative, Resources::new(i64::MIN, i64::MIN));
+        assert_eq!(
+            Resources::new(0, 0).saturating_sub(huge),
+            Resources::new(0, 0)
+        );
+        assert!(!sum.fits_in(&Resources::new(1 << 40, 1 << 40)));
     }
 
     #[test]
