@@ -106,12 +106,19 @@ impl Live {
     /// The moment to plan at: `--now` when given; for a snapshot, the moment it describes
     /// ([`Inventory::snapshot_time`], so a snapshot always plans the same); else the clock,
     /// read here, at the edge.
+    /// A heartbeat ahead of this machine's clock does not count (a warning names it).
     pub fn now(&self, explicit: Option<Timestamp>) -> Timestamp {
         explicit
             .or_else(|| {
                 self.client
                     .is_none()
-                    .then(|| self.inventory.snapshot_time())
+                    .then(|| {
+                        let t = self.inventory.snapshot_time(Timestamp::now());
+                        for w in &t.warnings {
+                            eprintln!("warning: {w}");
+                        }
+                        t.now
+                    })
                     .flatten()
             })
             .unwrap_or_else(Timestamp::now)

@@ -136,10 +136,12 @@ impl Inventory {
     }
 
     /// The moment a snapshot describes: its newest GatewayReport heartbeat (`None` without
-    /// one). Commands reading a snapshot plan at this moment unless `--now` says otherwise,
-    /// so a snapshot always plans the same. The one place that rule lives.
-    pub fn snapshot_time(&self) -> Option<jiff::Timestamp> {
-        self.reports.iter().filter_map(|r| r.spec.heartbeat).max()
+    /// one) that is not ahead of `not_after` (the clock of the machine reading it) by more
+    /// than [`crate::clock::MAX_CLOCK_SKEW`]; each heartbeat set aside has a warning.
+    /// Commands reading a snapshot plan at this moment unless `--now` says otherwise, so a
+    /// snapshot always plans the same. The one place that rule lives ([`crate::clock`]).
+    pub fn snapshot_time(&self, not_after: jiff::Timestamp) -> crate::clock::SnapshotTime {
+        crate::clock::snapshot_time(self, not_after)
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
