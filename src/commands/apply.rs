@@ -38,6 +38,16 @@ pub struct ApplyArgs {
     /// Allow pruning every managed Deployment when the repository desires none.
     #[arg(long)]
     pub allow_empty: bool,
+    /// Hold pruning when a run would delete more than this share (0 to 1) of the managed
+    /// Deployments, or when more than this share of the gateways they run on dropped out
+    /// of the inventory at once (an outage looks like every device leaving). Applies to
+    /// 3 objects or gateways and more; everything else is still applied; exit 2.
+    #[arg(long, value_name = "RATIO", default_value_t = apply::DEFAULT_MAX_PRUNE_RATIO,
+          value_parser = parse_ratio)]
+    pub max_prune_ratio: f64,
+    /// Prune even when --max-prune-ratio would hold it (after checking the inventory).
+    #[arg(long)]
+    pub force_prune: bool,
     /// Requests to the API server in flight at once.
     #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY,
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
@@ -71,6 +81,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         allow_empty: args.allow_empty,
         concurrency: args.concurrency,
         dry_run: args.dry_run,
+        max_prune_ratio: args.max_prune_ratio,
+        force_prune: args.force_prune,
     };
     let now = args.now.unwrap_or_else(jiff::Timestamp::now);
     let indicator = ProgressLine::new(std::io::stderr().is_terminal());
@@ -150,6 +162,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         );
     }
     Ok(Outcome::Clean)
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 1 (e.g. 0.5)")),
+    }
 }
 
 /// `applying 120/1000` on one stderr line, redrawn at most every 100 ms, on a terminal only.

@@ -54,6 +54,8 @@ impl Loaded {
 
 /// `repo (main@sha1:...)`, or `repo` for files on disk that are not a revision.
 pub fn described(name: &str, checkout: &Checkout) -> String {
+    // A URL's credentials never reach a line of output.
+    let name = &cloud4iot_source::redact(name);
     match &checkout.revision {
         Some(rev) => format!("{name} ({rev})"),
         None => name.to_owned(),

@@ -29,6 +29,10 @@ pub struct Desired {
     pub plan: Plan,
     /// Sorted by (function, instance), as the plan.
     pub objects: Vec<Deployment>,
+    /// The namespace the objects were rendered into: the only one a diff deletes in (a
+    /// snapshot of a whole cluster holds labelled Deployments of other namespaces, which
+    /// apply never prunes). `None`: no such bound.
+    pub namespace: Option<String>,
 }
 
 impl<'a> Pipeline<'a> {
@@ -49,7 +53,11 @@ impl<'a> Pipeline<'a> {
     pub fn run(&self, opts: &RenderOptions) -> Desired {
         let plan = self.plan();
         let objects = crate::render::render(self.repo, &plan, opts);
-        Desired { plan, objects }
+        Desired {
+            plan,
+            objects,
+            namespace: Some(opts.namespace.clone()),
+        }
     }
 }
 
@@ -68,12 +76,18 @@ impl Desired {
         served: &[Deployment],
         inventory: &Inventory,
     ) -> Result<DiffReport, DiffError> {
-        DiffReport::new(
+        let mut report = DiffReport::new(
             &current_placements(&inventory.live),
             &self.plan,
             served,
             &inventory.live,
-        )
+        )?;
+        if let Some(ns) = &self.namespace {
+            report
+                .object_changes
+                .retain(|c| c.action != crate::diff::Action::Delete || &c.namespace == ns);
+        }
+        Ok(report)
     }
 
     /// What merging this revision into `base` changes, both planned against the same

@@ -5,10 +5,18 @@
 //! - nothing is applied or pruned from a repository that fails to load or validate
 //!   ([`reconcile`] stops before this step);
 //! - pruning runs only when every apply succeeded;
-//! - only Deployments labelled `app.kubernetes.io/managed-by: cloud4iot` in the functions
-//!   namespace are pruned, each with a precondition on its uid and resourceVersion, so an
-//!   object relabelled (or replaced) since it was read is left alone;
-//! - an empty desired set never prunes everything unless `allow_empty` says so.
+//! - only Deployments in the functions namespace that are labelled
+//!   `app.kubernetes.io/managed-by: cloud4iot` *and* list `cloud4iot` among their field
+//!   managers are pruned (a user's Deployment that copied the label is not ours), each
+//!   with a precondition on its uid and resourceVersion, so an object relabelled (or
+//!   replaced) since it was read is left alone;
+//! - an empty desired set never prunes everything unless `allow_empty` says so;
+//! - a run never prunes more than `max_prune_ratio` of the managed Deployments (at least
+//!   [`PRUNE_GUARD_MIN`] of them) unless `force_prune`, and holds pruning when more than
+//!   that share of the gateways the managed Deployments run on dropped out of the
+//!   inventory (no Node or no GatewayReport) at once: an outage, a lost CRD or a broken
+//!   agent rollout looks like "every device left", and must not delete everything
+//!   (what Argo CD users asked for after losing applications, argo-cd#3473).
 //!
 //! Conflicts: a field another manager *applied* (another declarative tool) is a conflict,
 //! reported per object, and taken over only with `force`. A field changed imperatively
@@ -36,7 +44,7 @@ use cloud4iot_core::plan::Plan;
 use cloud4iot_core::render::RenderOptions;
 
 /// How to apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ApplyOptions {
     /// The functions namespace: where Deployments are applied and pruned.
     pub namespace: String,
@@ -48,7 +56,19 @@ pub struct ApplyOptions {
     pub concurrency: usize,
     /// Server-side dry run: the server computes everything, nothing is stored.
     pub dry_run: bool,
+    /// The largest share (0 to 1) of the managed Deployments one run may prune, and of
+    /// the gateways in use that may drop out of the inventory, before pruning is held.
+    pub max_prune_ratio: f64,
+    /// Prune even when the proportional guards would hold it.
+    pub force_prune: bool,
 }
+
+/// The default of [`ApplyOptions::max_prune_ratio`]: more than half is not a routine change.
+pub const DEFAULT_MAX_PRUNE_RATIO: f64 = 0.5;
+
+/// The proportional guards hold pruning only when at least this many objects (or
+/// gateways) are involved: removing one function of a small repository is routine.
+pub const PRUNE_GUARD_MIN: usize = 3;
 
 impl Default for ApplyOptions {
     fn default() -> Self {
@@ -58,6 +78,8 @@ impl Default for ApplyOptions {
             allow_empty: false,
             concurrency: cluster::DEFAULT_CONCURRENCY,
             dry_run: false,
+            max_prune_ratio: DEFAULT_MAX_PRUNE_RATIO,
+            force_prune: false,
         }
     }
 }
@@ -221,12 +243,25 @@ pub async fn apply(
 /// `desired`, under the same guards. The controller selects the objects that differ from
 /// its cache of the live ones, so a full reconcile of 100,000 instances writes only what
 /// changed.
-#[tracing::instrument(skip_all, fields(namespace = %opts.namespace, objects = desired.len(), dry_run = opts.dry_run))]
 pub async fn apply_selected(
     client: &Client,
     desired: &[Deployment],
     write: &(dyn Fn(&Deployment) -> bool + Sync),
     opts: &ApplyOptions,
+    progress: ProgressFn<'_>,
+) -> Result<Report, ClusterError> {
+    apply_selected_held(client, desired, write, opts, None, progress).await
+}
+
+/// [`apply_selected`], with pruning held for `hold` (a reason found before applying, e.g.
+/// by [`gateways_dropped_out`]) unless `opts.force_prune`.
+#[tracing::instrument(skip_all, fields(namespace = %opts.namespace, objects = desired.len(), dry_run = opts.dry_run))]
+pub async fn apply_selected_held(
+    client: &Client,
+    desired: &[Deployment],
+    write: &(dyn Fn(&Deployment) -> bool + Sync),
+    opts: &ApplyOptions,
+    hold: Option<String>,
     progress: ProgressFn<'_>,
 ) -> Result<Report, ClusterError> {
     let ns = opts.namespace.as_str();
@@ -264,11 +299,15 @@ pub async fn apply_selected(
         .filter(|r| r.action == Action::Failed)
         .count();
 
-    // Prune: managed (by label) Deployments that are no longer desired.
+    // Prune: managed (by label and field manager) Deployments that are no longer desired.
     let wanted: BTreeSet<&str> = desired
         .iter()
         .filter_map(|d| d.metadata.name.as_deref())
         .collect();
+    let managed = before
+        .values()
+        .filter(|b| labels::is_managed(&b.meta))
+        .count();
     let candidates: Vec<&Before> = before
         .values()
         .filter(|b| {
@@ -276,6 +315,18 @@ pub async fn apply_selected(
                 && !wanted.contains(b.meta.name.as_deref().unwrap_or_default())
         })
         .collect();
+    let everything_meant = desired.is_empty() && opts.allow_empty;
+    let hold = hold.filter(|_| !candidates.is_empty()).or_else(|| {
+        too_many(candidates.len(), managed, opts.max_prune_ratio).then(|| {
+            format!(
+                "it would delete {} of the {managed} managed Deployments in {ns} ({:.0}%), \
+                 more than --max-prune-ratio {}",
+                candidates.len(),
+                100.0 * candidates.len() as f64 / managed.max(1) as f64,
+                opts.max_prune_ratio
+            )
+        })
+    });
     let prune = if failed_applies > 0 {
         Prune::Skipped(format!(
             "{failed_applies} object(s) failed to apply; nothing is pruned after a failure"
@@ -285,6 +336,11 @@ pub async fn apply_selected(
             "the desired set is empty: refusing to prune all {} managed Deployments in {ns} \
              (pass --allow-empty if that is really meant)",
             candidates.len()
+        ))
+    } else if let Some(why) = hold.filter(|_| !opts.force_prune && !everything_meant) {
+        Prune::Refused(format!(
+            "{why}; nothing pruned, everything else applied (check the inventory; pass \
+             --force-prune if the deletions are really meant)"
         ))
     } else {
         let prunes = candidates
@@ -338,6 +394,51 @@ fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> Obje
         action,
         message,
     }
+}
+
+/// Whether `part` of `whole` is more than the guard allows: over `ratio`, and at least
+/// [`PRUNE_GUARD_MIN`].
+fn too_many(part: usize, whole: usize, ratio: f64) -> bool {
+    part >= PRUNE_GUARD_MIN && part as f64 > ratio * whole as f64
+}
+
+/// Why pruning should be held: more than `ratio` of the gateways that managed Deployments
+/// are pinned to (at least [`PRUNE_GUARD_MIN`]) have no Node or no GatewayReport now.
+pub fn gateways_dropped_out(
+    inventory: &cloud4iot_core::model::Inventory,
+    ratio: f64,
+) -> Option<String> {
+    let in_use: BTreeSet<String> = cloud4iot_core::plan::current_placements(&inventory.live)
+        .placements
+        .into_iter()
+        .filter(|p| p.tier == Some(cloud4iot_core::model::Tier::Gateway))
+        .filter_map(|p| p.node)
+        .collect();
+    let reported: BTreeSet<&str> = inventory
+        .reports
+        .iter()
+        .filter_map(|r| r.metadata.name.as_deref())
+        .collect();
+    let gone: Vec<&str> = in_use
+        .iter()
+        .map(String::as_str)
+        .filter(|g| inventory.node(g).is_none() || !reported.contains(g))
+        .collect();
+    too_many(gone.len(), in_use.len(), ratio).then(|| {
+        let shown: Vec<&str> = gone.iter().copied().take(5).collect();
+        format!(
+            "{} of the {} gateways the managed Deployments run on dropped out of the inventory \
+             at once (no Node or no GatewayReport: {}{}), more than --max-prune-ratio {ratio}",
+            gone.len(),
+            in_use.len(),
+            shown.join(", "),
+            if gone.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        )
+    })
 }
 
 /// Every Deployment in the namespace, managed or not (a desired name may already exist
@@ -662,7 +763,9 @@ pub async fn reconcile(
         revision: revision.map(str::to_owned),
     };
     let desired = Pipeline::new(&repo, &inventory, now).run(&render_opts);
-    let mut report = apply(client, &desired.objects, opts, progress).await?;
+    let hold = gateways_dropped_out(&inventory, opts.max_prune_ratio);
+    let mut report =
+        apply_selected_held(client, &desired.objects, &|_| true, opts, hold, progress).await?;
     report.revision = revision.map(str::to_owned);
     Ok(Reconciled {
         plan: desired.plan,

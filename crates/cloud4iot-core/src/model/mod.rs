@@ -49,13 +49,26 @@ pub mod labels {
     /// The environment variable a per-device instance receives its device id in.
     pub const DEVICE_ENV: &str = "CLOUD4IOT_DEVICE_ID";
 
-    /// Whether an object is cloud4iot's (`app.kubernetes.io/managed-by: cloud4iot`): the one
-    /// test of what diff may show as deleted, prune may delete and a snapshot keeps as live.
+    /// Whether an object is cloud4iot's: the one test of what diff may show as deleted,
+    /// prune may delete and a snapshot keeps as live. It carries
+    /// `app.kubernetes.io/managed-by: cloud4iot` *and*, where the object records its field
+    /// managers, `cloud4iot` is one of them: a user's Deployment that copied the label
+    /// (written by `kubectl apply` or `create`) is not ours. The API server always records
+    /// them; a snapshot printed by `kubectl get -o yaml` omits them (unless
+    /// `--show-managed-fields`), and there the label decides.
     pub fn is_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
-        meta.labels
+        let labelled = meta
+            .labels
             .as_ref()
             .and_then(|l| l.get(MANAGED_BY))
-            .is_some_and(|v| v == MANAGER)
+            .is_some_and(|v| v == MANAGER);
+        labelled
+            && match meta.managed_fields.as_deref() {
+                None | Some([]) => true,
+                Some(entries) => entries
+                    .iter()
+                    .any(|e| e.manager.as_deref() == Some(MANAGER)),
+            }
     }
 }
 
