@@ -1,0 +1,687 @@
+//! Trust nothing (issue 11): the source cache, revisions, credentials, files, input limits,
+//! the snapshot clock, ownership and the proportional prune guards. Real git repositories
+//! made with git2, real `git rev-parse`, the real binary, and a real kube-apiserver
+//! (tests/support) wherever Kubernetes is involved.
+
+mod git_support;
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use git_support::*;
+use tempfile::TempDir;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn validate(cache: &Path, repo: &str, extra: &[&str]) -> Run {
+    let mut cmd = cloud4iot(cache);
+    cmd.args(["validate", "--repo", repo]).args(extra);
+    run(&mut cmd)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Every directory and file under `dir` (inclusive).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            out.extend(walk(&e.unwrap().path()));
+        }
+    }
+    out
+}
+
+const BAD_FUNCTION: &str =
+    "apiVersion: cloud4iot.io/v1alpha1\nkind: Function\nmetadata: {name: planted}\nspec: {}\n";
+
+// ---------------------------------------------------------------- the source cache
+
+#[test]
+fn the_cache_is_private_and_a_tampered_tree_is_never_rendered() {
+    let tmp = TempDir::new().unwrap();
+    let key = new_key();
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    let signed = g.commit_ssh_signed("examples", &key);
+    let signers = tmp.path().join("allowed_signers");
+    std::fs::write(&signers, allowed_line("alice@example.org", &key)).unwrap();
+    let cache = tmp.path().join("cache");
+    let verify = [
+        "--rev",
+        "main",
+        "--verify-signatures",
+        "--allowed-signers",
+        signers.to_str().unwrap(),
+    ];
+
+    let first = validate(&cache, &g.file_url(), &verify);
+    assert_eq!(first.code, 0, "{first:?}");
+
+    // Private: directories 0700, files 0600, from the cache root down.
+    let tree_id = g.repo.find_commit(signed).unwrap().tree_id().to_string();
+    let trees = cache.join("cloud4iot/git/trees");
+    let tree = trees.join(&tree_id);
+    assert!(tree.is_dir(), "the tree is cached at {}", tree.display());
+    assert_eq!(mode(&cache.join("cloud4iot/git")), 0o700);
+    for p in walk(&tree) {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&p), want, "{}", p.display());
+    }
+
+    // Someone with access to the cache (or a bug) plants a file and edits another one:
+    // the next run of the same verified revision reads the commit, not the cache.
+    std::fs::write(tree.join("planted.yaml"), BAD_FUNCTION).unwrap();
+    let policy = tree.join("policies/engine-monitoring.yaml");
+    std::fs::write(&policy, "kind: Nonsense\n").unwrap();
+    let again = validate(&cache, &g.file_url(), &verify);
+    assert_eq!(again.code, 0, "tampered cache content was read: {again:?}");
+    assert_eq!(again.stdout, first.stdout);
+    assert!(!tree.join("planted.yaml").exists());
+    assert!(
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .contains("PlacementPolicy")
+    );
+}
+
+#[test]
+fn without_home_there_is_no_cache_in_a_shared_directory() {
+    let tmp = TempDir::new().unwrap();
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    g.commit("examples");
+    let shared_tmp = tmp.path().join("shared-tmp");
+    std::fs::create_dir(&shared_tmp).unwrap();
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.env_remove("XDG_CACHE_HOME")
+        .env_remove("HOME")
+        .env("TMPDIR", &shared_tmp)
+        .args(["validate", "--repo", &s(&g.dir), "--rev", "main"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("neither XDG_CACHE_HOME nor HOME"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(&shared_tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn the_lock_file_does_not_follow_a_planted_symlink() {
+    let tmp = TempDir::new().unwrap();
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    g.commit("examples");
+    let url = g.file_url();
+    let cache = tmp.path().join("cache");
+    let git = cache.join("cloud4iot/git");
+    std::fs::create_dir_all(&git).unwrap();
+    std::fs::set_permissions(&git, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key = git2::Oid::hash_object(git2::ObjectType::Blob, url.as_bytes()).unwrap();
+    let victim = tmp.path().join("precious");
+    std::fs::write(&victim, "precious data").unwrap();
+    std::os::unix::fs::symlink(&victim, git.join(format!("{key}.lock"))).unwrap();
+
+    let out = validate(&cache, &url, &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains(".lock"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious data");
+
+    // A cache directory others may write is refused, not used.
+    std::fs::remove_file(git.join(format!("{key}.lock"))).unwrap();
+    std::fs::set_permissions(&git, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = validate(&cache, &url, &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("can be written by other users"),
+        "{out:?}"
+    );
+    // One only readable by others (made before it was private) is closed and used.
+    std::fs::set_permissions(&git, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = validate(&cache, &url, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(mode(&git), 0o700);
+}
+
+// ---------------------------------------------------------------- revisions
+
+/// What real `git rev-parse` says `rev` is in `dir`.
+fn git_rev_parse(dir: &Path, rev: &str) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-C",
+            dir.to_str().unwrap(),
+            "rev-parse",
+            &format!("{rev}^{{commit}}"),
+        ])
+        .output()
+        .expect("git is installed");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_name_that_is_a_branch_and_a_tag_resolves_as_git_rev_parse_does() {
+    let tmp = TempDir::new().unwrap();
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    let on_branch = g.commit("examples");
+    g.branch("release"); // branch `release` at the first commit
+    g.switch("main");
+    g.edit(
+        "policies/engine-monitoring.yaml",
+        "\n  mode: normal\n",
+        "\n  mode: intensive\n",
+    );
+    let tagged = g.commit("intensive");
+    g.tag("release"); // tag `release` at the second
+    assert_ne!(on_branch, tagged);
+
+    let cache = tmp.path().join("cache");
+    for repo in [s(&g.dir), g.file_url()] {
+        for (rev, shown) in [
+            ("release", "release"),
+            ("refs/heads/release", "release"),
+            ("refs/tags/release", "release"),
+            ("heads/release", "heads/release"),
+        ] {
+            let want = git_rev_parse(&g.dir, rev);
+            let out = validate(&cache, &repo, &["--rev", rev]);
+            assert_eq!(out.code, 0, "{out:?}");
+            assert!(
+                out.stdout.contains(&format!("{shown}@sha1:{want}")),
+                "{repo} --rev {rev}: git rev-parse says {want}: {out:?}"
+            );
+        }
+        // The ambiguity is said, as git says it.
+        let out = validate(&cache, &repo, &["--rev", "release", "--log", "warn"]);
+        assert!(out.stderr.contains("ambiguous"), "{out:?}");
+    }
+    assert_eq!(git_rev_parse(&g.dir, "release"), tagged.to_string());
+}
+
+// ---------------------------------------------------------------- credentials
+
+#[test]
+fn credentials_in_a_url_are_never_printed() {
+    let tmp = TempDir::new().unwrap();
+    // Port 1 on loopback: refused at once; the error quotes the URL.
+    for url in [
+        "https://ghp_SECRETTOKEN@127.0.0.1:1/org/repo.git",
+        "https://ci-bot:SECRETPASSWORD@127.0.0.1:1/org/repo.git",
+        "http://SECRETUSER@127.0.0.1:1/org/repo.git",
+    ] {
+        for args in [
+            &["validate"][..],
+            &["plan", "--state", "/nonexistent.yaml"][..],
+        ] {
+            let mut cmd = cloud4iot(tmp.path());
+            cmd.args(args).args(["--repo", url, "--rev", "main"]);
+            let out = run(&mut cmd);
+            assert_ne!(out.code, 0, "{out:?}");
+            let all = format!("{}{}", out.stdout, out.stderr);
+            assert!(!all.contains("SECRET"), "{url}: {out:?}");
+            assert!(all.contains("***@127.0.0.1:1"), "{url}: {out:?}");
+        }
+    }
+    // The one redaction, on a success line's revision label too.
+    assert_eq!(
+        cloud4iot_source::redact("fetched https://tok@git.example.org/a.git at main"),
+        "fetched https://***@git.example.org/a.git at main"
+    );
+}
+
+// ---------------------------------------------------------------- files
+
+#[test]
+fn symlinks_inside_are_followed_links_outside_refused_on_disk_and_in_git() {
+    let tmp = TempDir::new().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("stolen.yaml"), BAD_FUNCTION).unwrap();
+
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    let cache = tmp.path().join("cache");
+    // A function kept in another directory of the repository, linked into functions/.
+    std::fs::create_dir_all(g.path("shared")).unwrap();
+    std::fs::rename(
+        g.path("functions/engine-diagnostic.yaml"),
+        g.path("shared/engine-diagnostic.yaml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "../shared/engine-diagnostic.yaml",
+        g.path("functions/engine-diagnostic.yaml"),
+    )
+    .unwrap();
+    std::fs::write(g.path("shared/.sourceignore"), "*\n").unwrap();
+    g.commit("a linked function");
+    let on_disk = validate(&cache, &s(&g.dir), &[]);
+    assert_eq!(on_disk.code, 0, "{on_disk:?}");
+    let at_rev = validate(&cache, &s(&g.dir), &["--rev", "main"]);
+    assert_eq!(at_rev.code, 0, "{at_rev:?}");
+    // The linked function is read (it was skipped without a word before).
+    let plain = TempDir::new().unwrap();
+    copy_dir(Path::new(EXAMPLES), plain.path(), &["state"]);
+    let reference = validate(&cache, &s(plain.path()), &[]);
+    let counts = |r: &Run| r.stdout.split(": ").nth(1).map(str::to_owned);
+    assert_eq!(
+        counts(&on_disk),
+        counts(&reference),
+        "{on_disk:?} {reference:?}"
+    );
+    assert_eq!(counts(&at_rev), counts(&reference), "{at_rev:?}");
+
+    // A link out of the repository is an error naming it, on disk and in a commit.
+    std::os::unix::fs::symlink(outside.join("stolen.yaml"), g.path("functions/stolen.yaml"))
+        .unwrap();
+    std::os::unix::fs::symlink(&outside, g.path("linkdir")).unwrap();
+    g.commit("links out");
+    for extra in [&[][..], &["--rev", "main"][..]] {
+        let out = validate(&cache, &s(&g.dir), extra);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("functions/stolen.yaml: symbolic link to")
+                && out.stderr.contains("linkdir: symbolic link to")
+                && out.stderr.contains("outside the repository"),
+            "{out:?}"
+        );
+        assert!(!out.stderr.contains("planted"), "read outside: {out:?}");
+    }
+
+    // --path through a link out of the repository.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::os::unix::fs::symlink(&outside, plain.join("config")).unwrap();
+    for repo in [s(&plain), s(&g.dir)] {
+        let target = if repo == s(&g.dir) {
+            "linkdir"
+        } else {
+            "config"
+        };
+        let out = validate(&cache, &repo, &["--path", target]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("through a symbolic link, outside the repository"),
+            "{out:?}"
+        );
+    }
+    // At a revision, a link in --path is not a directory of the commit.
+    let out = validate(&cache, &s(&g.dir), &["--rev", "main", "--path", "linkdir"]);
+    assert_eq!(out.code, 2, "{out:?}");
+}
+
+// ---------------------------------------------------------------- input limits
+
+#[test]
+fn huge_deep_and_absurd_inputs_are_refused_before_parsing_with_file_and_line() {
+    let tmp = TempDir::new().unwrap();
+    let cache = tmp.path().join("cache");
+    let repo = tmp.path().join("repo");
+    copy_dir(Path::new(EXAMPLES), &repo, &["state"]);
+
+    // Nested a few hundred thousand levels: refused at once (the parser took minutes).
+    std::fs::write(
+        repo.join("deep.yaml"),
+        format!("apiVersion: v1\nspec: {}\n", "[".repeat(300_000)),
+    )
+    .unwrap();
+    // 5 MiB: refused without being read.
+    std::fs::write(
+        repo.join("huge.yaml"),
+        format!("# {}\n", "x".repeat(5 << 20)),
+    )
+    .unwrap();
+    // replicas: 4294967295 (killed the planner).
+    std::fs::write(
+        repo.join("many.yaml"),
+        "apiVersion: cloud4iot.io/v1alpha1\nkind: Function\nmetadata: {name: many}\nspec:\n  image: i\n  resources: {cpu: 1m, memory: 1Mi}\n  instances:\n    replicas: 4294967295\n  policy: engine-monitoring\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = validate(&cache, &s(&repo), &[]);
+    let took = started.elapsed();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("deep.yaml:2: nested 65 levels deep, more than the limit of 64"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("huge.yaml: 5242883 bytes, more than the limit of 4194304"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("many.yaml:8:") && out.stderr.contains("1000"),
+        "{out:?}"
+    );
+    eprintln!("refused in {took:?}");
+}
+
+// ---------------------------------------------------------------- the snapshot clock
+
+#[test]
+fn a_heartbeat_far_in_the_future_does_not_move_the_snapshots_now() {
+    let tmp = TempDir::new().unwrap();
+    let state = Path::new(EXAMPLES).join("state/hospital.yaml");
+    let plan = |state: &Path| {
+        let mut cmd = cloud4iot(tmp.path());
+        cmd.args([
+            "plan",
+            "--repo",
+            EXAMPLES,
+            "--state",
+            &s(state),
+            "-o",
+            "json",
+        ]);
+        run(&mut cmd)
+    };
+    let honest = plan(&state);
+    assert!(honest.code <= 1, "{honest:?}");
+    let forged = tmp.path().join("forged.yaml");
+    let mut text = std::fs::read_to_string(&state).unwrap();
+    text.push_str(
+        "\n---\napiVersion: cloud4iot.io/v1alpha1\nkind: GatewayReport\nmetadata:\n  name: gw-rogue\nspec:\n  heartbeat: \"2099-01-01T00:00:00Z\"\n  devices: []\n",
+    );
+    std::fs::write(&forged, text).unwrap();
+    let out = plan(&forged);
+    assert_eq!(out.code, honest.code, "{out:?}");
+    assert_eq!(out.stdout, honest.stdout, "the forged heartbeat moved now");
+    assert!(
+        out.stderr
+            .contains("GatewayReport gw-rogue: heartbeat 2099-01-01T00:00:00Z is ahead"),
+        "{out:?}"
+    );
+}
+
+// ---------------------------------------------------------------- offline diff
+
+#[test]
+fn an_offline_diff_deletes_only_its_own_objects_in_its_own_namespace() {
+    let tmp = TempDir::new().unwrap();
+    let state = Path::new(EXAMPLES).join("state/hospital.yaml");
+    let diff = |state: &Path| {
+        let mut cmd = cloud4iot(tmp.path());
+        cmd.args([
+            "diff",
+            "--repo",
+            EXAMPLES,
+            "--state",
+            &s(state),
+            "-o",
+            "json",
+        ]);
+        run(&mut cmd)
+    };
+    let honest = diff(&state);
+    let mut text = std::fs::read_to_string(&state).unwrap();
+    let deployment = |ns: &str, name: &str, managers: &str| {
+        format!(
+            "\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    app.kubernetes.io/managed-by: cloud4iot\n{managers}spec:\n  selector: {{matchLabels: {{app: x}}}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      containers: [{{name: x, image: x}}]\n"
+        )
+    };
+    // Another team's namespace in a whole-cluster snapshot, and a user's Deployment that
+    // copied the label but was written by kubectl, not cloud4iot.
+    text.push_str(&deployment("team-b", "theirs", ""));
+    text.push_str(&deployment(
+        "cloud4iot-functions",
+        "copied-label",
+        "  managedFields:\n  - {manager: kubectl-client-side-apply, operation: Update, apiVersion: apps/v1}\n",
+    ));
+    let snapshot = tmp.path().join("cluster.yaml");
+    std::fs::write(&snapshot, text).unwrap();
+    let out = diff(&snapshot);
+    assert_eq!(out.code, honest.code, "{out:?}");
+    assert!(!out.stdout.contains("theirs"), "{out:?}");
+    assert!(!out.stdout.contains("copied-label"), "{out:?}");
+}
+
+// ---------------------------------------------------------------- the real API server
+
+mod cluster {
+    use std::path::Path;
+
+    use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, SeenDevice};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Client;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+    use super::support::{ControlPlane, Options, cloud_node, gateway_node};
+
+    const NS: &str = "cloud4iot-functions";
+    const NOW: &str = "2026-11-28T12:00:00Z";
+
+    const CLOUD_POLICY: &str = "apiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata: {name: cloud-only}\nspec: {tiers: [cloud], followDevice: false}\n";
+    const GATEWAY_POLICY: &str = "apiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata: {name: follow}\nspec:\n  tiers: [gateway]\n  followDevice: true\n  presence: {minRssi: -90, dwell: 30s, lossGrace: 2m}\n";
+    const DEVICE_CLASS: &str = "apiVersion: cloud4iot.io/v1alpha1\nkind: DeviceClass\nmetadata: {name: tag}\nspec:\n  match: {namePrefix: TAG}\n  minRssi: -90\n";
+    const PER_DEVICE: &str = "apiVersion: cloud4iot.io/v1alpha1\nkind: Function\nmetadata: {name: follower}\nspec:\n  image: registry.example.com/follower:1\n  resources: {cpu: 10m, memory: 16Mi}\n  instances: {perDevice: {deviceClass: tag}}\n  policy: follow\n";
+
+    fn cloud_function(replicas: u32) -> String {
+        format!(
+            "apiVersion: cloud4iot.io/v1alpha1\nkind: Function\nmetadata: {{name: stats}}\nspec:\n  image: registry.example.com/stats:1\n  resources: {{cpu: 10m, memory: 16Mi}}\n  instances: {{replicas: {replicas}}}\n  policy: cloud-only\n"
+        )
+    }
+
+    struct Out {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl std::fmt::Debug for Out {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "exit {}\n--- stdout\n{}--- stderr\n{}",
+                self.code, self.stdout, self.stderr
+            )
+        }
+    }
+
+    async fn apply(cp: &ControlPlane, repo: &Path, files: &[(&str, &str)], extra: &[&str]) -> Out {
+        for e in std::fs::read_dir(repo).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(repo.join(name), text).unwrap();
+        }
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+            .args(["apply", "--repo", repo.to_str().unwrap()])
+            .args([
+                "--kubeconfig",
+                cp.kubeconfig().to_str().unwrap(),
+                "--now",
+                NOW,
+            ])
+            .args(extra)
+            .env_remove("KUBECONFIG")
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn names(client: &Client) -> Vec<String> {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let mut names: Vec<String> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|d| d.metadata.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ownership_needs_the_field_manager_and_mass_pruning_is_held() {
+        let cp = ControlPlane::start(Options::api_only()).await;
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
+            .await;
+        cp.create_namespace(NS).await;
+        let client = cp.client();
+        // A user's Deployment that copied cloud4iot's label (created by someone else).
+        let intruder: Deployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "users-own", "namespace": NS,
+                         "labels": {"app.kubernetes.io/managed-by": "cloud4iot"}},
+            "spec": {"selector": {"matchLabels": {"app": "u"}},
+                     "template": {"metadata": {"labels": {"app": "u"}},
+                                  "spec": {"containers": [{"name": "u", "image": "u"}]}}}
+        }))
+        .unwrap();
+        Api::<Deployment>::namespaced(client.clone(), NS)
+            .create(
+                &PostParams {
+                    field_manager: Some("kubectl-create".into()),
+                    ..Default::default()
+                },
+                &intruder,
+            )
+            .await
+            .unwrap();
+        let repo = tempfile::tempdir().unwrap();
+
+        let six = cloud_function(6);
+        let out = apply(
+            &cp,
+            repo.path(),
+            &[("p.yaml", CLOUD_POLICY), ("f.yaml", &six)],
+            &[],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout
+                .contains("6 created, 0 configured, 0 unchanged, 0 pruned"),
+            "{out:?}"
+        );
+        assert!(
+            names(&client).await.contains(&"users-own".to_owned()),
+            "{out:?}"
+        );
+
+        // 6 -> 2 replicas would prune 4 of 6 managed Deployments: held, said, exit 2.
+        let two = cloud_function(2);
+        let files = [("p.yaml", CLOUD_POLICY), ("f.yaml", two.as_str())];
+        let out = apply(&cp, repo.path(), &files, &[]).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("prune refused: it would delete 4 of the 6 managed Deployments")
+                && out.stderr.contains("--force-prune"),
+            "{out:?}"
+        );
+        assert_eq!(names(&client).await.len(), 7);
+        // A higher ratio, or --force-prune, lets it through; the user's object stays.
+        let out = apply(&cp, repo.path(), &files, &["--max-prune-ratio", "0.7"]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("4 pruned"), "{out:?}");
+        assert_eq!(names(&client).await, ["stats-0", "stats-1", "users-own"]);
+        // Removing the function entirely (2 of 2, below the guard's minimum of 3) is routine.
+        let out = apply(
+            &cp,
+            repo.path(),
+            &[("p.yaml", CLOUD_POLICY), ("f.yaml", &cloud_function(0))],
+            &["--allow-empty"],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(
+            names(&client).await,
+            ["users-own"],
+            "never prune what cloud4iot did not write"
+        );
+    }
+
+    async fn report(client: &Client, gateway: &str, device: &str) {
+        let mut report = GatewayReport::new(
+            gateway,
+            GatewayReportSpec {
+                heartbeat: Some("2026-11-28T11:59:50Z".parse().unwrap()),
+                devices: vec![SeenDevice {
+                    id: device.to_owned(),
+                    class: "tag".to_owned(),
+                    rssi: -50,
+                    first_seen: "2026-11-28T11:00:00Z".parse().unwrap(),
+                    last_seen: "2026-11-28T11:59:50Z".parse().unwrap(),
+                }],
+                resources: None,
+            },
+        );
+        report.metadata.managed_fields = None;
+        Api::<GatewayReport>::all(client.clone())
+            .patch(
+                gateway,
+                &PatchParams::apply("cloud4iot-agent").force(),
+                &Patch::Apply(&report),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gateways_dropping_out_at_once_hold_pruning() {
+        let cp = ControlPlane::start(Options::api_only()).await;
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
+            .await;
+        let client = cp.client();
+        let gateways = ["gw-a", "gw-b", "gw-c"];
+        for (i, gw) in gateways.iter().enumerate() {
+            cp.create_node(gateway_node(gw, "site", "arm64", "2", "2Gi"))
+                .await;
+            report(&client, gw, &format!("AA:00:00:00:00:0{i}")).await;
+        }
+        let repo = tempfile::tempdir().unwrap();
+        let four = cloud_function(4);
+        let files = [
+            ("p.yaml", CLOUD_POLICY),
+            ("g.yaml", GATEWAY_POLICY),
+            ("c.yaml", DEVICE_CLASS),
+            ("d.yaml", PER_DEVICE),
+            ("f.yaml", four.as_str()),
+        ];
+        let out = apply(&cp, repo.path(), &files, &[]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("7 created"), "{out:?}");
+
+        // Every gateway's report disappears at once (an agent rollout gone wrong): their
+        // instances would be pruned, 3 of 7 Deployments (under the ratio), but all three
+        // gateways in use dropped out of the inventory.
+        for gw in gateways {
+            Api::<GatewayReport>::all(client.clone())
+                .delete(gw, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        let out = apply(&cp, repo.path(), &files, &[]).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("3 of the 3 gateways the managed Deployments run on dropped out")
+                && out.stderr.contains("gw-a, gw-b, gw-c"),
+            "{out:?}"
+        );
+        assert_eq!(names(&client).await.len(), 7);
+        let out = apply(&cp, repo.path(), &files, &["--force-prune"]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("3 pruned"), "{out:?}");
+        assert_eq!(names(&client).await.len(), 4);
+    }
+}
