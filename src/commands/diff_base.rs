@@ -49,7 +49,7 @@ pub async fn run(args: &DiffArgs, base: &str, color: ColorChoice) -> anyhow::Res
         .checkout
         .revision
         .clone()
-        .unwrap_or_else(|| name.clone());
+        .unwrap_or_else(|| cloud4iot_source::redact(name));
     let body = report
         .render(
             args.output,
