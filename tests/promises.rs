@@ -334,11 +334,7 @@ async fn prune_preconditions_spare_an_object_relabelled_or_replaced_after_the_li
         .iter()
         .map(|o| (o.name.as_str(), o.action))
         .collect();
-    assert_eq!(
-        names,
-        [("keep-0", Action::Unchanged)],
-        "{again:?}"
-    );
+    assert_eq!(names, [("keep-0", Action::Unchanged)], "{again:?}");
     assert!(deployment(&client, "relabelled-0").await.is_some());
     assert!(deployment(&client, "replaced-0").await.is_some());
 }
@@ -1099,14 +1095,12 @@ fn an_authenticated_https_fetch_from_git_http_backend() {
         .args(["validate", "--repo", &url]));
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr
-            .contains(&format!(
-                "authentication to {} failed",
-                url.replace("ci@", "***@")
-            ))
-            && out
-                .stderr
-                .contains("the server rejected the token in CLOUD4IOT_GIT_TOKEN"),
+        out.stderr.contains(&format!(
+            "authentication to {} failed",
+            url.replace("ci@", "***@")
+        )) && out
+            .stderr
+            .contains("the server rejected the token in CLOUD4IOT_GIT_TOKEN"),
         "{out:?}"
     );
 

@@ -150,7 +150,8 @@ mod tests {
 
     #[test]
     fn replicas_limit_is_the_schemas() {
-        let schema: serde_json::Value = serde_json::from_str(crate::load::schema::FUNCTION).unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(crate::load::schema::FUNCTION).unwrap();
         let max = schema
             .pointer("/properties/spec/properties/instances/properties/replicas/maximum")
             .and_then(serde_json::Value::as_u64);
