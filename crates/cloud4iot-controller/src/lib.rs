@@ -382,6 +382,8 @@ impl Controller {
             allow_empty: self.opts.allow_empty,
             concurrency: self.opts.concurrency,
             dry_run: false,
+            // The proportional prune guard at its default (more than half is held).
+            ..ApplyOptions::default()
         }
     }
 
