@@ -73,7 +73,7 @@ fn rendered(n: usize, namespace: &str) -> Vec<Deployment> {
         arch: Arch::Amd64,
         allocatable: Resources::new(1_000_000_000, 1 << 50),
         gateway_taint: false,
-        schedulable: true,
+        blocked: None,
     };
     let inventory = Inventory::new(vec![cloud], Vec::new(), Vec::new());
     let plan = cloud4iot_core::plan::plan(&repo, &inventory, NOW.parse().expect("a timestamp"));

@@ -126,7 +126,7 @@ async fn the_inventory_holds_cloud4iot_nodes_reports_and_managed_deployments_onl
         [("cloud-1", Tier::Cloud), ("gw-home-1", Tier::Gateway)]
     );
     let gw = inv.node("gw-home-1").unwrap();
-    assert!(gw.gateway_taint && gw.schedulable);
+    assert!(gw.gateway_taint && gw.schedulable());
     assert_eq!(gw.allocatable.cpu_millis, 1000);
     assert_eq!(inv.reports.len(), 1);
     let live: Vec<&str> = inv

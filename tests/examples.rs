@@ -135,7 +135,7 @@ fn snapshots_read_as_the_readme_describes() {
             "{name}"
         );
         assert!(
-            inv.nodes.iter().all(|n| n.schedulable),
+            inv.nodes.iter().all(|n| n.schedulable()),
             "{name}: every node Ready"
         );
         assert!(
@@ -190,7 +190,7 @@ fn at_home_the_consolidator_runs_on_the_home_gateway() {
         p.image.as_deref(),
         Some("registry.example.com/ehealth/omh-consolidator:1.4.2-arm64")
     );
-    assert!(p.reason.contains("gw-home-1"), "{}", p.reason);
+    assert!(p.reason.to_string().contains("gw-home-1"), "{}", p.reason);
     let inpatient = get(&plan, INPATIENT_CONSOLIDATOR);
     assert_eq!(inpatient.device.as_deref(), Some(INPATIENT));
     assert_eq!(inpatient.node.as_deref(), Some("gw-hospital-1"));
@@ -213,7 +213,7 @@ fn at_the_hospital_the_consolidator_follows_the_bracelet() {
         "{p:#?}"
     );
     assert!(
-        p.reason.contains("gw-hospital-1") && p.reason.contains("dwell"),
+        p.reason.to_string().contains("gw-hospital-1") && p.reason.to_string().contains("dwell"),
         "{}",
         p.reason
     );
@@ -237,7 +237,11 @@ fn a_full_hospital_gateway_offloads_the_arriving_consolidator_to_the_hospital_ed
         p.image.as_deref(),
         Some("registry.example.com/ehealth/omh-consolidator:1.4.2-amd64")
     );
-    assert!(p.reason.contains("gw-hospital-1 full"), "{}", p.reason);
+    assert!(
+        p.reason.to_string().contains("gw-hospital-1 full"),
+        "{}",
+        p.reason
+    );
     // The running instance keeps its room on the gateway.
     let inpatient = get(&plan, INPATIENT_CONSOLIDATOR);
     assert_eq!(

@@ -61,7 +61,7 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
         let node = inv
             .node(name)
             .ok_or_else(|| TestCaseError::fail(format!("unknown node {name}")))?;
-        prop_assert!(node.schedulable, "{name} is not schedulable");
+        prop_assert!(node.schedulable(), "{name} is not schedulable");
         let total = used + external.get(name).copied().unwrap_or_default();
         prop_assert!(
             total.fits_in(&node.allocatable),
@@ -74,7 +74,7 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
             .nodes
             .iter()
             .filter(|n| {
-                n.tier == tier && n.schedulable && (site.is_none() || n.site.as_deref() == site)
+                n.tier == tier && n.schedulable() && (site.is_none() || n.site.as_deref() == site)
             })
             .fold(Resources::ZERO, |a, n| a + n.allocatable);
         prop_assert!(used.fits_in(&cap), "{tier} {site:?}: {used} over {cap}");

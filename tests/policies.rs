@@ -95,7 +95,7 @@ fn node(name: &str, tier: Tier, site: &str, arch: Arch, cpu_millis: i64) -> Node
         arch,
         allocatable: Resources::new(cpu_millis, 2 * GIB),
         gateway_taint: tier == Tier::Gateway,
-        schedulable: true,
+        blocked: None,
     }
 }
 
@@ -230,7 +230,7 @@ fn roaming_runs_on_the_gateway_that_sees_the_device() {
         p.image.as_deref(),
         Some("registry.example.com/probe:1.0-arm64")
     );
-    assert!(p.reason.contains("gw-south"), "{}", p.reason);
+    assert!(p.reason.to_string().contains("gw-south"), "{}", p.reason);
 }
 
 #[test]
@@ -250,7 +250,11 @@ fn roaming_falls_back_to_the_edge_of_the_device_site_never_the_cloud() {
         p.image.as_deref(),
         Some("registry.example.com/probe:1.0-amd64")
     );
-    assert!(p.reason.contains("gw-south full"), "{}", p.reason);
+    assert!(
+        p.reason.to_string().contains("gw-south full"),
+        "{}",
+        p.reason
+    );
 
     // No room at the south edge either: unplaced, not the cloud and not edge-north.
     let world = World {
@@ -261,7 +265,7 @@ fn roaming_falls_back_to_the_edge_of_the_device_site_never_the_cloud() {
     let plan = plan::plan(&repo("roaming", PER_DEVICE), &world.inventory(), now());
     let p = only(&plan);
     assert_eq!(p.tier, None, "{p:#?}");
-    assert!(p.reason.contains("unplaced"), "{}", p.reason);
+    assert!(p.reason.to_string().contains("unplaced"), "{}", p.reason);
 }
 
 #[test]
@@ -282,7 +286,11 @@ fn offload_under_pressure_walks_gateway_edge_cloud() {
     });
     assert_eq!(p.tier, Some(Tier::Edge), "gateway full -> edge: {p:#?}");
     assert_eq!(p.site, None, "dataLocality none pins no site");
-    assert!(p.reason.contains("gw-south full"), "{}", p.reason);
+    assert!(
+        p.reason.to_string().contains("gw-south full"),
+        "{}",
+        p.reason
+    );
 
     let p = at(World {
         south_gateway_used: BUSY,
@@ -348,7 +356,7 @@ fn keep_data_on_site_never_leaves_the_device_site() {
     };
     let p = only(&plan::plan(&repo, &world.inventory(), now())).clone();
     assert_eq!(p.tier, None, "{p:#?}");
-    assert!(p.reason.contains("site south"), "{}", p.reason);
+    assert!(p.reason.to_string().contains("site south"), "{}", p.reason);
 }
 
 #[test]
@@ -379,7 +387,7 @@ fn test_normal_modes_flip_between_cloud_and_gateway() {
     assert_eq!(plan_normal.placements.len(), 2);
     for p in &plan_normal.placements {
         assert_eq!(p.tier, Some(Tier::Cloud), "mode normal: {p:#?}");
-        assert!(p.reason.contains("mode normal"), "{}", p.reason);
+        assert!(p.reason.to_string().contains("mode normal"), "{}", p.reason);
     }
 
     // The pull request that starts a test phase.

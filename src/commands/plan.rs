@@ -110,7 +110,7 @@ pub fn table(plan: &Plan, explain: bool, color: bool) -> String {
             p.site.clone().unwrap_or_else(|| "-".into()),
         ];
         if explain {
-            r.push(p.reason.clone());
+            r.push(p.reason.to_string());
         }
         r
     };

@@ -126,8 +126,8 @@ pub fn placement_changes(before: &Plan, after: &Plan) -> Vec<PlacementChange> {
             device: any.device.clone(),
             from,
             to,
-            reason_before: b.map(|p| p.reason.clone()),
-            reason_after: a.map(|p| p.reason.clone()),
+            reason_before: b.map(|p| p.reason.to_string()),
+            reason_after: a.map(|p| p.reason.to_string()),
         });
     }
     out

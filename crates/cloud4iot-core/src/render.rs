@@ -92,7 +92,7 @@ pub fn render_placement(
     if let Some(revision) = &opts.revision {
         annotations.insert(labels::REVISION.to_string(), revision.clone());
     }
-    annotations.insert(labels::REASON.to_string(), p.reason.clone());
+    annotations.insert(labels::REASON.to_string(), p.reason.to_string());
 
     let mut env = vec![
         env_var(FUNCTION_ENV, &p.function),

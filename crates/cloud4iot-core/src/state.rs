@@ -90,6 +90,26 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
     let mut reports = Vec::new();
     let mut live = Vec::new();
     let doc_lines = document_start_lines(text);
+    // A Node or GatewayReport named twice would make the answer depend on the order.
+    let mut named: std::collections::HashMap<(String, String), ItemRef> = Default::default();
+    let mut once = |at: &ItemRef| match named.insert((at.kind.clone(), at.name.clone()), at.clone())
+    {
+        Some(first) => Err(StateError::Item {
+            file: file.to_path_buf(),
+            item: Box::new(at.clone()),
+            field: "metadata.name".into(),
+            message: format!(
+                "duplicate {} {:?}: also {first}{}",
+                at.kind,
+                at.name,
+                first
+                    .line
+                    .map(|l| format!(" at line {l}"))
+                    .unwrap_or_default()
+            ),
+        }),
+        None => Ok(()),
+    };
     for (di, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc).map_err(|e| {
             let (line, column) = e
@@ -142,6 +162,7 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
             };
             match kind.as_str() {
                 "Node" => {
+                    once(&at)?;
                     let node: Node = typed(item, file, &at)?;
                     match NodeInfo::from_node(&node) {
                         Ok(info) => nodes.push(info),
@@ -167,7 +188,10 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
                         }
                     }
                 }
-                "GatewayReport" => reports.push(typed::<GatewayReport>(item, file, &at)?),
+                "GatewayReport" => {
+                    once(&at)?;
+                    reports.push(typed::<GatewayReport>(item, file, &at)?)
+                }
                 "Deployment" => {
                     let d: Deployment = typed(item, file, &at)?;
                     if labels::is_managed(&d.metadata) {
@@ -309,7 +333,7 @@ spec:
         );
         assert_eq!(inv.nodes[0].tier, Tier::Gateway);
         assert_eq!(inv.nodes[0].site.as_deref(), Some("home"));
-        assert!(inv.nodes[0].schedulable);
+        assert!(inv.nodes[0].schedulable());
         assert_eq!(inv.reports.len(), 1);
         assert_eq!(inv.reports[0].spec.devices[0].rssi, -55);
         assert_eq!(inv.live.len(), 1, "only managed Deployments are kept");

@@ -19,8 +19,30 @@ pub struct NodeInfo {
     /// `status.allocatable` (cpu and memory).
     pub allocatable: Resources,
     pub gateway_taint: bool,
-    /// Ready condition true and not cordoned.
-    pub schedulable: bool,
+    /// Why nothing can be placed on the node (`None`: schedulable).
+    pub blocked: Option<NodeBlock>,
+}
+
+/// Why a node takes no instance, first match in this order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeBlock {
+    /// Its Ready condition is not `True`.
+    NotReady,
+    /// `spec.unschedulable` (`kubectl cordon`).
+    Cordoned,
+    /// A `NoSchedule` or `NoExecute` taint the rendered pods do not tolerate (anything but
+    /// the `cloud4iot.io/gateway` taint on a gateway); the first by key.
+    Tainted { key: String, effect: String },
+}
+
+impl std::fmt::Display for NodeBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeBlock::NotReady => f.write_str("is not ready"),
+            NodeBlock::Cordoned => f.write_str("is cordoned"),
+            NodeBlock::Tainted { key, effect } => write!(f, "has taint {key}:{effect}"),
+        }
+    }
 }
 
 /// Why a `Node` could not be turned into a [`NodeInfo`].
@@ -94,6 +116,25 @@ impl NodeInfo {
         let gateway_taint = spec
             .and_then(|s| s.taints.as_ref())
             .is_some_and(|ts| ts.iter().any(|t| t.key == labels::GATEWAY_TAINT));
+        let mut taints: Vec<(&str, &str)> = spec
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+            .filter(|t| !(tier == Tier::Gateway && t.key == labels::GATEWAY_TAINT))
+            .map(|t| (t.key.as_str(), t.effect.as_str()))
+            .collect();
+        taints.sort_unstable();
+        let blocked = if !ready {
+            Some(NodeBlock::NotReady)
+        } else if cordoned {
+            Some(NodeBlock::Cordoned)
+        } else {
+            taints.first().map(|(key, effect)| NodeBlock::Tainted {
+                key: key.to_string(),
+                effect: effect.to_string(),
+            })
+        };
         Ok(NodeInfo {
             site: labels_map.get(labels::SITE).cloned(),
             name,
@@ -101,8 +142,14 @@ impl NodeInfo {
             arch,
             allocatable: Resources::new(cpu, memory),
             gateway_taint,
-            schedulable: ready && !cordoned,
+            blocked,
         })
+    }
+
+    /// Whether instances may be placed on the node: ready, not cordoned, no taint that
+    /// the rendered pods do not tolerate.
+    pub fn schedulable(&self) -> bool {
+        self.blocked.is_none()
     }
 }
 

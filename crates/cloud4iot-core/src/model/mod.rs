@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
-pub use inventory::{Inventory, NodeError, NodeInfo};
+pub use inventory::{Inventory, NodeBlock, NodeError, NodeInfo};
 pub use quantity::{
     QuantityError, ResourceQuantities, Resources, format_cpu, format_memory, number_as_quantity,
     parse_cpu_millis, parse_memory_bytes,

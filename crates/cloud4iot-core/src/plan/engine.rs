@@ -15,10 +15,11 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::reason::{Reason, Refusal, Shortage, Target};
 use super::{Placement, Plan, current_placements};
 use crate::model::{
     Arch, DataLocality, Duration, GatewayReport, Inventory, NodeInfo, Repo, Resources, Tier,
-    device_instance_name, format_cpu, format_memory, replica_instance_name,
+    device_instance_name, replica_instance_name,
 };
 
 /// What changed in the plan after [`Planner::update_report`].
@@ -45,7 +46,7 @@ struct PolicyInfo {
     min_rssi: Option<i32>,
     dwell: SignedDuration,
     grace: SignedDuration,
-    reserve: Result<Resources, String>,
+    reserve: Result<Resources, Refusal>,
     priority: i32,
 }
 
@@ -56,8 +57,8 @@ enum Kind {
 
 struct FnInfo {
     name: String,
-    res: Result<Resources, String>,
-    policy: Result<usize, String>,
+    res: Result<Resources, Refusal>,
+    policy: Result<usize, Refusal>,
     kind: Kind,
     image: Option<String>,
     arch_images: std::collections::BTreeMap<Arch, String>,
@@ -82,6 +83,9 @@ struct NodeSlot {
     pools: [Option<u32>; 2],
     /// The gateway's report heartbeat, if it has a report with one.
     heartbeat: Option<Timestamp>,
+    /// The non-zero gatewayReserves of the instances charged here: every one of them stays
+    /// free (a gateway never runs more than allocatable less the largest of them).
+    reserves: Vec<Resources>,
 }
 
 #[derive(Clone)]
@@ -107,10 +111,11 @@ struct Inst {
     placement: Placement,
 }
 
-/// The device's gateway for one per-device instance and why.
+/// The device's gateway for one per-device instance.
 struct Home {
     gw: u32,
-    reason: String,
+    /// Why the instance may run on `gw`, or why not yet (a running instance before dwell).
+    why: Result<Reason, Refusal>,
 }
 
 struct Cand {
@@ -119,7 +124,6 @@ struct Cand {
     device: Option<u32>,
     home: Option<Home>,
     current: Option<Placement>,
-    rank: u8,
 }
 
 type PoolKey = (Tier, Option<u32>, Arch);
@@ -150,6 +154,8 @@ pub struct Planner {
     device_insts: Vec<Vec<u32>>,
     node_insts: Vec<Vec<u32>>,
     home_insts: Vec<Vec<u32>>,
+    /// Instances below their policy's first tier, or unplaced: they take room that frees.
+    waiting: BTreeSet<u32>,
 }
 
 fn intern(ids: &mut HashMap<String, u32>, names: &mut Vec<String>, name: &str) -> u32 {
@@ -160,10 +166,6 @@ fn intern(ids: &mut HashMap<String, u32>, names: &mut Vec<String>, name: &str) -
     names.push(name.to_string());
     ids.insert(name.to_string(), i);
     i
-}
-
-fn secs(d: SignedDuration) -> String {
-    Duration(SignedDuration::from_secs(d.as_secs().max(0))).to_string()
 }
 
 impl Planner {
@@ -207,8 +209,10 @@ impl Planner {
                         .gateway_reserve
                         .as_ref()
                         .map(|r| {
-                            r.parse()
-                                .map_err(|e| format!("policy {}: gatewayReserve: {e}", p.name()))
+                            r.parse().map_err(|e| Refusal::BadReserve {
+                                policy: p.name().to_string(),
+                                error: e.to_string(),
+                            })
                         })
                         .unwrap_or(Ok(Resources::ZERO)),
                     priority: s.priority,
@@ -221,7 +225,7 @@ impl Planner {
             let s = &f.spec;
             let policy = policy_names
                 .binary_search(&&s.policy)
-                .map_err(|_| format!("no PlacementPolicy named {}", s.policy));
+                .map_err(|_| Refusal::NoPolicy(s.policy.clone()));
             let kind = match (&s.instances.per_device, s.instances.replicas) {
                 (Some(pd), _) => {
                     Kind::PerDevice(intern(&mut class_ids, &mut class_names, &pd.device_class))
@@ -248,7 +252,7 @@ impl Planner {
                 res: s
                     .resources
                     .parse()
-                    .map_err(|e| format!("spec.resources: {e}")),
+                    .map_err(|e| Refusal::BadResources(e.to_string())),
                 policy,
                 kind,
                 image: s.image.clone(),
@@ -258,7 +262,13 @@ impl Planner {
         }
 
         let mut infos = inv.nodes.clone();
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        // Two Nodes with one name (never from an API server; snapshots reject it): the
+        // one whose contents sort last wins, whatever the input order.
+        infos.sort_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then_with(|| format!("{b:?}").cmp(&format!("{a:?}")))
+        });
         infos.dedup_by(|a, b| a.name == b.name);
         let mut sites = Vec::new();
         let mut site_ids = HashMap::default();
@@ -277,6 +287,7 @@ impl Planner {
                 external: Resources::ZERO,
                 pools: [None, None],
                 heartbeat: None,
+                reserves: Vec::new(),
             });
         }
         let n = nodes.len();
@@ -302,6 +313,7 @@ impl Planner {
             device_insts: Vec::new(),
             node_insts: vec![Vec::new(); n],
             home_insts: vec![Vec::new(); n],
+            waiting: BTreeSet::new(),
         };
 
         for (&c, fis) in &planner.fn_by_class {
@@ -313,8 +325,12 @@ impl Planner {
 
         // Reports: one per gateway (the latest heartbeat wins if a name repeats).
         let mut reports: Vec<&GatewayReport> = inv.reports.iter().collect();
+        // Two reports with one name: the newest heartbeat wins, then the contents that sort
+        // last, whatever the input order.
         reports.sort_by(|a, b| {
-            (&a.metadata.name, &a.spec.heartbeat).cmp(&(&b.metadata.name, &b.spec.heartbeat))
+            (&a.metadata.name, &a.spec.heartbeat)
+                .cmp(&(&b.metadata.name, &b.spec.heartbeat))
+                .then_with(|| format!("{:?}", a.spec).cmp(&format!("{:?}", b.spec)))
         });
         let mut last: HashMap<&str, &GatewayReport> = HashMap::default();
         for r in reports {
@@ -336,7 +352,7 @@ impl Planner {
             slot.free = slot.info.allocatable - slot.external;
             planner.pool_insert(i as u32);
             let slot = &planner.nodes[i];
-            if slot.info.schedulable {
+            if slot.info.schedulable() {
                 *planner
                     .tier_nodes
                     .entry((slot.info.tier, None))
@@ -589,29 +605,32 @@ impl Planner {
         affected.sort_unstable();
         affected.dedup();
 
-        // Release what is re-planned; gateways that gain room take back what they offloaded.
+        // Release what is re-planned. A node that gains room (an instance released from it,
+        // or a gateway whose use or heartbeat changed) takes back what waits for room like
+        // it: instances below their policy's first tier, or unplaced.
         let mut released: HashMap<String, Inst> = HashMap::default();
-        let mut freed_gateways: Vec<u32> = Vec::new();
+        let mut freed: Vec<u32> = gateways.to_vec();
+        let mut freed_seen: HashSet<u32> = HashSet::default();
         let mut queue = affected;
         let mut seen: HashSet<u32> = queue.iter().copied().collect();
-        while let Some(i) = queue.pop() {
-            let inst = self.remove_inst(i);
-            if let Some(a) = inst.account
-                && inst.placement.tier == Some(Tier::Gateway)
-            {
-                freed_gateways.push(a);
-            }
-            released.insert(inst.placement.instance.clone(), inst);
-            for gw in freed_gateways.drain(..) {
-                for &j in &self.home_insts[gw as usize] {
-                    let offloaded = self.insts[j as usize]
-                        .as_ref()
-                        .is_some_and(|o| o.placement.tier != Some(Tier::Gateway));
-                    if offloaded && seen.insert(j) {
+        loop {
+            for n in freed.drain(..) {
+                if !freed_seen.insert(n) {
+                    continue;
+                }
+                for &j in &self.waiting {
+                    if !seen.contains(&j) && self.could_use(j, n) {
+                        seen.insert(j);
                         queue.push(j);
                     }
                 }
             }
+            let Some(i) = queue.pop() else { break };
+            let inst = self.remove_inst(i);
+            if let Some(a) = inst.account {
+                freed.push(a);
+            }
+            released.insert(inst.placement.instance.clone(), inst);
         }
 
         let mut cands = Vec::new();
@@ -674,22 +693,42 @@ impl Planner {
     }
 
     fn add_sightings(&mut self, g: u32, report: &GatewayReport) {
-        let mut seen: Vec<&crate::model::SeenDevice> = report.spec.devices.iter().collect();
-        // One sighting per device: the most recent (then strongest) if the agent repeats one.
-        seen.sort_by(|a, b| {
-            (&a.id, b.last_seen, b.rssi, &a.class).cmp(&(&b.id, a.last_seen, a.rssi, &b.class))
+        // BLE addresses are case-insensitive: one device, spelled in upper case.
+        let mut seen: Vec<(std::borrow::Cow<str>, &crate::model::SeenDevice)> = report
+            .spec
+            .devices
+            .iter()
+            .map(|sd| {
+                let id = if sd.id.bytes().any(|b| b.is_ascii_lowercase()) {
+                    std::borrow::Cow::Owned(sd.id.to_ascii_uppercase())
+                } else {
+                    std::borrow::Cow::Borrowed(sd.id.as_str())
+                };
+                (id, sd)
+            })
+            .collect();
+        // One sighting per device: the most recent, then strongest, then class name, if the
+        // agent repeats one.
+        seen.sort_by(|(ia, a), (ib, b)| {
+            (ia, b.last_seen, b.rssi, &a.class, a.first_seen).cmp(&(
+                ib,
+                a.last_seen,
+                a.rssi,
+                &b.class,
+                b.first_seen,
+            ))
         });
-        seen.dedup_by(|a, b| a.id == b.id);
-        for sd in seen {
-            let d = match self.device_ids.get(&sd.id) {
+        seen.dedup_by(|a, b| a.0 == b.0);
+        for (id, sd) in seen {
+            let d = match self.device_ids.get(id.as_ref()) {
                 Some(&d) => d,
                 None => {
                     let d = self.devices.len() as u32;
                     self.devices.push(Device {
-                        id: sd.id.clone(),
+                        id: id.to_string(),
                         sightings: Vec::new(),
                     });
-                    self.device_ids.insert(sd.id.clone(), d);
+                    self.device_ids.insert(id.to_string(), d);
                     d
                 }
             };
@@ -746,25 +785,12 @@ impl Planner {
         home: Option<Home>,
         current: Option<Placement>,
     ) -> Cand {
-        let rank = match &current {
-            Some(p) if p.tier == Some(Tier::Gateway) => {
-                let stays = match (&home, &p.node) {
-                    (Some(h), Some(n)) => self.nodes[h.gw as usize].info.name == *n,
-                    (None, Some(_)) => true,
-                    _ => false,
-                };
-                if stays { 0 } else { 1 }
-            }
-            Some(p) if p.tier.is_some() => 1,
-            _ => 2,
-        };
         Cand {
             function,
             name,
             device,
             home,
             current,
-            rank,
         }
     }
 
@@ -786,124 +812,266 @@ impl Planner {
             .is_some_and(|h| self.now.duration_since(h) > super::STALE_AFTER)
     }
 
-    /// Where device `dev` is for function `fi`: presence (minRssi, lossGrace), dwell
-    /// before a running instance moves, and no move while the old gateway still has it.
+    /// Where device `dev` is for function `fi` (`None`: not present anywhere, so no
+    /// instance). Presence: at or above minRssi, `lastSeen` within lossGrace. A new
+    /// instance goes to the strongest gateway at once. A running instance keeps its
+    /// gateway while that gateway is usable and another has not seen the device for the
+    /// dwell; it moves (or comes back from the edge or the cloud) only onto a gateway that
+    /// has seen the device for the dwell. Ranking: fresh heartbeat first, then the
+    /// strongest signal, then the gateway name that sorts first.
     fn home(&self, fi: u32, class: u32, dev: &Device, current: Option<&Placement>) -> Option<Home> {
         let f = &self.fns[fi as usize];
         let (dwell, grace) = self.presence_times(fi);
         let now = self.now;
         let seen = |s: &&Sighting| s.class == class && now.duration_since(s.last) <= grace;
         let present = |s: &&Sighting| seen(s) && s.rssi >= f.min_rssi;
-        let name = |g: u32| self.nodes[g as usize].info.name.as_str();
-        // Strongest signal first; ties go to the gateway whose name sorts first.
-        let best = |dwelled: bool| {
-            dev.sightings
-                .iter()
-                .filter(present)
-                .filter(|s| !dwelled || now.duration_since(s.first) >= dwell)
-                .max_by_key(|s| (!self.stale(s.gw), s.rssi, std::cmp::Reverse(s.gw)))
+        let dwelled = |s: &&Sighting| now.duration_since(s.first) >= dwell;
+        let key = |s: &&Sighting| (!self.stale(s.gw), s.rssi, std::cmp::Reverse(s.gw));
+        let name = |g: u32| self.nodes[g as usize].info.name.clone();
+        let strongest = dev.sightings.iter().filter(present).max_by_key(key)?;
+        let running = current.filter(|p| p.tier.is_some());
+        let Some(cur) = running else {
+            return Some(Home {
+                gw: strongest.gw,
+                why: Ok(Reason::Sees {
+                    gateway: name(strongest.gw),
+                    rssi: strongest.rssi,
+                    seen_for: now.duration_since(strongest.first),
+                    present_at: dev.sightings.iter().filter(present).count(),
+                }),
+            });
         };
-        let strongest = best(false)?;
-        let n_present = dev.sightings.iter().filter(present).count();
-        let old = current
-            .filter(|p| p.tier == Some(Tier::Gateway))
-            .and_then(|p| p.node.as_deref())
-            .and_then(|n| self.gateway_index(n));
-        let fresh = |s: &Sighting, extra: &str| {
-            let of = if n_present > 1 {
-                format!(" (strongest of {n_present})")
-            } else {
-                String::new()
-            };
-            Home {
-                gw: s.gw,
-                reason: format!(
-                    "{} sees the device at {} dBm for {}{of}{extra}",
-                    name(s.gw),
-                    s.rssi,
-                    secs(now.duration_since(s.first))
-                ),
-            }
+        let best_dwelled = dev
+            .sightings
+            .iter()
+            .filter(present)
+            .filter(dwelled)
+            .max_by_key(key);
+        let before_dwell = |s: &Sighting| Refusal::BeforeDwell {
+            gateway: name(s.gw),
+            seen_for: now.duration_since(s.first),
+            dwell: Duration(dwell),
         };
+        let old = (cur.tier == Some(Tier::Gateway))
+            .then(|| cur.node.as_deref().and_then(|n| self.gateway_index(n)))
+            .flatten();
         let Some(old) = old else {
-            return Some(fresh(strongest, ""));
+            // Running at the edge or in the cloud: back onto a gateway only after dwell.
+            return Some(match best_dwelled {
+                Some(s) => Home {
+                    gw: s.gw,
+                    why: Ok(Reason::Recalled {
+                        gateway: name(s.gw),
+                        rssi: s.rssi,
+                        seen_for: now.duration_since(s.first),
+                        dwell: Duration(dwell),
+                    }),
+                },
+                None => Home {
+                    gw: strongest.gw,
+                    why: Err(before_dwell(strongest)),
+                },
+            });
         };
         // A stale gateway does not keep the instances it runs.
         let at_old = dev
             .sightings
             .iter()
             .find(|s| s.gw == old)
-            .filter(|s| !self.stale(s.gw));
-        if let Some(s) = at_old.filter(|s| present(s)) {
+            .filter(|_| !self.stale(old));
+        if let Some(s) = at_old.filter(present) {
             return Some(Home {
                 gw: old,
-                reason: format!(
-                    "{} still sees the device at {} dBm: stays while present",
-                    name(old),
-                    s.rssi
-                ),
+                why: Ok(Reason::StaysWhilePresent {
+                    gateway: name(old),
+                    rssi: s.rssi,
+                }),
             });
         }
-        if let Some(s) = best(true) {
+        if let Some(s) = best_dwelled.filter(|s| s.gw != old) {
             return Some(Home {
                 gw: s.gw,
-                reason: format!(
-                    "{} sees the device at {} dBm for {} >= dwell {}; {} no longer does",
-                    name(s.gw),
-                    s.rssi,
-                    secs(now.duration_since(s.first)),
-                    Duration(dwell),
-                    name(old)
-                ),
+                why: Ok(Reason::Moved {
+                    gateway: name(s.gw),
+                    rssi: s.rssi,
+                    seen_for: now.duration_since(s.first),
+                    dwell: Duration(dwell),
+                    from: name(old),
+                }),
             });
         }
-        if at_old.is_some_and(|s| seen(&s)) {
-            // Still heard at the old gateway, only weakly: wait for the dwell elsewhere.
+        let usable = self.nodes[old as usize].info.schedulable() && !self.stale(old);
+        if usable && strongest.gw != old {
+            // The device left (or is heard only weakly): wait for the dwell elsewhere.
             return Some(Home {
                 gw: old,
-                reason: format!(
-                    "{} has seen the device for {} < dwell {}: stays on {}",
-                    name(strongest.gw),
-                    secs(now.duration_since(strongest.first)),
-                    Duration(dwell),
-                    name(old)
-                ),
+                why: Ok(Reason::WaitsForDwell {
+                    gateway: name(strongest.gw),
+                    seen_for: now.duration_since(strongest.first),
+                    dwell: Duration(dwell),
+                    stays_on: name(old),
+                }),
             });
         }
-        Some(fresh(strongest, &format!("; {} lost it", name(old))))
+        // The old gateway is unusable and no other has reached the dwell: off the gateways.
+        Some(Home {
+            gw: strongest.gw,
+            why: if strongest.gw == old {
+                Ok(Reason::StaysWhilePresent {
+                    gateway: name(old),
+                    rssi: strongest.rssi,
+                })
+            } else {
+                Err(before_dwell(strongest))
+            },
+        })
     }
 
-    /// Places candidates in decision order; returns the slots they were stored in.
-    fn place_all(&mut self, cands: Vec<Cand>) -> Vec<u32> {
-        let prio = |c: &Cand| match self.fns[c.function as usize].policy {
+    fn priority(&self, function: u32) -> i32 {
+        match self.fns[function as usize].policy {
             Ok(p) => self.policies[p].priority,
             Err(_) => i32::MIN,
-        };
-        // Sort small keys, not the candidates themselves; names only break ties.
-        let mut order: Vec<(u8, std::cmp::Reverse<i32>, u32, u32)> = cands
+        }
+    }
+
+    /// Places candidates; returns the slots they were stored in. Pass 1 (the room running
+    /// instances hold): in order of priority (highest first), function name, instance
+    /// name, each running instance whose placement is still allowed and still fits is
+    /// charged where it runs. Pass 2 (room nobody holds): in order of priority, then
+    /// running before new, then function name, instance name (then device id), every
+    /// other instance walks its policy's tiers and takes the first with room; a held
+    /// instance below its policy's first tier tries the tiers before its own and moves if
+    /// one has room.
+    fn place_all(&mut self, cands: Vec<Cand>) -> Vec<u32> {
+        let device_id = |c: &Cand| c.device.map(|d| self.devices[d as usize].id.as_str());
+        let by_name = |x: &Cand, y: &Cand| (&x.name, device_id(x)).cmp(&(&y.name, device_id(y)));
+        let mut order: Vec<(std::cmp::Reverse<i32>, bool, u32, u32)> = cands
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.rank, std::cmp::Reverse(prio(c)), c.function, i as u32))
-            .collect();
-        let device_id = |c: &Cand| c.device.map(|d| self.devices[d as usize].id.as_str());
-        order.sort_unstable_by(|a, b| {
-            (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then_with(|| {
-                let (x, y) = (&cands[a.3 as usize], &cands[b.3 as usize]);
-                // Two device ids with one slug share a Deployment: the first id wins.
-                (&x.name, device_id(x)).cmp(&(&y.name, device_id(y)))
+            .map(|(i, c)| {
+                (
+                    std::cmp::Reverse(self.priority(c.function)),
+                    c.current.as_ref().is_none_or(|p| p.tier.is_none()),
+                    c.function,
+                    i as u32,
+                )
             })
+            .collect();
+        // Pass 1 order ignores "running": every candidate here with a hold is running.
+        let mut first: Vec<(std::cmp::Reverse<i32>, u32, u32)> =
+            order.iter().map(|&(p, _, f, i)| (p, f, i)).collect();
+        first.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| by_name(&cands[a.2 as usize], &cands[b.2 as usize]))
         });
-        let mut cands: Vec<Option<Cand>> = cands.into_iter().map(Some).collect();
-        let mut out = Vec::with_capacity(cands.len());
-        for (_, _, _, i) in order {
-            let c = cands[i as usize].take().expect("each candidate once");
-            if self.by_name.contains_key(&c.name) {
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1, a.2)
+                .cmp(&(b.0, b.1, b.2))
+                .then_with(|| by_name(&cands[a.3 as usize], &cands[b.3 as usize]))
+        });
+        // Two device ids with one slug share a Deployment: the first in order wins.
+        let mut taken: HashSet<&str> = HashSet::default();
+        let mut skip = vec![false; cands.len()];
+        for &(_, _, i) in &first {
+            let c = &cands[i as usize];
+            if self.by_name.contains_key(&c.name) || !taken.insert(c.name.as_str()) {
+                skip[i as usize] = true;
+            }
+        }
+        let mut holds: Vec<Option<(u32, usize)>> = vec![None; cands.len()];
+        for &(_, _, i) in &first {
+            if skip[i as usize] {
                 continue;
             }
-            let (placement, account) = self.decide(&c);
-            if let Some(a) = account {
-                self.charge(a, c.function, true);
+            let c = &cands[i as usize];
+            if let Some((node, k)) = self.hold_of(c) {
+                self.charge(node, c.function, true);
+                holds[i as usize] = Some((node, k));
             }
+        }
+        let mut decided: Vec<Option<(Placement, Option<u32>)>> = vec![None; cands.len()];
+        let mut freed_late = false;
+        for &(_, _, _, i) in &order {
+            let iu = i as usize;
+            if skip[iu] {
+                continue;
+            }
+            let c = &cands[iu];
+            decided[iu] = Some(match holds[iu] {
+                None => {
+                    let (mut p, a) = self.decide(c, usize::MAX);
+                    match a {
+                        Some(a) => self.charge(a, c.function, true),
+                        // Still unplaced: keep the reason (its figures move with others).
+                        None => {
+                            if let Some(cur) = c
+                                .current
+                                .as_ref()
+                                .filter(|cur| cur.tier.is_none() && !cur.reason.is_empty())
+                            {
+                                p.reason = cur.reason.clone();
+                            }
+                        }
+                    }
+                    (p, a)
+                }
+                Some((node, 0)) => (self.held(c, node, Vec::new()), Some(node)),
+                Some((node, k)) => match self.decide(c, k) {
+                    (p, Some(a)) => {
+                        self.charge(node, c.function, false);
+                        self.charge(a, c.function, true);
+                        freed_late = true;
+                        (p, Some(a))
+                    }
+                    (p, None) => {
+                        let why = match p.reason {
+                            Reason::Unplaced(why) => why,
+                            _ => Vec::new(),
+                        };
+                        (self.held(c, node, why), Some(node))
+                    }
+                },
+            });
+        }
+        // Room an upgrade left behind after others' turns: the waiting ones (below their
+        // first tier, or unplaced) try again, in the same order, until nothing moves. This
+        // makes the plan a fixed point: planning it again with it running changes nothing.
+        while freed_late {
+            freed_late = false;
+            for &(_, _, _, i) in &order {
+                let iu = i as usize;
+                let Some((p, a)) = decided[iu].as_ref() else {
+                    continue;
+                };
+                let c = &cands[iu];
+                let Ok(pol) = self.fns[c.function as usize].policy else {
+                    continue;
+                };
+                let tiers = &self.policies[pol].tiers;
+                let k = match p.tier {
+                    Some(t) => tiers.iter().position(|&x| x == t).unwrap_or(0),
+                    None => tiers.len(),
+                };
+                if k == 0 {
+                    continue;
+                }
+                let old = *a;
+                if let (np, Some(na)) = self.decide(c, k) {
+                    if let Some(o) = old {
+                        self.charge(o, c.function, false);
+                        freed_late = true;
+                    }
+                    self.charge(na, c.function, true);
+                    decided[iu] = Some((np, Some(na)));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(cands.len());
+        for (c, d) in cands.into_iter().zip(decided) {
+            let Some((placement, account)) = d else {
+                continue;
+            };
             let inst = Inst {
                 function: c.function,
                 device: c.device,
@@ -916,16 +1084,241 @@ impl Planner {
         out
     }
 
+    /// Where a running instance may stay, if it still may and still fits: the node to
+    /// charge and its tier's position in the policy.
+    fn hold_of(&self, c: &Cand) -> Option<(u32, usize)> {
+        let cur = c.current.as_ref()?;
+        let tier = cur.tier?;
+        let f = &self.fns[c.function as usize];
+        let pol = &self.policies[*f.policy.as_ref().ok()?];
+        let res = *f.res.as_ref().ok()?;
+        let reserve = *pol.reserve.as_ref().ok()?;
+        let k = pol.tiers.iter().position(|&t| t == tier)?;
+        let home = c.home.as_ref();
+        let home_site = home.and_then(|h| self.nodes[h.gw as usize].site);
+        match tier {
+            Tier::Gateway => {
+                let g = self.gateway_index(cur.node.as_deref()?)?;
+                let follow = pol.follow || pol.locality == DataLocality::Gateway;
+                match home {
+                    Some(h) if follow => {
+                        if h.gw != g || h.why.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(_) if pol.locality == DataLocality::Site => {
+                        if self.nodes[g as usize].site != home_site {
+                            return None;
+                        }
+                    }
+                    _ => {}
+                }
+                self.try_gateway(f, g, res, reserve).ok()?;
+                Some((g, k))
+            }
+            Tier::Edge | Tier::Cloud => {
+                if pol.locality == DataLocality::Gateway {
+                    return None;
+                }
+                let site = match (pol.locality, home) {
+                    (DataLocality::Site, Some(_)) => {
+                        let s = home_site?;
+                        if cur.site.as_deref() != Some(self.sites[s as usize].as_str()) {
+                            return None;
+                        }
+                        Some(s)
+                    }
+                    _ => None,
+                };
+                let arch = if f.arch_images.is_empty() {
+                    None
+                } else {
+                    Some(cur.arch?)
+                };
+                self.pick(f, tier, site, res, Resources::ZERO, arch)
+                    .ok()
+                    .map(|n| (n, k))
+            }
+        }
+    }
+
+    /// The placement of a held instance on `node`; `why`: the refusals of the tiers
+    /// before its own (it stays offloaded).
+    fn held(&self, c: &Cand, node: u32, why: Vec<Refusal>) -> Placement {
+        let f = &self.fns[c.function as usize];
+        let pol = &self.policies[*f.policy.as_ref().expect("held: has a policy")];
+        let slot = &self.nodes[node as usize];
+        let tier = slot.info.tier;
+        let first = match tier {
+            Tier::Gateway => match c.home.as_ref().map(|h| &h.why) {
+                Some(Ok(r)) if pol.follow || pol.locality == DataLocality::Gateway => r.clone(),
+                _ => Reason::StaysRunning {
+                    gateway: slot.info.name.clone(),
+                },
+            },
+            _ => Reason::Prefers {
+                policy: pol.name.clone(),
+                mode: pol.mode.clone(),
+                tier,
+                site: self.locality_site(pol, c, node),
+            },
+        };
+        self.finish(c, tier, node, first, why)
+    }
+
+    /// The site an edge/cloud placement is pinned to (`dataLocality: site` only).
+    fn locality_site(&self, pol: &PolicyInfo, c: &Cand, node: u32) -> Option<String> {
+        (pol.locality == DataLocality::Site && c.home.is_some())
+            .then(|| {
+                self.nodes[node as usize]
+                    .site
+                    .map(|s| self.sites[s as usize].clone())
+            })
+            .flatten()
+    }
+
+    /// The placement on `node` of `tier`: image and arch for the node, the reason (the
+    /// refusals of earlier tiers make it "offloaded"), and the reason it was made for if
+    /// the instance already runs exactly there.
+    fn finish(
+        &self,
+        c: &Cand,
+        tier: Tier,
+        node: u32,
+        first: Reason,
+        why: Vec<Refusal>,
+    ) -> Placement {
+        let f = &self.fns[c.function as usize];
+        let slot = &self.nodes[node as usize];
+        let mut p = self.blank(c);
+        p.tier = Some(tier);
+        p.image = f.image_for(slot.info.arch).map(str::to_string);
+        p.arch = (!f.arch_images.is_empty()).then_some(slot.info.arch);
+        if tier == Tier::Gateway {
+            p.node = Some(slot.info.name.clone());
+        } else if let Ok(pi) = f.policy {
+            p.site = self.locality_site(&self.policies[pi], c, node);
+        }
+        // An instance that stays where it runs keeps the reason of the decision that put
+        // it there: re-explaining it on every pass (RSSI jitter, growing durations) would
+        // rewrite its reason annotation for nothing.
+        if let Some(cur) = c.current.as_ref().filter(|cur| {
+            !cur.reason.is_empty()
+                && (&cur.tier, &cur.node, &cur.site, &cur.arch, &cur.image)
+                    == (&p.tier, &p.node, &p.site, &p.arch, &p.image)
+        }) {
+            p.reason = cur.reason.clone();
+            return p;
+        }
+        p.reason = if why.is_empty() {
+            first
+        } else {
+            Reason::Offloaded {
+                why,
+                to: match &p.node {
+                    Some(n) => Target::Gateway(n.clone()),
+                    None => Target::Tier {
+                        tier,
+                        site: p.site.clone(),
+                    },
+                },
+            }
+        };
+        p
+    }
+
+    fn blank(&self, c: &Cand) -> Placement {
+        Placement {
+            function: self.fns[c.function as usize].name.clone(),
+            instance: c.name.clone(),
+            device: c.device.map(|d| self.devices[d as usize].id.clone()),
+            tier: None,
+            node: None,
+            site: None,
+            arch: None,
+            image: None,
+            reason: Reason::default(),
+        }
+    }
+
     fn charge(&mut self, node: u32, function: u32, take: bool) {
-        let res = self.fns[function as usize].res.clone().unwrap_or_default();
+        let f = &self.fns[function as usize];
+        let res = f.res.clone().unwrap_or_default();
+        let reserve = match f.policy {
+            Ok(p) => self.policies[p].reserve.clone().unwrap_or_default(),
+            Err(_) => Resources::ZERO,
+        };
         self.pool_remove(node);
         let slot = &mut self.nodes[node as usize];
+        if reserve != Resources::ZERO && slot.info.tier == Tier::Gateway {
+            if take {
+                slot.reserves.push(reserve);
+            } else if let Some(at) = slot.reserves.iter().position(|r| *r == reserve) {
+                slot.reserves.swap_remove(at);
+            }
+        }
         slot.free = if take {
             slot.free - res
         } else {
             slot.free + res
         };
         self.pool_insert(node);
+    }
+
+    /// The reserve to keep free on `node` when `reserve` is the placing policy's: the
+    /// largest, per resource, of it and those of the instances already there.
+    fn reserve_on(&self, node: u32, reserve: Resources) -> Resources {
+        self.nodes[node as usize]
+            .reserves
+            .iter()
+            .fold(reserve, |a, r| {
+                Resources::new(
+                    a.cpu_millis.max(r.cpu_millis),
+                    a.memory_bytes.max(r.memory_bytes),
+                )
+            })
+    }
+
+    /// Whether instance `i` waits for room: placed below its policy's first tier, or
+    /// unplaced.
+    fn is_waiting(&self, inst: &Inst) -> bool {
+        let Ok(p) = self.fns[inst.function as usize].policy else {
+            return false;
+        };
+        let tiers = &self.policies[p].tiers;
+        match inst.placement.tier {
+            Some(t) => tiers.iter().position(|&x| x == t).is_some_and(|k| k > 0),
+            None => !tiers.is_empty(),
+        }
+    }
+
+    /// Whether waiting instance `i` could take room on node `n`: a tier before its own,
+    /// its own gateway where it follows its device, its site where locality asks.
+    fn could_use(&self, i: u32, n: u32) -> bool {
+        let Some(inst) = self.insts[i as usize].as_ref() else {
+            return false;
+        };
+        let Ok(p) = self.fns[inst.function as usize].policy else {
+            return false;
+        };
+        let pol = &self.policies[p];
+        let t = self.nodes[n as usize].info.tier;
+        let k = match inst.placement.tier {
+            Some(cur) => pol.tiers.iter().position(|&x| x == cur).unwrap_or(0),
+            None => pol.tiers.len(),
+        };
+        if !pol.tiers[..k].contains(&t) {
+            return false;
+        }
+        if pol.locality == DataLocality::Gateway && t != Tier::Gateway {
+            return false;
+        }
+        let Some(h) = inst.home else { return true };
+        if t == Tier::Gateway && (pol.follow || pol.locality == DataLocality::Gateway) {
+            return h == n;
+        }
+        pol.locality != DataLocality::Site
+            || self.nodes[n as usize].site == self.nodes[h as usize].site
     }
 
     fn insert_inst(&mut self, inst: Inst) -> u32 {
@@ -949,6 +1342,9 @@ impl Planner {
             self.home_insts[h as usize].push(i);
         }
         self.by_name.insert(inst.placement.instance.clone(), i);
+        if self.is_waiting(&inst) {
+            self.waiting.insert(i);
+        }
         self.insts[i as usize] = Some(inst);
         i
     }
@@ -970,6 +1366,7 @@ impl Planner {
             drop_from(&mut self.home_insts[h as usize]);
         }
         self.by_name.remove(&inst.placement.instance);
+        self.waiting.remove(&i);
         self.free_slots.push(i);
         if let Some(a) = inst.account {
             self.charge(a, inst.function, false);
@@ -980,7 +1377,7 @@ impl Planner {
     /// The pools a node is listed in (none when it is not schedulable).
     fn pool_keys(&self, node: u32) -> [Option<PoolKey>; 2] {
         let slot = &self.nodes[node as usize];
-        if !slot.info.schedulable || self.stale(node) {
+        if !slot.info.schedulable() || self.stale(node) {
             return [None, None];
         }
         let (t, a) = (slot.info.tier, slot.info.arch);
@@ -1020,26 +1417,29 @@ impl Planner {
         }
     }
 
-    /// The node of `tier` (at `site`) with the most free room that fits `need` (plus
-    /// `reserve`) and has an image for its arch.
+    /// The node of `tier` (at `site`, of `arch` if given) with the most free room that fits
+    /// `need` and has an image for its arch; ties go to the node whose name sorts first.
     fn pick(
         &self,
         f: &FnInfo,
         tier: Tier,
         site: Option<u32>,
-        need: Resources,
-    ) -> Result<u32, String> {
-        let at = match site {
-            Some(s) => format!(" at site {}", self.sites[s as usize]),
-            None => String::new(),
-        };
+        res: Resources,
+        reserve: Resources,
+        only: Option<Arch>,
+    ) -> Result<u32, Refusal> {
+        let need = res + reserve;
+        let site_name = || site.map(|s| self.sites[s as usize].clone());
         if self.tier_nodes.get(&(tier, site)).copied().unwrap_or(0) == 0 {
-            return Err(format!("no {tier}{at}"));
+            return Err(Refusal::NoTier {
+                tier,
+                site: site_name(),
+            });
         }
         let mut best: Option<PoolEntry> = None;
         let mut any_arch = false;
         for arch in Arch::ALL {
-            if f.image_for(arch).is_none() {
+            if f.image_for(arch).is_none() || only.is_some_and(|a| a != arch) {
                 continue;
             }
             let Some(pool) = self
@@ -1055,6 +1455,12 @@ impl Planner {
                     break; // sorted by free cpu: nothing further fits
                 }
                 if -nmem >= need.memory_bytes {
+                    let slot = &self.nodes[node as usize];
+                    if !slot.reserves.is_empty()
+                        && !res.fits_in(&(slot.free - self.reserve_on(node, reserve)))
+                    {
+                        continue; // a reserve of what runs there does not leave room
+                    }
                     let e = (ncpu, nmem, node);
                     if best.is_none_or(|b| e < b) {
                         best = Some(e);
@@ -1065,214 +1471,187 @@ impl Planner {
         }
         match best {
             Some((_, _, node)) => Ok(node),
-            None if !any_arch => Err(format!(
-                "no {tier}{at} has an arch {} has an image for",
-                f.name
-            )),
-            None => Err(format!(
-                "no {tier}{at} has room (needs cpu {}, memory {})",
-                format_cpu(need.cpu_millis),
-                format_memory(need.memory_bytes)
-            )),
+            None if !any_arch => Err(Refusal::NoArch {
+                tier,
+                site: site_name(),
+                function: f.name.clone(),
+            }),
+            None => Err(Refusal::NoRoom {
+                tier,
+                site: site_name(),
+                cpu_millis: need.cpu_millis,
+                memory_bytes: need.memory_bytes,
+            }),
         }
     }
 
-    /// Checks one gateway for `f`; the error is the reviewer's reason.
+    /// Checks one gateway for `f`: usable (ready, not cordoned, no foreign taint, fresh
+    /// heartbeat), an image for its arch, room for `res` above `reserve`.
     fn try_gateway(
         &self,
         f: &FnInfo,
         g: u32,
         res: Resources,
         reserve: Resources,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let slot = &self.nodes[g as usize];
-        let name = &slot.info.name;
-        if !slot.info.schedulable {
-            return Err(format!("{name} is not ready"));
+        let name = || slot.info.name.clone();
+        if let Some(why) = &slot.info.blocked {
+            return Err(Refusal::Blocked {
+                node: name(),
+                why: why.clone(),
+            });
         }
         if self.stale(g) {
-            return Err(format!("{name}'s heartbeat is stale"));
+            let age = slot
+                .heartbeat
+                .map(|h| self.now.duration_since(h))
+                .unwrap_or_default();
+            return Err(Refusal::Stale { node: name(), age });
         }
         if f.image_for(slot.info.arch).is_none() {
-            return Err(format!("no image for {name}'s arch {}", slot.info.arch));
+            return Err(Refusal::NoImageForArch {
+                node: name(),
+                arch: slot.info.arch,
+            });
         }
+        let reserve = self.reserve_on(g, reserve);
         let avail = slot.free - reserve;
         if res.fits_in(&avail) {
             return Ok(());
         }
         let alloc = slot.info.allocatable;
-        let mut parts = Vec::new();
-        if res.cpu_millis > avail.cpu_millis {
-            parts.push(format!(
-                "cpu {}m of {}m, needs {}m",
-                alloc.cpu_millis - avail.cpu_millis,
+        let short = |used: i64, alloc: i64, reserve: i64, needs: i64, over: bool| {
+            over.then_some(Shortage {
+                used,
+                allocatable: alloc,
+                reserve,
+                needs,
+            })
+        };
+        Err(Refusal::Full {
+            node: name(),
+            cpu: short(
+                alloc.cpu_millis - slot.free.cpu_millis,
                 alloc.cpu_millis,
-                res.cpu_millis
-            ));
-        }
-        if res.memory_bytes > avail.memory_bytes {
-            parts.push(format!(
-                "memory {} of {}, needs {}",
-                format_memory(alloc.memory_bytes - avail.memory_bytes),
-                format_memory(alloc.memory_bytes),
-                format_memory(res.memory_bytes)
-            ));
-        }
-        Err(format!("{name} full ({})", parts.join("; ")))
+                reserve.cpu_millis,
+                res.cpu_millis,
+                res.cpu_millis > avail.cpu_millis,
+            ),
+            memory: short(
+                alloc.memory_bytes - slot.free.memory_bytes,
+                alloc.memory_bytes,
+                reserve.memory_bytes,
+                res.memory_bytes,
+                res.memory_bytes > avail.memory_bytes,
+            ),
+        })
     }
 
-    /// Walks the policy's tiers; returns the placement and the node charged for it.
-    fn decide(&self, c: &Cand) -> (Placement, Option<u32>) {
+    /// Walks the first `upto` tiers of the policy; returns the placement and the node to
+    /// charge for it (`None`: unplaced, the reason lists every refusal).
+    fn decide(&self, c: &Cand, upto: usize) -> (Placement, Option<u32>) {
         let f = &self.fns[c.function as usize];
-        let mut p = Placement {
-            function: f.name.clone(),
-            instance: c.name.clone(),
-            device: c.device.map(|d| self.devices[d as usize].id.clone()),
-            ..Placement::empty()
-        };
-        let unplaced = |mut p: Placement, why: String| {
-            p.reason = why;
+        let unplaced = |why: Refusal| {
+            let mut p = self.blank(c);
+            p.reason = Reason::Unplaced(vec![why]);
             (p, None)
         };
         let res = match &f.res {
             Ok(r) => *r,
-            Err(e) => return unplaced(p, format!("{e}: unplaced")),
+            Err(e) => return unplaced(e.clone()),
         };
         let pol = match &f.policy {
             Ok(i) => &self.policies[*i],
-            Err(e) => return unplaced(p, format!("{e}: unplaced")),
+            Err(e) => return unplaced(e.clone()),
         };
         let reserve = match &pol.reserve {
             Ok(r) => *r,
-            Err(e) => return unplaced(p, format!("{e}: unplaced")),
+            Err(e) => return unplaced(e.clone()),
         };
         if pol.tiers.is_empty() {
-            return unplaced(p, format!("policy {} allows no tier: unplaced", pol.name));
+            return unplaced(Refusal::NoTiers {
+                policy: pol.name.clone(),
+            });
         }
         let home = c.home.as_ref();
         let home_site = home.and_then(|h| self.nodes[h.gw as usize].site);
-        let mut notes: Vec<String> = Vec::new();
+        let mut notes: Vec<Refusal> = Vec::new();
         let mut beyond_gateway = Vec::new();
-        for &tier in &pol.tiers {
-            let chosen: Result<(u32, String), String> = match tier {
+        for &tier in pol.tiers.iter().take(upto) {
+            let chosen: Result<(u32, Reason), Refusal> = match tier {
                 Tier::Gateway => {
                     let follow =
                         home.filter(|_| pol.follow || pol.locality == DataLocality::Gateway);
                     if let Some(h) = follow {
-                        self.try_gateway(f, h.gw, res, reserve)
-                            .map(|()| (h.gw, h.reason.clone()))
+                        match &h.why {
+                            Ok(r) => self
+                                .try_gateway(f, h.gw, res, reserve)
+                                .map(|()| (h.gw, r.clone())),
+                            Err(e) => Err(e.clone()),
+                        }
                     } else {
                         let site = if pol.locality == DataLocality::Site {
                             home_site
                         } else {
                             None
                         };
-                        let keep = c
-                            .current
-                            .as_ref()
-                            .filter(|p| p.tier == Some(Tier::Gateway))
-                            .and_then(|p| p.node.as_deref())
-                            .and_then(|n| self.gateway_index(n))
-                            .filter(|&g| site.is_none() || self.nodes[g as usize].site == site)
-                            .filter(|&g| self.try_gateway(f, g, res, reserve).is_ok());
-                        match keep {
-                            Some(g) => Ok((
-                                g,
-                                format!(
-                                    "stays on {}: running there, still has room",
-                                    self.nodes[g as usize].info.name
-                                ),
-                            )),
-                            None => self.pick(f, Tier::Gateway, site, res + reserve).map(|g| {
+                        self.pick(f, Tier::Gateway, site, res, reserve, None)
+                            .map(|g| {
                                 let free = self.nodes[g as usize].free;
                                 (
                                     g,
-                                    format!(
-                                        "{} has the most room (cpu {}, memory {} free)",
-                                        self.nodes[g as usize].info.name,
-                                        format_cpu(free.cpu_millis),
-                                        format_memory(free.memory_bytes)
-                                    ),
+                                    Reason::MostRoom {
+                                        gateway: self.nodes[g as usize].info.name.clone(),
+                                        cpu_millis: free.cpu_millis,
+                                        memory_bytes: free.memory_bytes,
+                                    },
                                 )
-                            }),
-                        }
+                            })
                     }
                 }
                 Tier::Edge | Tier::Cloud => {
                     if pol.locality == DataLocality::Gateway {
-                        beyond_gateway.push(tier.as_str());
+                        beyond_gateway.push(tier);
                         continue;
                     }
                     let site = match (pol.locality, home) {
                         (DataLocality::Site, Some(h)) => match home_site {
                             Some(s) => Ok(Some(s)),
-                            None => Err(format!(
-                                "{} has no site label, so {tier} cannot stay at the device's site",
-                                self.nodes[h.gw as usize].info.name
-                            )),
+                            None => Err(Refusal::NoSiteLabel {
+                                node: self.nodes[h.gw as usize].info.name.clone(),
+                                tier,
+                            }),
                         },
                         _ => Ok(None),
                     };
                     site.and_then(|site| {
-                        self.pick(f, tier, site, res).map(|n| {
-                            let mode = pol
-                                .mode
-                                .as_ref()
-                                .map(|m| format!(" (mode {m})"))
-                                .unwrap_or_default();
-                            let at = site
-                                .map(|s| format!(" at site {}", self.sites[s as usize]))
-                                .unwrap_or_default();
-                            (n, format!("policy {}{mode} prefers {tier}{at}", pol.name))
-                        })
+                        self.pick(f, tier, site, res, Resources::ZERO, None)
+                            .map(|n| {
+                                (
+                                    n,
+                                    Reason::Prefers {
+                                        policy: pol.name.clone(),
+                                        mode: pol.mode.clone(),
+                                        tier,
+                                        site: site.map(|s| self.sites[s as usize].clone()),
+                                    },
+                                )
+                            })
                     })
                 }
             };
             match chosen {
-                Ok((n, first_reason)) => {
-                    let slot = &self.nodes[n as usize];
-                    p.tier = Some(tier);
-                    p.image = f.image_for(slot.info.arch).map(str::to_string);
-                    p.arch = (!f.arch_images.is_empty()).then_some(slot.info.arch);
-                    let target = if tier == Tier::Gateway {
-                        p.node = Some(slot.info.name.clone());
-                        slot.info.name.clone()
-                    } else {
-                        p.site = (pol.locality == DataLocality::Site)
-                            .then(|| slot.site.map(|s| self.sites[s as usize].clone()))
-                            .flatten();
-                        match &p.site {
-                            Some(s) => format!("{tier} at site {s}"),
-                            None => tier.to_string(),
-                        }
-                    };
-                    p.reason = if notes.is_empty() {
-                        first_reason
-                    } else {
-                        format!("{}: offloaded to {target}", notes.join(" and "))
-                    };
-                    // An instance that stays where it runs keeps the reason of the decision
-                    // that put it there: re-explaining it on every pass (RSSI jitter, growing
-                    // durations) would rewrite its reason annotation for nothing.
-                    if let Some(cur) = c.current.as_ref().filter(|cur| {
-                        !cur.reason.is_empty()
-                            && (&cur.tier, &cur.node, &cur.site, &cur.arch, &cur.image)
-                                == (&p.tier, &p.node, &p.site, &p.arch, &p.image)
-                    }) {
-                        p.reason = cur.reason.clone();
-                    }
-                    return (p, Some(n));
-                }
+                Ok((n, first)) => return (self.finish(c, tier, n, first, notes), Some(n)),
                 Err(note) => notes.push(note),
             }
         }
         if !beyond_gateway.is_empty() {
-            notes.push(format!(
-                "dataLocality: gateway rules out {}",
-                beyond_gateway.join(" and ")
-            ));
+            notes.push(Refusal::LocalityGateway(beyond_gateway));
         }
-        unplaced(p, format!("{}: unplaced", notes.join(" and ")))
+        let mut p = self.blank(c);
+        p.reason = Reason::Unplaced(notes);
+        (p, None)
     }
 
     #[cfg(test)]

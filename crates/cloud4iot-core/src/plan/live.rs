@@ -70,7 +70,7 @@ fn placement_of(d: &Deployment) -> Option<Placement> {
         image: pod
             .and_then(|p| p.containers.first())
             .and_then(|c| c.image.clone()),
-        reason: annotation(labels::REASON).unwrap_or_default(),
+        reason: super::Reason::Text(annotation(labels::REASON).unwrap_or_default()),
     })
 }
 

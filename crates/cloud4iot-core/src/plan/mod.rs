@@ -7,6 +7,7 @@
 
 mod engine;
 mod live;
+mod reason;
 #[cfg(any(test, feature = "testing"))]
 pub mod synth;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use crate::model::{Arch, Tier};
 
 pub use engine::{PlanDelta, Planner};
 pub use live::current_placements;
+pub use reason::{Reason, Refusal, Shortage, Target};
 
 /// How often an agent writes its GatewayReport when nothing changes (its default).
 pub const HEARTBEAT_INTERVAL: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
@@ -78,7 +80,8 @@ pub struct Placement {
     pub arch: Option<Arch>,
     /// The image chosen for the node's (or tier's) architecture.
     pub image: Option<String>,
-    pub reason: String,
+    /// Why: typed, turned into text by `Display` (and serialized as that text).
+    pub reason: Reason,
 }
 
 impl Placement {
@@ -93,7 +96,7 @@ impl Placement {
             site: None,
             arch: None,
             image: None,
-            reason: String::new(),
+            reason: Reason::default(),
         }
     }
 }

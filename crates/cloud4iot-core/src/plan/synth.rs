@@ -311,18 +311,23 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
     }
 
     let mut nodes = Vec::new();
-    let node =
-        |name: String, tier, site: Option<String>, arch, cpu: i64, mem_mi: i64, schedulable| {
-            NodeInfo {
-                name,
+    let node = |name: String,
                 tier,
-                site,
+                site: Option<String>,
                 arch,
-                allocatable: Resources::new(cpu, mem_mi << 20),
-                gateway_taint: tier == Tier::Gateway,
-                schedulable,
-            }
-        };
+                cpu: i64,
+                mem_mi: i64,
+                schedulable: bool| {
+        NodeInfo {
+            name,
+            tier,
+            site,
+            arch,
+            allocatable: Resources::new(cpu, mem_mi << 20),
+            gateway_taint: tier == Tier::Gateway,
+            blocked: (!schedulable).then_some(crate::model::NodeBlock::NotReady),
+        }
+    };
     let sites = cfg.sites.max(1);
     let mut gateways_of_site: Vec<Vec<usize>> = vec![Vec::new(); sites];
     for g in 0..cfg.gateways {

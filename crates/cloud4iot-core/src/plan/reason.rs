@@ -1,0 +1,421 @@
+//! Why an instance is where it is: typed while planning, turned into the one-line text of
+//! the reason annotation, `plan --explain` and `diff` only at the output edge (`Display`,
+//! and serde as that string).
+
+use std::fmt;
+
+use jiff::SignedDuration;
+
+use crate::model::{Arch, Duration, NodeBlock, Tier, format_cpu, format_memory};
+
+/// The reason of one placement. Two reasons are equal when their text is.
+#[derive(Clone, Debug)]
+pub enum Reason {
+    /// A new instance on the gateway that sees its device best.
+    Sees {
+        gateway: String,
+        rssi: i32,
+        seen_for: SignedDuration,
+        /// How many gateways the device is present at (1: only this one).
+        present_at: usize,
+    },
+    /// A running instance on a gateway that still sees its device above minRssi.
+    StaysWhilePresent { gateway: String, rssi: i32 },
+    /// A running instance moved to a gateway that has seen the device for the dwell.
+    Moved {
+        gateway: String,
+        rssi: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+        from: String,
+    },
+    /// A running instance recalled onto a gateway that has seen the device for the dwell.
+    Recalled {
+        gateway: String,
+        rssi: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+    },
+    /// A running instance that stays on its gateway while another has not reached dwell.
+    WaitsForDwell {
+        gateway: String,
+        seen_for: SignedDuration,
+        dwell: Duration,
+        stays_on: String,
+    },
+    /// A running replica (or a policy that does not follow the device) keeps its gateway.
+    StaysRunning { gateway: String },
+    /// The gateway with the most free room.
+    MostRoom {
+        gateway: String,
+        cpu_millis: i64,
+        memory_bytes: i64,
+    },
+    /// The policy's first tier with room is edge or cloud.
+    Prefers {
+        policy: String,
+        mode: Option<String>,
+        tier: Tier,
+        site: Option<String>,
+    },
+    /// An earlier tier was refused: the instance went to `to`.
+    Offloaded { why: Vec<Refusal>, to: Target },
+    /// Every tier of the policy was refused.
+    Unplaced(Vec<Refusal>),
+    /// A reason read back from a running instance's annotation, kept as it was.
+    Text(String),
+}
+
+/// Where an offloaded instance went: a gateway, or a tier (at a site).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Gateway(String),
+    Tier { tier: Tier, site: Option<String> },
+}
+
+/// Why one gateway or tier was not used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node is not ready, cordoned or tainted.
+    Blocked {
+        node: String,
+        why: NodeBlock,
+    },
+    /// The gateway's report heartbeat is older than `plan::STALE_AFTER`.
+    Stale {
+        node: String,
+        age: SignedDuration,
+    },
+    NoImageForArch {
+        node: String,
+        arch: Arch,
+    },
+    /// A gateway without room: what is in use of what it offers (allocatable less the
+    /// policy's gatewayReserve), per resource that does not fit.
+    Full {
+        node: String,
+        cpu: Option<Shortage>,
+        memory: Option<Shortage>,
+    },
+    NoTier {
+        tier: Tier,
+        site: Option<String>,
+    },
+    NoArch {
+        tier: Tier,
+        site: Option<String>,
+        function: String,
+    },
+    NoRoom {
+        tier: Tier,
+        site: Option<String>,
+        cpu_millis: i64,
+        memory_bytes: i64,
+    },
+    NoSiteLabel {
+        node: String,
+        tier: Tier,
+    },
+    LocalityGateway(Vec<Tier>),
+    /// A running instance does not move onto a gateway before it has seen the device for
+    /// the dwell.
+    BeforeDwell {
+        gateway: String,
+        seen_for: SignedDuration,
+        dwell: Duration,
+    },
+    BadResources(String),
+    NoPolicy(String),
+    BadReserve {
+        policy: String,
+        error: String,
+    },
+    NoTiers {
+        policy: String,
+    },
+}
+
+/// One resource of a full gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shortage {
+    /// In use: the report's resources plus the instances placed.
+    pub used: i64,
+    pub allocatable: i64,
+    pub reserve: i64,
+    pub needs: i64,
+}
+
+fn secs(d: SignedDuration) -> Duration {
+    Duration(SignedDuration::from_secs(d.as_secs().max(0)))
+}
+
+fn at(site: &Option<String>) -> impl fmt::Display + '_ {
+    struct At<'a>(&'a Option<String>);
+    impl fmt::Display for At<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.0 {
+                Some(s) => write!(f, " at site {s}"),
+                None => Ok(()),
+            }
+        }
+    }
+    At(site)
+}
+
+fn joined<T: fmt::Display>(f: &mut fmt::Formatter<'_>, items: &[T], sep: &str) -> fmt::Result {
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(sep)?;
+        }
+        write!(f, "{x}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Sees {
+                gateway,
+                rssi,
+                seen_for,
+                present_at,
+            } => {
+                write!(
+                    f,
+                    "{gateway} sees the device at {rssi} dBm for {}",
+                    secs(*seen_for)
+                )?;
+                if *present_at > 1 {
+                    write!(f, " (strongest of {present_at})")?;
+                }
+                Ok(())
+            }
+            Reason::StaysWhilePresent { gateway, rssi } => write!(
+                f,
+                "{gateway} still sees the device at {rssi} dBm: stays while present"
+            ),
+            Reason::Moved {
+                gateway,
+                rssi,
+                seen_for,
+                dwell,
+                from,
+            } => write!(
+                f,
+                "{gateway} sees the device at {rssi} dBm for {} >= dwell {dwell}; {from} no longer does",
+                secs(*seen_for)
+            ),
+            Reason::Recalled {
+                gateway,
+                rssi,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} sees the device at {rssi} dBm for {} >= dwell {dwell}",
+                secs(*seen_for)
+            ),
+            Reason::WaitsForDwell {
+                gateway,
+                seen_for,
+                dwell,
+                stays_on,
+            } => write!(
+                f,
+                "{gateway} has seen the device for {} < dwell {dwell}: stays on {stays_on}",
+                secs(*seen_for)
+            ),
+            Reason::StaysRunning { gateway } => {
+                write!(f, "stays on {gateway}: running there, still has room")
+            }
+            Reason::MostRoom {
+                gateway,
+                cpu_millis,
+                memory_bytes,
+            } => write!(
+                f,
+                "{gateway} has the most room (cpu {}, memory {} free)",
+                format_cpu(*cpu_millis),
+                format_memory(*memory_bytes)
+            ),
+            Reason::Prefers {
+                policy,
+                mode,
+                tier,
+                site,
+            } => {
+                write!(f, "policy {policy}")?;
+                if let Some(m) = mode {
+                    write!(f, " (mode {m})")?;
+                }
+                write!(f, " prefers {tier}{}", at(site))
+            }
+            Reason::Offloaded { why, to } => {
+                joined(f, why, " and ")?;
+                f.write_str(": offloaded to ")?;
+                match to {
+                    Target::Gateway(g) => f.write_str(g),
+                    Target::Tier { tier, site } => write!(f, "{tier}{}", at(site)),
+                }
+            }
+            Reason::Unplaced(why) => {
+                joined(f, why, " and ")?;
+                f.write_str(": unplaced")
+            }
+            Reason::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Blocked { node, why } => write!(f, "{node} {why}"),
+            Refusal::Stale { node, age } => write!(
+                f,
+                "{node}'s heartbeat is stale ({} old, more than {})",
+                secs(*age),
+                Duration(super::STALE_AFTER)
+            ),
+            Refusal::NoImageForArch { node, arch } => {
+                write!(f, "no image for {node}'s arch {arch}")
+            }
+            Refusal::Full { node, cpu, memory } => {
+                write!(f, "{node} full (")?;
+                if let Some(c) = cpu {
+                    write!(f, "cpu {}m of {}m", c.used, c.allocatable - c.reserve)?;
+                    if c.reserve > 0 {
+                        write!(f, " after the {}m reserve", c.reserve)?;
+                    }
+                    write!(f, ", needs {}m", c.needs)?;
+                }
+                if let Some(m) = memory {
+                    if cpu.is_some() {
+                        f.write_str("; ")?;
+                    }
+                    write!(
+                        f,
+                        "memory {} of {}",
+                        format_memory(m.used),
+                        format_memory(m.allocatable - m.reserve)
+                    )?;
+                    if m.reserve > 0 {
+                        write!(f, " after the {} reserve", format_memory(m.reserve))?;
+                    }
+                    write!(f, ", needs {}", format_memory(m.needs))?;
+                }
+                f.write_str(")")
+            }
+            Refusal::NoTier { tier, site } => write!(f, "no {tier}{}", at(site)),
+            Refusal::NoArch {
+                tier,
+                site,
+                function,
+            } => write!(
+                f,
+                "no {tier}{} has an arch {function} has an image for",
+                at(site)
+            ),
+            Refusal::NoRoom {
+                tier,
+                site,
+                cpu_millis,
+                memory_bytes,
+            } => write!(
+                f,
+                "no {tier}{} has room (needs cpu {}, memory {})",
+                at(site),
+                format_cpu(*cpu_millis),
+                format_memory(*memory_bytes)
+            ),
+            Refusal::NoSiteLabel { node, tier } => write!(
+                f,
+                "{node} has no site label, so {tier} cannot stay at the device's site"
+            ),
+            Refusal::LocalityGateway(tiers) => {
+                f.write_str("dataLocality: gateway rules out ")?;
+                joined(f, tiers, " and ")
+            }
+            Refusal::BeforeDwell {
+                gateway,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} has seen the device for {} < dwell {dwell}",
+                secs(*seen_for)
+            ),
+            Refusal::BadResources(e) => write!(f, "spec.resources: {e}"),
+            Refusal::NoPolicy(p) => write!(f, "no PlacementPolicy named {p}"),
+            Refusal::BadReserve { policy, error } => {
+                write!(f, "policy {policy}: gatewayReserve: {error}")
+            }
+            Refusal::NoTiers { policy } => write!(f, "policy {policy} allows no tier"),
+        }
+    }
+}
+
+impl Default for Reason {
+    fn default() -> Self {
+        Reason::Text(String::new())
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(s: &str) -> Self {
+        Reason::Text(s.to_string())
+    }
+}
+
+impl From<String> for Reason {
+    fn from(s: String) -> Self {
+        Reason::Text(s)
+    }
+}
+
+impl Reason {
+    /// Whether the reason is empty (a live object without a reason annotation).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Reason::Text(s) if s.is_empty())
+    }
+}
+
+impl PartialEq for Reason {
+    fn eq(&self, other: &Reason) -> bool {
+        match (self, other) {
+            (Reason::Text(a), Reason::Text(b)) => a == b,
+            (Reason::Text(a), r) | (r, Reason::Text(a)) => r == a.as_str(),
+            (a, b) => a.to_string() == b.to_string(),
+        }
+    }
+}
+
+impl Eq for Reason {}
+
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            Reason::Text(s) => s == other,
+            r => r.to_string() == other,
+        }
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Reason::Text)
+    }
+}
