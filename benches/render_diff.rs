@@ -46,7 +46,7 @@ fn plan(shift: usize) -> Plan {
                 tier: Some(Tier::Gateway),
                 node: Some(format!("gw-{gw:05}")),
                 image: Some("ghcr.io/cloud4iot/omh-consolidator:1.2.0".into()),
-                reason: format!("gw-{gw:05} sees the device at -60 dBm"),
+                reason: format!("gw-{gw:05} sees the device at -60 dBm").into(),
                 ..cloud4iot_core::testing::placement("omh-consolidator", &instance)
             }
         })

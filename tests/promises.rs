@@ -199,7 +199,7 @@ fn rendered(repo_yaml: &str) -> Vec<Deployment> {
         arch: Arch::Amd64,
         allocatable: Resources::new(64_000, 1 << 40),
         gateway_taint: false,
-        schedulable: true,
+        blocked: None,
     };
     let inventory = Inventory::new(vec![cloud], Vec::new(), Vec::new());
     let plan = cloud4iot_core::plan::plan(&repo, &inventory, NOW.parse().unwrap());

@@ -160,7 +160,7 @@ mod tests {
         Placement {
             tier,
             node: node.map(Into::into),
-            reason: format!("why {instance}"),
+            reason: format!("why {instance}").into(),
             ..cloud4iot_core::testing::placement(function, instance)
         }
     }
