@@ -133,7 +133,7 @@ spec:
             arch: crate::model::Arch::Arm64,
             allocatable: Resources::new(1000, 1 << 30),
             gateway_taint: true,
-            schedulable: true,
+            blocked: None,
         };
         let report = GatewayReport::new(
             gateway,

@@ -121,10 +121,10 @@ mod tests {
             (info.tier, info.site.as_deref(), info.gateway_taint),
             (Tier::Gateway, Some("home"), true)
         );
-        assert!(info.schedulable);
+        assert!(info.schedulable());
         assert_eq!(info.allocatable.cpu_millis, 2000);
 
         let p = placement("f", "f-0");
-        assert_eq!((p.tier, p.reason.as_str()), (None, ""));
+        assert_eq!((p.tier, p.reason.to_string().as_str()), (None, ""));
     }
 }
