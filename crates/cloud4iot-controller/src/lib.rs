@@ -688,7 +688,7 @@ impl Controller {
             .filter(|u| !u.is_empty() && kind != Migration::Unplaced);
         let note = Note {
             migration: kind,
-            reason: after.reason.clone(),
+            reason: after.reason.to_string(),
             reference: deployment_ref(&self.opts.namespace, name, uid),
         };
         if self.events.try_send(note).is_err() {
@@ -718,7 +718,7 @@ impl Controller {
                 .map(|p| UnplacedInstance {
                     function: p.function.clone(),
                     instance: p.instance.clone(),
-                    reason: p.reason.clone(),
+                    reason: p.reason.to_string(),
                 })
                 .collect(),
             pending: Vec::new(),
