@@ -33,11 +33,25 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
         })
         .collect();
     let mut on_node: BTreeMap<&str, Resources> = BTreeMap::new();
+    let mut reserve_on: BTreeMap<&str, Resources> = BTreeMap::new();
     let mut on_group: BTreeMap<(Tier, Option<&str>), Resources> = BTreeMap::new();
     for p in &plan.placements {
         match (p.tier, &p.node) {
             (Some(Tier::Gateway), Some(n)) => {
-                *on_node.entry(n).or_default() += res(repo, &p.function)
+                *on_node.entry(n).or_default() += res(repo, &p.function);
+                // Every gatewayReserve of what runs on a gateway stays free: keep the
+                // largest per resource.
+                let policy = &repo.policies[&repo.functions[&p.function].spec.policy].spec;
+                let r: Resources = policy
+                    .gateway_reserve
+                    .as_ref()
+                    .map(|q| q.parse().unwrap())
+                    .unwrap_or_default();
+                let m = reserve_on.entry(n).or_default();
+                *m = Resources::new(
+                    m.cpu_millis.max(r.cpu_millis),
+                    m.memory_bytes.max(r.memory_bytes),
+                );
             }
             (Some(Tier::Gateway), None) => {
                 return Err(TestCaseError::fail(format!(
@@ -63,9 +77,10 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
             .ok_or_else(|| TestCaseError::fail(format!("unknown node {name}")))?;
         prop_assert!(node.schedulable(), "{name} is not schedulable");
         let total = used + external.get(name).copied().unwrap_or_default();
+        let reserve = reserve_on.get(name).copied().unwrap_or_default();
         prop_assert!(
-            total.fits_in(&node.allocatable),
-            "{name}: {total} placed over allocatable {}",
+            total.fits_in(&(node.allocatable - reserve)),
+            "{name}: {total} placed over allocatable {} less the reserve {reserve}",
             node.allocatable
         );
     }
