@@ -135,7 +135,35 @@ pub struct StateArgs {
     /// turns an offline run into a cluster read.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// Read the live state from the cluster of this kubeconfig.
+    /// Without --state: the cluster the live state is read from.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl StateArgs {
+    /// The kube crate's options for the cluster flags.
+    pub fn client(&self) -> cloud4iot_kube::cluster::ClientOptions {
+        self.cluster.client()
+    }
+}
+
+/// What `apply` and `run` reconcile: a repository into a cluster's functions namespace.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The namespace functions run in: where Deployments are applied and pruned.
+    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// Which cluster to talk to (every command that reads or writes one).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The cluster's kubeconfig (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster;
+    /// `KUBECONFIG` may list several files, merged as kubectl merges them).
     #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use.
@@ -143,7 +171,7 @@ pub struct StateArgs {
     pub context: Option<String>,
 }
 
-impl StateArgs {
+impl ClusterArgs {
     /// The kube crate's options for these flags.
     pub fn client(&self) -> cloud4iot_kube::cluster::ClientOptions {
         cloud4iot_kube::cluster::ClientOptions {

@@ -6,7 +6,6 @@
 //! error; cloud4iot keeps 1 for invalid input, as `validate` and `diff` do).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,23 +13,14 @@ use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
-use crate::cli::{Outcome, RepoArgs};
+use crate::cli::{Outcome, TargetArgs};
 use cloud4iot_kube::apply::{self, ApplyOptions, Progress, Prune, ReconcileError};
 use cloud4iot_kube::cluster;
 
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
     #[command(flatten)]
-    pub repo: RepoArgs,
-    /// The cluster to apply to (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster).
-    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
-    /// The namespace functions run in: where Deployments are applied and pruned.
-    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
-    pub namespace: String,
+    pub target: TargetArgs,
     /// Take ownership of fields another field manager applied (reported as conflicts
     /// otherwise). Fields changed by imperative edits are taken back without it.
     #[arg(long)]
@@ -69,14 +59,10 @@ pub enum ApplyFormat {
 }
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
-    let checkout = cloud4iot_source::open(&args.repo.source())?;
-    let client = cluster::client(&cluster::ClientOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-    })
-    .await?;
+    let checkout = cloud4iot_source::open(&args.target.repo.source())?;
+    let client = cluster::client(&args.target.cluster.client()).await?;
     let opts = ApplyOptions {
-        namespace: args.namespace.clone(),
+        namespace: args.target.namespace.clone(),
         force: args.force,
         allow_empty: args.allow_empty,
         concurrency: args.concurrency,
@@ -100,7 +86,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     let reconciled = match outcome {
         Ok(r) => r,
         Err(ReconcileError::Invalid(diagnostics)) => {
-            let name = super::inputs::described(&args.repo.repo, &checkout);
+            let name = super::inputs::described(&args.target.repo.repo, &checkout);
             let line = format!("{name}: invalid, nothing applied, nothing pruned");
             return super::inputs::print_invalid(&diagnostics, Some(&line));
         }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::{Outcome, RepoArgs};
+use crate::cli::{Outcome, TargetArgs};
 use cloud4iot_controller::lease::LeaseConfig;
 use cloud4iot_controller::{RunOptions, STATUS_NAME, default_identity};
-use cloud4iot_kube::cluster::{self, ClientOptions};
+use cloud4iot_kube::cluster;
 use cloud4iot_kube::install::SYSTEM_NAMESPACE;
 
 pub const LONG_ABOUT: &str = "Run the reconciler as a controller: the same pipeline as \
@@ -38,16 +38,7 @@ revision was read) on --listen. SIGTERM: stops writing, releases the Lease, exit
 )]
 pub struct RunArgs {
     #[command(flatten)]
-    pub repo: RepoArgs,
-    /// The cluster (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster).
-    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
-    /// The namespace functions run in: where Deployments are applied and pruned.
-    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
-    pub namespace: String,
+    pub target: TargetArgs,
     /// How often to poll the repository (jittered by +-10 %).
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = duration)]
     pub interval: Duration,
@@ -115,12 +106,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     let opts = RunOptions {
-        source: args.repo.source(),
-        client: ClientOptions {
-            kubeconfig: args.kubeconfig.clone(),
-            context: args.context.clone(),
-        },
-        namespace: args.namespace.clone(),
+        source: args.target.repo.source(),
+        client: args.target.cluster.client(),
+        namespace: args.target.namespace.clone(),
         interval: args.interval,
         resync: args.resync,
         listen: args.listen,

@@ -4,14 +4,13 @@
 //! could not be read.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kube::api::Api;
 
-use crate::cli::Outcome;
-use cloud4iot_kube::cluster::{self, ClientOptions};
+use crate::cli::{ClusterArgs, Outcome};
+use cloud4iot_kube::cluster;
 use cloud4iot_kube::reconciler::{NAME, Reconciler, ReconcilerStatus};
 
 #[derive(Debug, Clone, Args)]
@@ -24,12 +23,8 @@ instances with their reasons and the pending moves.\n\n\
 Exit codes: 0 Ready, 1 not Ready, 2 the status could not be read."
 )]
 pub struct StatusArgs {
-    /// The cluster (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster).
-    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// The Reconciler object's name.
     #[arg(long, value_name = "NAME", default_value = NAME)]
     pub name: String,
@@ -44,11 +39,7 @@ pub enum StatusFormat {
 }
 
 pub async fn run(args: &StatusArgs) -> anyhow::Result<Outcome> {
-    let client = cluster::client(&ClientOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-    })
-    .await?;
+    let client = cluster::client(&args.cluster.client()).await?;
     let api: Api<Reconciler> = Api::all(client);
     let object = api
         .get_opt(&args.name)
