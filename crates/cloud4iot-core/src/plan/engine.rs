@@ -428,10 +428,9 @@ impl Planner {
     /// its resources or heartbeat freshness changed, instances offloaded from gateways that
     /// gained room, and everything [`Planner::advance`] re-plans for the time that passed.
     ///
-    /// Aim (being completed, see issue 12): the resulting [`Planner::plan`] equals a full
-    /// plan ([`Planner::rebuild`] with the new inputs, the plan before this call counting
-    /// as running). Known gap today: room freed on a gateway goes only to instances
-    /// offloaded from that gateway, not to waiting replicas, until the next rebuild.
+    /// Guarantee: the resulting [`Planner::plan`] equals a full plan of the new inputs at
+    /// `now` in which the plan before this call runs ([`Planner::rebuild`]); the property
+    /// test `incremental_equals_full_plan` checks it over random worlds and sequences.
     /// A report of a node that is not a gateway (or unknown) only advances the clock.
     pub fn update_report(&mut self, report: GatewayReport, now: Timestamp) -> PlanDelta {
         let Some(g) = report
