@@ -417,3 +417,46 @@ fn test_normal_modes_flip_between_cloud_and_gateway() {
         assert_eq!(p.tier, Some(Tier::Edge), "{p:#?}");
     }
 }
+
+/// The CLI on a snapshot: a cordoned gateway takes nothing and says so; a snapshot naming
+/// one GatewayReport twice is refused, naming the item.
+#[test]
+fn cli_cordoned_gateway_and_duplicate_report() {
+    let home = std::fs::read_to_string("examples-repo/state/home.yaml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |text: &str| {
+        let state = dir.path().join("state.yaml");
+        std::fs::write(&state, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+            .args(["plan", "--repo", "examples-repo", "--explain", "--state"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let cordoned = home.replacen(
+        "    name: gw-home-1\n  spec:\n",
+        "    name: gw-home-1\n  spec:\n    unschedulable: true\n",
+        1,
+    );
+    assert_ne!(cordoned, home);
+    let out = plan(&cordoned);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("gw-home-1 is cordoned: offloaded to edge at site home"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let report_at = home.find("kind: GatewayReport").expect("a report");
+    let start = home[..report_at].rfind("\n- ").expect("list item") + 1;
+    let end = home[report_at..]
+        .find("\n- ")
+        .map(|e| report_at + e + 1)
+        .unwrap_or(home.len());
+    let item = &home[start..end];
+    let dup = home.replacen(item, &format!("{item}{item}"), 1);
+    let out = plan(&dup);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("duplicate GatewayReport"), "{stderr}");
+}
