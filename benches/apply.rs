@@ -2,6 +2,15 @@
 //! of the same rendered Deployments, against the same real kube-apiserver (tests/support),
 //! each run into a fresh namespace, then the same again with nothing to change.
 //!
+//! Rows: `kubectl apply --server-side -f FILE` as a process; `cloud4iot apply` as a process
+//! (the command a user runs: it loads and validates the repository, reads the cluster's
+//! Nodes, GatewayReports and Deployments, plans, renders, applies and prunes) at its default
+//! concurrency and one request at a time; and the library's `apply::apply` in-process on
+//! the already rendered objects (the API writes alone), at both concurrencies. The
+//! like-for-like comparison is process against process: `cloud4iot apply` (process) beside
+//! `kubectl apply --server-side` (process); at 1 in flight it also sends one request at a
+//! time, as kubectl does.
+//!
 //! `cargo bench --bench apply` prints a table. Sizes default to 1,000 and 10,000 objects;
 //! `CLOUD4IOT_BENCH_SIZES=1000` (comma-separated) picks others. `KUBECTL` names another kubectl
 //! binary (default: the one tests/control-plane builds from the API server's own release). No scheduler or controller-manager runs: this
@@ -22,6 +31,7 @@ use cloud4iot_core::render::{self, RenderOptions};
 use cloud4iot_kube::apply::{self, ApplyOptions, Report};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
+use support::cloud_node;
 use support::{ControlPlane, Options};
 
 const NOW: &str = "2026-11-28T10:00:00Z";
@@ -139,13 +149,48 @@ fn kubectl_apply(kubectl: &str, kubeconfig: &Path, file: &Path) -> (Duration, St
     (took, format!("{} lines", unchanged))
 }
 
+/// `cloud4iot apply` as a process on a repository directory: (time, summary line).
+fn cloud4iot_process(
+    kubeconfig: &Path,
+    repo: &Path,
+    namespace: &str,
+    concurrency: usize,
+) -> (Duration, String) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["apply", "--repo"])
+        .arg(repo)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--namespace", namespace, "--now", NOW, "--concurrency"])
+        .arg(concurrency.to_string())
+        .env_remove("KUBECONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run cloud4iot");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cloud4iot apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" created, "))
+        .unwrap_or_default()
+        .to_owned();
+    (took, summary)
+}
+
 fn rate(n: usize, d: Duration) -> String {
     format!("{:>8.0}/s", n as f64 / d.as_secs_f64())
 }
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this main without it:
-    // then a quick smoke run (100 objects), with kubectl only where it is installed.
+    // then a quick smoke run (100 objects).
     let benching = std::env::args().any(|a| a == "--bench");
     let default_sizes = if benching { "1000,10000" } else { "100" };
     let sizes: Vec<usize> = std::env::var("CLOUD4IOT_BENCH_SIZES")
@@ -165,88 +210,98 @@ fn main() {
     });
     let version = Command::new(&kubectl)
         .args(["version", "--client", "-o", "yaml"])
-        .output();
-    let version = match version {
-        Ok(out) if out.status.success() => Some(
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
-                .find(|l| l.trim_start().starts_with("gitVersion"))
+                .find_map(|l| l.trim_start().strip_prefix("gitVersion: "))
                 .unwrap_or("")
                 .trim()
-                .to_owned(),
-        ),
-        _ if !benching => None,
-        _ => {
-            panic!("the apply bench compares with kubectl: none found as {kubectl:?} (set KUBECTL)")
-        }
-    };
+                .to_owned()
+        })
+        .unwrap_or_else(|| {
+            panic!("the apply bench compares with kubectl: none runs as {kubectl:?}")
+        });
+    let default = cloud4iot_kube::cluster::DEFAULT_CONCURRENCY;
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(async {
         let cp = ControlPlane::start(Options::api_only()).await;
         let client = cp.client();
+        // What the process reads from the cluster: the CRD and a cloud node with room for all.
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "100000", "1Pi"))
+            .await;
         let dir = tempfile::tempdir().expect("a temporary directory");
         println!(
-            "apply bench: kube-apiserver {} (etcd, loopback), kubectl {}, {} cores",
+            "apply bench: kube-apiserver {} (etcd, loopback), kubectl {version}, {} cores",
             support::assets::RELEASE,
-            version.as_deref().unwrap_or("not installed: cloud4iot only"),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!(
-            "{:>7}  {:<26} {:>10} {:>11}   {:>10} {:>11}",
+            "{:>7}  {:<40} {:>10} {:>11}   {:>10} {:>11}",
             "objects", "tool", "apply", "rate", "re-apply", "rate"
         );
+        let row = |n: usize, what: &str, first: Duration, again: Duration| {
+            println!(
+                "{n:>7}  {what:<40} {:>9.2}s {}   {:>9.2}s {}",
+                first.as_secs_f64(),
+                rate(n, first),
+                again.as_secs_f64(),
+                rate(n, again)
+            );
+        };
         for &n in &sizes {
             // kubectl first: cloud4iot then runs against the larger etcd, never the other way.
-            let mut theirs = None;
-            if version.is_some() {
-                let ns = format!("kubectl-{n}");
-                cp.create_namespace(&ns).await;
-                let file = dir.path().join(format!("{ns}.yaml"));
-                std::fs::write(&file, render::to_yaml_stream(&rendered(n, &ns)).expect("YAML"))
-                    .expect("write the YAML");
-                let (k_apply, _) = kubectl_apply(&kubectl, cp.kubeconfig(), &file);
-                let (k_again, _) = kubectl_apply(&kubectl, cp.kubeconfig(), &file);
-                println!(
-                    "{n:>7}  {:<26} {:>9.2}s {}   {:>9.2}s {}",
-                    "kubectl apply --server-side",
-                    k_apply.as_secs_f64(),
-                    rate(n, k_apply),
-                    k_again.as_secs_f64(),
-                    rate(n, k_again)
-                );
-                theirs = Some((k_apply, k_again));
-            }
+            let ns = format!("kubectl-{n}");
+            cp.create_namespace(&ns).await;
+            let file = dir.path().join(format!("{ns}.yaml"));
+            std::fs::write(&file, render::to_yaml_stream(&rendered(n, &ns)).expect("YAML"))
+                .expect("write the YAML");
+            let (k_apply, _) = kubectl_apply(&kubectl, cp.kubeconfig(), &file);
+            let (k_again, _) = kubectl_apply(&kubectl, cp.kubeconfig(), &file);
+            row(n, "kubectl apply --server-side (process)", k_apply, k_again);
 
             let mut ours = Vec::new();
-            for concurrency in [cloud4iot_kube::cluster::DEFAULT_CONCURRENCY, 1] {
-                if concurrency == 1 && n > 1000 {
-                    continue; // sequential at 10,000 adds minutes and says nothing new
-                }
-                let ns = format!("cloud4iot-{n}-c{concurrency}");
+            // The command, as a process, from a repository directory.
+            let repo = dir.path().join(format!("repo-{n}"));
+            std::fs::create_dir_all(&repo).expect("a repository directory");
+            std::fs::write(repo.join("fleet.yaml"), repo_yaml(n)).expect("write the repository");
+            for concurrency in [default, 1] {
+                let ns = format!("process-{n}-c{concurrency}");
+                let (c_apply, first) = cloud4iot_process(cp.kubeconfig(), &repo, &ns, concurrency);
+                assert!(first.starts_with(&format!("{n} created, ")), "{first}");
+                let (c_again, second) = cloud4iot_process(cp.kubeconfig(), &repo, &ns, concurrency);
+                assert!(second.contains(&format!("{n} unchanged")), "{second}");
+                let what = format!("cloud4iot apply (process, {concurrency} in flight)");
+                row(n, &what, c_apply, c_again);
+                ours.push((what, c_apply, c_again));
+            }
+            // The library on the rendered objects: the API writes alone.
+            for concurrency in [default, 1] {
+                let ns = format!("library-{n}-c{concurrency}");
                 cp.create_namespace(&ns).await;
                 let objects = rendered(n, &ns);
                 let (c_apply, first) = cloud4iot_apply(&client, &objects, &ns, concurrency).await;
                 assert_eq!(first.summary.created, n, "{:?}", first.summary);
                 let (c_again, second) = cloud4iot_apply(&client, &objects, &ns, concurrency).await;
                 assert_eq!(second.summary.unchanged, n, "a re-apply changes nothing: {:?}", second.summary);
-                println!(
-                    "{n:>7}  {:<26} {:>9.2}s {}   {:>9.2}s {}",
-                    format!("cloud4iot apply (conc. {concurrency})"),
-                    c_apply.as_secs_f64(),
-                    rate(n, c_apply),
-                    c_again.as_secs_f64(),
-                    rate(n, c_again)
-                );
-                ours.push((concurrency, c_apply, c_again));
+                let what = format!("apply::apply (in-process, {concurrency} in flight)");
+                row(n, &what, c_apply, c_again);
+                ours.push((what, c_apply, c_again));
             }
-            let Some((k_apply, k_again)) = theirs else { continue };
-            for (concurrency, c_apply, c_again) in ours {
+            for (what, c_apply, c_again) in ours {
                 println!(
-                    "{n:>7}  ratio kubectl / cloud4iot (conc. {concurrency}): apply {:.2}x, re-apply {:.2}x",
+                    "{n:>7}  kubectl / {what}: apply {:.1}x, re-apply {:.1}x",
                     k_apply.as_secs_f64() / c_apply.as_secs_f64(),
                     k_again.as_secs_f64() / c_again.as_secs_f64()
                 );
             }
         }
+        println!(
+            "like-for-like: kubectl apply --server-side (process) against cloud4iot apply (process); \
+             the in-process rows leave out loading, planning, rendering and the cluster read"
+        );
     });
 }
