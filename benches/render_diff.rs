@@ -1,11 +1,22 @@
 //! Render and diff at fleet scale (DESIGN.md target: render + diff of 100,000 objects
 //! under 2 s): 100,000 per-device instances across 10,000 gateways rendered, then diffed
-//! against live objects as the API server returns them (server-owned metadata, defaults,
-//! status), 1% of which sit on another gateway.
+//! against live objects as the API server returns them, 1% of which sit on another gateway.
+//!
+//! The live objects are made faithful once, at the start: one rendered Deployment of this
+//! bench's function is applied (field manager `cloud4iot`) to a real kube-apiserver with the
+//! scheduler and controller-manager (tests/support) and read back once the deployment
+//! controller has written its status. Its server defaults, `managedFields` (cloud4iot's
+//! Apply entry, the controller's status Update) and `status` are then given to every live
+//! object, each with its own uid and resourceVersion.
 //!
 //! `cargo bench --bench render_diff`
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use cloud4iot_core::diff::object_diff;
 use cloud4iot_core::model::{Repo, Tier, device_instance_name};
@@ -55,23 +66,109 @@ fn plan(shift: usize) -> Plan {
     Plan { placements }
 }
 
-/// What the API server adds to an applied Deployment.
+/// The first instance's Deployment as a real API server returns it (see the module doc).
+static SERVED: OnceLock<serde_json::Value> = OnceLock::new();
+
+fn read_back_once(rendered: &Deployment) -> serde_json::Value {
+    use cloud4iot_kube::apply::{ApplyOptions, apply};
+    use kube::api::Api;
+    let node = plan(0).placements[0].node.clone().unwrap();
+    let name = rendered.metadata.name.clone().unwrap();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async {
+        let cp = support::ControlPlane::start(support::Options::with_scheduling()).await;
+        cp.create_node(support::gateway_node(&node, "site-0", "arm64", "4", "4Gi"))
+            .await;
+        let client = cp.client();
+        let report = apply(
+            &client,
+            std::slice::from_ref(rendered),
+            &ApplyOptions::default(),
+            &|_| {},
+        )
+        .await
+        .expect("apply");
+        assert!(report.succeeded(), "{report:?}");
+        let api: Api<Deployment> = Api::namespaced(client, &ApplyOptions::default().namespace);
+        let started = Instant::now();
+        loop {
+            let d = api.get(&name).await.expect("read the Deployment back");
+            // Settled: the controller has seen this generation and its Pod (bound by the
+            // scheduler; unavailable, as there is no kubelet).
+            let settled = d.status.as_ref().is_some_and(|s| {
+                s.observed_generation == d.metadata.generation
+                    && s.unavailable_replicas == Some(1)
+                    && s.conditions.as_ref().is_some_and(|c| c.len() == 2)
+            });
+            if settled {
+                let managers: Vec<(Option<String>, Option<String>, Option<String>)> = d
+                    .metadata
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .map(|m| {
+                        (
+                            m.manager.clone(),
+                            m.operation.clone(),
+                            m.subresource.clone(),
+                        )
+                    })
+                    .collect();
+                assert!(
+                    managers.contains(&(Some("cloud4iot".into()), Some("Apply".into()), None))
+                        && managers.contains(&(
+                            Some("kube-controller-manager".into()),
+                            Some("Update".into()),
+                            Some("status".into())
+                        )),
+                    "{managers:?}"
+                );
+                return serde_json::to_value(d).unwrap();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no status: {d:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Adds what `from` has and `into` lacks, recursively (lists element by element):
+/// the rendered fields win, the server's additions are filled in.
+fn fill(into: &mut serde_json::Value, from: &serde_json::Value) {
+    use serde_json::Value;
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                match into.get_mut(k) {
+                    Some(mine) => fill(mine, v),
+                    None => {
+                        into.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(into), Value::Array(from)) => {
+            for (mine, theirs) in into.iter_mut().zip(from) {
+                fill(mine, theirs);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A rendered Deployment as the API server returns it once applied.
 fn as_served(d: &Deployment, i: usize) -> Deployment {
+    let served = SERVED.get_or_init(|| read_back_once(d));
     let mut v = serde_json::to_value(d).unwrap();
+    fill(&mut v, served);
     let meta = v["metadata"].as_object_mut().unwrap();
     meta.insert(
         "uid".into(),
         json!(format!("00000000-0000-0000-0000-{i:012}")),
     );
-    meta.insert("resourceVersion".into(), json!(i.to_string()));
-    meta.insert("generation".into(), json!(1));
-    meta.insert("creationTimestamp".into(), json!("2026-11-28T08:00:00Z"));
-    v["spec"]["progressDeadlineSeconds"] = json!(600);
-    v["spec"]["revisionHistoryLimit"] = json!(10);
-    v["spec"]["template"]["spec"]["dnsPolicy"] = json!("ClusterFirst");
-    v["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
-        json!("/dev/termination-log");
-    v["status"] = json!({"observedGeneration": 1, "replicas": 1});
+    meta.insert("resourceVersion".into(), json!((1000 + i).to_string()));
     serde_json::from_value(v).unwrap()
 }
 
