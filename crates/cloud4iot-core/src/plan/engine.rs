@@ -1231,12 +1231,7 @@ impl Planner {
             function: self.fns[c.function as usize].name.clone(),
             instance: c.name.clone(),
             device: c.device.map(|d| self.devices[d as usize].id.clone()),
-            tier: None,
-            node: None,
-            site: None,
-            arch: None,
-            image: None,
-            reason: Reason::default(),
+            ..Placement::empty()
         }
     }
 
