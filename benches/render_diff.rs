@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cloud4iot_core::diff::object_diff;
-use cloud4iot_core::model::{Repo, Tier, device_instance_name};
+use cloud4iot_core::model::{LiveDeployment, Repo, Tier, device_instance_name};
 use cloud4iot_core::plan::{Placement, Plan};
 use cloud4iot_core::render::{RenderOptions, render};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -177,10 +177,11 @@ fn bench(c: &mut Criterion) {
     let opts = RenderOptions::default();
     let before = plan(0);
     let after = plan(1);
-    let live: Vec<Deployment> = render(&repo, &before, &opts)
+    // As the inventory holds them: projected when read.
+    let live: Vec<LiveDeployment> = render(&repo, &before, &opts)
         .iter()
         .enumerate()
-        .map(|(i, d)| as_served(d, i))
+        .map(|(i, d)| LiveDeployment::from(&as_served(d, i)))
         .collect();
     let desired = render(&repo, &after, &opts);
     assert_eq!(

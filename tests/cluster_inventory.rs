@@ -129,11 +129,7 @@ async fn the_inventory_holds_cloud4iot_nodes_reports_and_managed_deployments_onl
     assert!(gw.gateway_taint && gw.schedulable());
     assert_eq!(gw.allocatable.cpu_millis, 1000);
     assert_eq!(inv.reports.len(), 1);
-    let live: Vec<&str> = inv
-        .live
-        .iter()
-        .filter_map(|d| d.metadata.name.as_deref())
-        .collect();
+    let live: Vec<&str> = inv.live.iter().map(|d| d.name()).collect();
     assert_eq!(live, ["managed-1"]);
     let elsewhere = cluster::read_inventory_in(&client, "elsewhere")
         .await

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cloud4iot_core::model::{DataLocality, Inventory, Repo, Resources, Tier};
+use cloud4iot_core::model::{DataLocality, Inventory, LiveDeployment, Repo, Resources, Tier};
 use cloud4iot_core::plan::synth::{self, SynthConfig, XorShift};
 use cloud4iot_core::plan::{Plan, current_placements, plan};
 use cloud4iot_core::render::{RenderOptions, render};
@@ -229,6 +229,7 @@ proptest! {
         // What render writes reads back as the same placements.
         let live = render(&repo, &first, &RenderOptions::default());
         let placed: Vec<_> = first.placements.iter().filter(|p| p.tier.is_some()).cloned().collect();
+        let live: Vec<LiveDeployment> = live.iter().map(LiveDeployment::from).collect();
         prop_assert_eq!(current_placements(&live).placements, placed);
 
         // Later, with those instances running: the same invariants (running ones may hold a

@@ -5,7 +5,7 @@ use cloud4iot::output::diff::{DiffFormat, DiffOutput};
 use cloud4iot_core::diff::{
     Action, DiffReport, PlacementChangeKind, object_diff, placement_changes,
 };
-use cloud4iot_core::model::{Repo, Tier, device_instance_name};
+use cloud4iot_core::model::{LiveDeployment, Repo, Tier, device_instance_name};
 use cloud4iot_core::plan::{Placement, Plan};
 use cloud4iot_core::render::{RenderOptions, render};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -54,6 +54,11 @@ fn rendered(plan: &Plan) -> Vec<Deployment> {
     )
 }
 
+/// Live objects as the inventory holds them.
+fn projected(objects: &[Deployment]) -> Vec<LiveDeployment> {
+    objects.iter().map(LiveDeployment::from).collect()
+}
+
 /// What the API server makes of an applied Deployment: metadata it owns, defaults, status.
 fn as_served(d: &Deployment) -> Deployment {
     let mut v = serde_json::to_value(d).unwrap();
@@ -88,7 +93,7 @@ fn as_served(d: &Deployment) -> Deployment {
 fn server_owned_fields_and_defaults_are_no_change() {
     let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
     let live: Vec<Deployment> = desired.iter().map(as_served).collect();
-    assert_eq!(object_diff(&desired, &live).unwrap(), vec![]);
+    assert_eq!(object_diff(&desired, &projected(&live)).unwrap(), vec![]);
 }
 
 #[test]
@@ -106,13 +111,13 @@ fn a_new_revision_alone_is_no_change_a_new_reason_is() {
         )
     };
     assert_eq!(
-        object_diff(&desired, &older_revision(reason)).unwrap(),
+        object_diff(&desired, &projected(&older_revision(reason))).unwrap(),
         vec![]
     );
     // The reason is a decision: an apply writes it, so the diff shows it.
     let changes = object_diff(
         &desired,
-        &older_revision("gw-home-1 was the only gateway in range"),
+        &projected(&older_revision("gw-home-1 was the only gateway in range")),
     )
     .unwrap();
     assert_eq!(changes.len(), 1);
@@ -132,7 +137,7 @@ fn an_image_changed_by_hand_shows() {
     let desired = rendered(&at(Some(Tier::Gateway), Some("gw-home-1"), "home"));
     let mut live = as_served(&desired[0]);
     live.spec.template.spec.as_mut().unwrap().containers[0].image = Some("evil:latest".into());
-    let changes = object_diff(&desired, &[live]).unwrap();
+    let changes = object_diff(&desired, &projected(&[live])).unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].action, Action::Update);
     assert!(
@@ -182,7 +187,7 @@ fn roaming_moves_the_instance_and_the_affinity() {
     );
 
     let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
-    let objects = object_diff(&rendered(&hospital), &live).unwrap();
+    let objects = object_diff(&rendered(&hospital), &projected(&live)).unwrap();
     assert_eq!(objects.len(), 1);
     assert!(
         objects[0]
@@ -198,7 +203,7 @@ fn offloading_drops_the_gateway_toleration_and_node_label() {
     let gateway = at(Some(Tier::Gateway), Some("gw-home-1"), "fits");
     let edge = at(Some(Tier::Edge), None, "gateway full (cpu)");
     let live: Vec<Deployment> = rendered(&gateway).iter().map(as_served).collect();
-    let objects = object_diff(&rendered(&edge), &live).unwrap();
+    let objects = object_diff(&rendered(&edge), &projected(&live)).unwrap();
     let diff = &objects[0].diff;
     assert!(diff.contains("-    cloud4iot.io/node: gw-home-1"), "{diff}");
     assert!(diff.contains("-      tolerations:"), "{diff}");
@@ -225,7 +230,7 @@ fn create_delete_and_unmanaged_objects() {
         .as_mut()
         .unwrap()
         .remove("app.kubernetes.io/managed-by");
-    let changes = object_diff(&desired, &[orphan, foreign]).unwrap();
+    let changes = object_diff(&desired, &projected(&[orphan, foreign])).unwrap();
     let summary: Vec<(Action, &str)> = changes
         .iter()
         .map(|c| (c.action, c.name.as_str()))
@@ -284,7 +289,7 @@ fn roaming_report() -> DiffReport {
         "gw-hospital-1 sees the device",
     );
     let live: Vec<Deployment> = rendered(&home).iter().map(as_served).collect();
-    DiffReport::new(&home, &hospital, &rendered(&hospital), &live).unwrap()
+    DiffReport::new(&home, &hospital, &rendered(&hospital), &projected(&live)).unwrap()
 }
 
 #[test]
@@ -377,7 +382,11 @@ fn a_field_cloud4iot_applied_and_no_longer_sets_shows_as_removed() {
         },
     );
 
-    let ours = object_diff(&after, &[with_ports_owned_by(&before[0], "cloud4iot")]).unwrap();
+    let ours = object_diff(
+        &after,
+        &projected(&[with_ports_owned_by(&before[0], "cloud4iot")]),
+    )
+    .unwrap();
     assert_eq!(ours.len(), 1, "our ports go away with the next apply");
     assert!(
         ours[0]
@@ -387,7 +396,11 @@ fn a_field_cloud4iot_applied_and_no_longer_sets_shows_as_removed() {
         ours[0].diff
     );
 
-    let theirs = object_diff(&after, &[with_ports_owned_by(&before[0], "someone-else")]).unwrap();
+    let theirs = object_diff(
+        &after,
+        &projected(&[with_ports_owned_by(&before[0], "someone-else")]),
+    )
+    .unwrap();
     assert_eq!(
         theirs,
         vec![],
@@ -405,8 +418,8 @@ fn a_server_side_dry_run_result_can_be_the_desired_side() {
         .iter()
         .map(as_served)
         .collect();
-    assert_eq!(object_diff(&dry_run, &dry_run).unwrap(), vec![]);
-    let changes = object_diff(&dry_run, &live).unwrap();
+    assert_eq!(object_diff(&dry_run, &projected(&dry_run)).unwrap(), vec![]);
+    let changes = object_diff(&dry_run, &projected(&live)).unwrap();
     assert_eq!(changes.len(), 1);
     for noise in [
         "uid",
@@ -494,7 +507,7 @@ fn large_inputs_give_the_same_output_as_one_at_a_time() {
         .iter()
         .map(as_served)
         .collect();
-    let changes = object_diff(&rendered, &live).unwrap();
+    let changes = object_diff(&rendered, &projected(&live)).unwrap();
     assert_eq!(changes.len(), 12, "every 500th instance moved");
     let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
     let mut sorted_names = names.clone();

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use cloud4iot_core::model::{
-    Arch, Repo, Tier, device_instance_name, is_dns1123_label, labels, replica_instance_name,
+    Arch, LiveDeployment, Repo, Tier, device_instance_name, is_dns1123_label, labels,
+    replica_instance_name,
 };
 use cloud4iot_core::plan::{Placement, Plan, current_placements};
 use cloud4iot_core::render::{RenderOptions, render, to_yaml_stream};
@@ -210,7 +211,8 @@ fn gateway_instances_are_pinned_and_tolerate_the_taint() {
 fn current_placements_reads_rendered_objects_back() {
     let plan = plan();
     let objects = render(&repo(), &plan, &RenderOptions::default());
-    let back = current_placements(&objects);
+    let live: Vec<LiveDeployment> = objects.iter().map(LiveDeployment::from).collect();
+    let back = current_placements(&live);
     let placed: Vec<&Placement> = plan
         .placements
         .iter()

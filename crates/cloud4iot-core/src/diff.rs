@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::model::{Arch, Tier, labels};
+use crate::model::{Arch, Fields, LiveDeployment, SERVER_ANNOTATIONS, Tier, labels};
 use crate::plan::{Placement, Plan};
 
 /// Where an instance runs, as far as a reviewer cares.
@@ -176,27 +176,33 @@ pub enum DiffError {
 /// Desired against live Deployments, keyed by namespace/name and sorted by it. Live
 /// objects without `app.kubernetes.io/managed-by: cloud4iot` are never deleted (nor shown);
 /// identical objects after normalisation are not reported. An object without a name is
-/// an error.
+/// an error. Both sides are compared through the projection of [`LiveDeployment`]: the
+/// fields cloud4iot sets.
 pub fn object_diff(
     desired: &[Deployment],
-    live: &[Deployment],
+    live: &[LiveDeployment],
 ) -> Result<Vec<ObjectChange>, DiffError> {
-    fn keyed(objects: &[Deployment]) -> Result<BTreeMap<(&str, &str), &Deployment>, DiffError> {
-        objects
-            .iter()
-            .map(|d| {
-                let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
-                match d.metadata.name.as_deref() {
-                    Some(name) => Ok(((namespace, name), d)),
-                    None => Err(DiffError::Unnamed {
-                        namespace: namespace.to_string(),
-                    }),
-                }
-            })
-            .collect()
-    }
-    let desired_map = keyed(desired)?;
-    let live_map = keyed(live)?;
+    let desired_map: BTreeMap<(&str, &str), &Deployment> = desired
+        .iter()
+        .map(|d| {
+            let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
+            match d.metadata.name.as_deref() {
+                Some(name) => Ok(((namespace, name), d)),
+                None => Err(DiffError::Unnamed {
+                    namespace: namespace.to_string(),
+                }),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let live_map: BTreeMap<(&str, &str), &LiveDeployment> = live
+        .iter()
+        .map(|l| match l.name() {
+            "" => Err(DiffError::Unnamed {
+                namespace: l.namespace().to_string(),
+            }),
+            name => Ok(((l.namespace(), name), l)),
+        })
+        .collect::<Result<_, _>>()?;
     let keys: Vec<(&str, &str)> = desired_map
         .keys()
         .chain(live_map.keys())
@@ -227,15 +233,19 @@ fn object_change(
     namespace: &str,
     name: &str,
     desired: Option<&Deployment>,
-    live: Option<&Deployment>,
+    live: Option<&LiveDeployment>,
 ) -> Result<Option<ObjectChange>, String> {
     let (action, old, new) = match (desired, live) {
         (Some(d), None) => (Action::Create, String::new(), to_yaml(&served_view(d)?)?),
         (Some(d), Some(l)) => {
-            let mut d = served_view(d)?;
-            let mut l = to_value(l)?;
-            let owned = applied_fields(&l);
-            strip_server_fields(&mut l);
+            let projected = Fields::of(d);
+            // The common case: the live object is what cloud4iot applied.
+            if projected.same_but_revision(l.fields()) {
+                return Ok(None);
+            }
+            let mut d = projected.to_value()?;
+            let owned = l.applied_fields();
+            let l = l.fields().to_value()?;
             // Compare without building the pruned object; only a changed object pays for
             // pruning, YAML and the text diff.
             let equal = pruned_equal(&l, &d, owned.as_ref(), Some(""));
@@ -249,11 +259,11 @@ fn object_change(
             let l = prune_to(&l, Some(&d), owned.as_ref(), Some(""));
             (Action::Update, to_yaml(&l)?, to_yaml(&d)?)
         }
-        (None, Some(l)) if labels::is_managed(&l.metadata) => {
-            let mut l = to_value(l)?;
-            strip_server_fields(&mut l);
-            (Action::Delete, to_yaml(&l)?, String::new())
-        }
+        (None, Some(l)) if l.is_managed() => (
+            Action::Delete,
+            to_yaml(&l.fields().to_value()?)?,
+            String::new(),
+        ),
         _ => return Ok(None),
     };
     let label = format!("{namespace}/{name}");
@@ -294,27 +304,16 @@ fn equal_but_revision(a: &mut Value, b: &mut Value) -> bool {
     equal
 }
 
-/// A desired object without server-owned fields: a no-op for rendered objects, and what
-/// makes the result of a server-side dry-run apply usable as the desired side.
+/// A desired object reduced to the fields cloud4iot sets: a no-op for rendered objects, and
+/// what makes the result of a server-side dry-run apply (server metadata, defaults) usable
+/// as the desired side.
 fn served_view(d: &Deployment) -> Result<Value, String> {
-    let mut v = to_value(d)?;
-    strip_server_fields(&mut v);
-    Ok(v)
-}
-
-fn to_value(d: &Deployment) -> Result<Value, String> {
-    serde_json::to_value(d).map_err(|e| e.to_string())
+    Fields::of(d).to_value()
 }
 
 fn to_yaml(v: &Value) -> Result<String, String> {
     serde_norway::to_string(v).map_err(|e| e.to_string())
 }
-
-/// Annotations the server or kubectl write, never cloud4iot.
-const SERVER_ANNOTATIONS: [&str; 2] = [
-    "deployment.kubernetes.io/revision",
-    "kubectl.kubernetes.io/last-applied-configuration",
-];
 
 /// Removes what the API server owns: status, and metadata it assigns.
 pub fn strip_server_fields(v: &mut Value) {
@@ -552,19 +551,6 @@ fn prune_list(
     }
 }
 
-/// The `fieldsV1` of cloud4iot's server-side apply entry in `managedFields`, if any.
-fn applied_fields(live: &Value) -> Option<Value> {
-    live.pointer("/metadata/managedFields")?
-        .as_array()?
-        .iter()
-        .find(|e| {
-            e.get("manager").and_then(Value::as_str) == Some(labels::MANAGER)
-                && e.get("operation").and_then(Value::as_str) == Some("Apply")
-        })?
-        .get("fieldsV1")
-        .cloned()
-}
-
 /// Both layers of a diff, ready to print.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -580,7 +566,7 @@ impl DiffReport {
         before: &Plan,
         after: &Plan,
         desired: &[Deployment],
-        live: &[Deployment],
+        live: &[LiveDeployment],
     ) -> Result<Self, DiffError> {
         Ok(DiffReport {
             placement_changes: placement_changes(before, after),

@@ -7,12 +7,21 @@ pub(crate) fn filter_map<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Option<R> + Sync,
 ) -> Vec<R> {
-    const MIN_CHUNK: usize = 2048;
+    filter_map_min(items, 2048, f)
+}
+
+/// [`filter_map`], splitting only when every core gets at least `min_chunk` items (fewer
+/// for expensive items, such as the pieces of a snapshot).
+pub(crate) fn filter_map_min<T: Sync, R: Send>(
+    items: &[T],
+    min_chunk: usize,
+    f: impl Fn(&T) -> Option<R> + Sync,
+) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || items.len() < 2 * MIN_CHUNK {
+    if threads < 2 || items.len() < 2 * min_chunk {
         return items.iter().filter_map(f).collect();
     }
-    let chunk = items.len().div_ceil(threads).max(MIN_CHUNK);
+    let chunk = items.len().div_ceil(threads).max(min_chunk);
     let f = &f;
     std::thread::scope(|scope| {
         let handles: Vec<_> = items

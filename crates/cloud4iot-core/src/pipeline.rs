@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 
 use crate::diff::{DiffError, DiffReport};
-use crate::model::{Inventory, Repo};
+use crate::model::{Inventory, LiveDeployment, Repo};
 use crate::plan::{Plan, current_placements};
 use crate::render::RenderOptions;
 
@@ -94,7 +94,9 @@ impl Desired {
     /// inventory at the same moment. Render both without a revision annotation
     /// (`RenderOptions::revision: None`), or every object shows as changed.
     pub fn diff_from(&self, base: &Desired) -> Result<DiffReport, DiffError> {
-        DiffReport::new(&base.plan, &self.plan, &self.objects, &base.objects)
+        let base_objects: Vec<LiveDeployment> =
+            base.objects.iter().map(LiveDeployment::from).collect();
+        DiffReport::new(&base.plan, &self.plan, &self.objects, &base_objects)
     }
 }
 
@@ -170,7 +172,7 @@ spec:
         let running = Inventory::new(
             at_a.nodes.clone(),
             at_a.reports.clone(),
-            desired.objects.clone(),
+            desired.objects.iter().map(LiveDeployment::from).collect(),
         );
         let again = Pipeline::new(&repo, &running, now).run(&RenderOptions::default());
         assert!(!again.diff_live(&running).unwrap().has_changes());

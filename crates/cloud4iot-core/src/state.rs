@@ -1,19 +1,30 @@
 //! State snapshots: the live side of planning read from a file instead of a cluster.
 //!
-//! A snapshot is what `kubectl get nodes,gatewayreports,deployments -o yaml` prints: a
-//! `kind: List` with `items`, a multi-document stream, or a mix of both. Nodes,
-//! GatewayReports and Deployments are read with their API types; other kinds are skipped,
-//! Nodes without the `cloud4iot.io/tier` label are not cloud4iot's and are skipped, and
-//! only Deployments labelled `app.kubernetes.io/managed-by: cloud4iot` are kept.
+//! A snapshot is what `kubectl get nodes,gatewayreports,deployments -o yaml` (or `-o json`)
+//! prints: a `kind: List` with `items`, a multi-document stream, or a mix of both. Nodes
+//! and GatewayReports are read with their API types, Deployments straight into their
+//! projection ([`LiveDeployment`]: no `managedFields` of other writers, no status); other
+//! kinds are skipped, Nodes without the `cloud4iot.io/tier` label are not cloud4iot's and
+//! are skipped, and only Deployments labelled `app.kubernetes.io/managed-by: cloud4iot`
+//! are kept.
+//!
+//! Fleet snapshots hold ~100,000 objects, so reading is linear and parallel: the YAML
+//! text is cut into documents and List items at their column-0 markers (where kubectl puts
+//! them) and each piece is parsed on its own, on every core, dispatching on `kind` as it
+//! is read (no generic tree of the whole file); JSON is read in one streaming pass. Only
+//! when that fails does the reader take the slow path over the whole text, whose errors
+//! name the file, document, item, line and field.
+
+mod item;
+mod split;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
 use serde::de::DeserializeOwned;
 
-use crate::model::{GatewayReport, Inventory, NodeError, NodeInfo, labels};
+use crate::model::{GatewayReport, Inventory, LiveDeployment, NodeError, NodeInfo, labels};
+use item::Parsed;
 
 /// Where in a snapshot an item sits: `document 1, item 3 (Node gw-home-1), line 40`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +72,13 @@ pub enum StateError {
         column: usize,
         message: String,
     },
+    #[error("{}:{line}:{column}: not valid JSON: {message}", file.display())]
+    Json {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{}{}: {item}: {field}: {message}", file.display(), line_suffix(item.line))]
     Item {
         file: PathBuf,
@@ -84,52 +102,202 @@ pub fn read_snapshot(path: &Path) -> Result<Inventory, StateError> {
     parse_snapshot(&text, path)
 }
 
-/// Parses snapshot text; `file` names it in errors.
+/// Parses snapshot text, YAML or JSON; `file` names it in errors.
 pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> {
-    let mut nodes = Vec::new();
-    let mut reports = Vec::new();
-    let mut live = Vec::new();
-    let doc_lines = document_start_lines(text);
-    // A Node or GatewayReport named twice would make the answer depend on the order.
-    let mut named: std::collections::HashMap<(String, String), ItemRef> = Default::default();
-    let mut once = |at: &ItemRef| match named.insert((at.kind.clone(), at.name.clone()), at.clone())
-    {
-        Some(first) => Err(StateError::Item {
-            file: file.to_path_buf(),
-            item: Box::new(at.clone()),
-            field: "metadata.name".into(),
-            message: format!(
-                "duplicate {} {:?}: also {first}{}",
-                at.kind,
-                at.name,
-                first
-                    .line
-                    .map(|l| format!(" at line {l}"))
-                    .unwrap_or_default()
-            ),
-        }),
-        None => Ok(()),
+    let json = text.trim_start().starts_with(['{', '[']);
+    let fast = if json {
+        split::json_documents(text)
+    } else {
+        split::yaml_pieces(text).and_then(|pieces| parse_pieces(text, &pieces))
     };
-    for (di, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value: serde_json::Value = serde::Deserialize::deserialize(doc).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            StateError::Yaml {
-                file: file.to_path_buf(),
-                line,
-                column,
-                message: e.to_string(),
+    match fast {
+        Some(docs) => {
+            let mut acc = Accumulator::default();
+            for (at, parsed) in docs {
+                acc.accept(parsed, &at, file)?;
             }
-        })?;
-        let start = doc_lines.get(di).copied().unwrap_or(1);
+            Ok(acc.finish())
+        }
+        // Something the fast path does not read (an error, an alias across items, a
+        // document it cannot cut): the slow path reads it or says exactly what is wrong.
+        None => parse_whole(text, file, json),
+    }
+}
+
+/// Where a parsed item came from, enough to build an [`ItemRef`] when one is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct At {
+    pub document: usize,
+    pub item: Option<usize>,
+    pub line: Option<usize>,
+}
+
+impl At {
+    fn item_ref(&self, kind: &str, name: &str) -> ItemRef {
+        ItemRef {
+            document: self.document,
+            item: self.item,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            line: self.line,
+        }
+    }
+}
+
+/// The pieces of a YAML snapshot parsed on every core, in order; `None` if any fails.
+fn parse_pieces(text: &str, pieces: &[split::Piece]) -> Option<Vec<(At, Parsed)>> {
+    let parsed = crate::par::filter_map_min(pieces, 64, |piece| Some(piece.parse(text)));
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in parsed {
+        out.extend(p?);
+    }
+    Some(out)
+}
+
+#[derive(Default)]
+struct Accumulator {
+    nodes: Vec<NodeInfo>,
+    reports: Vec<GatewayReport>,
+    live: Vec<LiveDeployment>,
+    /// Where each Node and GatewayReport was first named: one named twice would make the
+    /// answer depend on the order.
+    named: std::collections::HashMap<(&'static str, String), At>,
+}
+
+impl Accumulator {
+    fn once(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        at: &At,
+        file: &Path,
+    ) -> Result<(), StateError> {
+        match self.named.insert((kind, name.to_string()), *at) {
+            Some(first) => Err(StateError::Item {
+                file: file.to_path_buf(),
+                item: Box::new(at.item_ref(kind, name)),
+                field: "metadata.name".into(),
+                message: format!(
+                    "duplicate {kind} {name:?}: also {}{}",
+                    first.item_ref(kind, name),
+                    first
+                        .line
+                        .map(|l| format!(" at line {l}"))
+                        .unwrap_or_default()
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps what planning uses: cloud4iot's Nodes, every GatewayReport, managed Deployments.
+    fn accept(&mut self, parsed: Parsed, at: &At, file: &Path) -> Result<(), StateError> {
+        match &parsed {
+            Parsed::Node(node) => self.once(
+                "Node",
+                node.metadata.name.as_deref().unwrap_or_default(),
+                at,
+                file,
+            )?,
+            Parsed::Report(r) => self.once(
+                "GatewayReport",
+                r.metadata.name.as_deref().unwrap_or_default(),
+                at,
+                file,
+            )?,
+            _ => {}
+        }
+        match parsed {
+            Parsed::Node(node) => match NodeInfo::from_node(&node) {
+                Ok(info) => self.nodes.push(info),
+                Err(NodeError::NotManaged { .. }) => {
+                    tracing::debug!(item = %at.item_ref("Node", node.metadata.name.as_deref().unwrap_or_default()), "node without the {} label: skipped", labels::TIER);
+                }
+                Err(e) => {
+                    let field = match &e {
+                        NodeError::BadLabel { label, .. } => format!("metadata.labels.{label}"),
+                        NodeError::BadQuantity { field, .. } => {
+                            format!("status.allocatable.{field}")
+                        }
+                        NodeError::NotManaged { .. } => String::new(),
+                    };
+                    return Err(StateError::Item {
+                        file: file.to_path_buf(),
+                        item: Box::new(
+                            at.item_ref("Node", node.metadata.name.as_deref().unwrap_or_default()),
+                        ),
+                        field,
+                        message: e.to_string(),
+                    });
+                }
+            },
+            Parsed::Report(report) => self.reports.push(report),
+            Parsed::Deployment(d) => {
+                if d.is_managed() {
+                    self.live.push(d);
+                } else {
+                    tracing::debug!(item = %at.item_ref("Deployment", d.name()), "deployment not managed by cloud4iot: skipped");
+                }
+            }
+            Parsed::Other { kind, name } => {
+                tracing::debug!(item = %at.item_ref(&kind, &name), "kind not used for planning: skipped");
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Inventory {
+        Inventory::new(self.nodes, self.reports, self.live)
+    }
+}
+
+/// The slow path: the whole text as generic documents, then each item typed, so that an
+/// error names the document, item, line and field. Linear: positions come from one pass.
+fn parse_whole(text: &str, file: &Path, json: bool) -> Result<Inventory, StateError> {
+    let mut acc = Accumulator::default();
+    let positions = if json {
+        split::json_item_lines(text)
+    } else {
+        split::yaml_item_lines(text)
+    };
+    let values: Box<dyn Iterator<Item = Result<serde_json::Value, StateError>>> = if json {
+        Box::new(
+            serde_json::Deserializer::from_str(text)
+                .into_iter::<serde_json::Value>()
+                .map(|r| {
+                    r.map_err(|e| StateError::Json {
+                        file: file.to_path_buf(),
+                        line: e.line(),
+                        column: e.column(),
+                        message: e.to_string(),
+                    })
+                }),
+        )
+    } else {
+        Box::new(serde_norway::Deserializer::from_str(text).map(|doc| {
+            serde::Deserialize::deserialize(doc).map_err(|e: serde_norway::Error| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                StateError::Yaml {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                }
+            })
+        }))
+    };
+    for (di, value) in values.enumerate() {
+        let value = value?;
+        let doc = positions.get(di);
+        let start = doc.map(|d| d.start);
         let items: Vec<(Option<usize>, serde_json::Value)> = match value {
             serde_json::Value::Null => continue,
-            serde_json::Value::Object(ref o) if is_list(o) => match o.get("items") {
+            serde_json::Value::Object(mut o) if is_list(&o) => match o.remove("items") {
                 Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .cloned()
+                    .into_iter()
                     .enumerate()
                     .map(|(i, v)| (Some(i + 1), v))
                     .collect(),
@@ -137,7 +305,6 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
             },
             v => vec![(None, v)],
         };
-        let item_lines = list_item_lines(text, start, doc_lines.get(di + 1).copied());
         for (index, item) in items {
             let kind = item
                 .get("kind")
@@ -149,122 +316,48 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<Inventory, StateError> 
                 .and_then(|n| n.as_str())
                 .unwrap_or_default()
                 .to_string();
-            let line = match index {
-                Some(i) => item_lines.get(i - 1).copied(),
-                None => Some(start),
-            };
-            let at = ItemRef {
+            let at = At {
                 document: di + 1,
                 item: index,
-                kind: kind.clone(),
-                name,
-                line,
+                line: match index {
+                    Some(i) => doc.and_then(|d| d.items.get(i - 1).copied()),
+                    None => start,
+                },
             };
-            match kind.as_str() {
-                "Node" => {
-                    once(&at)?;
-                    let node: Node = typed(item, file, &at)?;
-                    match NodeInfo::from_node(&node) {
-                        Ok(info) => nodes.push(info),
-                        Err(NodeError::NotManaged { .. }) => {
-                            tracing::debug!(item = %at, "node without the {} label: skipped", labels::TIER);
-                        }
-                        Err(e) => {
-                            let field = match &e {
-                                NodeError::BadLabel { label, .. } => {
-                                    format!("metadata.labels.{label}")
-                                }
-                                NodeError::BadQuantity { field, .. } => {
-                                    format!("status.allocatable.{field}")
-                                }
-                                NodeError::NotManaged { .. } => String::new(),
-                            };
-                            return Err(StateError::Item {
-                                file: file.to_path_buf(),
-                                item: Box::new(at),
-                                field,
-                                message: e.to_string(),
-                            });
-                        }
-                    }
-                }
-                "GatewayReport" => {
-                    once(&at)?;
-                    reports.push(typed::<GatewayReport>(item, file, &at)?)
-                }
-                "Deployment" => {
-                    let d: Deployment = typed(item, file, &at)?;
-                    if labels::is_managed(&d.metadata) {
-                        live.push(d);
-                    } else {
-                        tracing::debug!(item = %at, "deployment not managed by cloud4iot: skipped");
-                    }
-                }
-                _ => tracing::debug!(item = %at, "kind not used for planning: skipped"),
-            }
+            let item_ref = || at.item_ref(&kind, &name);
+            let parsed = match kind.as_str() {
+                "Node" => Parsed::Node(Box::new(typed(item, file, item_ref)?)),
+                "GatewayReport" => Parsed::Report(typed(item, file, item_ref)?),
+                "Deployment" => Parsed::Deployment(typed(item, file, item_ref)?),
+                _ => Parsed::Other {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                },
+            };
+            acc.accept(parsed, &at, file)?;
         }
     }
-    Ok(Inventory::new(nodes, reports, live))
+    Ok(acc.finish())
 }
 
 fn is_list(o: &serde_json::Map<String, serde_json::Value>) -> bool {
     o.get("kind")
         .and_then(|k| k.as_str())
-        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        .is_some_and(item::is_list_kind)
         && o.contains_key("items")
 }
 
 fn typed<T: DeserializeOwned>(
     item: serde_json::Value,
     file: &Path,
-    at: &ItemRef,
+    at: impl Fn() -> ItemRef,
 ) -> Result<T, StateError> {
     serde_path_to_error::deserialize(item).map_err(|e| StateError::Item {
         file: file.to_path_buf(),
-        item: Box::new(at.clone()),
+        item: Box::new(at()),
         field: e.path().to_string(),
         message: e.into_inner().to_string(),
     })
-}
-
-/// 1-based first line of each YAML document (after a `---` marker where there is one).
-fn document_start_lines(text: &str) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut waiting = true;
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim_end();
-        if l == "---" || l.starts_with("--- ") {
-            waiting = true;
-        } else if waiting && !l.trim().is_empty() && !l.starts_with('#') {
-            starts.push(i + 1);
-            waiting = false;
-        }
-    }
-    starts
-}
-
-/// 1-based lines of the entries of a top-level `items:` sequence in one document, as
-/// kubectl prints them (`- apiVersion: ...` at the indentation of `items:`).
-fn list_item_lines(text: &str, start: usize, end: Option<usize>) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut in_items = false;
-    for (i, line) in text.lines().enumerate().skip(start.saturating_sub(1)) {
-        if end.is_some_and(|e| i + 1 >= e) {
-            break;
-        }
-        if line.starts_with("items:") {
-            in_items = true;
-            continue;
-        }
-        if in_items {
-            if line.starts_with("- ") || line == "-" || line.starts_with("  - ") {
-                out.push(i + 1);
-            } else if !line.starts_with(' ') && !line.trim().is_empty() && !line.starts_with('#') {
-                in_items = false;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -337,10 +430,7 @@ spec:
         assert_eq!(inv.reports.len(), 1);
         assert_eq!(inv.reports[0].spec.devices[0].rssi, -55);
         assert_eq!(inv.live.len(), 1, "only managed Deployments are kept");
-        assert_eq!(
-            inv.live[0].metadata.name.as_deref(),
-            Some("omh-consolidator-c4-7c-8d-6a-12-34")
-        );
+        assert_eq!(inv.live[0].name(), "omh-consolidator-c4-7c-8d-6a-12-34");
     }
 
     #[test]
@@ -379,6 +469,35 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("s.yaml:34: document 2 (Deployment omh-consolidator-c4-7c-8d-6a-12-34): spec.selector: "), "{err}");
+    }
+
+    #[test]
+    fn the_fast_path_reads_kubectl_output_and_json_reads_the_same() {
+        let pieces = split::yaml_pieces(LIST).expect("cut");
+        assert_eq!(pieces.len(), 6, "4 List items + 2 documents");
+        assert!(parse_pieces(LIST, &pieces).is_some(), "no slow path");
+        let yaml = parse_snapshot(LIST, Path::new("s.yaml")).unwrap();
+        let json: String = serde_norway::Deserializer::from_str(LIST)
+            .map(|d| {
+                let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
+                serde_json::to_string_pretty(&v).unwrap() + "\n"
+            })
+            .collect();
+        assert!(split::json_documents(&json).is_some(), "no slow path");
+        let from_json = parse_snapshot(&json, Path::new("s.json")).unwrap();
+        assert_eq!(yaml.nodes, from_json.nodes);
+        assert_eq!(yaml.live, from_json.live);
+        assert_eq!(yaml.reports.len(), from_json.reports.len());
+        let bad = json.replace("\"rssi\": -55", "\"rssi\": \"loud\"");
+        let err = parse_snapshot(&bad, Path::new("s.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "s.json:35: document 1, item 3 (GatewayReport gw-home-1): spec.devices[0].rssi: "
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kube::core::PartialObjectMeta;
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
-use cloud4iot_core::model::{GatewayReport, Inventory, NodeInfo, labels};
+use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, labels};
 
 /// The field manager of every write cloud4iot makes.
 pub const FIELD_MANAGER: &str = "cloud4iot";
@@ -182,9 +182,14 @@ pub async fn read_inventory_in(
                 })
         },
         async {
-            list_all(
-                &deployments,
+            // Projected page by page: whole objects never pile up.
+            all_pages(
                 ListParams::default().labels(&managed_selector()),
+                |p| {
+                    let deployments = &deployments;
+                    async move { deployments.list(&p).await }
+                },
+                |d| LiveDeployment::from(&d),
             )
             .await
             .map_err(|source| ClusterError::List {
@@ -211,7 +216,7 @@ pub(crate) async fn list_all<K>(api: &Api<K>, params: ListParams) -> Result<Vec<
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,
 {
-    all_pages(params, |p| async move { api.list(&p).await }).await
+    all_pages(params, |p| async move { api.list(&p).await }, |k| k).await
 }
 
 /// The metadata of every object `api` lists under `params`, page by page.
@@ -222,11 +227,21 @@ pub(crate) async fn list_metadata_all<K>(
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,
 {
-    all_pages(params, |p| async move { api.list_metadata(&p).await }).await
+    all_pages(
+        params,
+        |p| async move { api.list_metadata(&p).await },
+        |m| m,
+    )
+    .await
 }
 
-/// Follows `continue` tokens until the last page, [`PAGE_SIZE`] objects a page.
-async fn all_pages<T, F, Fut>(params: ListParams, list: F) -> Result<Vec<T>, kube::Error>
+/// Follows `continue` tokens until the last page, [`PAGE_SIZE`] objects a page, each
+/// object turned `into` what is kept as its page arrives.
+async fn all_pages<T, U, F, Fut>(
+    params: ListParams,
+    list: F,
+    into: impl Fn(T) -> U,
+) -> Result<Vec<U>, kube::Error>
 where
     T: Clone,
     F: Fn(ListParams) -> Fut,
@@ -236,7 +251,7 @@ where
     let mut out = Vec::new();
     loop {
         let page = list(params.clone()).await?;
-        out.extend(page.items);
+        out.extend(page.items.into_iter().map(&into));
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(out),

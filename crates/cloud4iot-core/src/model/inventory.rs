@@ -1,11 +1,10 @@
 //! The live side of planning: nodes, gateway reports and the managed objects already
 //! running, whether read from a cluster or from a state snapshot.
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 
 use super::{
-    Arch, GatewayReport, QuantityError, Resources, Tier, labels, parse_cpu_millis,
+    Arch, GatewayReport, LiveDeployment, QuantityError, Resources, Tier, labels, parse_cpu_millis,
     parse_memory_bytes,
 };
 
@@ -159,22 +158,20 @@ impl NodeInfo {
 pub struct Inventory {
     pub nodes: Vec<NodeInfo>,
     pub reports: Vec<GatewayReport>,
-    /// Deployments labelled `app.kubernetes.io/managed-by: cloud4iot`.
-    pub live: Vec<Deployment>,
+    /// Deployments labelled `app.kubernetes.io/managed-by: cloud4iot`, projected to what
+    /// placement and diff read ([`LiveDeployment`]).
+    pub live: Vec<LiveDeployment>,
 }
 
 impl Inventory {
     pub fn new(
         mut nodes: Vec<NodeInfo>,
         mut reports: Vec<GatewayReport>,
-        mut live: Vec<Deployment>,
+        mut live: Vec<LiveDeployment>,
     ) -> Self {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         reports.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        live.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
-        });
+        live.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
         Inventory {
             nodes,
             reports,

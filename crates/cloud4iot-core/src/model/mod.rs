@@ -5,6 +5,7 @@
 
 mod duration;
 mod inventory;
+mod live;
 mod quantity;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
 pub use inventory::{Inventory, NodeBlock, NodeError, NodeInfo};
+pub use live::{FieldManager, LiveDeployment, SERVER_ANNOTATIONS};
+pub(crate) use live::{Fields, LiveMeta, Spec as LiveSpec};
 pub use quantity::{
     QuantityError, ResourceQuantities, Resources, format_cpu, format_memory, number_as_quantity,
     parse_cpu_millis, parse_memory_bytes,

@@ -1,31 +1,26 @@
 //! The inverse of render: what is running now, read back from managed Deployments.
 
-use k8s_openapi::api::apps::v1::Deployment;
-
 use super::{Placement, Plan};
-use crate::model::{Arch, Tier, labels};
+use crate::model::{Arch, LiveDeployment, Tier, labels};
 
 /// Reads the placements of live managed Deployments back from their labels, annotations,
 /// node affinity and image. Deployments without a `cloud4iot.io/function` label are not
 /// instances and are skipped.
-pub fn current_placements(live: &[Deployment]) -> Plan {
+pub fn current_placements(live: &[LiveDeployment]) -> Plan {
     let mut placements: Vec<Placement> = live.iter().filter_map(placement_of).collect();
-    let mut plan = Plan {
-        placements: Vec::new(),
-    };
     placements.sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
     placements.dedup_by(|a, b| a.function == b.function && a.instance == b.instance);
-    plan.placements = placements;
-    plan
+    Plan { placements }
 }
 
-fn placement_of(d: &Deployment) -> Option<Placement> {
-    let meta = &d.metadata;
-    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
-    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
-    let function = label(labels::FUNCTION)?;
-    let instance = label(labels::INSTANCE).or_else(|| meta.name.clone())?;
-    let pod = d.spec.template.spec.as_ref();
+/// The placement one live Deployment records, if it is an instance.
+pub fn placement_of(d: &LiveDeployment) -> Option<Placement> {
+    let function = d.label(labels::FUNCTION)?.to_string();
+    let instance = d
+        .label(labels::INSTANCE)
+        .map(str::to_string)
+        .or_else(|| (!d.name().is_empty()).then(|| d.name().to_string()))?;
+    let pod = d.fields().spec.template.spec.as_ref();
     // Site and arch constraints: required node affinity (`In` with one value), or nodeSelector.
     let mut site = None;
     let mut arch = None;
@@ -62,15 +57,15 @@ fn placement_of(d: &Deployment) -> Option<Placement> {
     Some(Placement {
         function,
         instance,
-        device: annotation(labels::DEVICE_ID),
-        tier: label(labels::TIER).as_deref().and_then(Tier::parse),
-        node: label(labels::NODE),
+        device: d.annotation(labels::DEVICE_ID).map(str::to_string),
+        tier: d.label(labels::TIER).and_then(Tier::parse),
+        node: d.label(labels::NODE).map(str::to_string),
         site,
         arch,
         image: pod
             .and_then(|p| p.containers.first())
             .and_then(|c| c.image.clone()),
-        reason: super::Reason::Text(annotation(labels::REASON).unwrap_or_default()),
+        reason: super::Reason::Text(d.annotation(labels::REASON).unwrap_or_default().to_string()),
     })
 }
 
@@ -117,7 +112,7 @@ metadata:
   name: not-an-instance
   labels: {app.kubernetes.io/managed-by: cloud4iot}
 "#;
-        let live: Vec<Deployment> = serde_norway::Deserializer::from_str(yaml)
+        let live: Vec<LiveDeployment> = serde_norway::Deserializer::from_str(yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
         let plan = current_placements(&live);
