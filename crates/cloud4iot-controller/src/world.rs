@@ -24,26 +24,25 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
-use cloud4iot_core::model::{GatewayReport, Inventory, NodeInfo, Repo};
+use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo};
 use cloud4iot_core::plan::{Placement, PlanDelta, Planner, current_placements};
 use cloud4iot_core::render::{RenderOptions, render_placement};
 
 use crate::metrics::Trigger;
 use crate::watches::Change;
 
-/// A managed Deployment as the cache keeps it: without managedFields and status (the
-/// drift check reads managedFields when the event arrives, before they are dropped).
+/// A managed Deployment as the cache keeps it: its projection (the fields cloud4iot sets,
+/// identity and owners; no status, no other writers' managedFields).
 #[derive(Clone, Debug)]
 pub struct Live {
-    pub object: Deployment,
+    pub object: LiveDeployment,
     /// The placement read back from it (`None`: not one of ours after all).
     pub placement: Option<Placement>,
 }
 
 impl Live {
-    pub fn new(mut object: Deployment) -> Live {
-        object.metadata.managed_fields = None;
-        object.status = None;
+    pub fn new(object: Deployment) -> Live {
+        let object = LiveDeployment::from(&object);
         let placement = current_placements(std::slice::from_ref(&object))
             .placements
             .pop();
@@ -51,15 +50,11 @@ impl Live {
     }
 
     pub fn uid(&self) -> &str {
-        self.object.metadata.uid.as_deref().unwrap_or_default()
+        self.object.uid().unwrap_or_default()
     }
 
     pub fn resource_version(&self) -> &str {
-        self.object
-            .metadata
-            .resource_version
-            .as_deref()
-            .unwrap_or_default()
+        self.object.resource_version().unwrap_or_default()
     }
 }
 
@@ -348,7 +343,7 @@ impl World {
     /// Whether the live object `d` differs from what is desired for it.
     fn drifted(&self, name: &str, d: &Deployment) -> bool {
         match self.desired_object(name) {
-            Some((want, _)) => differs(&want, Some(d)),
+            Some((want, _)) => differs(&want, Some(&LiveDeployment::from(d))),
             // Managed but not desired: the next full reconcile prunes it.
             None => false,
         }
@@ -437,7 +432,7 @@ impl World {
 }
 
 /// Whether `want` differs from `live` by the core's diff rules (`None`: missing).
-pub fn differs(want: &Deployment, live: Option<&Deployment>) -> bool {
+pub fn differs(want: &Deployment, live: Option<&LiveDeployment>) -> bool {
     match live {
         None => true,
         // An object the diff cannot read is written: the server has the last word.
