@@ -1192,3 +1192,22 @@ async fn after_an_api_server_restart_the_controller_reconnects_and_converges() {
         ctl.log()
     );
 }
+
+/// A control plane with the demo Nodes, held until Ctrl-C, for following README's "Run it
+/// in a cluster" by hand: prints the admin kubeconfig's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "interactive: holds a control plane for the README walk-through until interrupted"]
+async fn hold_a_control_plane_for_the_readme() {
+    let cp = ControlPlane::start(Options::with_scheduling()).await;
+    for node in [
+        gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"),
+        gateway_node("gw-hospital-1", "hospital", "arm64", "2", "2Gi"),
+        edge_node("edge-home-1", "home", "amd64", "4", "8Gi"),
+        edge_node("edge-hospital-1", "hospital", "amd64", "8", "16Gi"),
+        cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"),
+    ] {
+        cp.create_node(node).await;
+    }
+    println!("export KUBECONFIG={}", cp.kubeconfig().display());
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -182,6 +182,7 @@ fn rbac_is_least_privilege() {
                 set(&["get", "list", "watch", "create", "patch", "delete"])
             ),
             (key("events.k8s.io", "events"), set(&["create", "patch"])),
+            (key("", "namespaces"), set(&["get"])),
         ])
     );
     // The leader-election Lease, in the controller's own namespace only.

@@ -698,7 +698,7 @@ impl Controller {
 
     fn status(&mut self) -> ReconcilerStatus {
         let (tiers, unplaced) = self.world.counts();
-        self.shared.metrics.set_tiers(&tiers, unplaced.len() as u64);
+        self.shared.metrics.set_tiers(&tiers, unplaced.len() as i64);
         let prev = self
             .status_written
             .as_ref()
@@ -711,7 +711,7 @@ impl Controller {
             last_reconciled_at: self.reconciled_at.map(Time),
             leader: Some(self.opts.lease.identity.clone()),
             tiers,
-            unplaced_count: unplaced.len() as u64,
+            unplaced_count: unplaced.len() as i64,
             unplaced: unplaced
                 .iter()
                 .take(100)

@@ -157,7 +157,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_tiers(&self, counts: &std::collections::BTreeMap<String, u64>, unplaced: u64) {
+    pub fn set_tiers(&self, counts: &std::collections::BTreeMap<String, i64>, unplaced: i64) {
         for tier in ["gateway", "edge", "cloud"] {
             let n = counts.get(tier).copied().unwrap_or(0);
             self.instances

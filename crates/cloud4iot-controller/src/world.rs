@@ -418,7 +418,7 @@ impl World {
     }
 
     /// Placed instances per tier, and the unplaced ones.
-    pub fn counts(&self) -> (BTreeMap<String, u64>, Vec<&Placement>) {
+    pub fn counts(&self) -> (BTreeMap<String, i64>, Vec<&Placement>) {
         let mut tiers = BTreeMap::new();
         let mut unplaced = Vec::new();
         for p in self.desired.values() {

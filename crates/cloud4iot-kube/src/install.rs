@@ -156,7 +156,9 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                 {"apiGroups": ["apps"], "resources": ["deployments"],
                  "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
                 // Roamed / Offloaded / Recalled / Unplaced, on the Deployments
-                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+                // apply checks that the functions namespace exists (this one only)
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}
             ]
         }),
         json!({

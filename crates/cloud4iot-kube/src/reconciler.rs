@@ -62,10 +62,10 @@ pub struct ReconcilerStatus {
     pub leader: Option<String>,
     /// Placed instances per tier (`gateway`, `edge`, `cloud`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tiers: BTreeMap<String, u64>,
+    pub tiers: BTreeMap<String, i64>,
     /// How many instances could not be placed (`unplaced` lists at most 100 of them).
     #[serde(default)]
-    pub unplaced_count: u64,
+    pub unplaced_count: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplaced: Vec<UnplacedInstance>,
     /// Moves that fall due later with no new report (dwell, lossGrace, stale heartbeat):
