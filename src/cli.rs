@@ -84,6 +84,10 @@ pub enum Command {
     #[command(long_about = crate::commands::run::LONG_ABOUT)]
     Run(crate::commands::run::RunArgs),
     Status(crate::commands::status::StatusArgs),
+    /// Run the gateway agent: BLE discovery -> this gateway's GatewayReport.
+    Agent(crate::commands::agent::AgentArgs),
+    /// Replay a presence trace through the planner: migration timeline and totals.
+    Simulate(crate::commands::simulate::SimulateArgs),
 }
 
 /// Where the desired configuration comes from.
@@ -205,6 +209,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Apply(args) => crate::commands::apply::run(args).await,
         Command::Run(args) => crate::commands::run::run(args).await,
         Command::Status(args) => crate::commands::status::run(&args).await,
+        Command::Agent(args) => crate::commands::agent::run(args).await,
+        Command::Simulate(args) => crate::commands::simulate::run(&args),
     };
     match result {
         Ok(outcome) => outcome as u8,

@@ -208,10 +208,27 @@ fn rbac_is_least_privilege() {
     let (_, agent) = rules(&objects, "ClusterRole", AGENT);
     assert_eq!(
         grants(&agent),
-        BTreeMap::from([(
-            key("cloud4iot.io", "gatewayreports"),
-            set(&["get", "create", "patch", "update"])
-        )])
+        BTreeMap::from([
+            (
+                key("cloud4iot.io", "gatewayreports"),
+                set(&["get", "create", "patch", "update"])
+            ),
+            (key("", "pods"), set(&["list"])),
+        ])
+    );
+    // The DeviceClasses ConfigMap, in the install namespace only: written by the
+    // controller, read by the agents.
+    let (namespace, agent_ns) = rules(&objects, "Role", AGENT);
+    assert_eq!(namespace.as_deref(), Some("cloud4iot-system"));
+    assert_eq!(
+        grants(&agent_ns),
+        BTreeMap::from([(key("", "configmaps"), set(&["get", "list", "watch"]))])
+    );
+    let (namespace, classes) = rules(&objects, "Role", cloud4iot_kube::install::CLASSES_ROLE);
+    assert_eq!(namespace.as_deref(), Some("cloud4iot-system"));
+    assert_eq!(
+        grants(&classes),
+        BTreeMap::from([(key("", "configmaps"), set(&["get", "create", "patch"]))])
     );
     let text = serde_json::to_string(&objects).unwrap();
     assert!(

@@ -1,5 +1,6 @@
 //! One module per subcommand: argument parsing lives in `crate::cli`, the work here.
 
+pub mod agent;
 pub mod apply;
 pub mod diff;
 pub mod diff_base;
@@ -9,4 +10,5 @@ pub mod plan;
 pub mod render;
 pub mod run;
 pub mod status;
+pub mod simulate;
 pub mod validate;

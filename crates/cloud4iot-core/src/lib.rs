@@ -10,11 +10,14 @@ pub mod clock;
 pub mod diag;
 pub mod diff;
 pub mod load;
+pub mod matching;
 pub mod model;
 mod par;
 pub mod pipeline;
 pub mod plan;
+pub mod presence;
 pub mod render;
+pub mod simulate;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

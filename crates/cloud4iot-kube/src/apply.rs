@@ -501,6 +501,65 @@ async fn create_namespace(client: &Client, ns: &str) -> Result<(), ClusterError>
         })
 }
 
+/// Writes the repository's DeviceClasses into the ConfigMap the gateway agents watch
+/// ([`matching::CLASSES_CONFIGMAP`] in `namespace`, created when missing), by server-side
+/// apply: `apply` and the controller keep it in step with the repository, and a running
+/// agent picks up a change without a restart.
+pub async fn publish_device_classes(
+    client: &Client,
+    repo: &cloud4iot_core::model::Repo,
+    namespace: &str,
+) -> Result<(), ClusterError> {
+    use cloud4iot_core::matching;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(matching::CLASSES_CONFIGMAP.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(
+                [
+                    (labels::MANAGED_BY.to_owned(), labels::MANAGER.to_owned()),
+                    (
+                        "app.kubernetes.io/part-of".to_owned(),
+                        "cloud4iot".to_owned(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            [(
+                matching::CLASSES_KEY.to_owned(),
+                matching::encode_classes(repo),
+            )]
+            .into(),
+        ),
+        ..ConfigMap::default()
+    };
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let err = |source| ClusterError::DeviceClasses {
+        namespace: namespace.to_owned(),
+        source,
+    };
+    match api
+        .patch(matching::CLASSES_CONFIGMAP, &params, &Patch::Apply(&cm))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // No namespace yet (cloud4iot not installed, only applied): create it, once.
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            create_namespace(client, namespace).await?;
+            api.patch(matching::CLASSES_CONFIGMAP, &params, &Patch::Apply(&cm))
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// One field conflict of a server-side apply: the field path and the manager owning it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
@@ -744,7 +803,8 @@ pub struct Reconciled {
 }
 
 /// The whole pipeline after the source step, as the `apply` command and the controller
-/// run it: load + validate the checked-out `dir` -> read the live inventory -> plan at
+/// run it: load + validate the checked-out `dir` -> publish its DeviceClasses to the
+/// agents (not in a dry run) -> read the live inventory -> plan at
 /// `now` -> render (with `revision`) -> apply -> prune. An invalid repository or an
 /// unreadable cluster stops it before anything is applied or pruned.
 #[tracing::instrument(skip_all, fields(revision = revision.unwrap_or("-"), %now))]
@@ -757,6 +817,9 @@ pub async fn reconcile(
     progress: ProgressFn<'_>,
 ) -> Result<Reconciled, ReconcileError> {
     let repo = cloud4iot_core::load::load_dir(dir).map_err(ReconcileError::Invalid)?;
+    if !opts.dry_run {
+        publish_device_classes(client, &repo, crate::install::SYSTEM_NAMESPACE).await?;
+    }
     let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
     let render_opts = RenderOptions {
         namespace: opts.namespace.clone(),

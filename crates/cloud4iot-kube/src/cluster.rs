@@ -72,6 +72,15 @@ pub enum ClusterError {
     },
     #[error("a rendered Deployment in namespace {namespace} has no name")]
     Unnamed { namespace: String },
+    #[error(
+        "write the DeviceClasses for the gateway agents (ConfigMap {namespace}/{}): {source}",
+        cloud4iot_core::matching::CLASSES_CONFIGMAP
+    )]
+    DeviceClasses {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("dry-run apply of Deployment {namespace}/{name}: {source}")]
     DryRun {
         namespace: String,

@@ -22,6 +22,8 @@ use cloud4iot_core::model::labels;
 pub const SYSTEM_NAMESPACE: &str = "cloud4iot-system";
 pub const CONTROLLER: &str = "cloud4iot-controller";
 pub const AGENT: &str = "cloud4iot-agent";
+/// The Role that lets the controller write the DeviceClasses ConfigMap for the agents.
+pub const CLASSES_ROLE: &str = "cloud4iot-device-classes";
 /// The claim the API server adds to a pod-bound service account token: the node the pod
 /// runs on. The admission policy compares it with the report's name.
 pub const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
@@ -182,6 +184,34 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
             "subjects": [sa_subject(CONTROLLER)]
         }),
+        // The DeviceClasses travel to the agents in a ConfigMap of this namespace: the
+        // controller writes it, the agents read it.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta(CLASSES_ROLE, Some(ns)),
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta(CLASSES_ROLE, Some(ns)),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CLASSES_ROLE},
+            "subjects": [sa_subject(CONTROLLER)]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta(AGENT, Some(ns)),
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta(AGENT, Some(ns)),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AGENT},
+            "subjects": [sa_subject(AGENT)]
+        }),
         // Agents: write GatewayReports. RBAC cannot say "only the one named after your
         // node" (resourceNames is static), so the admission policy below does: it matches
         // the node-name claim of the agent pod's bound service account token.
@@ -190,7 +220,10 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             "metadata": meta(AGENT, None),
             "rules": [
                 {"apiGroups": [gatewayreports], "resources": ["gatewayreports"],
-                 "verbs": ["get", "create", "patch", "update"]}
+                 "verbs": ["get", "create", "patch", "update"]},
+                // `resources` in the report: what runs on its node that cloud4iot did not
+                // place (listed with a spec.nodeName field selector).
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
             ]
         }),
         json!({
@@ -206,16 +239,23 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                 "failurePolicy": "Fail",
                 "matchConstraints": {"resourceRules": [{
                     "apiGroups": [gatewayreports], "apiVersions": ["*"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["gatewayreports"]
+                    "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["gatewayreports"]
                 }]},
                 "matchConditions": [{
                     "name": "is-agent",
                     "expression": format!("request.userInfo.username == 'system:serviceaccount:{ns}:{AGENT}'")
                 }],
                 "validations": [{
+                    // Deleting a report would hide a gateway's devices from the planner:
+                    // never an agent's call, even if RBAC were widened.
+                    "expression": "request.operation != 'DELETE'",
+                    "message": "a gateway agent may not delete GatewayReports",
+                    "reason": "Forbidden"
+                }, {
                     "expression": format!(
-                        "has(request.userInfo.extra) && '{NODE_NAME_CLAIM}' in request.userInfo.extra && \
-                         object.metadata.name in request.userInfo.extra['{NODE_NAME_CLAIM}']"
+                        "request.operation == 'DELETE' || \
+                         (has(request.userInfo.extra) && '{NODE_NAME_CLAIM}' in request.userInfo.extra && \
+                         object.metadata.name in request.userInfo.extra['{NODE_NAME_CLAIM}'])"
                     ),
                     "message": "a gateway agent may write only the GatewayReport named after its own node",
                     "reason": "Forbidden"

@@ -1,0 +1,332 @@
+//! What one gateway reports about the devices it hears (pure: time is an argument).
+//!
+//! The gateway agent feeds every reading of a device of a known class into a [`Tracker`];
+//! `simulate` feeds a recorded trace into the same tracker, so a replay sees the reports
+//! the agents would have written. Rules:
+//! - RSSI is the median of the readings of the last `window` (the latest reading always
+//!   counts), so one outlier does not flip presence;
+//! - `firstSeen` is when the current run of readings started, `lastSeen` the latest reading;
+//! - a device not heard for `forget_after` drops out (and starts a new run when heard again);
+//! - a device whose smoothed RSSI is below its class's `minRssi` is not reported;
+//! - [`significant`] says when a new report is worth writing.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::model::SeenDevice;
+
+/// Readings kept per device at most (memory bound, whatever the advertising rate).
+const MAX_READINGS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerOptions {
+    /// RSSI smoothing window.
+    pub window: SignedDuration,
+    /// A device not heard for this long drops out of the report. Keep it above the
+    /// policies' lossGrace: until then the planner judges the device by its lastSeen.
+    pub forget_after: SignedDuration,
+    /// A smoothed RSSI change of at least this many dB is worth a report on its own.
+    pub rssi_step: i32,
+    /// `lastSeen` older than this in the last report is worth a report on its own, so the
+    /// planner's lossGrace judges fresh sightings (keep it well under lossGrace).
+    pub refresh: SignedDuration,
+    /// Devices tracked at most; readings of further devices are dropped (and counted).
+    pub max_devices: usize,
+}
+
+impl Default for TrackerOptions {
+    fn default() -> Self {
+        TrackerOptions {
+            window: SignedDuration::from_secs(10),
+            forget_after: SignedDuration::from_secs(300),
+            rssi_step: 3,
+            refresh: SignedDuration::from_secs(10),
+            max_devices: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    class: String,
+    min_rssi: Option<i32>,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    readings: VecDeque<(Timestamp, i32)>,
+}
+
+/// The devices of known classes one gateway hears.
+#[derive(Clone, Debug, Default)]
+pub struct Tracker {
+    opts: TrackerOptions,
+    devices: BTreeMap<String, Tracked>,
+    /// Readings dropped because `max_devices` were tracked already.
+    pub dropped: u64,
+}
+
+impl Tracker {
+    pub fn new(opts: TrackerOptions) -> Tracker {
+        Tracker {
+            opts,
+            devices: BTreeMap::new(),
+            dropped: 0,
+        }
+    }
+
+    pub fn options(&self) -> &TrackerOptions {
+        &self.opts
+    }
+
+    /// One reading of device `id` (its BLE address), of class `class`, at `at`.
+    pub fn observe(
+        &mut self,
+        id: &str,
+        class: &str,
+        min_rssi: Option<i32>,
+        rssi: i32,
+        at: Timestamp,
+    ) {
+        let forget = self.opts.forget_after;
+        if let Some(t) = self.devices.get_mut(id) {
+            if at.duration_since(t.last_seen) > forget {
+                // Gone long enough to have been forgotten: a new run.
+                t.first_seen = at;
+                t.readings.clear();
+            }
+            t.class = class.to_string();
+            t.min_rssi = min_rssi;
+            t.last_seen = t.last_seen.max(at);
+            if t.readings.len() == MAX_READINGS {
+                t.readings.pop_front();
+            }
+            t.readings.push_back((at, rssi));
+            return;
+        }
+        if self.devices.len() >= self.opts.max_devices {
+            self.dropped += 1;
+            return;
+        }
+        self.devices.insert(
+            id.to_string(),
+            Tracked {
+                class: class.to_string(),
+                min_rssi,
+                first_seen: at,
+                last_seen: at,
+                readings: VecDeque::from([(at, rssi)]),
+            },
+        );
+    }
+
+    /// Forgets devices not heard for `forget_after` and readings older than the window.
+    pub fn expire(&mut self, now: Timestamp) {
+        let (window, forget) = (self.opts.window, self.opts.forget_after);
+        self.devices
+            .retain(|_, t| now.duration_since(t.last_seen) <= forget);
+        for t in self.devices.values_mut() {
+            while t.readings.len() > 1
+                && t.readings
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > window)
+            {
+                t.readings.pop_front();
+            }
+        }
+    }
+
+    /// Devices tracked (reported or not).
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.devices.contains_key(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Forgets everything (e.g. the classes changed and a device no longer matches).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.devices.retain(|id, t| keep(id, &t.class));
+    }
+
+    /// The report's device list at `now`: smoothed RSSI at or above the class's minRssi,
+    /// strongest first, then by id. Call [`Tracker::expire`] first.
+    pub fn devices(&self, now: Timestamp) -> Vec<SeenDevice> {
+        let mut out: Vec<SeenDevice> = self
+            .devices
+            .iter()
+            .filter_map(|(id, t)| {
+                let rssi = smoothed(&t.readings, now, self.opts.window);
+                t.min_rssi.is_none_or(|m| rssi >= m).then(|| SeenDevice {
+                    id: id.clone(),
+                    class: t.class.clone(),
+                    rssi,
+                    first_seen: t.first_seen,
+                    last_seen: t.last_seen,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.rssi.cmp(&a.rssi).then_with(|| a.id.cmp(&b.id)));
+        out
+    }
+
+    /// The earliest time after `now` at which [`Tracker::expire`] changes something.
+    pub fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |t: Timestamp| {
+            if t > now && next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        let eps = SignedDuration::from_millis(1);
+        for t in self.devices.values() {
+            consider(t.last_seen + self.opts.forget_after + eps);
+            if t.readings.len() > 1
+                && let Some((at, _)) = t.readings.front()
+            {
+                consider(*at + self.opts.window + eps);
+            }
+        }
+        next
+    }
+}
+
+/// Median of the readings within `window` of `now` (the latest always counts), the lower
+/// middle value for an even count. With just two readings the older one counts: a new
+/// value needs a second reading to confirm it, so one outlier never moves it.
+fn smoothed(readings: &VecDeque<(Timestamp, i32)>, now: Timestamp, window: SignedDuration) -> i32 {
+    let last = readings.back().map(|r| r.1).unwrap_or(i32::MIN);
+    let recent: Vec<i32> = readings
+        .iter()
+        .filter(|(at, _)| now.duration_since(*at) <= window)
+        .map(|r| r.1)
+        .collect();
+    match recent.len() {
+        0 => last,
+        2 => recent[0],
+        _ => {
+            let mut values = recent;
+            values.sort_unstable();
+            values[(values.len() - 1) / 2]
+        }
+    }
+}
+
+/// Whether `next` is worth writing over `last` (the last report written): a device came
+/// or went or changed class, a smoothed RSSI moved by `rssi_step` or more, or a `lastSeen`
+/// advanced by `refresh` or more.
+pub fn significant(last: &[SeenDevice], next: &[SeenDevice], opts: &TrackerOptions) -> bool {
+    if last.len() != next.len() {
+        return true;
+    }
+    let by_id: BTreeMap<&str, &SeenDevice> = last.iter().map(|d| (d.id.as_str(), d)).collect();
+    next.iter().any(|n| match by_id.get(n.id.as_str()) {
+        None => true,
+        Some(l) => {
+            l.class != n.class
+                || l.first_seen != n.first_seen
+                || (l.rssi - n.rssi).abs() >= opts.rssi_step
+                || n.last_seen.duration_since(l.last_seen) >= opts.refresh
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    const BR: &str = "C4:7C:8D:6A:12:34";
+
+    #[test]
+    fn one_outlier_does_not_move_the_smoothed_rssi() {
+        let mut tr = Tracker::new(TrackerOptions::default());
+        for (s, rssi) in [(0, -60), (1, -61), (2, -59), (3, -95), (4, -60)] {
+            tr.observe(BR, "omh-bracelet", Some(-90), rssi, t(s));
+        }
+        tr.expire(t(4));
+        let d = tr.devices(t(4));
+        assert_eq!(
+            d.len(),
+            1,
+            "the -95 outlier (below minRssi) does not drop it"
+        );
+        assert_eq!(d[0].rssi, -60);
+        assert_eq!((d[0].first_seen, d[0].last_seen), (t(0), t(4)));
+    }
+
+    #[test]
+    fn a_lasting_change_is_followed_once_the_window_passes() {
+        let mut tr = Tracker::new(TrackerOptions::default());
+        tr.observe(BR, "omh-bracelet", None, -61, t(0));
+        tr.observe(BR, "omh-bracelet", None, -45, t(1));
+        tr.expire(t(1));
+        assert_eq!(
+            tr.devices(t(1))[0].rssi,
+            -61,
+            "one new reading is not yet confirmed"
+        );
+        let next = tr.next_expiry(t(1)).unwrap();
+        assert!(next > t(10) && next < t(11), "{next}");
+        tr.expire(t(11));
+        assert_eq!(tr.devices(t(11))[0].rssi, -45);
+    }
+
+    #[test]
+    fn silent_devices_drop_out_and_come_back_with_a_new_first_seen() {
+        let mut tr = Tracker::new(TrackerOptions::default());
+        tr.observe(BR, "omh-bracelet", None, -60, t(0));
+        tr.expire(t(300));
+        assert_eq!(
+            tr.devices(t(300)).len(),
+            1,
+            "300 s is not more than forget_after"
+        );
+        tr.expire(t(301));
+        assert!(tr.devices(t(301)).is_empty());
+        tr.observe(BR, "omh-bracelet", None, -60, t(400));
+        assert_eq!(tr.devices(t(400))[0].first_seen, t(400));
+    }
+
+    #[test]
+    fn weak_devices_are_tracked_but_not_reported_and_memory_is_bounded() {
+        let mut tr = Tracker::new(TrackerOptions {
+            max_devices: 2,
+            ..TrackerOptions::default()
+        });
+        tr.observe("AA:00:00:00:00:01", "c", Some(-70), -80, t(0));
+        tr.observe("AA:00:00:00:00:02", "c", Some(-70), -50, t(0));
+        tr.observe("AA:00:00:00:00:03", "c", Some(-70), -50, t(0));
+        assert_eq!((tr.len(), tr.dropped), (2, 1));
+        let ids: Vec<_> = tr.devices(t(0)).into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, ["AA:00:00:00:00:02"]);
+        for i in 0..1000 {
+            tr.observe("AA:00:00:00:00:02", "c", None, -50, t(i));
+        }
+        assert!(tr.devices["AA:00:00:00:00:02"].readings.len() <= MAX_READINGS);
+    }
+
+    #[test]
+    fn significance() {
+        let o = TrackerOptions::default();
+        let d = |rssi: i32, last: i64| SeenDevice {
+            id: BR.into(),
+            class: "omh-bracelet".into(),
+            rssi,
+            first_seen: t(0),
+            last_seen: t(last),
+        };
+        assert!(significant(&[], &[d(-60, 0)], &o));
+        assert!(significant(&[d(-60, 0)], &[], &o));
+        assert!(!significant(&[d(-60, 0)], &[d(-62, 9)], &o));
+        assert!(significant(&[d(-60, 0)], &[d(-63, 1)], &o));
+        assert!(significant(&[d(-60, 0)], &[d(-60, 10)], &o));
+    }
+}

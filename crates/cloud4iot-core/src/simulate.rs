@@ -1,0 +1,672 @@
+//! What-if replay (pure): a presence trace (timestamped sightings per gateway) goes through
+//! the agents' presence tracking ([`crate::presence`]) and the planner, step by step in
+//! trace time; the result is the migration timeline and totals a reviewer compares
+//! before merging a change of `dwell`, `lossGrace` or `minRssi`.
+//!
+//! Trace format (CSV, one sighting per line; `#` starts a comment line):
+//! ```text
+//! time,gateway,device,class,rssi
+//! 2026-11-27T08:00:00Z,gw-home-1,C4:7C:8D:6A:12:34,omh-bracelet,-61
+//! ```
+//! or YAML, a sequence of maps with the same keys. `time` is RFC 3339; `class` is the
+//! DeviceClass the agent matched; `rssi` is in dBm. `cloud4iot agent --record FILE` writes
+//! the CSV form.
+//!
+//! The replay starts from the snapshot's nodes (capacity, tiers, sites) and the resources
+//! its GatewayReports say are in use; devices and live Deployments of the snapshot are
+//! ignored: the trace is the presence, and the cluster starts empty.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Duration, GatewayReport, GatewayReportSpec, Inventory, Repo, SeenDevice, Tier};
+use crate::plan::{Placement, Planner};
+use crate::presence::{Tracker, TrackerOptions, significant};
+
+/// One line of a trace: `gateway` heard `device` (of `class`) at `rssi` dBm at `time`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sighting {
+    pub time: Timestamp,
+    pub gateway: String,
+    pub device: String,
+    pub class: String,
+    pub rssi: i32,
+}
+
+/// The CSV header of a trace.
+pub const CSV_HEADER: &str = "time,gateway,device,class,rssi";
+
+/// A trace line that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct TraceError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl Sighting {
+    /// The CSV line of this sighting (no newline).
+    pub fn to_csv(&self) -> String {
+        format!(
+            "{},{},{},{},{}",
+            self.time, self.gateway, self.device, self.class, self.rssi
+        )
+    }
+}
+
+/// Reads a CSV trace: the header line, then one sighting per line; blank lines and lines
+/// starting with `#` are skipped.
+pub fn parse_csv(text: &str) -> Result<Vec<Sighting>, TraceError> {
+    let mut out = Vec::new();
+    let mut header = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let n = i + 1;
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !header {
+            let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+            if cols != CSV_HEADER.split(',').collect::<Vec<_>>() {
+                return Err(TraceError {
+                    line: n,
+                    message: format!("expected the header {CSV_HEADER:?}, found {line:?}"),
+                });
+            }
+            header = true;
+            continue;
+        }
+        let err = |message: String| TraceError { line: n, message };
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() != 5 {
+            return Err(err(format!(
+                "expected 5 fields ({CSV_HEADER}), found {}",
+                f.len()
+            )));
+        }
+        let time = f[0]
+            .parse()
+            .map_err(|e| err(format!("time {:?}: {e}", f[0])))?;
+        for (name, v) in [("gateway", f[1]), ("device", f[2]), ("class", f[3])] {
+            if v.is_empty() {
+                return Err(err(format!("{name} is empty")));
+            }
+        }
+        let rssi = f[4]
+            .parse()
+            .map_err(|_| err(format!("rssi {:?} is not a whole number of dBm", f[4])))?;
+        out.push(Sighting {
+            time,
+            gateway: f[1].to_string(),
+            device: f[2].to_string(),
+            class: f[3].to_string(),
+            rssi,
+        });
+    }
+    if !header {
+        return Err(TraceError {
+            line: 1,
+            message: format!("empty trace: expected the header {CSV_HEADER:?}"),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a YAML trace: a sequence of `{time, gateway, device, class, rssi}` maps.
+pub fn parse_yaml(text: &str) -> Result<Vec<Sighting>, TraceError> {
+    serde_norway::from_str(text).map_err(|e| TraceError {
+        line: e.location().map(|l| l.line()).unwrap_or(1),
+        message: e.to_string(),
+    })
+}
+
+/// How to replay.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The agents' presence tracking (defaults: those of `cloud4iot agent`).
+    pub tracker: TrackerOptions,
+    /// The agents' minimum time between two reports of one gateway.
+    pub min_interval: SignedDuration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            tracker: TrackerOptions::default(),
+            min_interval: SignedDuration::from_secs(1),
+        }
+    }
+}
+
+/// Where an instance runs: a tier (and gateway), or nowhere (`tier: None`, unplaced).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub tier: Option<Tier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.tier, &self.node) {
+            (None, _) => f.write_str("unplaced"),
+            (Some(t), Some(n)) => write!(f, "{t}/{n}"),
+            (Some(t), None) => write!(f, "{t}"),
+        }
+    }
+}
+
+/// One change of where an instance runs. `from: None`: the instance appeared;
+/// `to: None`: it was removed (its device is no longer present anywhere).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub time: Timestamp,
+    pub function: String,
+    pub instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub from: Option<Location>,
+    pub to: Option<Location>,
+    pub reason: String,
+}
+
+impl Migration {
+    /// A move: from one place (tier or gateway) to another, both placed.
+    pub fn is_move(&self) -> bool {
+        matches!((&self.from, &self.to), (Some(a), Some(b)) if a.tier.is_some() && b.tier.is_some())
+    }
+    /// Anything but an instance's first appearance: moves, removals, becoming unplaced.
+    fn is_churn(&self) -> bool {
+        self.from.is_some()
+    }
+}
+
+/// Totals of one replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    /// Moves ([`Migration::is_move`]) per function.
+    pub moves: BTreeMap<String, u64>,
+    /// Instance-seconds per tier.
+    pub instance_seconds: BTreeMap<Tier, i64>,
+    /// Instance-seconds of instances that existed but had no place.
+    pub unplaced_seconds: i64,
+    /// Reports the agents would have written.
+    pub reports: u64,
+}
+
+/// What a replay shows: the timeline, the totals, and what dwell and lossGrace avoided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Simulation {
+    pub timeline: Vec<Migration>,
+    pub totals: Totals,
+    /// Churn (moves, removals, unplacements) the same trace causes with every policy's
+    /// `dwell` at 0s, minus the churn with the policies as written.
+    pub avoided_by_dwell: i64,
+    /// Churn with every `lossGrace` at the agents' lastSeen refresh (the shortest that
+    /// does not drop a device between two reports), minus the churn as written.
+    pub avoided_by_loss_grace: i64,
+}
+
+/// Replays `trace` through the planner against the nodes of `inv`, and twice more with
+/// dwell and lossGrace switched off, for the avoided counts.
+pub fn simulate(repo: &Repo, inv: &Inventory, trace: &[Sighting], opts: &SimOptions) -> Simulation {
+    let (timeline, totals) = replay(repo, inv, trace, opts);
+    let churn = |t: &[Migration]| t.iter().filter(|m| m.is_churn()).count() as i64;
+    let base = churn(&timeline);
+    let mut no_dwell = repo.clone();
+    for p in no_dwell.policies.values_mut() {
+        p.spec.presence.dwell = Duration::from_secs(0);
+    }
+    let mut short_grace = repo.clone();
+    for p in short_grace.policies.values_mut() {
+        p.spec.presence.loss_grace = Duration(opts.tracker.refresh);
+    }
+    let avoided_by_dwell = churn(&replay(&no_dwell, inv, trace, opts).0) - base;
+    let avoided_by_loss_grace = churn(&replay(&short_grace, inv, trace, opts).0) - base;
+    Simulation {
+        timeline,
+        totals,
+        avoided_by_dwell,
+        avoided_by_loss_grace,
+    }
+}
+
+/// One gateway's agent, simulated.
+struct Gw {
+    tracker: Tracker,
+    written: Vec<SeenDevice>,
+    last_write: Option<Timestamp>,
+    report: GatewayReport,
+    /// The wake-up time queued for it, if any (older queue entries are stale).
+    wake: Option<Timestamp>,
+    /// When the planner must look at its devices again (dwell, lossGrace).
+    replan_at: Option<Timestamp>,
+}
+
+/// Replays `trace` once: the timeline and totals.
+pub fn replay(
+    repo: &Repo,
+    inv: &Inventory,
+    trace: &[Sighting],
+    opts: &SimOptions,
+) -> (Vec<Migration>, Totals) {
+    let mut sorted: Vec<&Sighting> = trace.iter().collect();
+    sorted.sort_by_key(|s| s.time);
+    let mut totals = Totals {
+        start: sorted.first().map(|s| s.time),
+        end: sorted.last().map(|s| s.time),
+        ..Totals::default()
+    };
+    let Some(start) = totals.start else {
+        return (Vec::new(), totals);
+    };
+    let min_rssi: HashMap<&str, Option<i32>> = repo
+        .device_classes
+        .values()
+        .map(|c| (c.name(), c.spec.min_rssi))
+        .collect();
+    // The cluster starts empty: nodes, and the resources reports say are used by others.
+    let reports: Vec<GatewayReport> = inv
+        .reports
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.spec.devices.clear();
+            r
+        })
+        .collect();
+    let empty = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
+    let mut planner = Planner::new(repo, &empty, start);
+    let mut gws: Vec<Gw> = Vec::new();
+    let mut gw_ids: HashMap<String, usize> = HashMap::new();
+    for n in &inv.nodes {
+        if n.tier != Tier::Gateway {
+            continue;
+        }
+        let report = reports
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(n.name.as_str()))
+            .cloned()
+            .unwrap_or_else(|| GatewayReport::new(&n.name, GatewayReportSpec::default()));
+        gw_ids.insert(n.name.clone(), gws.len());
+        gws.push(Gw {
+            tracker: Tracker::new(opts.tracker),
+            written: Vec::new(),
+            last_write: None,
+            report,
+            wake: None,
+            replan_at: None,
+        });
+    }
+    // Re-plan wake-ups: every policy's dwell after a first sighting, lossGrace after a last.
+    let mut dwells: Vec<SignedDuration> = Vec::new();
+    let mut graces: Vec<SignedDuration> = Vec::new();
+    for p in repo.policies.values() {
+        dwells.push(p.spec.presence.dwell.as_signed());
+        graces.push(p.spec.presence.loss_grace.as_signed());
+    }
+    dwells.sort();
+    dwells.dedup();
+    graces.sort();
+    graces.dedup();
+
+    let mut timeline = Vec::new();
+    let mut state = Tracked::default();
+    for p in planner.plan().placements {
+        state.change(&mut timeline, &mut totals, start, None, Some(p));
+    }
+
+    let mut queue: BinaryHeap<Reverse<(Timestamp, usize)>> = BinaryHeap::new();
+    let eps = SignedDuration::from_millis(1);
+    let mut i = 0;
+    loop {
+        // Drop stale wake-ups (a gateway keeps only its latest).
+        while let Some(Reverse((t, g))) = queue.peek().copied() {
+            if gws[g].wake == Some(t) {
+                break;
+            }
+            queue.pop();
+        }
+        let next_sighting = sorted.get(i).map(|s| s.time);
+        let next_wake = queue.peek().map(|Reverse((t, _))| *t);
+        let mut touched = Vec::new();
+        let now = match (next_sighting, next_wake) {
+            (None, None) => break,
+            (Some(s), w) if w.is_none_or(|w| s <= w) => {
+                while let Some(x) = sorted.get(i).filter(|x| x.time == s) {
+                    if let Some(&g) = gw_ids.get(&x.gateway) {
+                        let min = min_rssi.get(x.class.as_str()).copied().flatten();
+                        gws[g]
+                            .tracker
+                            .observe(&x.device, &x.class, min, x.rssi, x.time);
+                        touched.push(g);
+                    }
+                    i += 1;
+                }
+                s
+            }
+            (_, w) => {
+                let w = w.expect("a wake-up when no sighting comes first");
+                while let Some(Reverse((t, g))) = queue.peek().copied() {
+                    if t != w {
+                        break;
+                    }
+                    queue.pop();
+                    if gws[g].wake == Some(t) {
+                        gws[g].wake = None;
+                        touched.push(g);
+                    }
+                }
+                w
+            }
+        };
+        if totals.end.is_some_and(|end| now > end) {
+            // Wake-ups past the trace's end change nothing a reviewer can check.
+            break;
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for g in touched {
+            let gw = &mut gws[g];
+            gw.tracker.expire(now);
+            let devices = gw.tracker.devices(now);
+            let due = gw
+                .last_write
+                .is_none_or(|t| now.duration_since(t) >= opts.min_interval);
+            let changed = significant(&gw.written, &devices, &opts.tracker);
+            let write = changed && due;
+            if write {
+                gw.written = devices;
+                gw.last_write = Some(now);
+                gw.report.spec.devices = gw.written.clone();
+                gw.report.spec.heartbeat = Some(now);
+                totals.reports += 1;
+            }
+            let replan = write || gw.replan_at.is_some_and(|t| t <= now);
+            // The planner's own clock: a dwell reached, a lossGrace run out.
+            let mut replan_at: Option<Timestamp> = None;
+            for d in &gw.written {
+                for t in dwells
+                    .iter()
+                    .map(|&dw| d.first_seen + dw)
+                    .chain(graces.iter().map(|&gr| d.last_seen + gr + eps))
+                {
+                    if t > now && replan_at.is_none_or(|r| t < r) {
+                        replan_at = Some(t);
+                    }
+                }
+            }
+            gw.replan_at = replan_at;
+            let rate_limited =
+                (changed && !due).then(|| gw.last_write.unwrap() + opts.min_interval);
+            gw.wake = [gw.tracker.next_expiry(now), rate_limited, replan_at]
+                .into_iter()
+                .flatten()
+                .filter(|&t| t > now)
+                .min();
+            if let Some(w) = gw.wake {
+                queue.push(Reverse((w, g)));
+            }
+            if !replan {
+                continue;
+            }
+            let delta = planner.update_report(gw.report.clone(), now);
+            for p in delta.upserted {
+                let old = state.current(&p.instance);
+                state.change(&mut timeline, &mut totals, now, old, Some(p));
+            }
+            for (_, instance) in delta.removed {
+                let old = state.current(&instance);
+                state.change(&mut timeline, &mut totals, now, old, None);
+            }
+        }
+    }
+    let end = totals.end.unwrap_or(start);
+    state.flush(&mut totals, end);
+    (timeline, totals)
+}
+
+/// What runs where during the replay, and since when.
+#[derive(Default)]
+struct Tracked {
+    running: HashMap<String, (Placement, Timestamp)>,
+}
+
+impl Tracked {
+    fn current(&self, instance: &str) -> Option<Placement> {
+        self.running.get(instance).map(|(p, _)| p.clone())
+    }
+
+    fn change(
+        &mut self,
+        timeline: &mut Vec<Migration>,
+        totals: &mut Totals,
+        now: Timestamp,
+        old: Option<Placement>,
+        new: Option<Placement>,
+    ) {
+        let loc = |p: &Placement| Location {
+            tier: p.tier,
+            node: p.node.clone(),
+        };
+        let same = match (&old, &new) {
+            (Some(a), Some(b)) => loc(a) == loc(b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            // A new reason for the same place is not a migration.
+            if let (Some(n), Some(entry)) =
+                (new, old.and_then(|o| self.running.get_mut(&o.instance)))
+            {
+                entry.0 = n;
+            }
+            return;
+        }
+        let key = old
+            .as_ref()
+            .or(new.as_ref())
+            .map(|p| p.instance.clone())
+            .unwrap_or_default();
+        if let Some((p, since)) = self.running.remove(&key) {
+            account(totals, &p, now.duration_since(since).as_secs());
+        }
+        let any = new.as_ref().or(old.as_ref()).expect("one side");
+        let m = Migration {
+            time: now,
+            function: any.function.clone(),
+            instance: any.instance.clone(),
+            device: any.device.clone(),
+            from: old.as_ref().map(loc),
+            to: new.as_ref().map(loc),
+            reason: new.as_ref().map(|p| p.reason.clone()).unwrap_or_else(|| {
+                "no gateway sees the device any more (lossGrace ran out)".to_string()
+            }),
+        };
+        if m.is_move() {
+            *totals.moves.entry(m.function.clone()).or_default() += 1;
+        }
+        timeline.push(m);
+        if let Some(p) = new {
+            self.running.insert(key, (p, now));
+        }
+    }
+
+    fn flush(&mut self, totals: &mut Totals, end: Timestamp) {
+        for (p, since) in self.running.values() {
+            account(totals, p, end.duration_since(*since).as_secs());
+        }
+    }
+}
+
+fn account(totals: &mut Totals, p: &Placement, secs: i64) {
+    match p.tier {
+        Some(t) => *totals.instance_seconds.entry(t).or_default() += secs,
+        None => totals.unplaced_seconds += secs,
+    }
+}
+
+/// A deterministic synthetic trace: `devices` bracelets roaming over `gateways` gateways
+/// for `hours`, one sighting per device every `every` seconds (noise included), for the
+/// benchmark and the tests.
+pub fn synthetic_trace(
+    gateways: &[String],
+    devices: usize,
+    hours: i64,
+    every: i64,
+    class: &str,
+    start: Timestamp,
+) -> Vec<Sighting> {
+    let mut out = Vec::new();
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let steps = hours * 3600 / every;
+    for d in 0..devices {
+        let id = format!(
+            "C4:7C:{:02X}:{:02X}:{:02X}:{:02X}",
+            (d >> 24) & 0xff,
+            (d >> 16) & 0xff,
+            (d >> 8) & 0xff,
+            d & 0xff
+        );
+        let mut at = (rand() as usize) % gateways.len();
+        // A few moves a day, each with a minute at the border where both gateways hear it.
+        let mut next_move = (rand() % (steps as u64 / 3).max(1)) as i64;
+        for s in 0..steps {
+            let time = start + SignedDuration::from_secs(s * every + (d as i64 % every));
+            let noise = (rand() % 7) as i32 - 3;
+            if s == next_move {
+                let to =
+                    (at + 1 + (rand() as usize) % (gateways.len() - 1).max(1)) % gateways.len();
+                at = to;
+                next_move = s + (rand() % (steps as u64 / 3).max(1)) as i64 + 1;
+            }
+            let border = s + 6 >= next_move && gateways.len() > 1;
+            out.push(Sighting {
+                time,
+                gateway: gateways[at].clone(),
+                device: id.clone(),
+                class: class.to_string(),
+                rssi: if border { -78 } else { -58 } + noise,
+            });
+            if border {
+                let other = (at + 1) % gateways.len();
+                out.push(Sighting {
+                    time,
+                    gateway: gateways[other].clone(),
+                    device: id.clone(),
+                    class: class.to_string(),
+                    rssi: -80 + noise,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|s| s.time);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn examples() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples-repo")
+    }
+
+    fn fixture() -> (Repo, Inventory, Vec<Sighting>) {
+        let repo = crate::load::load_dir(&examples()).expect("examples-repo is valid");
+        let inv = crate::state::read_snapshot(&examples().join("state/home.yaml")).unwrap();
+        let text = std::fs::read_to_string(examples().join("traces/roaming-morning.csv")).unwrap();
+        (repo, inv, parse_csv(&text).unwrap())
+    }
+
+    #[test]
+    fn csv_errors_name_the_line_and_field() {
+        let e = parse_csv("time,gw,device,class,rssi\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        let e =
+            parse_csv("# c\ntime,gateway,device,class,rssi\n2026-11-27T08:00:00Z,gw,d,c,loud\n")
+                .unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("rssi \"loud\""), "{e}");
+        let e = parse_csv("time,gateway,device,class,rssi\nyesterday,gw,d,c,-60\n").unwrap_err();
+        assert!(e.line == 2 && e.message.starts_with("time"), "{e}");
+        let ok =
+            parse_csv("time,gateway,device,class,rssi\n2026-11-27T08:00:00Z,gw,d,c,-60\n").unwrap();
+        assert_eq!(ok[0].rssi, -60);
+        assert_eq!(
+            parse_csv(&format!("{CSV_HEADER}\n{}\n", ok[0].to_csv())).unwrap(),
+            ok
+        );
+        let y = parse_yaml(
+            "- {time: 2026-11-27T08:00:00Z, gateway: gw, device: d, class: c, rssi: -60}\n",
+        )
+        .unwrap();
+        assert_eq!(y, ok);
+        assert!(parse_yaml("- {time: 2026-11-27T08:00:00Z, gateway: gw}\n").is_err());
+    }
+
+    #[test]
+    fn the_example_morning_moves_the_bracelet_once_and_dwell_holds_the_blip() {
+        let (repo, inv, trace) = fixture();
+        let sim = simulate(&repo, &inv, &trace, &SimOptions::default());
+        let a = "omh-consolidator-c4-7c-8d-6a-12-34";
+        let of_a: Vec<&Migration> = sim.timeline.iter().filter(|m| m.instance == a).collect();
+        let node = |l: &Option<Location>| l.as_ref().and_then(|l| l.node.clone());
+        assert_eq!(node(&of_a[0].to).as_deref(), Some("gw-home-1"), "{of_a:#?}");
+        let moves: Vec<&&Migration> = of_a.iter().filter(|m| m.is_move()).collect();
+        assert_eq!(moves.len(), 1, "one move, not one per blip: {of_a:#?}");
+        assert_eq!(node(&moves[0].to).as_deref(), Some("gw-hospital-1"));
+        // Home lost it at 09:30 (last reading 09:29:5x); lossGrace 2m, dwell 30s.
+        let t = moves[0].time.to_string();
+        assert!(
+            t.as_str() > "2026-11-27T09:31:30Z" && t.as_str() < "2026-11-27T09:32:10Z",
+            "{t}"
+        );
+        assert_eq!(sim.totals.moves.get("omh-consolidator"), Some(&1));
+        assert!(
+            sim.avoided_by_dwell >= 1,
+            "the 20 s blip moves it without dwell: {}",
+            sim.avoided_by_dwell
+        );
+        // Both bracelets' consolidators ran on gateways nearly all the time.
+        let gw = sim
+            .totals
+            .instance_seconds
+            .get(&Tier::Gateway)
+            .copied()
+            .unwrap_or(0);
+        assert!(gw > 3 * 3600 && gw <= 4 * 3600, "{:?}", sim.totals);
+        // Deterministic.
+        assert_eq!(sim, simulate(&repo, &inv, &trace, &SimOptions::default()));
+    }
+
+    #[test]
+    fn a_longer_dwell_in_the_policy_is_what_a_reviewer_sees() {
+        let (mut repo, inv, trace) = fixture();
+        for p in repo.policies.values_mut() {
+            p.spec.presence.dwell = Duration::from_secs(0);
+        }
+        let sim = simulate(&repo, &inv, &trace, &SimOptions::default());
+        let moves: u64 = sim.totals.moves.values().sum();
+        assert!(
+            moves >= 2,
+            "without dwell the blip is a move (and back): {:#?}",
+            sim.timeline
+        );
+        assert_eq!(sim.avoided_by_dwell, 0);
+    }
+}

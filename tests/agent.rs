@@ -1,0 +1,879 @@
+//! `cloud4iot agent` end to end: the real binary, the real btleplug stack talking to BlueZ's
+//! D-Bus API emulated by python-dbusmock's bluez5 template (tests/bluez/) on a private
+//! dbus-daemon per agent (no radio, no kernel modules), and a real control plane.
+//!
+//! Each agent is its own process with its own DBUS_SYSTEM_BUS_ADDRESS: libdbus fixes the
+//! system bus address at the first connection of a process.
+//!
+//! Needs `dbus-daemon`, `gdbus` and Debian's python3-dbusmock (`.ci/run` installs them).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloud4iot_core::model::GatewayReport;
+use cloud4iot_kube::install::{AGENT, NODE_NAME_CLAIM, SYSTEM_NAMESPACE};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
+
+const BRACELET: &str = "C4:7C:8D:6A:12:34";
+const BRACELET_NAME: &str = "OMH-BR-0042";
+const HEART_RATE: &str = "0000180d-0000-1000-8000-00805f9b34fb";
+const THERMOMETER: &str = "A4:C1:38:00:00:07";
+const ENV_SENSING: &str = "0000181a-0000-1000-8000-00805f9b34fb";
+const CONSOLIDATOR: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
+/// Generous bounds for a loaded 2-core machine; the waits end as soon as the condition holds.
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- the BlueZ mock
+
+/// A private system bus with BlueZ emulated on it; stopped on drop.
+struct Bluez {
+    dir: tempfile::TempDir,
+}
+
+fn btmock_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bluez/btmock.sh")
+}
+
+impl Bluez {
+    /// Bus + mock + adapter hci0.
+    fn start() -> Bluez {
+        let bluez = Bluez {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        };
+        bluez.run(&["start"]);
+        bluez.run(&["adapter"]);
+        bluez
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Command::new(btmock_script())
+            .arg(args[0])
+            .arg(self.dir.path())
+            .args(&args[1..])
+            .output()
+            .expect("run tests/bluez/btmock.sh");
+        assert!(
+            out.status.success(),
+            "btmock.sh {args:?}: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("mock.log")).unwrap_or_default(),
+            std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        );
+    }
+
+    fn address(&self) -> String {
+        format!("unix:path={}/bus", self.dir.path().display())
+    }
+
+    fn add(&self, mac: &str, name: &str, rssi: i32, uuid: &str) {
+        self.run(&["add-device", mac, name, &rssi.to_string(), uuid]);
+    }
+}
+
+impl Drop for Bluez {
+    fn drop(&mut self) {
+        let _ = Command::new(btmock_script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+// ---------------------------------------------------------------- the agent process
+
+struct Agent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Agent {
+    fn start(node: &str, kubeconfig: &Path, bluez: &Bluez, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("agent.log");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+            .args(["agent", "--node", node, "--kubeconfig"])
+            .arg(kubeconfig)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--heartbeat",
+                "3s",
+            ])
+            .args(["--poll", "1s", "--log", "info,cloud4iot_agent=debug"])
+            .args(extra)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.address())
+            .env_remove("KUBECONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start cloud4iot agent");
+        Agent {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path of the agent's HTTP server: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        (status, body.to_string())
+    }
+
+    /// SIGTERM, then the exit code (bounded wait).
+    fn terminate(mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                return (None, started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+async fn cloud4iot(args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run cloud4iot");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn apply(cp: &ControlPlane, repo: &Path) {
+    let (code, out) = cloud4iot(&[
+        "apply",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--kubeconfig",
+        cp.kubeconfig().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "cloud4iot apply: {out}");
+}
+
+async fn cluster(options: Options) -> ControlPlane {
+    let cp = ControlPlane::start(options).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
+        .await;
+    cp.create_node(gateway_node(
+        "gw-hospital-1",
+        "hospital",
+        "arm64",
+        "2",
+        "2Gi",
+    ))
+    .await;
+    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi"))
+        .await;
+    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
+        .await;
+    cp
+}
+
+async fn report(client: &Client, node: &str) -> Option<GatewayReport> {
+    Api::<GatewayReport>::all(client.clone())
+        .get_opt(node)
+        .await
+        .expect("read a GatewayReport")
+}
+
+/// Waits until `node`'s report satisfies `ok`, checking on every read that it never
+/// lists the thermometer (a device of no known class, while `no_thermometer`).
+async fn wait_report(
+    client: &Client,
+    node: &str,
+    what: &str,
+    agent: &Agent,
+    ok: impl Fn(&GatewayReport) -> bool,
+) -> GatewayReport {
+    let started = Instant::now();
+    loop {
+        if let Some(r) = report(client, node).await {
+            if ok(&r) {
+                return r;
+            }
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{node}: {what} not reported within {WAIT:?}; last: {:?}\n--- agent log\n{}",
+            report(client, node).await.map(|r| r.spec),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn device<'a>(r: &'a GatewayReport, id: &str) -> Option<&'a cloud4iot_core::model::SeenDevice> {
+    r.spec.devices.iter().find(|d| d.id == id)
+}
+
+fn examples_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples-repo")
+}
+
+/// A copy of examples-repo, to change in a test.
+fn copy_examples(to: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&examples_repo(), to);
+}
+
+// ---------------------------------------------------------------- the tests
+
+/// The issue's "done when": after `cloud4iot apply --repo examples-repo`, an agent on a
+/// BlueZ holding the bracelet and an unrelated thermometer reports the bracelet (class,
+/// RSSI) and never the thermometer, follows an RSSI change, keeps the heartbeat fresh,
+/// survives BlueZ restarting (not ready meanwhile), picks up a new DeviceClass live,
+/// records a trace `simulate` reads, and exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_changes() {
+    let cp = cluster(Options::api_only()).await;
+    let client = cp.client();
+    apply(&cp, &examples_repo()).await;
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        .get("cloud4iot-device-classes")
+        .await
+        .expect("apply writes the DeviceClasses ConfigMap");
+    assert!(
+        cm.data.unwrap()["deviceclasses.yaml"].contains("namePrefix: OMH-BR"),
+        "the classes of the repository"
+    );
+
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    bluez.add(THERMOMETER, "Thermo-7", -40, ENV_SENSING);
+    let trace = tempfile::NamedTempFile::new().unwrap();
+    let agent = Agent::start(
+        "gw-home-1",
+        cp.kubeconfig(),
+        &bluez,
+        &["--record", trace.path().to_str().unwrap()],
+    );
+    let no_thermometer = |r: &GatewayReport| {
+        assert!(
+            device(r, THERMOMETER).is_none(),
+            "a device of no known class left the gateway: {:?}",
+            r.spec
+        );
+    };
+    let r = wait_report(&client, "gw-home-1", "the bracelet", &agent, |r| {
+        no_thermometer(r);
+        device(r, BRACELET).is_some() && r.spec.resources.is_some()
+    })
+    .await;
+    let b = device(&r, BRACELET).unwrap();
+    assert_eq!(
+        (b.class.as_str(), b.rssi),
+        ("omh-bracelet", -61),
+        "{:?}",
+        r.spec
+    );
+    assert!(b.first_seen <= b.last_seen);
+    let managers: Vec<String> = r
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.contains(&"cloud4iot-agent".to_string()),
+        "{managers:?}"
+    );
+
+    // RSSI change: followed once the smoothing window confirms it.
+    bluez.run(&["rssi", BRACELET, "-45"]);
+    wait_report(&client, "gw-home-1", "RSSI -45", &agent, |r| {
+        no_thermometer(r);
+        device(r, BRACELET).is_some_and(|d| d.rssi == -45)
+    })
+    .await;
+
+    // Heartbeat: a newer one within a few heartbeats, nothing else changing.
+    let h1 = report(&client, "gw-home-1")
+        .await
+        .unwrap()
+        .spec
+        .heartbeat
+        .unwrap();
+    wait_report(&client, "gw-home-1", "a fresh heartbeat", &agent, |r| {
+        r.spec.heartbeat.is_some_and(|h| h > h1)
+    })
+    .await;
+    let (code, body) = agent.get("/readyz");
+    assert_eq!(code, 200, "{body}\n{}", agent.log());
+    let (code, metrics) = agent.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("cloud4iot_agent_reports_written_total")
+            && metrics.contains("cloud4iot_agent_devices 1")
+            && metrics.contains("cloud4iot_agent_scan_errors_total 0"),
+        "{metrics}"
+    );
+    assert_eq!(agent.get("/healthz").0, 200);
+
+    // BlueZ crashes: not ready, with a clear log; it comes back: scanning again.
+    bluez.run(&["kill-mock"]);
+    let started = Instant::now();
+    loop {
+        let (code, body) = agent.get("/readyz");
+        if code == 503 {
+            assert!(body.contains("BLE down"), "{body}");
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "still ready without BlueZ\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        agent.log().contains("reconnecting to BlueZ"),
+        "{}",
+        agent.log()
+    );
+    bluez.run(&["start-mock"]);
+    bluez.run(&["adapter"]);
+    bluez.add(BRACELET, BRACELET_NAME, -50, HEART_RATE);
+    bluez.add(THERMOMETER, "Thermo-7", -40, ENV_SENSING);
+    wait_report(
+        &client,
+        "gw-home-1",
+        "RSSI -50 after BlueZ came back",
+        &agent,
+        |r| {
+            no_thermometer(r);
+            device(r, BRACELET).is_some_and(|d| d.rssi == -50)
+        },
+    )
+    .await;
+    let started = Instant::now();
+    while agent.get("/readyz").0 != 200 {
+        assert!(started.elapsed() < WAIT, "not ready again\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A new DeviceClass, applied from git: picked up live, without a restart.
+    let repo = tempfile::tempdir().unwrap();
+    copy_examples(repo.path());
+    std::fs::write(
+        repo.path().join("device-classes/thermometer.yaml"),
+        "apiVersion: cloud4iot.io/v1alpha1\nkind: DeviceClass\nmetadata:\n  name: room-thermometer\n\
+         spec:\n  match:\n    serviceUuids: [181A]\n",
+    )
+    .unwrap();
+    apply(&cp, repo.path()).await;
+    wait_report(
+        &client,
+        "gw-home-1",
+        "the thermometer, now of a class",
+        &agent,
+        |r| device(r, THERMOMETER).is_some_and(|d| d.class == "room-thermometer"),
+    )
+    .await;
+
+    let (code, took) = agent.terminate();
+    assert_eq!(code, Some(0), "SIGTERM exits 0 (after {took:?})");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // The recorded trace replays.
+    let recorded = std::fs::read_to_string(trace.path()).unwrap();
+    assert!(
+        recorded.starts_with("time,gateway,device,class,rssi\n"),
+        "{recorded}"
+    );
+    let before_class: Vec<&str> = recorded
+        .lines()
+        .filter(|l| l.contains(THERMOMETER) && !l.contains("room-thermometer"))
+        .collect();
+    assert!(before_class.is_empty(), "{before_class:?}");
+    assert!(recorded.contains(&format!("gw-home-1,{BRACELET},omh-bracelet,-45")));
+    let state = examples_repo().join("state/home.yaml");
+    let (code, out) = cloud4iot(&[
+        "simulate",
+        "--repo",
+        examples_repo().to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--trace",
+        trace.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gateway/gw-home-1"), "{out}");
+}
+
+/// Two gateways, each with its own agent on its own mocked BlueZ: the bracelet leaves the
+/// home gateway and appears at the hospital gateway, both reports change, and after
+/// `cloud4iot apply` the real scheduler binds the consolidator's Pod on the hospital
+/// gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bracelet_roams_from_home_to_hospital_and_its_consolidator_follows() {
+    let cp = cluster(Options::with_scheduling()).await;
+    let client = cp.client();
+    let _kubelet = KubeletStandIn::start(client.clone());
+    // examples-repo with a short dwell and lossGrace, so the test does not wait minutes.
+    let repo = tempfile::tempdir().unwrap();
+    copy_examples(repo.path());
+    let policy = repo.path().join("policies/ehealth-roaming.yaml");
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("dwell: 30s", "dwell: 2s")
+        .replace("lossGrace: 2m", "lossGrace: 3s");
+    std::fs::write(&policy, text).unwrap();
+    apply(&cp, repo.path()).await;
+
+    let home_bus = Bluez::start();
+    let hospital_bus = Bluez::start();
+    home_bus.add(BRACELET, BRACELET_NAME, -58, HEART_RATE);
+    let forget = ["--forget-after", "3s"];
+    let home = Agent::start("gw-home-1", cp.kubeconfig(), &home_bus, &forget);
+    let hospital = Agent::start("gw-hospital-1", cp.kubeconfig(), &hospital_bus, &forget);
+    wait_report(&client, "gw-home-1", "the bracelet at home", &home, |r| {
+        device(r, BRACELET).is_some()
+    })
+    .await;
+    wait_report(
+        &client,
+        "gw-hospital-1",
+        "an empty report",
+        &hospital,
+        |r| r.spec.devices.is_empty() && r.spec.heartbeat.is_some(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // past dwell: a fresh placement anyway
+    apply(&cp, repo.path()).await;
+    wait_bound_only_to(&cp, CONSOLIDATOR, "gw-home-1").await;
+
+    // The patient walks to the hospital.
+    home_bus.run(&["remove-device", BRACELET]);
+    hospital_bus.add(BRACELET, BRACELET_NAME, -55, HEART_RATE);
+    wait_report(
+        &client,
+        "gw-hospital-1",
+        "the bracelet at the hospital",
+        &hospital,
+        |r| device(r, BRACELET).is_some_and(|d| d.rssi == -55),
+    )
+    .await;
+    wait_report(
+        &client,
+        "gw-home-1",
+        "the bracelet gone from home",
+        &home,
+        |r| device(r, BRACELET).is_none(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the hospital's dwell
+    apply(&cp, repo.path()).await;
+    wait_bound_only_to(&cp, CONSOLIDATOR, "gw-hospital-1").await;
+    for a in [home, hospital] {
+        assert_eq!(a.terminate().0, Some(0));
+    }
+}
+
+/// A service-account token bound to a Pod on gw-home-1 (as the kubelet gives the agent)
+/// carries the node-name claim: with it the agent writes gw-home-1's report, is denied
+/// gw-hospital-1's, and can delete neither, even when RBAC is widened to allow deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_bound_token_writes_only_its_own_gateways_report_and_deletes_none() {
+    let cp = cluster(Options::api_only()).await;
+    let client = cp.client();
+    install(&cp).await;
+    let pod = agent_pod(&client, "gw-home-1").await;
+    let token = pod_token(&client, &pod).await;
+    let kubeconfig = token_kubeconfig(&cp, &token).await;
+    let as_agent = kube::Client::try_from(
+        cloud4iot_kube::cluster::config(&cloud4iot_kube::cluster::ClientOptions {
+            kubeconfig: Some(kubeconfig.path().to_path_buf()),
+            context: None,
+        })
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let reports: Api<GatewayReport> = Api::all(as_agent.clone());
+    let ssa = PatchParams::apply("cloud4iot-agent").force();
+    let body = |name: &str| {
+        json!({"apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+               "metadata": {"name": name}, "spec": {"heartbeat": "2026-11-28T10:00:00Z", "devices": []}})
+    };
+    // Policies reach the API server's informers shortly after they are created.
+    let started = Instant::now();
+    loop {
+        match reports
+            .patch("gw-hospital-1", &ssa, &Patch::Apply(body("gw-hospital-1")))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains("named after its own node") => {
+                assert_eq!(s.code, 403);
+                break;
+            }
+            other => {
+                // Let a write that slipped through before the policy was active be undone.
+                if other.is_ok() {
+                    let _ = Api::<GatewayReport>::all(client.clone())
+                        .delete("gw-hospital-1", &DeleteParams::default())
+                        .await;
+                }
+                assert!(started.elapsed() < WAIT, "never denied: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    reports
+        .patch("gw-home-1", &ssa, &Patch::Apply(body("gw-home-1")))
+        .await
+        .expect("the agent writes its own report");
+    // An admin wrote the hospital's report; the home agent may not delete either.
+    Api::<GatewayReport>::all(client.clone())
+        .patch(
+            "gw-hospital-1",
+            &PatchParams::apply("admin").force(),
+            &Patch::Apply(body("gw-hospital-1")),
+        )
+        .await
+        .unwrap();
+    for name in ["gw-home-1", "gw-hospital-1"] {
+        match reports.delete(name, &DeleteParams::default()).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{name}: {s:?}"),
+            Ok(_) => panic!("the agent deleted {name}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Even if someone widens RBAC, the admission policy still refuses the delete.
+    let widen = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "widened"},
+        "rules": [{"apiGroups": ["cloud4iot.io"], "resources": ["gatewayreports"], "verbs": ["delete"]}]
+    });
+    let bind = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "widened"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "widened"},
+        "subjects": [{"kind": "ServiceAccount", "name": AGENT, "namespace": SYSTEM_NAMESPACE}]
+    });
+    kubectl_apply(&cp, &[widen, bind]).await;
+    let started = Instant::now();
+    loop {
+        match reports.delete("gw-home-1", &DeleteParams::default()).await {
+            Err(kube::Error::Api(s)) if s.message.contains("may not delete") => break,
+            Err(kube::Error::Api(s)) if s.code == 403 => {} // RBAC not widened yet
+            other => panic!("delete with widened RBAC: {other:?}"),
+        }
+        assert!(started.elapsed() < WAIT, "the policy never spoke");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(report(&client, "gw-home-1").await.is_some());
+    assert!(report(&client, "gw-hospital-1").await.is_some());
+
+    // The agent binary itself, with that token: its own report, and the Pods of its node.
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    apply(&cp, &examples_repo()).await; // the DeviceClasses ConfigMap
+    let agent = Agent::start("gw-home-1", kubeconfig.path(), &bluez, &[]);
+    wait_report(
+        &client,
+        "gw-home-1",
+        "the bracelet, written with the pod token",
+        &agent,
+        |r| device(r, BRACELET).is_some(),
+    )
+    .await;
+    // With the gw-home-1 token, an agent claiming to be gw-hospital-1 gets nowhere.
+    let impostor = Agent::start("gw-hospital-1", kubeconfig.path(), &bluez, &[]);
+    let started = Instant::now();
+    loop {
+        let (code, body) = impostor.get("/readyz");
+        if code == 503 && body.contains("named after its own node") {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{code} {body}\n{}",
+            impostor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        report(&client, "gw-hospital-1")
+            .await
+            .unwrap()
+            .spec
+            .devices
+            .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------- identity helpers
+
+async fn kubectl_apply(cp: &ControlPlane, docs: &[Value]) {
+    let yaml: String = docs
+        .iter()
+        .map(|d| format!("---\n{}", serde_norway::to_string(d).unwrap()))
+        .collect();
+    kubectl_apply_yaml(cp, &yaml).await;
+}
+
+async fn kubectl_apply_yaml(cp: &ControlPlane, yaml: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kubectl")
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=test",
+            "-f",
+            "-",
+            "--kubeconfig",
+        ])
+        .arg(cp.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `cloud4iot manifests`, applied (CRDs, RBAC, the admission policy).
+async fn install(cp: &ControlPlane) {
+    let (code, yaml) = cloud4iot(&["manifests"]).await;
+    assert_eq!(code, 0, "{yaml}");
+    kubectl_apply_yaml(cp, &yaml).await;
+}
+
+/// A Pod of the agent's service account bound to `node` (there is no kubelet: it stays
+/// Pending, which is all a bound token needs).
+async fn agent_pod(client: &Client, node: &str) -> Pod {
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("agent-{node}"), "namespace": SYSTEM_NAMESPACE},
+        "spec": {"serviceAccountName": AGENT, "nodeName": node,
+                 "containers": [{"name": "agent", "image": "cloud4iot:test"}]}
+    }))
+    .unwrap();
+    let api: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let started = Instant::now();
+    loop {
+        // The service account may take a moment to exist for the admission plugin.
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(p) => return p,
+            Err(e) if started.elapsed() < WAIT => {
+                tracing_log(&e);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("create the agent's Pod: {e}"),
+        }
+    }
+}
+
+fn tracing_log(e: &kube::Error) {
+    eprintln!("retrying: {e}");
+}
+
+/// A TokenRequest bound to `pod`: what the kubelet mounts into the agent's container.
+async fn pod_token(client: &Client, pod: &Pod) -> String {
+    let name = pod.metadata.name.clone().unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let body = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [], "expirationSeconds": 3600,
+                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}}
+    });
+    let req = http::Request::post(format!(
+        "/api/v1/namespaces/{SYSTEM_NAMESPACE}/serviceaccounts/{AGENT}/token"
+    ))
+    .header("Content-Type", "application/json")
+    .body(serde_json::to_vec(&body).unwrap())
+    .unwrap();
+    let v: Value = client.request(req).await.expect("TokenRequest");
+    let token = v["status"]["token"].as_str().expect("a token").to_string();
+    // The claim the admission policy keys on is in the token itself.
+    let payload = token.split('.').nth(1).unwrap();
+    let claims = String::from_utf8(base64_url(payload)).unwrap();
+    assert!(
+        claims.contains("\"node\"") && claims.contains("gw-home-1"),
+        "a pod-bound token names the node ({NODE_NAME_CLAIM}): {claims}"
+    );
+    token
+}
+
+fn base64_url(s: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = alphabet.iter().position(|&a| a == c).expect("base64url") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// A kubeconfig that authenticates with `token` (and trusts the test CA).
+async fn token_kubeconfig(cp: &ControlPlane, token: &str) -> tempfile::NamedTempFile {
+    let admin: Value = serde_norway::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap())
+        .expect("the admin kubeconfig");
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": "agent", "user": {"token": token}}],
+        "contexts": [{"name": "agent", "context": {"cluster": "test", "user": "agent"}}],
+        "current-context": "agent"
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_norway::to_string(&config).unwrap()).unwrap();
+    file
+}
+
+// ---------------------------------------------------------------- scheduling helpers
+
+/// Finishes the deletion of Pods that were deleted gracefully, as the kubelet would once
+/// their containers stopped (the Recreate rollout of a migration waits for it).
+struct KubeletStandIn(tokio::task::JoinHandle<()>);
+
+impl KubeletStandIn {
+    fn start(client: Client) -> Self {
+        let pods: Api<Pod> = Api::namespaced(client, "cloud4iot-functions");
+        KubeletStandIn(tokio::spawn(async move {
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    for pod in list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_some())
+                    {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let _ = pods
+                            .delete(&name, &DeleteParams::default().grace_period(0))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for KubeletStandIn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn wait_bound_only_to(cp: &ControlPlane, instance: &str, node: &str) {
+    let pods: Api<Pod> = Api::namespaced(cp.client(), "cloud4iot-functions");
+    let selector = format!("cloud4iot.io/instance={instance}");
+    let started = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .expect("list Pods");
+        let bound: Vec<Option<String>> = list
+            .items
+            .iter()
+            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        if !bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "Pods of {instance} not all bound to {node}: {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
