@@ -201,7 +201,7 @@ async fn cloud4iot(args: &[&str]) -> (i32, String) {
     )
 }
 
-async fn apply(cp: &ControlPlane, repo: &Path) {
+async fn apply(cp: &ControlPlane, repo: &Path) -> String {
     let (code, out) = cloud4iot(&[
         "apply",
         "--repo",
@@ -211,6 +211,7 @@ async fn apply(cp: &ControlPlane, repo: &Path) {
     ])
     .await;
     assert_eq!(code, 0, "cloud4iot apply: {out}");
+    out
 }
 
 async fn cluster(options: Options) -> ControlPlane {
@@ -500,7 +501,8 @@ async fn the_bracelet_roams_from_home_to_hospital_and_its_consolidator_follows()
     let home_bus = Bluez::start();
     let hospital_bus = Bluez::start();
     home_bus.add(BRACELET, BRACELET_NAME, -58, HEART_RATE);
-    let forget = ["--forget-after", "3s"];
+    // Agents forget and refresh lastSeen well within the 3s lossGrace.
+    let forget = ["--forget-after", "3s", "--refresh", "1s"];
     let home = Agent::start("gw-home-1", cp.kubeconfig(), &home_bus, &forget);
     let hospital = Agent::start("gw-hospital-1", cp.kubeconfig(), &hospital_bus, &forget);
     wait_report(&client, "gw-home-1", "the bracelet at home", &home, |r| {
@@ -539,7 +541,13 @@ async fn the_bracelet_roams_from_home_to_hospital_and_its_consolidator_follows()
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await; // the hospital's dwell
-    apply(&cp, repo.path()).await;
+    let out = apply(&cp, repo.path()).await;
+    assert!(
+        out.contains(&format!("deployment.apps/{CONSOLIDATOR} configured")),
+        "{out}\n{:?}\n{:?}",
+        report(&client, "gw-home-1").await.map(|r| r.spec),
+        report(&client, "gw-hospital-1").await.map(|r| r.spec)
+    );
     wait_bound_only_to(&cp, CONSOLIDATOR, "gw-hospital-1").await;
     for a in [home, hospital] {
         assert_eq!(a.terminate().0, Some(0));

@@ -331,6 +331,9 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                                 {"name": "CLOUD4IOT_LOG", "value": "info"}
                             ],
                             "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                            // `agent --listen` (default 0.0.0.0:9104, on the host network).
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9104}},
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9104}},
                             "securityContext": {
                                 "allowPrivilegeEscalation": false,
                                 "readOnlyRootFilesystem": true,
