@@ -168,7 +168,11 @@ fn text(sim: &Simulation) -> String {
                     .unwrap_or_else(|| "-".into())
             };
             [
-                m.time.to_string(),
+                // Timers fire just after a threshold (lastSeen + lossGrace + 1ns).
+                m.time
+                    .round(jiff::Unit::Second)
+                    .unwrap_or(m.time)
+                    .to_string(),
                 m.instance.clone(),
                 loc(&m.from),
                 loc(&m.to),

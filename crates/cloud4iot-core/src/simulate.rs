@@ -131,6 +131,8 @@ pub struct SimOptions {
     pub tracker: TrackerOptions,
     /// The agents' minimum time between two reports of one gateway.
     pub min_interval: SignedDuration,
+    /// The agents' heartbeat: every gateway of the snapshot writes at least this often.
+    pub heartbeat: SignedDuration,
 }
 
 impl Default for SimOptions {
@@ -138,6 +140,7 @@ impl Default for SimOptions {
         SimOptions {
             tracker: TrackerOptions::default(),
             min_interval: SignedDuration::from_secs(1),
+            heartbeat: SignedDuration::from_secs(30),
         }
     }
 }
@@ -247,8 +250,6 @@ struct Gw {
     report: GatewayReport,
     /// The wake-up time queued for it, if any (older queue entries are stale).
     wake: Option<Timestamp>,
-    /// When the planner must look at its devices again (dwell, lossGrace).
-    replan_at: Option<Timestamp>,
 }
 
 /// Replays `trace` once: the timeline and totals.
@@ -303,29 +304,20 @@ pub fn replay(
             last_write: None,
             report,
             wake: None,
-            replan_at: None,
         });
     }
-    // Re-plan wake-ups: every policy's dwell after a first sighting, lossGrace after a last.
-    let mut dwells: Vec<SignedDuration> = Vec::new();
-    let mut graces: Vec<SignedDuration> = Vec::new();
-    for p in repo.policies.values() {
-        dwells.push(p.spec.presence.dwell.as_signed());
-        graces.push(p.spec.presence.loss_grace.as_signed());
-    }
-    dwells.sort();
-    dwells.dedup();
-    graces.sort();
-    graces.dedup();
-
     let mut timeline = Vec::new();
     let mut state = Tracked::default();
     for p in planner.plan().placements {
         state.change(&mut timeline, &mut totals, start, None, Some(p));
     }
 
+    // Every agent starts with a first report (heartbeat) at the start of the trace.
     let mut queue: BinaryHeap<Reverse<(Timestamp, usize)>> = BinaryHeap::new();
-    let eps = SignedDuration::from_millis(1);
+    for (g, gw) in gws.iter_mut().enumerate() {
+        gw.wake = Some(start);
+        queue.push(Reverse((start, g)));
+    }
     let mut i = 0;
     loop {
         // Drop stale wake-ups (a gateway keeps only its latest).
@@ -337,40 +329,43 @@ pub fn replay(
         }
         let next_sighting = sorted.get(i).map(|s| s.time);
         let next_wake = queue.peek().map(|Reverse((t, _))| *t);
-        let mut touched = Vec::new();
-        let now = match (next_sighting, next_wake) {
-            (None, None) => break,
-            (Some(s), w) if w.is_none_or(|w| s <= w) => {
-                while let Some(x) = sorted.get(i).filter(|x| x.time == s) {
-                    if let Some(&g) = gw_ids.get(&x.gateway) {
-                        let min = min_rssi.get(x.class.as_str()).copied().flatten();
-                        gws[g]
-                            .tracker
-                            .observe(&x.device, &x.class, min, x.rssi, x.time);
-                        touched.push(g);
-                    }
-                    i += 1;
-                }
-                s
-            }
-            (_, w) => {
-                let w = w.expect("a wake-up when no sighting comes first");
-                while let Some(Reverse((t, g))) = queue.peek().copied() {
-                    if t != w {
-                        break;
-                    }
-                    queue.pop();
-                    if gws[g].wake == Some(t) {
-                        gws[g].wake = None;
-                        touched.push(g);
-                    }
-                }
-                w
-            }
+        // The planner's own clock: a dwell reached, a lossGrace run out, a stale heartbeat.
+        let next_due = planner.next_due();
+        let Some(now) = [next_sighting, next_wake, next_due]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
         };
         if totals.end.is_some_and(|end| now > end) {
-            // Wake-ups past the trace's end change nothing a reviewer can check.
+            // Nothing after the trace's end is something a reviewer can check.
             break;
+        }
+        if next_due.is_some_and(|d| d <= now) {
+            let delta = planner.advance(now);
+            state.apply(&mut timeline, &mut totals, now, delta);
+        }
+        let mut touched = Vec::new();
+        while let Some(x) = sorted.get(i).filter(|x| x.time == now) {
+            if let Some(&g) = gw_ids.get(&x.gateway) {
+                let min = min_rssi.get(x.class.as_str()).copied().flatten();
+                gws[g]
+                    .tracker
+                    .observe(&x.device, &x.class, min, x.rssi, x.time);
+                touched.push(g);
+            }
+            i += 1;
+        }
+        while let Some(Reverse((t, g))) = queue.peek().copied() {
+            if t != now {
+                break;
+            }
+            queue.pop();
+            if gws[g].wake == Some(t) {
+                gws[g].wake = None;
+                touched.push(g);
+            }
         }
         touched.sort_unstable();
         touched.dedup();
@@ -381,33 +376,24 @@ pub fn replay(
             let due = gw
                 .last_write
                 .is_none_or(|t| now.duration_since(t) >= opts.min_interval);
+            let heartbeat_due = gw
+                .last_write
+                .is_none_or(|t| now.duration_since(t) >= opts.heartbeat);
             let changed = significant(&gw.written, &devices, &opts.tracker);
-            let write = changed && due;
+            let write = (changed && due) || heartbeat_due;
             if write {
-                gw.written = devices;
+                if changed {
+                    gw.written = devices;
+                }
                 gw.last_write = Some(now);
                 gw.report.spec.devices = gw.written.clone();
                 gw.report.spec.heartbeat = Some(now);
                 totals.reports += 1;
             }
-            let replan = write || gw.replan_at.is_some_and(|t| t <= now);
-            // The planner's own clock: a dwell reached, a lossGrace run out.
-            let mut replan_at: Option<Timestamp> = None;
-            for d in &gw.written {
-                for t in dwells
-                    .iter()
-                    .map(|&dw| d.first_seen + dw)
-                    .chain(graces.iter().map(|&gr| d.last_seen + gr + eps))
-                {
-                    if t > now && replan_at.is_none_or(|r| t < r) {
-                        replan_at = Some(t);
-                    }
-                }
-            }
-            gw.replan_at = replan_at;
             let rate_limited =
-                (changed && !due).then(|| gw.last_write.unwrap() + opts.min_interval);
-            gw.wake = [gw.tracker.next_expiry(now), rate_limited, replan_at]
+                (changed && !write).then(|| gw.last_write.unwrap() + opts.min_interval);
+            let heartbeat = gw.last_write.map(|t| t + opts.heartbeat);
+            gw.wake = [gw.tracker.next_expiry(now), rate_limited, heartbeat]
                 .into_iter()
                 .flatten()
                 .filter(|&t| t > now)
@@ -415,17 +401,9 @@ pub fn replay(
             if let Some(w) = gw.wake {
                 queue.push(Reverse((w, g)));
             }
-            if !replan {
-                continue;
-            }
-            let delta = planner.update_report(gw.report.clone(), now);
-            for p in delta.upserted {
-                let old = state.current(&p.instance);
-                state.change(&mut timeline, &mut totals, now, old, Some(p));
-            }
-            for (_, instance) in delta.removed {
-                let old = state.current(&instance);
-                state.change(&mut timeline, &mut totals, now, old, None);
+            if write {
+                let delta = planner.update_report(gw.report.clone(), now);
+                state.apply(&mut timeline, &mut totals, now, delta);
             }
         }
     }
@@ -441,6 +419,24 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// Records what a re-plan changed.
+    fn apply(
+        &mut self,
+        timeline: &mut Vec<Migration>,
+        totals: &mut Totals,
+        now: Timestamp,
+        delta: crate::plan::PlanDelta,
+    ) {
+        for p in delta.upserted {
+            let old = self.current(&p.instance);
+            self.change(timeline, totals, now, old, Some(p));
+        }
+        for (_, instance) in delta.removed {
+            let old = self.current(&instance);
+            self.change(timeline, totals, now, old, None);
+        }
+    }
+
     fn current(&self, instance: &str) -> Option<Placement> {
         self.running.get(instance).map(|(p, _)| p.clone())
     }
