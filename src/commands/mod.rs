@@ -9,6 +9,6 @@ pub mod manifests;
 pub mod plan;
 pub mod render;
 pub mod run;
-pub mod status;
 pub mod simulate;
+pub mod status;
 pub mod validate;

@@ -403,6 +403,18 @@ impl Controller {
         );
         self.facts.reconciling = true;
         self.write_status().await;
+        // The gateway agents read the DeviceClasses from a ConfigMap that follows the
+        // repository, as `cloud4iot apply` writes it.
+        if let Some(repo) = self.world.repo.clone()
+            && let Err(e) = apply::publish_device_classes(
+                &self.client,
+                &repo,
+                cloud4iot_kube::install::SYSTEM_NAMESPACE,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "the agents' device classes were not written");
+        }
         let world = &mut self.world;
         let (objects, changed) = tokio::task::block_in_place(|| {
             world.replan(now);
