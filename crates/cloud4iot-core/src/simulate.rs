@@ -483,9 +483,12 @@ impl Tracked {
             device: any.device.clone(),
             from: old.as_ref().map(loc),
             to: new.as_ref().map(loc),
-            reason: new.as_ref().map(|p| p.reason.clone()).unwrap_or_else(|| {
-                "no gateway sees the device any more (lossGrace ran out)".to_string()
-            }),
+            reason: new
+                .as_ref()
+                .map(|p| p.reason.to_string())
+                .unwrap_or_else(|| {
+                    "no gateway sees the device any more (lossGrace ran out)".to_string()
+                }),
         };
         if m.is_move() {
             *totals.moves.entry(m.function.clone()).or_default() += 1;
