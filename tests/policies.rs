@@ -460,3 +460,89 @@ fn cli_cordoned_gateway_and_duplicate_report() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("duplicate GatewayReport"), "{stderr}");
 }
+
+/// `cloud4iot ARGS... --state <text>` on the example repository; (exit code, stdout, stderr).
+fn cli_on_snapshot(args: &[&str], snapshot: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.yaml");
+    std::fs::write(&state, snapshot).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(args)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The List item of `text` (a `kubectl get -o yaml` List) that contains `needle`.
+fn list_item<'a>(text: &'a str, needle: &str) -> &'a str {
+    let at = text.find(needle).expect("needle in the snapshot");
+    let start = text[..at].rfind("\n- ").expect("a list item") + 1;
+    let end = text[at..]
+        .find("\n- ")
+        .or_else(|| text[at..].find("\nkind: List"))
+        .map(|e| at + e + 1)
+        .unwrap_or(text.len());
+    &text[start..end]
+}
+
+/// Only the managed namespace counts. A copy of a running instance in another namespace
+/// (which sorts first) that claims to run on another gateway must not steer the plan, nor
+/// show in the diff: the answers equal those of the snapshot without the copy, as the
+/// cluster read (which lists only `--namespace`) gives.
+#[test]
+fn cli_a_copy_in_another_namespace_does_not_steer_placement() {
+    let hospital = std::fs::read_to_string("examples-repo/state/hospital.yaml").unwrap();
+    let item = list_item(&hospital, "name: omh-consolidator-e8-1f-2a-90-4b-07");
+    let copy = item
+        .replace("namespace: cloud4iot-functions", "namespace: a-copy")
+        .replace("gw-hospital-1", "gw-home-1")
+        .replace(
+            "cloud4iot.io/reason: gw-hospital-1",
+            "cloud4iot.io/reason: copied",
+        );
+    assert_ne!(copy, item);
+    let with_copy = hospital.replacen("\nkind: List", &format!("\n{copy}kind: List"), 1);
+    assert_ne!(with_copy, hospital);
+    for args in [
+        &["plan", "--repo", "examples-repo", "-o", "json"][..],
+        &["diff", "--repo", "examples-repo", "-o", "json"][..],
+    ] {
+        let clean = cli_on_snapshot(args, &hospital);
+        let copied = cli_on_snapshot(args, &with_copy);
+        assert_eq!(copied, clean, "{args:?}");
+        assert!(!copied.1.contains("a-copy"), "{}", copied.1);
+    }
+    // Told that the copy's namespace is the managed one, the same snapshot plans from it.
+    let (_, stdout, stderr) = cli_on_snapshot(
+        &[
+            "plan",
+            "--repo",
+            "examples-repo",
+            "-o",
+            "json",
+            "-n",
+            "a-copy",
+        ],
+        &with_copy,
+    );
+    let plan: serde_json::Value = serde_json::from_str(&stdout).expect(&stderr);
+    let e8 = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["instance"] == "omh-consolidator-e8-1f-2a-90-4b-07")
+        .unwrap();
+    assert!(
+        e8["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gw-home-1 no longer does"),
+        "{e8}"
+    );
+}

@@ -82,12 +82,14 @@ pub struct Live {
 
 impl Live {
     /// Reads `--state FILE` when given (it takes precedence over a kubeconfig), else the
-    /// cluster of `--kubeconfig`/`KUBECONFIG`/in-cluster, with the managed Deployments of
-    /// `namespace`.
+    /// cluster of `--kubeconfig`/`KUBECONFIG`/in-cluster. Either way only the managed
+    /// Deployments of `namespace` are read: one elsewhere never steers placement.
     pub async fn read(state: &StateArgs, namespace: &str) -> anyhow::Result<Live> {
         if let Some(path) = &state.state {
-            let inventory = cloud4iot_core::state::read_snapshot(path)
+            let mut inventory = cloud4iot_core::state::read_snapshot(path)
                 .with_context(|| format!("reading state snapshot {}", path.display()))?;
+            // Only the managed namespace counts, as in the cluster read below.
+            inventory.keep_namespace(namespace);
             return Ok(Live {
                 inventory,
                 client: None,

@@ -33,6 +33,10 @@ pub struct PlanArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub state: StateArgs,
+    /// The namespace of the function Deployments: only instances running there count as
+    /// running (with --state too: a copy elsewhere never steers placement).
+    #[arg(long, short = 'n', value_name = "NS", default_value = cloud4iot_core::render::DEFAULT_NAMESPACE)]
+    pub namespace: String,
     /// table: for people; json/yaml: every field, for programs.
     #[arg(long, short = 'o', value_enum, default_value_t = PlanFormat::Table)]
     pub output: PlanFormat,
@@ -60,7 +64,7 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
     let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing planned")? else {
         return Ok(Outcome::Changes);
     };
-    let live = Live::read(&args.state, cloud4iot_core::render::DEFAULT_NAMESPACE).await?;
+    let live = Live::read(&args.state, &args.namespace).await?;
     let plan = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now)).plan();
     let out = match args.output {
         PlanFormat::Table => table(&plan, args.explain, color.enabled()),

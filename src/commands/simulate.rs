@@ -70,7 +70,9 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    let inventory = cloud4iot_core::state::read_snapshot(&args.state)?;
+    let mut inventory = cloud4iot_core::state::read_snapshot(&args.state)?;
+    // Only the managed namespace's instances count as running (as for plan and diff).
+    inventory.keep_namespace(cloud4iot_core::render::DEFAULT_NAMESPACE);
     let trace = match read_trace(&args.trace) {
         Ok(t) => t,
         Err(e) => {

@@ -188,6 +188,17 @@ impl Inventory {
         crate::clock::snapshot_time(self, not_after)
     }
 
+    /// Keeps only the managed Deployments of `namespace`, the one cloud4iot manages. A
+    /// snapshot of a whole cluster holds labelled Deployments of other namespaces (a copy
+    /// of an instance, another installation): they must neither steer placement nor be
+    /// proposed for deletion, and the cluster read lists only `namespace` anyway, so the
+    /// offline and the cluster answers agree. A Deployment without a namespace (written by
+    /// hand) counts as `namespace`'s, as `kubectl apply -n` would put it there.
+    pub fn keep_namespace(&mut self, namespace: &str) {
+        self.live
+            .retain(|d| d.namespace().is_empty() || d.namespace() == namespace);
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes
             .binary_search_by(|n| n.name.as_str().cmp(name))
