@@ -17,9 +17,9 @@ use cloud4iot_core::model::GatewayReport;
 use cloud4iot_kube::install::{AGENT, NODE_NAME_CLAIM, SYSTEM_NAMESPACE};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
+use support::{ControlPlane, KubeletStandIn, Options, two_sites, world};
 
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
 const BRACELET_NAME: &str = "OMH-BR-0042";
@@ -214,26 +214,6 @@ async fn apply(cp: &ControlPlane, repo: &Path) -> String {
     out
 }
 
-async fn cluster(options: Options) -> ControlPlane {
-    let cp = ControlPlane::start(options).await;
-    cp.install_crds(cloud4iot_kube::crd::all()).await;
-    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
-        .await;
-    cp.create_node(gateway_node(
-        "gw-hospital-1",
-        "hospital",
-        "arm64",
-        "2",
-        "2Gi",
-    ))
-    .await;
-    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi"))
-        .await;
-    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
-        .await;
-    cp
-}
-
 async fn report(client: &Client, node: &str) -> Option<GatewayReport> {
     Api::<GatewayReport>::all(client.clone())
         .get_opt(node)
@@ -301,7 +281,7 @@ fn copy_examples(to: &Path) {
 /// records a trace `simulate` reads, and exits 0 on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_changes() {
-    let cp = cluster(Options::api_only()).await;
+    let cp = world(Options::api_only(), two_sites()).await;
     let client = cp.client();
     apply(&cp, &examples_repo()).await;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM_NAMESPACE)
@@ -484,7 +464,7 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
 /// gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bracelet_roams_from_home_to_hospital_and_its_consolidator_follows() {
-    let cp = cluster(Options::with_scheduling()).await;
+    let cp = world(Options::with_scheduling(), two_sites()).await;
     let client = cp.client();
     let _kubelet = KubeletStandIn::start(client.clone());
     // examples-repo with a short dwell and lossGrace, so the test does not wait minutes.
@@ -559,7 +539,7 @@ async fn the_bracelet_roams_from_home_to_hospital_and_its_consolidator_follows()
 /// gw-hospital-1's, and can delete neither, even when RBAC is widened to allow deletes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_bound_token_writes_only_its_own_gateways_report_and_deletes_none() {
-    let cp = cluster(Options::api_only()).await;
+    let cp = world(Options::api_only(), two_sites()).await;
     let client = cp.client();
     install(&cp).await;
     let pod = agent_pod(&client, "gw-home-1").await;
@@ -828,60 +808,6 @@ async fn token_kubeconfig(cp: &ControlPlane, token: &str) -> tempfile::NamedTemp
 
 // ---------------------------------------------------------------- scheduling helpers
 
-/// Finishes the deletion of Pods that were deleted gracefully, as the kubelet would once
-/// their containers stopped (the Recreate rollout of a migration waits for it).
-struct KubeletStandIn(tokio::task::JoinHandle<()>);
-
-impl KubeletStandIn {
-    fn start(client: Client) -> Self {
-        let pods: Api<Pod> = Api::namespaced(client, "cloud4iot-functions");
-        KubeletStandIn(tokio::spawn(async move {
-            loop {
-                if let Ok(list) = pods.list(&ListParams::default()).await {
-                    for pod in list
-                        .items
-                        .iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        let _ = pods
-                            .delete(&name, &DeleteParams::default().grace_period(0))
-                            .await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }))
-    }
-}
-
-impl Drop for KubeletStandIn {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn wait_bound_only_to(cp: &ControlPlane, instance: &str, node: &str) {
-    let pods: Api<Pod> = Api::namespaced(cp.client(), "cloud4iot-functions");
-    let selector = format!("cloud4iot.io/instance={instance}");
-    let started = Instant::now();
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .expect("list Pods");
-        let bound: Vec<Option<String>> = list
-            .items
-            .iter()
-            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
-            .collect();
-        if !bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node)) {
-            return;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "Pods of {instance} not all bound to {node}: {bound:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::wait_bound_only_to(cp, instance, node, WAIT, String::new).await;
 }

@@ -12,14 +12,16 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use support::repos::{
+    CLOUD_POLICY, CONSOLIDATOR_FN, DEVICE_CLASS, cloud_function, roaming_policy, write_repo,
+};
+use support::{ControlPlane, KubeletStandIn, Options, seen, two_sites, world, write_report};
 
 const NS: &str = "cloud4iot-functions";
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
@@ -28,101 +30,6 @@ const CONSOLIDATOR: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
 const BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- repositories
-
-const DEVICE_CLASS: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: DeviceClass
-metadata:
-  name: omh-bracelet
-spec:
-  match:
-    namePrefix: "OMH-BR"
-  minRssi: -90
-"#;
-
-const ROAMING_POLICY: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata:
-  name: ehealth-roaming
-spec:
-  tiers: [gateway, edge]
-  followDevice: true
-  dataLocality: site
-  presence:
-    minRssi: -80
-    dwell: 30s
-    lossGrace: 2m
-  gatewayReserve:
-    cpu: 250m
-    memory: 128Mi
-  priority: 100
-"#;
-
-const CONSOLIDATOR_FN: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: Function
-metadata:
-  name: omh-consolidator
-spec:
-  archImages:
-    arm64: registry.example.com/ehealth/omh-consolidator:1.4.2-arm64
-    amd64: registry.example.com/ehealth/omh-consolidator:1.4.2-amd64
-  resources:
-    cpu: 250m
-    memory: 96Mi
-  instances:
-    perDevice:
-      deviceClass: omh-bracelet
-  policy: ehealth-roaming
-"#;
-
-const CLOUD_POLICY: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata:
-  name: cloud-only
-spec:
-  tiers: [cloud]
-  followDevice: false
-"#;
-
-/// A replicated function in the cloud, `replicas` instances of `image`.
-fn cloud_function(name: &str, image: &str, replicas: u32) -> String {
-    format!(
-        r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: Function
-metadata:
-  name: {name}
-spec:
-  image: {image}
-  resources:
-    cpu: 100m
-    memory: 64Mi
-  instances:
-    replicas: {replicas}
-  policy: cloud-only
-"#
-    )
-}
-
-/// Writes `files` (relative path, content) under `dir`, replacing what was there.
-fn write_repo(dir: &Path, files: &[(&str, &str)]) {
-    for entry in std::fs::read_dir(dir).expect("read the repository directory") {
-        let path = entry.expect("directory entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("clear the repository");
-        } else {
-            std::fs::remove_file(&path).expect("clear the repository");
-        }
-    }
-    for (name, text) in files {
-        let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create directories");
-        std::fs::write(&path, text).expect("write a repository file");
-    }
-}
 
 // ---------------------------------------------------------------- the binary
 
@@ -199,36 +106,6 @@ fn summary(run: &Run) -> &str {
 
 // ---------------------------------------------------------------- the cluster
 
-/// A control plane with the CRDs, two gateways (home, hospital), an edge node at each
-/// site and a cloud node.
-async fn cluster(options: Options) -> ControlPlane {
-    let cp = ControlPlane::start(options).await;
-    cp.install_crds(cloud4iot_kube::crd::all()).await;
-    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
-        .await;
-    cp.create_node(gateway_node(
-        "gw-hospital-1",
-        "hospital",
-        "arm64",
-        "2",
-        "2Gi",
-    ))
-    .await;
-    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi"))
-        .await;
-    cp.create_node(edge_node(
-        "edge-hospital-1",
-        "hospital",
-        "amd64",
-        "8",
-        "16Gi",
-    ))
-    .await;
-    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
-        .await;
-    cp
-}
-
 fn ts(s: &str) -> jiff::Timestamp {
     s.parse().expect("a timestamp")
 }
@@ -242,103 +119,21 @@ async fn report(
     first_seen: Option<&str>,
     cpu_in_use: &str,
 ) {
-    let devices = first_seen
-        .map(|first| {
-            vec![SeenDevice {
-                id: BRACELET.to_owned(),
-                class: "omh-bracelet".to_owned(),
-                rssi: -58,
-                first_seen: ts(first),
-                last_seen: ts(heartbeat),
-            }]
-        })
-        .unwrap_or_default();
-    let mut report = GatewayReport::new(
+    let devices =
+        first_seen.map(|first| seen(BRACELET, "omh-bracelet", -58, ts(first), ts(heartbeat)));
+    write_report(
+        client,
         node,
-        GatewayReportSpec {
-            heartbeat: Some(ts(heartbeat)),
-            devices,
-            resources: Some(ResourceQuantities {
-                cpu: Some(cpu_in_use.to_owned()),
-                memory: Some("0".to_owned()),
-            }),
-        },
-    );
-    report.metadata.managed_fields = None;
-    Api::<GatewayReport>::all(client.clone())
-        .patch(
-            node,
-            &PatchParams::apply("cloud4iot-agent").force(),
-            &Patch::Apply(&report),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("write the GatewayReport of {node}: {e}"));
-}
-
-/// Finishes the deletion of Pods that were deleted gracefully, as the kubelet would once
-/// their containers stopped. Aborted on drop.
-struct KubeletStandIn(tokio::task::JoinHandle<()>);
-
-impl KubeletStandIn {
-    fn start(client: Client) -> Self {
-        let pods: Api<Pod> = Api::namespaced(client, NS);
-        KubeletStandIn(tokio::spawn(async move {
-            loop {
-                if let Ok(list) = pods.list(&ListParams::default()).await {
-                    for pod in list
-                        .items
-                        .iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        let _ = pods
-                            .delete(&name, &DeleteParams::default().grace_period(0))
-                            .await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }))
-    }
-}
-
-impl Drop for KubeletStandIn {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+        ts(heartbeat),
+        devices.into_iter().collect(),
+        Some(cpu_in_use),
+    )
+    .await
 }
 
 /// Waits (bounded) until the only Pods of `instance` are bound to `node`; returns them.
 async fn wait_bound_only_to(cp: &ControlPlane, instance: &str, node: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(cp.client(), NS);
-    let selector = format!("cloud4iot.io/instance={instance}");
-    let started = Instant::now();
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .expect("list Pods");
-        let bound: Vec<Option<String>> = list
-            .items
-            .iter()
-            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
-            .collect();
-        if !bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node)) {
-            return list.items;
-        }
-        if started.elapsed() > BIND_TIMEOUT {
-            panic!(
-                "Pods of {instance} not all bound to {node} after {BIND_TIMEOUT:?}: {bound:?}\n{}",
-                cp.log("kube-scheduler")
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::wait_bound_only_to(cp, instance, node, BIND_TIMEOUT, String::new).await
 }
 
 async fn deployment(client: &Client, name: &str) -> Option<Deployment> {
@@ -362,7 +157,7 @@ fn roaming_repo(dir: &Path) {
         dir,
         &[
             ("device-classes/omh-bracelet.yaml", DEVICE_CLASS),
-            ("policies/ehealth-roaming.yaml", ROAMING_POLICY),
+            ("policies/ehealth-roaming.yaml", &roaming_policy("30s")),
             ("functions/omh-consolidator.yaml", CONSOLIDATOR_FN),
         ],
     );
@@ -372,7 +167,7 @@ fn roaming_repo(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roaming_moves_the_consolidator_pod_from_the_home_gateway_to_the_hospital_gateway() {
-    let cp = cluster(Options::with_scheduling()).await;
+    let cp = world(Options::with_scheduling(), two_sites()).await;
     let client = cp.client();
     let _kubelet = KubeletStandIn::start(client.clone());
     let repo = tempfile::tempdir().expect("a temporary directory");
@@ -462,7 +257,7 @@ async fn roaming_moves_the_consolidator_pod_from_the_home_gateway_to_the_hospita
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_gateway_offloads_to_the_edge_of_its_site_and_takes_it_back_when_freed() {
-    let cp = cluster(Options::with_scheduling()).await;
+    let cp = world(Options::with_scheduling(), two_sites()).await;
     let client = cp.client();
     let _kubelet = KubeletStandIn::start(client.clone());
     let repo = tempfile::tempdir().expect("a temporary directory");
@@ -508,7 +303,7 @@ async fn a_full_gateway_offloads_to_the_edge_of_its_site_and_takes_it_back_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_apply_changes_nothing_and_says_so() {
-    let cp = cluster(Options::api_only()).await;
+    let cp = world(Options::api_only(), two_sites()).await;
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 3);
     let b = cloud_function("engine-report", "registry.example.com/engine-report:1", 2);
@@ -585,7 +380,7 @@ async fn a_second_apply_changes_nothing_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_deletes_only_managed_deployments_no_longer_desired_and_never_after_a_failure() {
-    let cp = cluster(Options::api_only()).await;
+    let cp = world(Options::api_only(), two_sites()).await;
     let client = cp.client();
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);
@@ -694,7 +489,7 @@ async fn pruning_deletes_only_managed_deployments_no_longer_desired_and_never_af
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_from_a_hand_edit_shows_in_the_diff_and_apply_restores_it() {
-    let cp = cluster(Options::api_only()).await;
+    let cp = world(Options::api_only(), two_sites()).await;
     let client = cp.client();
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);
@@ -757,7 +552,7 @@ async fn container_name(client: &Client, deployment_name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_field_another_manager_applied_is_a_conflict_until_forced() {
-    let cp = cluster(Options::api_only()).await;
+    let cp = world(Options::api_only(), two_sites()).await;
     let client = cp.client();
     let repo = tempfile::tempdir().expect("a temporary directory");
     let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);

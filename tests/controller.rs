@@ -13,17 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
 use cloud4iot_kube::reconciler::{Reconciler, ReconcilerStatus};
 use git_support::GitRepo;
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
+use support::repos::{CLOUD_POLICY, CONSOLIDATOR_FN, DEVICE_CLASS, cloud_function, roaming_policy};
+use support::{ControlPlane, KubeletStandIn, Options, seen, two_sites, world, write_report};
 
 const NS: &str = "cloud4iot-functions";
 const SYSTEM_NS: &str = "cloud4iot-system";
@@ -34,87 +33,6 @@ const SECRET: &str = "It's a Secret to Everybody";
 const WAIT: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------- repositories
-
-const DEVICE_CLASS: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: DeviceClass
-metadata:
-  name: omh-bracelet
-spec:
-  match:
-    namePrefix: "OMH-BR"
-  minRssi: -90
-"#;
-
-fn roaming_policy(dwell: &str) -> String {
-    format!(
-        r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata:
-  name: ehealth-roaming
-spec:
-  tiers: [gateway, edge]
-  followDevice: true
-  dataLocality: site
-  presence:
-    minRssi: -80
-    dwell: {dwell}
-    lossGrace: 2m
-  gatewayReserve:
-    cpu: 250m
-    memory: 128Mi
-  priority: 100
-"#
-    )
-}
-
-const CONSOLIDATOR_FN: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: Function
-metadata:
-  name: omh-consolidator
-spec:
-  archImages:
-    arm64: registry.example.com/ehealth/omh-consolidator:1.4.2-arm64
-    amd64: registry.example.com/ehealth/omh-consolidator:1.4.2-amd64
-  resources:
-    cpu: 250m
-    memory: 96Mi
-  instances:
-    perDevice:
-      deviceClass: omh-bracelet
-  policy: ehealth-roaming
-"#;
-
-const CLOUD_POLICY: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata:
-  name: cloud-only
-spec:
-  tiers: [cloud]
-  followDevice: false
-"#;
-
-fn cloud_function(name: &str, image: &str, replicas: u32) -> String {
-    format!(
-        r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: Function
-metadata:
-  name: {name}
-spec:
-  image: {image}
-  resources:
-    cpu: 100m
-    memory: 64Mi
-  instances:
-    replicas: {replicas}
-  policy: cloud-only
-"#
-    )
-}
 
 /// A git repository with the roaming scenario and one cloud function, committed on main.
 fn roaming_repo(dir: &Path, dwell: &str) -> GitRepo {
@@ -133,33 +51,9 @@ fn roaming_repo(dir: &Path, dwell: &str) -> GitRepo {
 
 // ---------------------------------------------------------------- the cluster
 
-/// Two gateways (home, hospital), an edge node at each site, a cloud node; the CRDs; the
-/// controller's namespace (its Lease lives there).
+/// The two-site world with the CRDs, and the controller's namespace (its Lease lives there).
 async fn cluster() -> ControlPlane {
-    let cp = ControlPlane::start(Options::with_scheduling()).await;
-    cp.install_crds(cloud4iot_kube::crd::all()).await;
-    cp.create_node(gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"))
-        .await;
-    cp.create_node(gateway_node(
-        "gw-hospital-1",
-        "hospital",
-        "arm64",
-        "2",
-        "2Gi",
-    ))
-    .await;
-    cp.create_node(edge_node("edge-home-1", "home", "amd64", "4", "8Gi"))
-        .await;
-    cp.create_node(edge_node(
-        "edge-hospital-1",
-        "hospital",
-        "amd64",
-        "8",
-        "16Gi",
-    ))
-    .await;
-    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
-        .await;
+    let cp = world(Options::with_scheduling(), two_sites()).await;
     cp.create_namespace(SYSTEM_NS).await;
     cp
 }
@@ -178,69 +72,15 @@ async fn report(
     cpu_in_use: &str,
 ) {
     let now = jiff::Timestamp::now();
-    let devices = seen_since
-        .map(|first| {
-            vec![SeenDevice {
-                id: BRACELET.to_owned(),
-                class: "omh-bracelet".to_owned(),
-                rssi,
-                first_seen: first,
-                last_seen: now,
-            }]
-        })
-        .unwrap_or_default();
-    let mut report = GatewayReport::new(
+    let devices = seen_since.map(|first| seen(BRACELET, "omh-bracelet", rssi, first, now));
+    write_report(
+        client,
         node,
-        GatewayReportSpec {
-            heartbeat: Some(now),
-            devices,
-            resources: Some(ResourceQuantities {
-                cpu: Some(cpu_in_use.to_owned()),
-                memory: Some("0".to_owned()),
-            }),
-        },
-    );
-    report.metadata.managed_fields = None;
-    Api::<GatewayReport>::all(client.clone())
-        .patch(
-            node,
-            &PatchParams::apply("cloud4iot-agent").force(),
-            &Patch::Apply(&report),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("write the GatewayReport of {node}: {e}"));
-}
-
-/// Finishes the deletion of Pods that were deleted gracefully, as the kubelet would.
-struct KubeletStandIn(tokio::task::JoinHandle<()>);
-
-impl KubeletStandIn {
-    fn start(client: Client) -> Self {
-        let pods: Api<Pod> = Api::namespaced(client, NS);
-        KubeletStandIn(tokio::spawn(async move {
-            loop {
-                if let Ok(list) = pods.list(&ListParams::default()).await {
-                    for pod in list
-                        .items
-                        .iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        let _ = pods
-                            .delete(&name, &DeleteParams::default().grace_period(0))
-                            .await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }))
-    }
-}
-
-impl Drop for KubeletStandIn {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+        now,
+        devices.into_iter().collect(),
+        Some(cpu_in_use),
+    )
+    .await
 }
 
 /// Polls `probe` until it returns Some, or panics with `what` (and `context()`) after WAIT.
@@ -295,25 +135,7 @@ fn image_of(d: &Deployment) -> String {
 
 /// Waits until the only Pods of `instance` are bound to `node`.
 async fn wait_bound_only_to(cp: &ControlPlane, ctl: &Controller, instance: &str, node: &str) {
-    let pods: Api<Pod> = Api::namespaced(cp.client(), NS);
-    let selector = format!("cloud4iot.io/instance={instance}");
-    eventually(
-        &format!("the Pods of {instance} all bound to {node}"),
-        || ctl.log(),
-        async || {
-            let list = pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .ok()?;
-            let bound: Vec<Option<String>> = list
-                .items
-                .iter()
-                .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
-                .collect();
-            (!bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node))).then_some(())
-        },
-    )
-    .await
+    support::wait_bound_only_to(cp, instance, node, WAIT, || ctl.log()).await;
 }
 
 /// Waits until the Deployment of `name` satisfies `ok`.
@@ -1199,13 +1021,7 @@ async fn after_an_api_server_restart_the_controller_reconnects_and_converges() {
 #[ignore = "interactive: holds a control plane for the README walk-through until interrupted"]
 async fn hold_a_control_plane_for_the_readme() {
     let cp = ControlPlane::start(Options::with_scheduling()).await;
-    for node in [
-        gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"),
-        gateway_node("gw-hospital-1", "hospital", "arm64", "2", "2Gi"),
-        edge_node("edge-home-1", "home", "amd64", "4", "8Gi"),
-        edge_node("edge-hospital-1", "hospital", "amd64", "8", "16Gi"),
-        cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"),
-    ] {
+    for node in two_sites() {
         cp.create_node(node).await;
     }
     println!("export KUBECONFIG={}", cp.kubeconfig().display());

@@ -29,61 +29,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node};
+use support::repos::{CLOUD_POLICY, cloud_function, write_repo};
+use support::{ControlPlane, Options, cloud_node, edge_node, gateway_node, world};
 use tempfile::TempDir;
 
 const NS: &str = "cloud4iot-functions";
 const NOW: &str = "2026-11-28T10:00:00Z";
 
 // ================================================================== pruning
-
-const CLOUD_POLICY: &str = r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata:
-  name: cloud-only
-spec:
-  tiers: [cloud]
-  followDevice: false
-"#;
-
-/// A replicated cloud function: `replicas` instances of `image`.
-fn cloud_function(name: &str, image: &str, replicas: u32) -> String {
-    format!(
-        r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: Function
-metadata:
-  name: {name}
-spec:
-  image: {image}
-  resources:
-    cpu: 100m
-    memory: 64Mi
-  instances:
-    replicas: {replicas}
-  policy: cloud-only
-"#
-    )
-}
-
-/// Replaces the files of the repository directory `dir` by `files`.
-fn write_repo(dir: &Path, files: &[(&str, &str)]) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        std::fs::remove_file(entry.unwrap().path()).unwrap();
-    }
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-}
-
-async fn cloud_cluster() -> ControlPlane {
-    let cp = ControlPlane::start(Options::api_only()).await;
-    cp.install_crds(cloud4iot_kube::crd::all()).await;
-    cp.create_node(cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"))
-        .await;
-    cp
-}
 
 /// `cloud4iot apply` as a process.
 fn apply_cli(cp: &ControlPlane, repo: &Path, extra: &[&str]) -> Run {
@@ -116,7 +69,11 @@ async fn deployment(client: &Client, name: &str) -> Option<Deployment> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_is_skipped_after_a_failed_object_even_with_something_to_prune() {
-    let cp = cloud_cluster().await;
+    let cp = world(
+        Options::api_only(),
+        vec![cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi")],
+    )
+    .await;
     let client = cp.client();
     let repo = TempDir::new().unwrap();
     let stats = |image: &str| cloud_function("fleet-stats", image, 1);
@@ -234,7 +191,11 @@ fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_preconditions_spare_an_object_relabelled_or_replaced_after_the_list() {
-    let cp = cloud_cluster().await;
+    let cp = world(
+        Options::api_only(),
+        vec![cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi")],
+    )
+    .await;
     let client = cp.client();
     let one = |name: &str| cloud_function(name, &format!("registry.example.com/{name}:1"), 1);
     let all = rendered(
@@ -1409,8 +1370,7 @@ async fn the_render_contract_per_tier_and_the_real_scheduler_agrees() {
 
     // The real scheduler, given the same nodes, binds each Pod where the plan said: the
     // taint, the affinity and the arch together leave it exactly one choice.
-    let cp = ControlPlane::start(Options::with_scheduling()).await;
-    for node in [
+    let nodes = vec![
         gateway_node("gw-home-1", "home", "arm64", "3500m", "638164Ki"),
         gateway_node("gw-hospital-1", "hospital", "arm64", "3500m", "638164Ki"),
         edge_node("edge-home", "home", "amd64", "7500m", "30Gi"),
@@ -1419,9 +1379,8 @@ async fn the_render_contract_per_tier_and_the_real_scheduler_agrees() {
         edge_node("edge-hospital-arm", "hospital", "arm64", "7500m", "30Gi"),
         cloud_node("cloud-1", "cloud", "amd64", "15", "62Gi"),
         cloud_node("cloud-arm", "cloud", "arm64", "15", "62Gi"),
-    ] {
-        cp.create_node(node).await;
-    }
+    ];
+    let cp = world(Options::with_scheduling(), nodes).await;
     cp.create_namespace(NS).await;
     kubectl(
         &cp,

@@ -4,6 +4,8 @@
 //! - [`ControlPlane`]: a real etcd + kube-apiserver (+ kube-scheduler and
 //!   kube-controller-manager on request) on loopback, one per test, torn down on drop.
 //! - [`nodes`]: gateway, edge and cloud Nodes created through the API.
+//! - [`repos`]: the roaming scenario and cloud functions as repository files.
+//! - [`world`]: the two-site world, agents' GatewayReports, a kubelet's part for Pods.
 //!
 //! Only std, the crate's own dependencies and its dev-dependencies are used, so a
 //! bench can include this module as well as a test.
@@ -13,6 +15,12 @@ pub mod assets;
 pub mod control_plane;
 pub mod nodes;
 mod pki;
+pub mod repos;
+pub mod world;
 
 pub use control_plane::{ControlPlane, Options};
 pub use nodes::{Tier, cloud_node, create_node, edge_node, gateway_node};
+pub use world::{
+    FUNCTIONS_NS, KubeletStandIn, apply_report, seen, two_sites, wait_bound_only_to, world,
+    write_report,
+};

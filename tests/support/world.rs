@@ -1,0 +1,168 @@
+//! What the end-to-end tests put around a [`ControlPlane`]: the two-site world (Nodes and
+//! CRDs), the agents' GatewayReports, and what a kubelet would do for the functions' Pods
+//! (there is no kubelet: the scheduler binds Pods, nothing runs them).
+
+use std::time::{Duration, Instant};
+
+use cloud4iot_core::model::{GatewayReport, GatewayReportSpec, ResourceQuantities, SeenDevice};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+
+use super::control_plane::{ControlPlane, Options};
+use super::nodes::{cloud_node, edge_node, gateway_node};
+
+/// Where cloud4iot writes the functions' Deployments.
+pub const FUNCTIONS_NS: &str = cloud4iot_core::render::DEFAULT_NAMESPACE;
+
+/// The home and the hospital sites: a gateway at each (gw-home-1: 1 CPU, 1Gi;
+/// gw-hospital-1: 2 CPU, 2Gi, both arm64), an amd64 edge node at each (edge-home-1: 4 CPU,
+/// 8Gi; edge-hospital-1: 8 CPU, 16Gi) and one amd64 cloud node (cloud-1: 64 CPU, 256Gi).
+pub fn two_sites() -> Vec<Node> {
+    vec![
+        gateway_node("gw-home-1", "home", "arm64", "1", "1Gi"),
+        gateway_node("gw-hospital-1", "hospital", "arm64", "2", "2Gi"),
+        edge_node("edge-home-1", "home", "amd64", "4", "8Gi"),
+        edge_node("edge-hospital-1", "hospital", "amd64", "8", "16Gi"),
+        cloud_node("cloud-1", "cloud", "amd64", "64", "256Gi"),
+    ]
+}
+
+/// A control plane with cloud4iot's CRDs and `nodes`.
+pub async fn world(options: Options, nodes: Vec<Node>) -> ControlPlane {
+    let cp = ControlPlane::start(options).await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    for node in nodes {
+        cp.create_node(node).await;
+    }
+    cp
+}
+
+/// Server-side applies gateway `node`'s GatewayReport with `spec`, as its agent does: the
+/// agent's own field manager, `cloud4iot-agent`, forced (the test plays the agent).
+pub async fn apply_report(client: &Client, node: &str, spec: impl serde::Serialize) {
+    let report = serde_json::json!({
+        "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+        "metadata": {"name": node},
+        "spec": serde_json::to_value(spec).expect("a GatewayReport spec"),
+    });
+    Api::<GatewayReport>::all(client.clone())
+        .patch(
+            node,
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(&report),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("write the GatewayReport of {node}: {e}"));
+}
+
+/// Writes gateway `node`'s report: a heartbeat at `heartbeat`, `devices`, and `cpu_in_use`
+/// by others (with no memory in use); None reports no resources at all.
+pub async fn write_report(
+    client: &Client,
+    node: &str,
+    heartbeat: jiff::Timestamp,
+    devices: Vec<SeenDevice>,
+    cpu_in_use: Option<&str>,
+) {
+    let spec = GatewayReportSpec {
+        heartbeat: Some(heartbeat),
+        devices,
+        resources: cpu_in_use.map(|cpu| ResourceQuantities {
+            cpu: Some(cpu.to_owned()),
+            memory: Some("0".to_owned()),
+        }),
+    };
+    apply_report(client, node, &spec).await
+}
+
+/// Device `id` of `class`, heard at `rssi` from `first_seen` to `last_seen`.
+pub fn seen(
+    id: &str,
+    class: &str,
+    rssi: i32,
+    first_seen: jiff::Timestamp,
+    last_seen: jiff::Timestamp,
+) -> SeenDevice {
+    SeenDevice {
+        id: id.to_owned(),
+        class: class.to_owned(),
+        rssi,
+        first_seen,
+        last_seen,
+    }
+}
+
+/// Finishes the deletion of the functions' Pods that were deleted gracefully, as the
+/// kubelet would once their containers stopped (the Recreate rollout of a migration waits
+/// for it). Aborted on drop.
+pub struct KubeletStandIn(tokio::task::JoinHandle<()>);
+
+impl KubeletStandIn {
+    pub fn start(client: Client) -> Self {
+        let pods: Api<Pod> = Api::namespaced(client, FUNCTIONS_NS);
+        KubeletStandIn(tokio::spawn(async move {
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    for pod in list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_some())
+                    {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let _ = pods
+                            .delete(&name, &DeleteParams::default().grace_period(0))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for KubeletStandIn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits until the only Pods of function instance `instance` are bound to `node`, and
+/// returns them; after `timeout` panics with where they are bound, `context()` and the
+/// scheduler's last lines.
+pub async fn wait_bound_only_to(
+    cp: &ControlPlane,
+    instance: &str,
+    node: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(cp.client(), FUNCTIONS_NS);
+    let selector = format!("cloud4iot.io/instance={instance}");
+    let started = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let bound: Vec<Option<String>> = list
+            .iter()
+            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        if !bound.is_empty() && bound.iter().all(|n| n.as_deref() == Some(node)) {
+            return list;
+        }
+        if started.elapsed() > timeout {
+            let scheduler = cp.log("kube-scheduler");
+            let tail: Vec<&str> = scheduler.lines().rev().take(20).collect();
+            panic!(
+                "Pods of {instance} not all bound to {node} after {timeout:?}: {bound:?}\n{}\n\
+                 kube-scheduler, last lines first:\n{}",
+                context(),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
