@@ -11,13 +11,12 @@ use std::path::Path;
 use cloud4iot_core::load::load_files;
 use cloud4iot_core::model::{
     Arch, GatewayReport, GatewayReportSpec, Inventory, NodeInfo, Repo, ResourceQuantities,
-    Resources, SeenDevice, Tier,
+    SeenDevice, Tier,
 };
 use cloud4iot_core::plan::{self, Placement, Plan};
 use jiff::{SignedDuration, Timestamp};
 
 const TAG: &str = "AA:BB:CC:00:00:01";
-const GIB: i64 = 1 << 30;
 
 fn now() -> Timestamp {
     "2026-11-28T10:00:00Z".parse().unwrap()
@@ -87,16 +86,11 @@ fn repo(policy: &str, instances: &str) -> Repo {
 
 const PER_DEVICE: &str = "{perDevice: {deviceClass: tag}}";
 
+/// The core's fixture Node with `cpu_millis` and 2Gi allocatable, as the planner reads it.
 fn node(name: &str, tier: Tier, site: &str, arch: Arch, cpu_millis: i64) -> NodeInfo {
-    NodeInfo {
-        name: name.to_string(),
-        tier,
-        site: Some(site.to_string()),
-        arch,
-        allocatable: Resources::new(cpu_millis, 2 * GIB),
-        gateway_taint: tier == Tier::Gateway,
-        blocked: None,
-    }
+    let cpu = format!("{cpu_millis}m");
+    let node = cloud4iot_core::testing::node(tier, name, site, arch.as_str(), &cpu, "2Gi");
+    NodeInfo::from_node(&node).expect("a fixture node reads")
 }
 
 /// What the world looks like: how much CPU other workloads use on each gateway, and how
