@@ -8,9 +8,11 @@ use crate::model::{Inventory, Repo, Tier, device_instance_name};
 pub(crate) const NOW: &str = "2026-11-28T10:00:00Z";
 pub(crate) const BRACELET: &str = "C4:7C:8D:6A:12:34";
 
-/// Parses repository YAML (Function, PlacementPolicy, DeviceClass documents).
+/// Loads repository YAML (Function, PlacementPolicy, DeviceClass documents) as `validate`
+/// does (the loader, not `crate::testing`, which builds on plan).
 pub(crate) fn repo(yaml: &str) -> Repo {
-    crate::testing::repo(yaml)
+    crate::load::load_str(Path::new("repo.yaml"), yaml)
+        .unwrap_or_else(|d| panic!("a fixture repository that does not load: {d:?}"))
 }
 
 pub(crate) fn node(name: &str, tier: &str, site: &str, arch: &str, cpu: &str, mem: &str) -> String {
