@@ -1080,6 +1080,14 @@ fn an_authenticated_https_fetch_from_git_http_backend() {
             .args(["validate", "--repo", &untrusted]),
     );
     assert_eq!(out.code, 2, "{out:?}");
+    // Named as the https certificate problem it is, not as an ssh host key.
+    assert!(
+        out.stderr.contains(&format!(
+            "the TLS certificate of {} is not trusted: the SSL certificate is invalid",
+            untrusted.replace("ci@", "***@")
+        )) && !out.stderr.contains("ssh"),
+        "{out:?}"
+    );
     assert!(
         !server
             .seen()
@@ -1130,11 +1138,12 @@ fn a_server_that_accepts_and_never_answers_is_given_up_on() {
     let url = format!("https://{}/fleet.git", listener.local_addr().unwrap());
     let (out, took) = validate_url_bounded(tmp.path(), Path::new("/dev/null"), &url);
     assert_eq!(out.code, 2, "{out:?}");
+    // libgit2's OpenSSL stream reports the read timeout as "SSL error: syscall failure:
+    // Resource temporarily unavailable"; the message says what happened instead.
     assert!(
-        // libgit2's OpenSSL stream reports the read timeout (SO_RCVTIMEO) as the EAGAIN
-        // it is, not in words: the message says which URL, not yet that it timed out.
-        out.stderr.contains(&format!("cannot reach {url}"))
-            && out.stderr.contains("Resource temporarily unavailable"),
+        out.stderr.contains(&format!(
+            "cannot reach {url}: timed out: the server sent nothing within 60 s"
+        )) && !out.stderr.contains("SSL"),
         "{out:?}"
     );
     eprintln!("stalled server given up on after {took:?}");
@@ -1164,7 +1173,9 @@ fn a_server_that_never_accepts_is_given_up_on() {
     let (out, took) = validate_url_bounded(tmp.path(), Path::new("/dev/null"), &url);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr.contains(&format!("cannot reach {url}")) && out.stderr.contains("timed out"),
+        out.stderr.contains(&format!(
+            "cannot reach {url}: timed out: no connection within 15 s"
+        )),
         "{out:?}"
     );
     eprintln!("unaccepting server given up on after {took:?}");

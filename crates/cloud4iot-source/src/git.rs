@@ -387,24 +387,41 @@ fn git_error(repo: &str, e: git2::Error) -> SourceError {
     }
 }
 
+/// A failed fetch, named for what went wrong. libgit2 reports an untrusted https
+/// certificate and an unknown ssh host key with the same code (told apart by the error
+/// class), and a read that hit the socket timeout under TLS as an OpenSSL "syscall
+/// failure" with EAGAIN: both are put into words here.
 fn remote_error(url: &str, e: git2::Error) -> SourceError {
-    if e.code() == ErrorCode::Certificate
-        || (e.class() == git2::ErrorClass::Ssh && e.message().contains("hostkey"))
-    {
-        SourceError::HostKey {
-            url: url.to_owned(),
-            message: redact(e.message()),
+    let (url, message) = (url.to_owned(), redact(e.message()));
+    let lower = message.to_ascii_lowercase();
+    if e.code() == ErrorCode::Certificate {
+        if e.class() == git2::ErrorClass::Ssh {
+            SourceError::HostKey { url, message }
+        } else {
+            SourceError::Certificate { url, message }
         }
+    } else if e.class() == git2::ErrorClass::Ssh && lower.contains("hostkey") {
+        SourceError::HostKey { url, message }
     } else if e.code() == ErrorCode::Auth {
-        SourceError::Auth {
-            url: url.to_owned(),
-            message: redact(e.message()),
+        SourceError::Auth { url, message }
+    } else if lower.starts_with("failed to connect") && lower.contains("timed out") {
+        SourceError::TimedOut {
+            url,
+            what: "no connection",
+            seconds: CONNECT_TIMEOUT_MS / 1000,
+        }
+    } else if e.code() == ErrorCode::Timeout
+        || lower.contains("timed out")
+        // EAGAIN on a blocking socket: the receive/send timeout libgit2 sets ran out.
+        || lower.contains("resource temporarily unavailable")
+    {
+        SourceError::TimedOut {
+            url,
+            what: "the server sent nothing",
+            seconds: IO_TIMEOUT_MS / 1000,
         }
     } else {
-        SourceError::Unreachable {
-            url: url.to_owned(),
-            message: redact(e.message()),
-        }
+        SourceError::Unreachable { url, message }
     }
 }
 
@@ -727,4 +744,83 @@ fn write_tree(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use git2::{Error, ErrorClass};
+
+    use super::*;
+
+    fn message(code: ErrorCode, class: ErrorClass, text: &str) -> String {
+        remote_error(
+            "https://***@git.example/x.git",
+            Error::new(code, class, text),
+        )
+        .to_string()
+    }
+
+    // The errors as libgit2 1.9 raises them (streams/openssl.c, transports/ssh_libssh2.c,
+    // streams/socket.c); tests/promises.rs and tests/git_ssh.rs see them from real servers.
+    #[test]
+    fn an_untrusted_tls_certificate_is_not_called_an_ssh_host_key() {
+        for text in [
+            "the SSL certificate is invalid",
+            "hostname does not match certificate",
+        ] {
+            let m = message(ErrorCode::Certificate, ErrorClass::Ssl, text);
+            assert!(
+                m.starts_with(
+                    "the TLS certificate of https://***@git.example/x.git is not trusted: "
+                ) && m.contains("SSL_CERT_FILE")
+                    && !m.contains("ssh"),
+                "{m}"
+            );
+        }
+        let m = message(
+            ErrorCode::Certificate,
+            ErrorClass::Ssh,
+            "invalid or unknown remote ssh hostkey",
+        );
+        assert!(
+            m.starts_with("the ssh host key of ") && m.contains("known_hosts"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_stall_is_a_timeout_not_an_ssl_error() {
+        for (class, text) in [
+            (
+                ErrorClass::Os,
+                "SSL error: syscall failure: Resource temporarily unavailable",
+            ),
+            (ErrorClass::Net, "could not read from socket: timed out"),
+        ] {
+            let m = message(ErrorCode::GenericError, class, text);
+            assert_eq!(
+                m,
+                "cannot reach https://***@git.example/x.git: timed out: the server sent nothing within 60 s"
+            );
+        }
+        let m = message(
+            ErrorCode::GenericError,
+            ErrorClass::Net,
+            "failed to connect to git.example: Operation timed out",
+        );
+        assert_eq!(
+            m,
+            "cannot reach https://***@git.example/x.git: timed out: no connection within 15 s"
+        );
+        // Anything else keeps libgit2's words.
+        let m = message(
+            ErrorCode::GenericError,
+            ErrorClass::Os,
+            "failed to connect to git.example: Connection refused",
+        );
+        assert!(
+            m.ends_with(": failed to connect to git.example: Connection refused"),
+            "{m}"
+        );
+    }
 }

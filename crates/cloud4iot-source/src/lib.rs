@@ -79,6 +79,20 @@ pub enum SourceError {
         "the ssh host key of {url} is not trusted: {message} (add the host to ~/.ssh/known_hosts, e.g. with ssh-keyscan)"
     )]
     HostKey { url: String, message: String },
+    /// https: the server's certificate did not verify (unknown issuer, expired, or not for
+    /// this host). Nothing was sent to the server.
+    #[error(
+        "the TLS certificate of {url} is not trusted: {message} (its issuer must be in the \
+         system's certificate store, or in SSL_CERT_FILE / SSL_CERT_DIR, and it must name the host)"
+    )]
+    Certificate { url: String, message: String },
+    /// A connection that could not be opened, or that went quiet, within the timeout.
+    #[error("cannot reach {url}: timed out: {what} within {seconds} s")]
+    TimedOut {
+        url: String,
+        what: &'static str,
+        seconds: i32,
+    },
     #[error("authentication to {url} failed: {message}")]
     Auth { url: String, message: String },
     #[error("revision {rev} not found in {repo}: no branch, tag or commit by that name")]
