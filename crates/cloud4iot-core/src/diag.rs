@@ -6,6 +6,34 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+/// A parser's (1-based) position moved into `text`: libyaml puts the end of a text that
+/// does not end in a line break on a line of its own past the last one, so an unclosed
+/// `kind: [` in a one-line file would be reported at line 2. Such a position becomes the
+/// end of the last line. Lines are counted as YAML counts them (CR LF, CR, LF, NEL, LS,
+/// PS); found by fuzzing (fuzz/harness.rs checks every line named exists).
+pub fn within_text(text: &str, line: usize, column: usize) -> (usize, usize) {
+    let mut breaks = 0;
+    let mut last_start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let width = match c {
+            '\r' if chars.peek().is_some_and(|&(_, n)| n == '\n') => {
+                chars.next();
+                2
+            }
+            '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => c.len_utf8(),
+            _ => continue,
+        };
+        breaks += 1;
+        last_start = i + width;
+    }
+    if line <= breaks + 1 {
+        (line, column)
+    } else {
+        (breaks + 1, text[last_start..].chars().count() + 1)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Diagnostic {
     /// Path as the user should see it (relative to the repository root where possible).

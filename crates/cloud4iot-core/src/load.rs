@@ -71,7 +71,7 @@ impl Loaded {
                 Err(err) => {
                     // A syntax error ends the file: the parser cannot resynchronise.
                     self.diagnostics
-                        .push(yaml_error(file, &err, indexes.get(i)));
+                        .push(yaml_error(file, text, &err, indexes.get(i)));
                     break;
                 }
             };
@@ -337,14 +337,19 @@ fn quantities_as_strings(json: &mut Value) {
     }
 }
 
-fn yaml_error(file: &Path, err: &serde_norway::Error, index: Option<&DocIndex>) -> Diagnostic {
+fn yaml_error(
+    file: &Path,
+    text: &str,
+    err: &serde_norway::Error,
+    index: Option<&DocIndex>,
+) -> Diagnostic {
     let mut message = err.to_string();
     let (line, column) = match err.location() {
         Some(loc) => {
             // The position is in the diagnostic already; don't repeat it in the message.
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
             message = message.replacen(&suffix, "", 1);
-            (loc.line(), loc.column())
+            crate::diag::within_text(text, loc.line(), loc.column())
         }
         None => (0, 0),
     };

@@ -278,7 +278,7 @@ fn parse_whole(text: &str, file: &Path, json: bool) -> Result<Inventory, StateEr
             serde::Deserialize::deserialize(doc).map_err(|e: serde_norway::Error| {
                 let (line, column) = e
                     .location()
-                    .map(|l| (l.line(), l.column()))
+                    .map(|l| crate::diag::within_text(text, l.line(), l.column()))
                     .unwrap_or((0, 0));
                 StateError::Yaml {
                     file: file.to_path_buf(),
@@ -460,7 +460,8 @@ spec:
         let err = parse_snapshot("kind: [", Path::new("s.yaml"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("s.yaml:2:1: not valid YAML: "), "{err}");
+        // The end of the one line, not a line 2 the file does not have.
+        assert!(err.starts_with("s.yaml:1:8: not valid YAML: "), "{err}");
         let bad = LIST.replace(
             "  selector: {}\n  template: {spec: {containers: [{name: f, image: x}]}}\n---",
             "  selector: 3\n---",

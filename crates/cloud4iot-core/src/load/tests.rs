@@ -156,6 +156,19 @@ fn a_syntax_error_keeps_the_documents_before_it() {
 }
 
 #[test]
+fn a_syntax_error_at_the_end_names_a_line_the_file_has() {
+    // libyaml puts the end of a text without a final line break on a line past the last
+    // one (found by fuzzing): the diagnostic names the end of the last line instead.
+    let d = one_error("y.yaml", "kind: [unclosed");
+    assert_eq!((d.line, d.column), (1, 16), "{d}");
+    let d = one_error("y.yaml", "a: 1\r\nkind: {x");
+    assert_eq!((d.line, d.column), (2, 9), "{d}");
+    // With the final line break the position is already in the file: kept.
+    let d = one_error("y.yaml", "kind: [unclosed\n");
+    assert_eq!(d.line, 2, "{d}");
+}
+
+#[test]
 fn load_dir_reads_a_tree_and_reports_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
