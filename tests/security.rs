@@ -1,8 +1,11 @@
 //! Trust nothing (issue 11): the source cache, revisions, credentials, files, input limits,
 //! the snapshot clock, ownership and the proportional prune guards. Real git repositories
 //! made with git2, real `git rev-parse`, the real binary, and a real kube-apiserver
-//! (tests/support) wherever Kubernetes is involved.
+//! (tests/support) wherever Kubernetes is involved. And the fuzz harnesses of fuzz/ over
+//! their checked-in corpus and a fixed, seeded budget of generated inputs.
 
+#[path = "../fuzz/harness.rs"]
+mod fuzz_harness;
 mod git_support;
 mod support;
 
@@ -683,5 +686,484 @@ mod cluster {
         assert_eq!(out.code, 0, "{out:?}");
         assert!(out.stdout.contains("3 pruned"), "{out:?}");
         assert_eq!(names(&client).await.len(), 4);
+    }
+}
+
+// ---------------------------------------------------------------- fuzzing
+
+/// The four fuzz harnesses (fuzz/harness.rs, also the cargo-fuzz targets' code) over the
+/// checked-in corpus, then over generated inputs: arbitrary bytes and text, mutations of
+/// the corpus, and structure-aware YAML built from the corpus's own keys and values. The
+/// budget is fixed and seeded, so every run tries the same inputs; set
+/// `CLOUD4IOT_FUZZ_CASES` and `CLOUD4IOT_FUZZ_SEED` to search further (README, Security).
+/// A failing input found here or by `cargo fuzz` goes into fuzz/corpus/TARGET/.
+mod fuzzing {
+    use std::path::Path;
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use proptest::sample::{Index, select};
+    use proptest::test_runner::{Config, RngSeed};
+
+    use super::fuzz_harness::{self, TARGETS};
+
+    /// Cases per generated-input test (four tests, each over all or two of the harnesses).
+    const CASES: u32 = 256;
+    const SEED: u64 = 0x0c10_d410_7f0e_2026;
+
+    fn config() -> Config {
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        Config {
+            cases: env("CLOUD4IOT_FUZZ_CASES").map_or(CASES, |n| n as u32),
+            rng_seed: RngSeed::Fixed(env("CLOUD4IOT_FUZZ_SEED").unwrap_or(SEED)),
+            // The seed reproduces a failure; the shrunk input is printed, for the corpus.
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// Each target's corpus, file name and bytes, in name order.
+    static CORPUS: LazyLock<Vec<(&'static str, Vec<(String, Vec<u8>)>)>> = LazyLock::new(|| {
+        TARGETS
+            .iter()
+            .map(|(target, _)| {
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("fuzz/corpus")
+                    .join(target);
+                let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+                    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                    .map(|e| {
+                        let path = e.unwrap().path();
+                        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                        (name, std::fs::read(&path).unwrap())
+                    })
+                    .collect();
+                files.sort();
+                (*target, files)
+            })
+            .collect()
+    });
+
+    fn harness(target: &str) -> fn(&[u8]) {
+        TARGETS.iter().find(|(t, _)| *t == target).unwrap().1
+    }
+
+    #[test]
+    fn fuzz_every_corpus_input_is_handled() {
+        for (target, files) in CORPUS.iter() {
+            assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
+            for (name, bytes) in files {
+                eprintln!("fuzz/corpus/{target}/{name}");
+                harness(target)(bytes);
+            }
+        }
+        // The corpus reaches the accepting paths, not only the refusals.
+        let seed = &CORPUS[3].1[0].1;
+        let cut = seed.iter().position(|&b| b == 0).unwrap();
+        let signers = cloud4iot_source::signature::AllowedSigners::parse(
+            Path::new("allowed_signers"),
+            fuzz_harness::SIGNERS,
+        )
+        .unwrap();
+        assert_eq!(
+            cloud4iot_source::signature::verify(
+                &seed[..cut],
+                &seed[cut + 1..],
+                1_767_225_600,
+                &signers
+            )
+            .unwrap(),
+            "fuzz@example.org"
+        );
+    }
+
+    /// Bytes: anything, printable text with line breaks (past the UTF-8 check), and text
+    /// drawn from YAML's and the signature format's punctuation.
+    fn raw() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            "[ -~\t\n]{0,512}".prop_map(String::into_bytes),
+            "[-:{}\\[\\],&*!|>'\"#%@` \n\t?a-z0-9=+/]{0,512}".prop_map(String::into_bytes),
+            any::<String>().prop_map(String::into_bytes),
+        ]
+    }
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Set(Index, u8),
+        Insert(Index, Vec<u8>),
+        Delete(Index, usize),
+        /// A slice of the input copied to another place (repeats structure).
+        Copy(Index, Index, usize),
+        Truncate(Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Edit::Set(i, b)),
+            (
+                any::<Index>(),
+                raw().prop_map(|mut v| {
+                    v.truncate(16);
+                    v
+                })
+            )
+                .prop_map(|(i, v)| Edit::Insert(i, v)),
+            (any::<Index>(), 1usize..64).prop_map(|(i, n)| Edit::Delete(i, n)),
+            (any::<Index>(), any::<Index>(), 1usize..256).prop_map(|(a, b, n)| Edit::Copy(a, b, n)),
+            any::<Index>().prop_map(Edit::Truncate),
+        ]
+    }
+
+    fn mutate(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+        for e in edits {
+            let at = |i: &Index, len: usize| if len == 0 { 0 } else { i.index(len + 1) };
+            match e {
+                Edit::Set(i, b) if !bytes.is_empty() => {
+                    let i = i.index(bytes.len());
+                    bytes[i] = *b;
+                }
+                Edit::Set(..) => {}
+                Edit::Insert(i, v) => {
+                    let i = at(i, bytes.len());
+                    bytes.splice(i..i, v.iter().copied());
+                }
+                Edit::Delete(i, n) => {
+                    let i = at(i, bytes.len());
+                    let end = (i + n).min(bytes.len());
+                    bytes.drain(i..end);
+                }
+                Edit::Copy(from, to, n) => {
+                    let from = at(from, bytes.len());
+                    let slice = bytes[from..(from + n).min(bytes.len())].to_vec();
+                    let to = at(to, bytes.len());
+                    bytes.splice(to..to, slice);
+                }
+                Edit::Truncate(i) => bytes.truncate(at(i, bytes.len())),
+            }
+        }
+        bytes
+    }
+
+    /// Keys and scalar values that occur in a target's corpus, found by splitting its
+    /// text on YAML's separators: what the generated documents are made of.
+    #[derive(Debug)]
+    struct Vocabulary {
+        keys: Vec<String>,
+        values: Vec<String>,
+        kinds: Vec<String>,
+    }
+
+    fn vocabulary(target: &str) -> Vocabulary {
+        let mut v = Vocabulary {
+            keys: Vec::new(),
+            values: Vec::new(),
+            kinds: Vec::new(),
+        };
+        let files = &CORPUS.iter().find(|(t, _)| *t == target).unwrap().1;
+        for (_, bytes) in files {
+            let text = String::from_utf8_lossy(bytes);
+            for piece in text.split(['\n', '{', '}', '[', ']', ',']) {
+                let piece = piece.trim().trim_start_matches("- ").trim();
+                if piece.starts_with('#') {
+                    continue;
+                }
+                let Some((key, value)) = piece.split_once(':') else {
+                    continue;
+                };
+                let (key, value) = (key.trim(), value.trim());
+                if key.is_empty() || key.contains([' ', '"', '\'']) {
+                    continue;
+                }
+                v.keys.push(key.to_owned());
+                if !value.is_empty() {
+                    v.values.push(value.to_owned());
+                }
+                if key == "kind" {
+                    v.kinds.push(value.to_owned());
+                }
+            }
+        }
+        for list in [&mut v.keys, &mut v.values, &mut v.kinds] {
+            list.sort();
+            list.dedup();
+        }
+        assert!(!v.keys.is_empty() && !v.kinds.is_empty(), "{target}: {v:?}");
+        v
+    }
+
+    /// Values a careless or hostile author writes: YAML's own surprises (tags, anchors,
+    /// special floats, sexagesimal-looking numbers, bad dates), limits and overflows.
+    const ODD: &[&str] = &[
+        "~",
+        "null",
+        "true",
+        "no",
+        "yes",
+        "on",
+        "\"\"",
+        "''",
+        "0",
+        "-1",
+        "4294967295",
+        "18446744073709551616",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1e309",
+        ".nan",
+        "-.inf",
+        "0x10",
+        "0o17",
+        "1_000",
+        "12:30:00",
+        "&a x",
+        "!!binary aGVsbG8=",
+        "!!str 1",
+        "!custom x",
+        "\"\\u0000\"",
+        "999999999999Ei",
+        "1.5Gi",
+        "-5m",
+        "0.001m",
+        "1e3",
+        "100n",
+        "2026-02-30T25:61:00Z",
+        "1970-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "-0001-01-01T00:00:00Z",
+        "PT1H",
+        "1h2m3s",
+        "0s",
+        "-1s",
+        "99999999999h",
+        "AA:BB",
+        "aa:bb:cc:dd:ee:ff",
+        "ZZ:ZZ:ZZ:ZZ:ZZ:ZZ",
+    ];
+    /// Scalars that break the YAML around them (aliases to nothing, block indicators in
+    /// flow, document markers): rare, so most generated documents parse.
+    const BREAKERS: &[&str] = &[
+        "",
+        "*a",
+        "*undefined",
+        "<<: *a",
+        "|",
+        ">-",
+        "? x",
+        "---",
+        "...",
+        "%YAML 1.2",
+        "\"\\uD800\"",
+        "{",
+        "[",
+        "]",
+        ": x",
+        "- x",
+        "&",
+        "!",
+    ];
+    const SUFFIXES: &[&str] = &[
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "s", "ms", "h",
+        "e3", "e-3",
+    ];
+
+    #[derive(Clone, Debug)]
+    enum Node {
+        Scalar(String),
+        /// Entries, and whether written in flow style (`{a: 1}`).
+        Map(Vec<(String, Node)>, bool),
+        Seq(Vec<Node>, bool),
+    }
+
+    fn scalar(v: &Vocabulary) -> BoxedStrategy<String> {
+        prop_oneof![
+            120 => select(v.values.clone()),
+            40 => select(ODD).prop_map(str::to_owned),
+            20 => any::<i64>().prop_map(|n| n.to_string()),
+            20 => (any::<u64>(), select(SUFFIXES)).prop_map(|(n, s)| format!("{n}{s}")),
+            20 => (0u32..5000, select(SUFFIXES)).prop_map(|(n, s)| format!("{n}{s}")),
+            20 => "[ -~]{0,24}".prop_map(|s| format!("{s:?}")),
+            20 => "[a-z][a-z0-9-]{0,70}",
+            1 => select(BREAKERS).prop_map(str::to_owned),
+        ]
+        .boxed()
+    }
+
+    fn node(v: &Vocabulary) -> BoxedStrategy<Node> {
+        let keys = v.keys.clone();
+        let key = prop_oneof![
+            90 => select(keys),
+            8 => "[a-zA-Z]{1,10}",
+            3 => select(&["\"kind\"", "'name'", "a b", "metadata.name", "~", "1", "true"][..])
+                .prop_map(str::to_owned),
+            1 => select(&["<<", "? a", "", "- a", "a: b"][..]).prop_map(str::to_owned),
+        ];
+        scalar(v)
+            .prop_map(Node::Scalar)
+            .prop_recursive(5, 64, 8, move |inner| {
+                prop_oneof![
+                    (
+                        prop::collection::vec((key.clone(), inner.clone()), 0..8),
+                        any::<bool>()
+                    )
+                        .prop_map(|(m, flow)| Node::Map(unique(m), flow)),
+                    (prop::collection::vec(inner, 0..6), any::<bool>())
+                        .prop_map(|(s, flow)| Node::Seq(s, flow)),
+                ]
+            })
+            .boxed()
+    }
+
+    /// Entries with their first key only: duplicate keys are refused on sight (the mutation
+    /// test reaches that path), hiding everything after them.
+    fn unique(mut entries: Vec<(String, Node)>) -> Vec<(String, Node)> {
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|(k, _)| seen.insert(k.clone()));
+        entries
+    }
+
+    /// One object: a kind of the corpus (mostly with its apiVersion), a name, and fields.
+    fn object(v: &Vocabulary) -> BoxedStrategy<Node> {
+        let api = prop_oneof![
+            4 => Just("cloud4iot.io/v1alpha1".to_owned()),
+            2 => Just("v1".to_owned()),
+            1 => Just("apps/v1".to_owned()),
+            1 => scalar(v),
+        ];
+        let name = prop_oneof![4 => "[a-z][a-z0-9-]{0,20}", 1 => scalar(v)];
+        let body = prop::collection::vec((select(v.keys.clone()), node(v)), 0..6);
+        (
+            api,
+            select(v.kinds.clone()),
+            name,
+            body,
+            node(v),
+            any::<bool>(),
+        )
+            .prop_map(|(api, kind, name, body, spec, flow)| {
+                let mut map = vec![
+                    ("apiVersion".to_owned(), Node::Scalar(api)),
+                    ("kind".to_owned(), Node::Scalar(kind)),
+                    (
+                        "metadata".to_owned(),
+                        Node::Map(vec![("name".to_owned(), Node::Scalar(name))], flow),
+                    ),
+                    ("spec".to_owned(), spec),
+                ];
+                map.extend(body);
+                Node::Map(unique(map), false)
+            })
+            .boxed()
+    }
+
+    /// A YAML stream: objects as documents, or (a snapshot) in a `kind: List`.
+    fn stream(target: &str) -> BoxedStrategy<String> {
+        let v = vocabulary(target);
+        let objects = prop::collection::vec(object(&v), 1..5);
+        let lists = target == "snapshot_reader";
+        (objects, any::<bool>())
+            .prop_map(move |(objects, list)| {
+                if list && lists {
+                    let list = Node::Map(
+                        vec![
+                            ("apiVersion".to_owned(), Node::Scalar("v1".to_owned())),
+                            ("kind".to_owned(), Node::Scalar("List".to_owned())),
+                            ("items".to_owned(), Node::Seq(objects, false)),
+                        ],
+                        false,
+                    );
+                    yaml(&list)
+                } else {
+                    objects.iter().map(yaml).collect::<Vec<_>>().join("---\n")
+                }
+            })
+            .boxed()
+    }
+
+    fn yaml(node: &Node) -> String {
+        let mut out = String::new();
+        block(node, 0, &mut out);
+        out
+    }
+
+    fn flow(node: &Node) -> String {
+        match node {
+            Node::Scalar(s) => s.clone(),
+            Node::Map(m, _) => {
+                let entries: Vec<String> =
+                    m.iter().map(|(k, v)| format!("{k}: {}", flow(v))).collect();
+                format!("{{{}}}", entries.join(", "))
+            }
+            Node::Seq(s, _) => format!("[{}]", s.iter().map(flow).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// Block style at `indent`; a node marked flow, or empty, is written inline.
+    fn block(node: &Node, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        match node {
+            Node::Map(m, false) if !m.is_empty() => {
+                for (k, v) in m {
+                    out.push_str(&format!("{pad}{k}:"));
+                    value(v, indent, out);
+                }
+            }
+            Node::Seq(s, false) if !s.is_empty() => {
+                for v in s {
+                    out.push_str(&format!("{pad}-"));
+                    value(v, indent, out);
+                }
+            }
+            other => out.push_str(&format!("{pad}{}\n", flow(other))),
+        }
+    }
+
+    /// What follows `key:` or `-`.
+    fn value(v: &Node, indent: usize, out: &mut String) {
+        match v {
+            Node::Map(m, false) if !m.is_empty() => {
+                out.push('\n');
+                block(v, indent + 2, out);
+            }
+            Node::Seq(s, false) if !s.is_empty() => {
+                out.push('\n');
+                block(v, indent + 2, out);
+            }
+            other => out.push_str(&format!(" {}\n", flow(other))),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn fuzz_arbitrary_bytes(bytes in raw()) {
+            for (_, run) in TARGETS {
+                run(&bytes);
+            }
+        }
+
+        #[test]
+        fn fuzz_mutated_corpus(
+            target in 0..TARGETS.len(),
+            file in any::<Index>(),
+            edits in prop::collection::vec(edit(), 1..8),
+        ) {
+            let files = &CORPUS[target].1;
+            let input = mutate(files[file.index(files.len())].1.clone(), &edits);
+            TARGETS[target].1(&input);
+        }
+
+        #[test]
+        fn fuzz_structured_repository_yaml(text in stream("repository_loader")) {
+            fuzz_harness::repository_loader(text.as_bytes());
+            fuzz_harness::snapshot_reader(text.as_bytes());
+        }
+
+        #[test]
+        fn fuzz_structured_snapshot_yaml(text in stream("snapshot_reader")) {
+            fuzz_harness::snapshot_reader(text.as_bytes());
+            fuzz_harness::repository_loader(text.as_bytes());
+        }
     }
 }

@@ -1,13 +1,8 @@
 //! An OpenSSH allowed_signers file, any bytes: signers or an error with file:line.
+//! The harness is shared with the test suite (tests/security.rs): fuzz/harness.rs.
 #![no_main]
 
-use std::path::Path;
+#[path = "../harness.rs"]
+mod harness;
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = cloud4iot_source::signature::AllowedSigners::parse(Path::new("allowed_signers"), text);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::allowed_signers(data));

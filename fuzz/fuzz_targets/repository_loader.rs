@@ -1,16 +1,8 @@
-//! One repository file, any bytes: loading, schema and semantic checks must return
-//! diagnostics, never panic, hang or blow up.
+//! One repository file, any bytes: diagnostics naming the file and a line of it, never a panic, hang or blow-up.
+//! The harness is shared with the test suite (tests/security.rs): fuzz/harness.rs.
 #![no_main]
 
-use std::path::Path;
+#[path = "../harness.rs"]
+mod harness;
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let mut loaded = cloud4iot_core::load::Loaded::default();
-    loaded.add_file(Path::new("fuzz.yaml"), text);
-    let _ = loaded.finish();
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::repository_loader(data));

@@ -1,16 +1,8 @@
-//! A state snapshot, any bytes: an inventory or an error naming the item, never a panic.
+//! A state snapshot, any bytes: an inventory or an error naming the file, never a panic.
+//! The harness is shared with the test suite (tests/security.rs): fuzz/harness.rs.
 #![no_main]
 
-use std::path::Path;
+#[path = "../harness.rs"]
+mod harness;
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(inv) = cloud4iot_core::state::parse_snapshot(text, Path::new("fuzz.yaml")) {
-        // The snapshot's clock is derived from what was read.
-        let _ = cloud4iot_core::clock::snapshot_time(&inv, jiff::Timestamp::UNIX_EPOCH);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::snapshot_reader(data));
