@@ -540,3 +540,546 @@ fn cli_a_copy_in_another_namespace_does_not_steer_placement() {
         "{e8}"
     );
 }
+
+// The placement rules through the CLI on snapshots, as a user runs them: a repository on
+// disk (a library policy, `probe`, the device class), a `kind: List` snapshot of Nodes,
+// GatewayReports and running Deployments (rendered as apply writes them), planned at the
+// snapshot's newest heartbeat.
+
+/// Builds snapshots: the world of this file as API objects, plus what a test adds.
+struct Snap {
+    items: Vec<serde_json::Value>,
+}
+
+/// A sighting: (device id, rssi, seconds since first seen, seconds since last seen).
+type Sight<'a> = (&'a str, i32, i64, i64);
+
+impl Snap {
+    /// gw-north, gw-south (arm64, 4 cpu), edge-north, edge-south (amd64), cloud-1.
+    fn world() -> Snap {
+        use cloud4iot_core::testing::node;
+        let nodes = [
+            node(Tier::Gateway, "gw-north", "north", "arm64", "4", "2Gi"),
+            node(Tier::Gateway, "gw-south", "south", "arm64", "4", "2Gi"),
+            node(Tier::Edge, "edge-north", "north", "amd64", "4", "8Gi"),
+            node(Tier::Edge, "edge-south", "south", "amd64", "4", "8Gi"),
+            node(Tier::Cloud, "cloud-1", "cloud", "amd64", "16", "64Gi"),
+        ];
+        Snap {
+            items: nodes
+                .iter()
+                .map(|n| {
+                    let mut v = serde_json::to_value(n).unwrap();
+                    v["apiVersion"] = "v1".into();
+                    v["kind"] = "Node".into();
+                    v
+                })
+                .collect(),
+        }
+    }
+
+    /// Edits the Node `name` (its JSON).
+    fn node(mut self, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Snap {
+        let n = self
+            .items
+            .iter_mut()
+            .find(|v| v["kind"] == "Node" && v["metadata"]["name"] == name)
+            .expect("a node of the world");
+        edit(n);
+        self
+    }
+
+    /// Gateway `gw`'s report: heartbeat `age` seconds old, `cpu` in use by others.
+    fn report(mut self, gw: &str, age: i64, cpu: &str, devices: &[Sight]) -> Snap {
+        let ago = |s: i64| now() - SignedDuration::from_secs(s);
+        let r = GatewayReport::new(
+            gw,
+            GatewayReportSpec {
+                heartbeat: Some(ago(age)),
+                devices: devices
+                    .iter()
+                    .map(|&(id, rssi, first, last)| SeenDevice {
+                        id: id.to_string(),
+                        class: "tag".to_string(),
+                        rssi,
+                        first_seen: ago(first),
+                        last_seen: ago(last),
+                    })
+                    .collect(),
+                resources: Some(ResourceQuantities {
+                    cpu: Some(cpu.into()),
+                    memory: Some("128Mi".into()),
+                }),
+            },
+        );
+        self.items.push(serde_json::to_value(&r).unwrap());
+        self
+    }
+
+    /// `placement` running, as apply wrote it (the reason annotation holds its reason).
+    fn running(mut self, repo: &Repo, placement: Placement) -> Snap {
+        let plan = Plan {
+            placements: vec![placement],
+        };
+        for d in cloud4iot_core::render::render(repo, &plan, &Default::default()) {
+            let mut v = serde_json::to_value(&d).unwrap();
+            v["apiVersion"] = "apps/v1".into();
+            v["kind"] = "Deployment".into();
+            self.items.push(v);
+        }
+        self
+    }
+
+    fn yaml(&self) -> String {
+        serde_norway::to_string(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": self.items,
+        }))
+        .unwrap()
+    }
+}
+
+/// A repository on disk: `policy` (the library file, edited by `edit`), `probe` with
+/// `instances`, the device class.
+struct RepoDir {
+    dir: tempfile::TempDir,
+    repo: Repo,
+}
+
+fn repo_dir(policy: &str, edit: impl Fn(String) -> String, instances: &str) -> RepoDir {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        (format!("policies/{policy}.yaml"), edit(policy_file(policy))),
+        (
+            "functions/probe.yaml".to_string(),
+            function(policy, instances),
+        ),
+        (
+            "device-classes/tag.yaml".to_string(),
+            DEVICE_CLASS.to_string(),
+        ),
+    ];
+    extra_files(dir, &files)
+}
+
+fn extra_files(dir: tempfile::TempDir, files: &[(String, String)]) -> RepoDir {
+    for (path, text) in files {
+        let p = dir.path().join("repo").join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let repo =
+        cloud4iot_core::load::load_dir(&dir.path().join("repo")).expect("the repository loads");
+    RepoDir { dir, repo }
+}
+
+impl RepoDir {
+    /// `cloud4iot <command> --repo <this> --state <snap> ARGS`: (exit code, stdout, stderr).
+    fn run(&self, command: &str, snap: &str, args: &[&str]) -> (Option<i32>, String, String) {
+        let state = self.dir.path().join("state.yaml");
+        std::fs::write(&state, snap).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+            .arg(command)
+            .arg("--repo")
+            .arg(self.dir.path().join("repo"))
+            .arg("--state")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `plan -o json`: the placements (with `stays` where an instance stays).
+    fn plan(&self, snap: &Snap) -> Vec<serde_json::Value> {
+        let (_, stdout, stderr) = self.run("plan", &snap.yaml(), &["-o", "json"]);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
+    }
+}
+
+/// The plan of `snap` through the library: what apply would have written earlier.
+fn placed(repo: &Repo, snap: &Snap) -> Plan {
+    let inv =
+        cloud4iot_core::state::parse_snapshot(&snap.yaml(), Path::new("earlier.yaml")).unwrap();
+    plan::plan(repo, &inv, now())
+}
+
+fn probe_instance() -> String {
+    cloud4iot_core::model::device_instance_name("probe", TAG)
+}
+
+/// Issue 12, "explanations of instances that stay": the annotation keeps the reason the
+/// instance was placed for (no rewrite on RSSI jitter), while `plan --explain` and `diff`
+/// say why it stays when a move was considered.
+#[test]
+fn cli_an_instance_that_stays_says_why_and_keeps_its_annotation() {
+    let r = repo_dir("roaming", |t| t, PER_DEVICE);
+    let earlier = placed(
+        &r.repo,
+        &Snap::world()
+            .report("gw-north", 0, "200m", &[(TAG, -70, 20, 1)])
+            .report("gw-south", 0, "200m", &[]),
+    );
+    let p = earlier.placements[0].clone();
+    assert_eq!(p.node.as_deref(), Some("gw-north"));
+    let stored = p.reason.to_string();
+    assert_eq!(stored, "gw-north sees the device at -70 dBm for 20s");
+    // gw-north now hears the tag only at `north` dBm (minRssi is -80), gw-south has seen it
+    // for `south_for` seconds of the 30s dwell.
+    let at = |north: i32, south_for: i64| {
+        Snap::world()
+            .report("gw-north", 0, "200m", &[(TAG, north, 600, 1)])
+            .report("gw-south", 0, "200m", &[(TAG, -55, south_for, 0)])
+            .running(&r.repo, p.clone())
+    };
+    let why = "stays on gw-north: gw-south has seen the device for 5s < dwell 30s";
+    let snap = at(-86, 5);
+    let plan = r.plan(&snap);
+    assert_eq!(plan[0]["node"], "gw-north");
+    assert_eq!(plan[0]["reason"], stored.as_str(), "the annotation is kept");
+    assert_eq!(plan[0]["stays"], why);
+    let (_, table, _) = r.run("plan", &snap.yaml(), &["--explain"]);
+    assert!(table.contains(why), "{table}");
+    let (code, diff, stderr) = r.run("diff", &snap.yaml(), &[]);
+    assert_eq!(code, Some(0), "nothing to apply: {diff}{stderr}");
+    assert_eq!(
+        diff,
+        format!(
+            "No changes.\n\nStaying (1):\n  {}: {why}\n",
+            probe_instance()
+        )
+    );
+
+    // RSSI jitter: the same annotation and nothing to apply; the explanation is current.
+    let snap = at(-88, 7);
+    let plan = r.plan(&snap);
+    assert_eq!(plan[0]["reason"], stored.as_str());
+    assert_eq!(
+        plan[0]["stays"],
+        "stays on gw-north: gw-south has seen the device for 7s < dwell 30s"
+    );
+    assert_eq!(r.run("diff", &snap.yaml(), &[]).0, Some(0));
+
+    // gw-north sees it again, gw-south stronger and for longer than the dwell: it stays
+    // while present where it runs.
+    let snap = Snap::world()
+        .report("gw-north", 0, "200m", &[(TAG, -75, 600, 1)])
+        .report("gw-south", 0, "200m", &[(TAG, -50, 600, 0)])
+        .running(&r.repo, p.clone());
+    let plan = r.plan(&snap);
+    assert_eq!(plan[0]["node"], "gw-north");
+    assert_eq!(
+        plan[0]["stays"],
+        "stays on gw-north: gw-south sees the device at -50 dBm, but gw-north still does at -75 dBm"
+    );
+
+    // gw-north lost it and gw-south reached the dwell: a move, with a new reason.
+    let snap = at(-86, 30);
+    let plan = r.plan(&snap);
+    assert_eq!(plan[0]["node"], "gw-south");
+    assert!(plan[0].get("stays").is_none(), "{}", plan[0]);
+    assert_eq!(
+        plan[0]["reason"],
+        "gw-south sees the device at -55 dBm for 30s >= dwell 30s; gw-north no longer does"
+    );
+    let (code, diff, _) = r.run("diff", &snap.yaml(), &[]);
+    assert_eq!(code, Some(1));
+    assert!(diff.starts_with("Placement changes (1):\n"), "{diff}");
+    assert!(!diff.contains("Staying"), "{diff}");
+}
+
+/// Issue 12, "dwell is skipped for offloaded instances": an instance offloaded to the edge
+/// (its own gateway full) does not move onto another gateway before that one has seen the
+/// device for the dwell, and says why it stays.
+#[test]
+fn cli_an_offloaded_instance_waits_for_the_dwell_too() {
+    let r = repo_dir("roaming", |t| t, PER_DEVICE);
+    let earlier = placed(
+        &r.repo,
+        &Snap::world()
+            .report("gw-north", 0, BUSY, &[(TAG, -60, 600, 1)])
+            .report("gw-south", 0, "200m", &[]),
+    );
+    let p = earlier.placements[0].clone();
+    assert_eq!(
+        (p.tier, p.site.as_deref()),
+        (Some(Tier::Edge), Some("north"))
+    );
+    let at = |south_for: i64| {
+        Snap::world()
+            .report("gw-north", 0, BUSY, &[(TAG, -60, 600, 1)])
+            .report("gw-south", 0, "200m", &[(TAG, -50, south_for, 0)])
+            .running(&r.repo, p.clone())
+    };
+    let plan = r.plan(&at(5));
+    assert_eq!(
+        (&plan[0]["tier"], &plan[0]["site"]),
+        (&"edge".into(), &"north".into())
+    );
+    assert_eq!(
+        plan[0]["stays"],
+        "stays at edge at site north: gw-north full (cpu 3900m of 4000m, needs 250m)"
+    );
+    let plan = r.plan(&at(30));
+    assert_eq!(plan[0]["node"], "gw-south", "{}", plan[0]);
+    assert_eq!(
+        plan[0]["reason"],
+        "gw-south sees the device at -50 dBm for 30s >= dwell 30s"
+    );
+}
+
+/// Two per-device functions under two policies, `fa` at priority `pa`, `fb` at `pb`, both
+/// 250m, gateway then cloud.
+fn two_priorities(pa: i32, pb: i32) -> RepoDir {
+    let policy = |name: &str, prio: i32| {
+        format!(
+            "apiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata:\n  name: {name}\n\
+             spec:\n  tiers: [gateway, cloud]\n  followDevice: true\n  priority: {prio}\n"
+        )
+    };
+    let f = |name: &str, pol: &str| {
+        function(pol, PER_DEVICE).replace("name: probe", &format!("name: {name}"))
+    };
+    extra_files(
+        tempfile::tempdir().unwrap(),
+        &[
+            ("policies/a.yaml".into(), policy("a", pa)),
+            ("policies/b.yaml".into(), policy("b", pb)),
+            ("functions/fa.yaml".into(), f("fa", "a")),
+            ("functions/fb.yaml".into(), f("fb", "b")),
+            ("device-classes/tag.yaml".into(), DEVICE_CLASS.to_string()),
+        ],
+    )
+}
+
+/// Issue 12, "a running instance outranks priority for room it does not hold": room a
+/// running instance holds stays its own; room nobody holds goes by priority, and at equal
+/// priority to the running instance first.
+#[test]
+fn cli_held_room_then_priority_then_running() {
+    // gw-north has room for one 250m instance: 3700m of 4000m in use by others.
+    let world = |live: Vec<Placement>, r: &RepoDir| {
+        let mut s = Snap::world().report("gw-north", 0, "3700m", &[(TAG, -60, 600, 1)]);
+        for p in live {
+            s = s.running(&r.repo, p);
+        }
+        s
+    };
+    let where_is = |plan: &[serde_json::Value], f: &str| {
+        let p = plan.iter().find(|p| p["function"] == f).unwrap();
+        (p["tier"].as_str().unwrap().to_string(), p["node"].clone())
+    };
+    // fa (priority 1) runs offloaded in the cloud; fb (priority 10) is new: fb gets the room.
+    let r = two_priorities(1, 10);
+    let full = Snap::world().report("gw-north", 0, BUSY, &[(TAG, -60, 600, 1)]);
+    let fa_in_cloud = placed(&r.repo, &full)
+        .placements
+        .into_iter()
+        .find(|p| p.function == "fa")
+        .unwrap();
+    assert_eq!(fa_in_cloud.tier, Some(Tier::Cloud));
+    let plan = r.plan(&world(vec![fa_in_cloud.clone()], &r));
+    assert_eq!(where_is(&plan, "fb"), ("gateway".into(), "gw-north".into()));
+    assert_eq!(
+        where_is(&plan, "fa"),
+        ("cloud".into(), serde_json::Value::Null)
+    );
+    let fa = plan.iter().find(|p| p["function"] == "fa").unwrap();
+    assert_eq!(
+        fa["stays"],
+        "stays at cloud: gw-north full (cpu 3950m of 4000m, needs 250m)"
+    );
+    // At equal priority the running one takes the free room.
+    let r = two_priorities(5, 5);
+    let plan = r.plan(&world(vec![fa_in_cloud], &r));
+    assert_eq!(where_is(&plan, "fa"), ("gateway".into(), "gw-north".into()));
+    assert_eq!(
+        where_is(&plan, "fb"),
+        ("cloud".into(), serde_json::Value::Null)
+    );
+    // fa (priority 1) holds the room on gw-north: fb (priority 10) does not take it.
+    let r = two_priorities(1, 10);
+    let alone = Snap::world().report("gw-north", 0, "3700m", &[(TAG, -60, 600, 1)]);
+    let mut fa_on_north = placed(&r.repo, &alone)
+        .placements
+        .into_iter()
+        .find(|p| p.function == "fb")
+        .unwrap();
+    assert_eq!(fa_on_north.node.as_deref(), Some("gw-north"));
+    // (fb took it when both were new: run fa there instead, as an older plan would have.)
+    fa_on_north.function = "fa".into();
+    fa_on_north.instance = cloud4iot_core::model::device_instance_name("fa", TAG);
+    let plan = r.plan(&world(vec![fa_on_north], &r));
+    assert_eq!(where_is(&plan, "fa"), ("gateway".into(), "gw-north".into()));
+    assert_eq!(
+        where_is(&plan, "fb"),
+        ("cloud".into(), serde_json::Value::Null)
+    );
+}
+
+/// Issue 12, duplicates: a snapshot naming one Node (or one GatewayReport) twice is refused,
+/// naming both places, whatever their order.
+#[test]
+fn cli_duplicate_nodes_and_reports_are_refused_naming_both_places() {
+    let r = repo_dir("roaming", |t| t, PER_DEVICE);
+    let mut snap = Snap::world().report("gw-north", 0, "200m", &[(TAG, -60, 600, 1)]);
+    let node = snap.items[0].clone();
+    snap.items.push(node);
+    let (code, _, stderr) = r.run("plan", &snap.yaml(), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("item 7 (Node gw-north): metadata.name: duplicate Node \"gw-north\": also document 1, item 1 (Node gw-north) at line"),
+        "{stderr}"
+    );
+    let mut snap = Snap::world().report("gw-north", 0, "200m", &[(TAG, -60, 600, 1)]);
+    let report = snap.items[5].clone();
+    snap.items.insert(0, report);
+    let (code, _, stderr) = r.run("plan", &snap.yaml(), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("item 7 (GatewayReport gw-north): metadata.name: duplicate GatewayReport \"gw-north\": also document 1, item 1 (GatewayReport gw-north) at line"),
+        "{stderr}"
+    );
+}
+
+/// Issue 12, taints: a NoSchedule or NoExecute taint the rendered pods do not tolerate
+/// makes a gateway unplaceable (said so); the gateway taint is tolerated. A cordoned gateway
+/// is "cordoned", not "not ready".
+#[test]
+fn cli_tainted_and_cordoned_gateways_take_nothing_and_say_so() {
+    let r = repo_dir("roaming", |t| t, PER_DEVICE);
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        Snap::world().node("gw-north", |n| edit(n)).report(
+            "gw-north",
+            0,
+            "200m",
+            &[(TAG, -60, 600, 1)],
+        )
+    };
+    for (taint, says) in [
+        (
+            serde_json::json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"}),
+            "gw-north has taint dedicated:NoSchedule: offloaded to edge at site north",
+        ),
+        (
+            serde_json::json!({"key": "maintenance", "effect": "NoExecute"}),
+            "gw-north has taint maintenance:NoExecute: offloaded to edge at site north",
+        ),
+    ] {
+        let plan = r.plan(&with(&|n| {
+            n["spec"]["taints"]
+                .as_array_mut()
+                .unwrap()
+                .push(taint.clone())
+        }));
+        assert_eq!(plan[0]["reason"], says);
+    }
+    // PreferNoSchedule does not keep a pod away; the gateway taint is tolerated.
+    let plan = r.plan(&with(&|n| {
+        n["spec"]["taints"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"key": "soft", "effect": "PreferNoSchedule"}))
+    }));
+    assert_eq!(plan[0]["node"], "gw-north", "{}", plan[0]);
+    let plan = r.plan(&with(&|n| n["spec"]["unschedulable"] = true.into()));
+    assert_eq!(
+        plan[0]["reason"],
+        "gw-north is cordoned: offloaded to edge at site north"
+    );
+    let plan = r.plan(&with(&|n| {
+        n["status"]["conditions"][0]["status"] = "False".into()
+    }));
+    assert_eq!(
+        plan[0]["reason"],
+        "gw-north is not ready: offloaded to edge at site north"
+    );
+}
+
+/// Issue 12, stale heartbeats: a report older than 90s (3 x 30s) counts no more for
+/// placing: a new instance goes to a fresh gateway that sees its device, or offloads; a
+/// running one follows its device or offloads, saying why.
+#[test]
+fn cli_a_stale_gateway_gets_nothing() {
+    let r = repo_dir("roaming", |t| t, PER_DEVICE);
+    // gw-north's agent wrote last 100s before the snapshot's newest heartbeat.
+    let plan = r.plan(
+        &Snap::world()
+            .report("gw-north", 100, "200m", &[(TAG, -50, 600, 100)])
+            .report("gw-south", 0, "200m", &[]),
+    );
+    assert_eq!(
+        plan[0]["reason"],
+        "gw-north's heartbeat is stale (1m 40s old, more than 1m 30s): offloaded to edge at site north"
+    );
+    // 90s is not stale yet.
+    let plan = r.plan(
+        &Snap::world()
+            .report("gw-north", 90, "200m", &[(TAG, -50, 600, 90)])
+            .report("gw-south", 0, "200m", &[]),
+    );
+    assert_eq!(plan[0]["node"], "gw-north");
+    // Running on gw-north, which goes stale while gw-south has seen the tag for the dwell.
+    let earlier = placed(
+        &r.repo,
+        &Snap::world().report("gw-north", 0, "200m", &[(TAG, -50, 600, 1)]),
+    );
+    let plan = r.plan(
+        &Snap::world()
+            .report("gw-north", 100, "200m", &[(TAG, -50, 600, 100)])
+            .report("gw-south", 0, "200m", &[(TAG, -70, 60, 1)])
+            .running(&r.repo, earlier.placements[0].clone()),
+    );
+    assert_eq!(plan[0]["node"], "gw-south", "{}", plan[0]);
+}
+
+/// Issue 12, wording: a full gateway says what it offers after the reserve ("of 3750m
+/// after the 250m reserve"), not its allocatable.
+#[test]
+fn cli_full_says_what_the_gateway_offers_after_the_reserve() {
+    let r = repo_dir(
+        "roaming",
+        |t| t + "  gatewayReserve: {cpu: 250m}\n",
+        PER_DEVICE,
+    );
+    let plan = r.plan(&Snap::world().report("gw-north", 0, "3600m", &[(TAG, -60, 600, 1)]));
+    assert_eq!(
+        plan[0]["reason"],
+        "gw-north full (cpu 3600m of 3750m after the 250m reserve, needs 250m): offloaded to edge at site north"
+    );
+}
+
+/// Issue 12, tie-breaks and ids: at equal RSSI the gateway whose name sorts first wins,
+/// whatever the order of the snapshot; ids that differ in letter case are one device.
+#[test]
+fn cli_equal_rssi_goes_to_the_first_name_and_ids_ignore_case() {
+    let r = repo_dir("roaming", |t| t, PER_DEVICE);
+    let north = Snap::world().report("gw-north", 0, "200m", &[(TAG, -60, 600, 1)]);
+    let both = north
+        .report("gw-south", 0, "200m", &[(TAG, -60, 600, 1)])
+        .items;
+    let mut reversed = Snap {
+        items: both.clone(),
+    };
+    reversed.items.reverse();
+    for snap in [Snap { items: both }, reversed] {
+        let plan = r.plan(&snap);
+        assert_eq!(plan[0]["node"], "gw-north", "{}", plan[0]);
+        assert_eq!(
+            plan[0]["reason"],
+            "gw-north sees the device at -60 dBm for 10m (strongest of 2)"
+        );
+    }
+    let lower = TAG.to_ascii_lowercase();
+    let plan = r.plan(
+        &Snap::world()
+            .report("gw-north", 0, "200m", &[(lower.as_str(), -70, 600, 1)])
+            .report("gw-south", 0, "200m", &[(TAG, -60, 600, 1)]),
+    );
+    assert_eq!(plan.len(), 1, "one device, one instance: {plan:#?}");
+    assert_eq!(plan[0]["device"], TAG);
+    assert_eq!(plan[0]["node"], "gw-south");
+}

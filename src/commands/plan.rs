@@ -10,7 +10,7 @@ use super::inputs::{Live, Loaded};
 use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
 use cloud4iot_core::model::Tier;
 use cloud4iot_core::pipeline::Pipeline;
-use cloud4iot_core::plan::{Placement, Plan};
+use cloud4iot_core::plan::{Placement, Plan, Staying};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -21,8 +21,12 @@ loss grace), offloaded to the edge or the cloud in the policy's order when a gat
 full, replicas by room. Nothing is changed.\n\n\
 Columns: FUNCTION INSTANCE DEVICE TIER NODE (NODE only on the gateway tier; edge and cloud \
 instances are pinned to their tier, and site where dataLocality demands it, which SITE \
-shows), and REASON with --explain. JSON and YAML print every field of every placement; \
-an unplaced instance has tier null and its reason.\n\n\
+shows), and REASON with --explain: why the instance is where it is. A running instance \
+keeps the reason it was placed for (its annotation is not rewritten on signal jitter); when \
+a move was considered and it stays (another gateway has not seen its device for the dwell, \
+or its gateway still sees it, or the tiers before its own are still refused), REASON says \
+why it stays. JSON and YAML print every field of every placement (`reason` as stored, \
+`stays` when it stays); an unplaced instance has tier null and its reason.\n\n\
 Exit codes: 0 every instance placed, 1 some instance unplaced or the repository invalid \
 (so CI can fail a pull request that leaves functions without a home), 2 error.",
     after_help = "Examples:\n  cloud4iot plan --repo examples-repo --state examples-repo/state/home.yaml --explain\n  \
@@ -40,7 +44,8 @@ pub struct PlanArgs {
     /// table: for people; json/yaml: every field, for programs.
     #[arg(long, short = 'o', value_enum, default_value_t = PlanFormat::Table)]
     pub output: PlanFormat,
-    /// Add the REASON column to the table: the one line a reviewer reads.
+    /// Add the REASON column to the table: the one line a reviewer reads (why it stays,
+    /// for a running instance a move was considered for).
     #[arg(long)]
     pub explain: bool,
     /// The time presence and dwell are judged at (RFC 3339). Default with --state: the
@@ -65,11 +70,11 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
         return Ok(Outcome::Changes);
     };
     let live = Live::read(&args.state, &args.namespace).await?;
-    let plan = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now)).plan();
+    let (plan, stays) = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now)).explain();
     let out = match args.output {
-        PlanFormat::Table => table(&plan, args.explain, color.enabled()),
-        PlanFormat::Json => serde_json::to_string_pretty(&plan.placements)? + "\n",
-        PlanFormat::Yaml => serde_norway::to_string(&plan.placements)?,
+        PlanFormat::Table => table(&plan, &stays, args.explain, color.enabled()),
+        PlanFormat::Json => serde_json::to_string_pretty(&rows(&plan, &stays))? + "\n",
+        PlanFormat::Yaml => serde_norway::to_string(&rows(&plan, &stays))?,
     };
     std::io::stdout().lock().write_all(out.as_bytes())?;
     if args.output == PlanFormat::Table {
@@ -80,6 +85,36 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
     } else {
         Outcome::Clean
     })
+}
+
+/// One placement as JSON and YAML print it: every field of the placement (`reason` is
+/// what its reason annotation holds) and, for a running instance a move was considered
+/// for, `stays`: why it stays where it runs now.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    placement: &'a Placement,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stays: Option<String>,
+}
+
+fn rows<'a>(plan: &'a Plan, stays: &[Staying]) -> Vec<Row<'a>> {
+    plan.placements
+        .iter()
+        .map(|p| Row {
+            placement: p,
+            stays: stay_of(stays, p).map(|s| s.reason.to_string()),
+        })
+        .collect()
+}
+
+fn stay_of<'a>(stays: &'a [Staying], p: &Placement) -> Option<&'a Staying> {
+    stays
+        .binary_search_by(|s| {
+            (s.function.as_str(), s.instance.as_str()).cmp(&(&p.function, &p.instance))
+        })
+        .ok()
+        .map(|i| &stays[i])
 }
 
 /// `5 instances: 2 on gateways, 1 at the edge, 1 in the cloud, 1 unplaced`.
@@ -96,8 +131,10 @@ pub fn summary(plan: &Plan) -> String {
     )
 }
 
-/// Aligned columns as kubectl prints them; `-` for an empty cell.
-pub fn table(plan: &Plan, explain: bool, color: bool) -> String {
+/// Aligned columns as kubectl prints them; `-` for an empty cell. REASON (with `explain`)
+/// is why the instance is where it is now: for a running instance a move was considered
+/// for, why it stays (`stays`), else the reason it was placed for.
+pub fn table(plan: &Plan, stays: &[Staying], explain: bool, color: bool) -> String {
     let mut header = vec!["FUNCTION", "INSTANCE", "DEVICE", "TIER", "NODE", "SITE"];
     if explain {
         header.push("REASON");
@@ -114,7 +151,10 @@ pub fn table(plan: &Plan, explain: bool, color: bool) -> String {
             p.site.clone().unwrap_or_else(|| "-".into()),
         ];
         if explain {
-            r.push(p.reason.to_string());
+            r.push(match stay_of(stays, p) {
+                Some(s) => s.reason.to_string(),
+                None => p.reason.to_string(),
+            });
         }
         r
     };
@@ -184,14 +224,14 @@ mod tests {
             ],
         };
         assert_eq!(
-            table(&plan, false, false),
+            table(&plan, &[], false, false),
             "FUNCTION            INSTANCE              DEVICE   TIER       NODE   SITE\n\
              engine-diagnostic   engine-diagnostic-0   -        cloud      -      -\n\
              f                   f-0                   -        unplaced   -      -\n\
              f                   f-1                   -        gateway    gw-1   -\n"
         );
         assert!(
-            table(&plan, true, false)
+            table(&plan, &[], true, false)
                 .lines()
                 .nth(2)
                 .unwrap()

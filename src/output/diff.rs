@@ -48,13 +48,17 @@ impl DiffOutput for DiffReport {
         };
         let bold = Style::new().bold();
         let mut out = String::new();
-        if !self.has_changes() {
-            out.push_str("No changes.\n");
-            return out;
-        }
         let heading = |out: &mut String, text: String| {
             let _ = writeln!(out, "{}", paint(bold, &text));
         };
+        if !self.has_changes() {
+            out.push_str("No changes.\n");
+            if !self.stays.is_empty() {
+                out.push('\n');
+                stays_text(&mut out, self, |s| paint(bold, s));
+            }
+            return out;
+        }
         if !self.placement_changes.is_empty() {
             let n = self.placement_changes.len();
             heading(&mut out, format!("Placement changes ({n}):"));
@@ -67,6 +71,10 @@ impl DiffOutput for DiffReport {
                     let _ = writeln!(out, "      after:  {r}");
                 }
             }
+            out.push('\n');
+        }
+        if !self.stays.is_empty() {
+            stays_text(&mut out, self, |s| paint(bold, s));
             out.push('\n');
         }
         if !self.object_changes.is_empty() {
@@ -100,8 +108,21 @@ impl DiffOutput for DiffReport {
     /// A summary table of placement changes and one collapsible diff per object.
     fn render_markdown(&self) -> String {
         let mut out = String::from("### cloud4iot diff\n\n");
+        let stays = |out: &mut String| {
+            if !self.stays.is_empty() {
+                let _ = writeln!(out, "**Staying** (a move was considered):\n");
+                for s in &self.stays {
+                    let _ = writeln!(out, "- `{}`: {}", s.instance, cell(&s.reason.to_string()));
+                }
+                out.push('\n');
+            }
+        };
         if !self.has_changes() {
             out.push_str("No changes.\n");
+            if !self.stays.is_empty() {
+                out.push('\n');
+                stays(&mut out);
+            }
             return out;
         }
         let _ = writeln!(
@@ -132,6 +153,7 @@ impl DiffOutput for DiffReport {
             }
             out.push('\n');
         }
+        stays(&mut out);
         for c in &self.object_changes {
             let fence = "`".repeat(longest_backtick_run(&c.diff).max(2) + 1);
             let _ = write!(
@@ -151,6 +173,19 @@ impl DiffOutput for DiffReport {
         let mut s = serde_json::to_string_pretty(self)?;
         s.push('\n');
         Ok(s)
+    }
+}
+
+/// `Staying (1):` and one line per running instance a move was considered for: why it
+/// stays where it runs (its reason annotation keeps the reason it was placed for).
+fn stays_text(out: &mut String, report: &DiffReport, bold: impl Fn(&str) -> String) {
+    let _ = writeln!(
+        out,
+        "{}",
+        bold(&format!("Staying ({}):", report.stays.len()))
+    );
+    for s in &report.stays {
+        let _ = writeln!(out, "  {}: {}", bold(&s.instance), s.reason);
     }
 }
 

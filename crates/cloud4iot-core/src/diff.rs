@@ -557,6 +557,10 @@ fn prune_list(
 pub struct DiffReport {
     pub placement_changes: Vec<PlacementChange>,
     pub object_changes: Vec<ObjectChange>,
+    /// Running instances a move was considered for that stay where they run, and why
+    /// (not a change: they do not count in [`DiffReport::has_changes`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stays: Vec<crate::plan::Staying>,
 }
 
 impl DiffReport {
@@ -571,6 +575,7 @@ impl DiffReport {
         Ok(DiffReport {
             placement_changes: placement_changes(before, after),
             object_changes: object_diff(desired, live)?,
+            stays: Vec::new(),
         })
     }
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use crate::diff::{DiffError, DiffReport};
 use crate::model::{Inventory, LiveDeployment, Repo};
-use crate::plan::{Plan, current_placements};
+use crate::plan::{Plan, Planner, Staying, current_placements};
 use crate::render::RenderOptions;
 
 /// The inputs of one pass.
@@ -33,6 +33,9 @@ pub struct Desired {
     /// snapshot of a whole cluster holds labelled Deployments of other namespaces, which
     /// apply never prunes). `None`: no such bound.
     pub namespace: Option<String>,
+    /// Running instances that stay where they run although a move was considered, and
+    /// why ([`Planner::stays`]): what `diff` says beside the changes.
+    pub stays: Vec<Staying>,
 }
 
 impl<'a> Pipeline<'a> {
@@ -49,14 +52,24 @@ impl<'a> Pipeline<'a> {
         crate::plan::plan(self.repo, self.inventory, self.now)
     }
 
+    /// The plan, and why the running instances a move was considered for stay where they
+    /// run ([`Planner::stays`]; the plan's reasons are what the annotations keep).
+    pub fn explain(&self) -> (Plan, Vec<Staying>) {
+        let running = current_placements(&self.inventory.live);
+        let planner = Planner::with_running(self.repo, self.inventory, self.now, &running);
+        let stays = planner.stays(&running);
+        (planner.into_plan(), stays)
+    }
+
     /// The plan and the objects it calls for.
     pub fn run(&self, opts: &RenderOptions) -> Desired {
-        let plan = self.plan();
+        let (plan, stays) = self.explain();
         let objects = crate::render::render(self.repo, &plan, opts);
         Desired {
             plan,
             objects,
             namespace: Some(opts.namespace.clone()),
+            stays,
         }
     }
 }
@@ -87,6 +100,7 @@ impl Desired {
                 .object_changes
                 .retain(|c| c.action != crate::diff::Action::Delete || &c.namespace == ns);
         }
+        report.stays = self.stays.clone();
         Ok(report)
     }
 

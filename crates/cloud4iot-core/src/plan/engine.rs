@@ -7,6 +7,8 @@
 //! then instance name. Each instance walks its policy's tiers in order and takes the first one
 //! with room; a gateway's room is `allocatable - gatewayReserve - report.resources - placed`.
 
+mod stays;
+
 use std::collections::BTreeSet;
 
 /// Fixed-seed fast hashing: these maps are only looked up, never iterated into output.
@@ -176,6 +178,12 @@ impl Planner {
     pub fn new(repo: &Repo, inv: &Inventory, now: Timestamp) -> Planner {
         let running = current_placements(&inv.live).placements;
         Planner::build(repo, inv, now, running)
+    }
+
+    /// [`Planner::new`] with `running` (the placements of `inv.live`, as
+    /// [`current_placements`] reads them) already read: for a caller that needs them too.
+    pub fn with_running(repo: &Repo, inv: &Inventory, now: Timestamp, running: &Plan) -> Planner {
+        Planner::build(repo, inv, now, running.placements.clone())
     }
 
     /// A full plan of `repo` and `inv` at `now` in which this planner's current plan

@@ -101,6 +101,16 @@ impl Placement {
     }
 }
 
+/// Why a running instance stays where it runs although a move was considered
+/// ([`Planner::stays`]): shown by `plan --explain` and `diff`, never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Staying {
+    pub function: String,
+    pub instance: String,
+    /// A [`Reason::Stays`]: "stays on gw-a: gw-b has seen the device for 3s < dwell 5s".
+    pub reason: Reason,
+}
+
 /// Plans every instance of every function in `repo` against `inv` at time `now`.
 /// Instances already running (`inv.live`) keep their gateway and their room first.
 pub fn plan(

@@ -62,6 +62,11 @@ pub enum Reason {
     Offloaded { why: Vec<Refusal>, to: Target },
     /// Every tier of the policy was refused.
     Unplaced(Vec<Refusal>),
+    /// Why a running instance stays where it runs although a move was considered (another
+    /// gateway sees its device, or tiers before its own): what `plan --explain` and `diff`
+    /// say; never written to the reason annotation, which keeps the reason it was placed
+    /// for.
+    Stays { at: Target, because: Vec<Refusal> },
     /// A reason read back from a running instance's annotation, kept as it was.
     Text(String),
 }
@@ -117,6 +122,14 @@ pub enum Refusal {
         tier: Tier,
     },
     LocalityGateway(Vec<Tier>),
+    /// A running instance stays on the gateway `on` while its device is present there,
+    /// although `gateway` sees it too (maybe stronger).
+    StillPresent {
+        gateway: String,
+        rssi: i32,
+        on: String,
+        on_rssi: i32,
+    },
     /// A running instance does not move onto a gateway before it has seen the device for
     /// the dwell.
     BeforeDwell {
@@ -263,6 +276,16 @@ impl fmt::Display for Reason {
                 joined(f, why, " and ")?;
                 f.write_str(": unplaced")
             }
+            Reason::Stays {
+                at: target,
+                because,
+            } => {
+                match target {
+                    Target::Gateway(g) => write!(f, "stays on {g}: ")?,
+                    Target::Tier { tier, site } => write!(f, "stays at {tier}{}: ", at(site))?,
+                }
+                joined(f, because, " and ")
+            }
             Reason::Text(s) => f.write_str(s),
         }
     }
@@ -337,6 +360,15 @@ impl fmt::Display for Refusal {
                 f.write_str("dataLocality: gateway rules out ")?;
                 joined(f, tiers, " and ")
             }
+            Refusal::StillPresent {
+                gateway,
+                rssi,
+                on,
+                on_rssi,
+            } => write!(
+                f,
+                "{gateway} sees the device at {rssi} dBm, but {on} still does at {on_rssi} dBm"
+            ),
             Refusal::BeforeDwell {
                 gateway,
                 seen_for,

@@ -1,0 +1,128 @@
+//! Why a running instance stays where it runs when a move was considered: the answer
+//! `plan --explain` and `diff` give, computed from the planner's current state on demand.
+//! It is not part of the plan (a placement that stays keeps the reason it was made for,
+//! so its annotation is not rewritten on RSSI jitter), and it may change with every
+//! report or second ("has seen the device for 3s < dwell 5s").
+
+use super::{Cand, Inst, Kind, Planner, Sighting};
+use crate::model::{DataLocality, Tier};
+use crate::plan::{Plan, Reason, Refusal, Staying, Target};
+
+impl Planner {
+    /// The instances of the current plan that run where `running` has them (same tier,
+    /// gateway and site) although a move was considered, with why they stay: another
+    /// gateway sees the device of a per-device instance that follows it (it has not
+    /// reached the dwell, or the gateway it runs on still sees the device), or the
+    /// instance runs below its policy's first tier (why each tier before its own is
+    /// refused now). Sorted by (function, instance).
+    pub fn stays(&self, running: &Plan) -> Vec<Staying> {
+        let mut out: Vec<Staying> = self
+            .insts
+            .iter()
+            .flatten()
+            .filter_map(|inst| {
+                let p = &inst.placement;
+                p.tier?;
+                let r = running.get(&p.function, &p.instance)?;
+                if (r.tier, &r.node, &r.site) != (p.tier, &p.node, &p.site) {
+                    return None;
+                }
+                Some(Staying {
+                    function: p.function.clone(),
+                    instance: p.instance.clone(),
+                    reason: self.why_stays(inst)?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
+        out
+    }
+
+    fn why_stays(&self, inst: &Inst) -> Option<Reason> {
+        let f = &self.fns[inst.function as usize];
+        let pol = &self.policies[*f.policy.as_ref().ok()?];
+        let p = &inst.placement;
+        let tier = p.tier?;
+        let k = pol.tiers.iter().position(|&t| t == tier)?;
+        let home = match (inst.device, &f.kind) {
+            (Some(d), Kind::PerDevice(class)) => {
+                self.home(inst.function, *class, &self.devices[d as usize], Some(p))
+            }
+            _ => None,
+        };
+        if tier == Tier::Gateway {
+            if !(pol.follow || pol.locality == DataLocality::Gateway) {
+                return None;
+            }
+            let h = home?;
+            let on = p.node.clone()?;
+            let because = match h.why {
+                Ok(Reason::WaitsForDwell {
+                    gateway,
+                    seen_for,
+                    dwell,
+                    ..
+                }) => Refusal::BeforeDwell {
+                    gateway,
+                    seen_for,
+                    dwell,
+                },
+                Ok(Reason::StaysWhilePresent { rssi, .. }) => {
+                    // The strongest other fresh gateway where the device is present, if any.
+                    let Kind::PerDevice(class) = f.kind else {
+                        return None;
+                    };
+                    let (_, grace) = self.presence_times(inst.function);
+                    let now = self.now;
+                    let other = self.devices[inst.device? as usize]
+                        .sightings
+                        .iter()
+                        .filter(|s: &&Sighting| {
+                            s.gw != h.gw
+                                && s.class == class
+                                && now.duration_since(s.last) <= grace
+                                && s.rssi >= f.min_rssi
+                                && !self.stale(s.gw)
+                        })
+                        .max_by_key(|s| (s.rssi, std::cmp::Reverse(s.gw)))?;
+                    Refusal::StillPresent {
+                        gateway: self.nodes[other.gw as usize].info.name.clone(),
+                        rssi: other.rssi,
+                        on: on.clone(),
+                        on_rssi: rssi,
+                    }
+                }
+                _ => return None,
+            };
+            return Some(Reason::Stays {
+                at: Target::Gateway(on),
+                because: vec![because],
+            });
+        }
+        if k == 0 {
+            return None;
+        }
+        // Below its first tier: why each tier before its own is refused now.
+        let c = Cand {
+            function: inst.function,
+            name: p.instance.clone(),
+            device: inst.device,
+            home,
+            current: Some(p.clone()),
+        };
+        match self.decide(&c, k) {
+            (q, None) => match q.reason {
+                Reason::Unplaced(because) => Some(Reason::Stays {
+                    at: Target::Tier {
+                        tier,
+                        site: p.site.clone(),
+                    },
+                    because,
+                }),
+                _ => None,
+            },
+            // It could move up now: not a stay (a fixed point never has one).
+            (_, Some(_)) => None,
+        }
+    }
+}
