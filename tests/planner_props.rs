@@ -1,7 +1,15 @@
-//! Property tests of the planner's invariants over seeded synthetic worlds: never over a
-//! node's capacity, never outside the allowed tiers or locality, a per-device gateway
-//! instance only on a gateway that sees its device, output independent of input order,
-//! deterministic bytes, and render -> current_placements round-trips the plan.
+//! Property tests of the planner's invariants over seeded synthetic worlds whose policies
+//! vary (followDevice, dwell, lossGrace, dataLocality, priority): never over a node's
+//! capacity less the gatewayReserve of what runs there, never outside the allowed tiers or
+//! locality, a per-device gateway instance only on a gateway that sees its device, every
+//! rendered image the one for the `kubernetes.io/arch` label of each node its pod can be
+//! scheduled on, no running instance moved onto a gateway before the dwell, no free room
+//! given to a lower priority while a higher one waits for it, no flapping when sightings
+//! alternate faster than the dwell, output independent of input order and of the order of
+//! duplicates, deterministic bytes, and render -> current_placements round-trips the plan.
+//! A census asserts the worlds contain full gateways, unplaced instances and priority
+//! contention often enough for the properties to mean something. (Incremental re-plans
+//! equal a full plan: `plan::tests::incremental` in cloud4iot-core, over the same worlds.)
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -97,7 +105,8 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
     Ok(())
 }
 
-/// Tiers, locality and presence. `strict`: a gateway instance's device is present there
+/// Tiers, locality and presence. `strict`: a gateway instance that follows its device is
+/// where the device is present
 /// (above minRssi, within lossGrace); otherwise (instances already running, which hold
 /// their gateway while another has not seen the device for the dwell) it is still heard
 /// there within lossGrace.
@@ -120,17 +129,6 @@ fn check_rules(
         if policy.data_locality == DataLocality::Gateway {
             prop_assert_eq!(tier, Tier::Gateway, "{}: beyond the gateway", &p.instance);
         }
-        let arch = match &p.node {
-            Some(n) => inv.node(n).unwrap().arch,
-            None => p.arch.unwrap_or(cloud4iot_core::model::Arch::Amd64),
-        };
-        prop_assert_eq!(
-            p.image.as_deref(),
-            f.spec.image_for(arch),
-            "{}: image for {}",
-            &p.instance,
-            arch
-        );
         let Some(device) = &p.device else { continue };
         let class = &f.spec.instances.per_device.as_ref().unwrap().device_class;
         let min_rssi = policy
@@ -160,7 +158,8 @@ fn check_rules(
             "{}: device not present anywhere",
             p.instance
         );
-        if let Some(node) = &p.node {
+        // A policy that does not follow the device puts it on the gateway with most room.
+        if let Some(node) = p.node.as_ref().filter(|_| follows(repo, &p.function)) {
             let here = heard.get(node).copied();
             if strict {
                 prop_assert_eq!(
@@ -243,4 +242,506 @@ proptest! {
         let second_shuffled = plan(&repo, &shuffled(&running, shuffle_seed ^ 1), t);
         prop_assert_eq!(second, second_shuffled);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Worlds as the API server holds them, and what a scheduler would do with the objects.
+
+use cloud4iot_core::model::{Arch, NodeInfo, labels};
+use cloud4iot_core::plan::{Planner, Reason, Refusal};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, PodSpec};
+
+/// A small synthetic world whose Nodes are API objects (labels, taints, Ready condition,
+/// allocatable): the planner reads them back with `NodeInfo::from_node`, as from a
+/// cluster, and the checks below read their labels, not the planner's view.
+fn world(seed: u64) -> (Repo, Inventory, Vec<Node>) {
+    let (repo, inv) = synth::world(&SynthConfig::small(seed));
+    let nodes: Vec<Node> = inv
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut node = cloud4iot_core::testing::node(
+                n.tier,
+                &n.name,
+                n.site.as_deref().unwrap_or("none"),
+                n.arch.as_str(),
+                &format!("{}m", n.allocatable.cpu_millis),
+                &n.allocatable.memory_bytes.to_string(),
+            );
+            if n.blocked.is_some() {
+                let status = node.status.as_mut().unwrap();
+                status.conditions.as_mut().unwrap()[0].status = "False".into();
+            }
+            node
+        })
+        .collect();
+    let infos = nodes
+        .iter()
+        .map(|n| NodeInfo::from_node(n).unwrap())
+        .collect();
+    let inv = Inventory::new(infos, inv.reports, inv.live);
+    (repo, inv, nodes)
+}
+
+/// Whether the scheduler could put a pod of `pod` on `node`: Ready, not cordoned, every
+/// NoSchedule/NoExecute taint tolerated, nodeSelector and required node affinity met by
+/// the node's labels.
+fn fits_node(pod: &PodSpec, node: &Node) -> bool {
+    let empty = Default::default();
+    let node_labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let spec = node.spec.clone().unwrap_or_default();
+    if !ready || spec.unschedulable == Some(true) {
+        return false;
+    }
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    for t in spec.taints.iter().flatten() {
+        if t.effect == "PreferNoSchedule" {
+            continue;
+        }
+        let tolerated = tolerations.iter().any(|tol| {
+            tol.key.as_deref() == Some(t.key.as_str())
+                && (tol.operator.as_deref() == Some("Exists") || tol.value == t.value)
+                && tol.effect.as_deref().is_none_or(|e| e == t.effect)
+        });
+        if !tolerated {
+            return false;
+        }
+    }
+    if let Some(sel) = &pod.node_selector
+        && sel.iter().any(|(k, v)| node_labels.get(k) != Some(v))
+    {
+        return false;
+    }
+    let terms = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.clone());
+    match terms {
+        None => true,
+        Some(terms) => terms.iter().any(|term| {
+            term.match_expressions.iter().flatten().all(|e| {
+                let v = node_labels.get(&e.key);
+                let values = e.values.clone().unwrap_or_default();
+                match e.operator.as_str() {
+                    "In" => v.is_some_and(|v| values.contains(v)),
+                    "NotIn" => v.is_none_or(|v| !values.contains(v)),
+                    "Exists" => v.is_some(),
+                    "DoesNotExist" => v.is_none(),
+                    _ => false,
+                }
+            })
+        }),
+    }
+}
+
+/// Every rendered Deployment can be scheduled somewhere, and on every node it can be
+/// scheduled on, its image is the function's image for that node's `kubernetes.io/arch`
+/// label; a gateway instance can go to its gateway only.
+fn check_images_by_node_labels(
+    repo: &Repo,
+    plan: &Plan,
+    rendered: &[Deployment],
+    nodes: &[Node],
+) -> Result<(), TestCaseError> {
+    for d in rendered {
+        let name = d.metadata.name.clone().unwrap();
+        let function = &d.metadata.labels.as_ref().unwrap()[labels::FUNCTION];
+        let f = &repo.functions[function];
+        let pod = d.spec.template.spec.as_ref().unwrap();
+        let image = pod.containers[0].image.as_deref();
+        let on: Vec<&Node> = nodes.iter().filter(|n| fits_node(pod, n)).collect();
+        prop_assert!(!on.is_empty(), "{name}: no node can run it");
+        for n in &on {
+            let label = &n.metadata.labels.as_ref().unwrap()[labels::ARCH];
+            let arch = Arch::parse(label).unwrap();
+            prop_assert_eq!(
+                image,
+                f.spec.image_for(arch),
+                "{} on {} (kubernetes.io/arch {})",
+                &name,
+                n.metadata.name.as_deref().unwrap(),
+                label
+            );
+        }
+        let p = plan.placements.iter().find(|p| p.instance == name).unwrap();
+        if let Some(gw) = &p.node {
+            let names: Vec<_> = on.iter().map(|n| n.metadata.name.as_deref()).collect();
+            prop_assert_eq!(
+                names,
+                vec![Some(gw.as_str())],
+                "{} pinned to its gateway",
+                &name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn refusals(r: &Reason) -> &[Refusal] {
+    match r {
+        Reason::Offloaded { why, .. } | Reason::Unplaced(why) => why,
+        _ => &[],
+    }
+}
+
+fn policy_of<'a>(repo: &'a Repo, function: &str) -> &'a cloud4iot_core::model::PlacementPolicySpec {
+    &repo.policies[&repo.functions[function].spec.policy].spec
+}
+
+fn follows(repo: &Repo, function: &str) -> bool {
+    let p = policy_of(repo, function);
+    p.follow_device || p.data_locality == DataLocality::Gateway
+}
+
+fn reserve(repo: &Repo, function: &str) -> Resources {
+    policy_of(repo, function)
+        .gateway_reserve
+        .as_ref()
+        .map(|q| q.parse().unwrap())
+        .unwrap_or_default()
+}
+
+fn max_each(a: Resources, b: Resources) -> Resources {
+    Resources::new(
+        a.cpu_millis.max(b.cpu_millis),
+        a.memory_bytes.max(b.memory_bytes),
+    )
+}
+
+/// A free slot never goes to a lower priority while a higher one waits: for every instance
+/// Y refused by gateway G as full, no instance X of lower priority that did not already run
+/// on G (in `held`) sits on G such that Y would fit there without X.
+fn check_priority(
+    repo: &Repo,
+    inv: &Inventory,
+    plan: &Plan,
+    held: &Plan,
+) -> Result<(), TestCaseError> {
+    let prio = |f: &str| policy_of(repo, f).priority;
+    for y in &plan.placements {
+        for r in refusals(&y.reason) {
+            let Refusal::Full { node: g, .. } = r else {
+                continue;
+            };
+            let on_g: Vec<_> = plan
+                .placements
+                .iter()
+                .filter(|p| p.node.as_deref() == Some(g.as_str()))
+                .collect();
+            let external: Resources = inv
+                .reports
+                .iter()
+                .find(|rep| rep.metadata.name.as_deref() == Some(g.as_str()))
+                .and_then(|rep| rep.spec.resources.as_ref())
+                .map(|q| q.parse().unwrap())
+                .unwrap_or_default();
+            let alloc = inv.node(g).unwrap().allocatable;
+            for x in &on_g {
+                if prio(&x.function) >= prio(&y.function) {
+                    continue;
+                }
+                if held
+                    .get(&x.function, &x.instance)
+                    .is_some_and(|h| h.node.as_deref() == Some(g.as_str()))
+                {
+                    continue; // room X holds stays its own
+                }
+                let mut used = external + res(repo, &y.function);
+                let mut keep = reserve(repo, &y.function);
+                for o in on_g.iter().filter(|o| o.instance != x.instance) {
+                    used += res(repo, &o.function);
+                    keep = max_each(keep, reserve(repo, &o.function));
+                }
+                prop_assert!(
+                    !(used + keep).fits_in(&alloc),
+                    "{} (priority {}) waits for {g} while {} (priority {}) took room it would fit in",
+                    y.instance,
+                    prio(&y.function),
+                    x.instance,
+                    prio(&x.function)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// No running instance (in `before`) is on a gateway in `after` that it did not run on,
+/// unless that gateway has seen its device for its policy's dwell at `now`.
+fn check_no_move_before_dwell(
+    repo: &Repo,
+    inv: &Inventory,
+    before: &Plan,
+    after: &Plan,
+    now: Timestamp,
+) -> Result<(), TestCaseError> {
+    for p in &after.placements {
+        let (Some(Tier::Gateway), Some(g), Some(device)) = (p.tier, &p.node, &p.device) else {
+            continue;
+        };
+        let Some(b) = before
+            .get(&p.function, &p.instance)
+            .filter(|b| b.tier.is_some())
+        else {
+            continue; // new: goes where its device is best seen at once
+        };
+        if b.node.as_ref() == Some(g) || !follows(repo, &p.function) {
+            continue;
+        }
+        let dwell = policy_of(repo, &p.function).presence.dwell.as_signed();
+        let class = &repo.functions[&p.function]
+            .spec
+            .instances
+            .per_device
+            .as_ref()
+            .unwrap()
+            .device_class;
+        let seen_for = inv
+            .reports
+            .iter()
+            .filter(|r| r.metadata.name.as_deref() == Some(g.as_str()))
+            .flat_map(|r| &r.spec.devices)
+            .filter(|d| d.id.eq_ignore_ascii_case(device) && &d.class == class)
+            .map(|d| now.duration_since(d.first_seen))
+            .max();
+        prop_assert!(
+            seen_for.is_some_and(|s| s >= dwell),
+            "{} moved from {:?} {:?} onto {g}, which has seen its device for {seen_for:?} < dwell {dwell:?}",
+            p.instance,
+            b.tier,
+            b.node
+        );
+    }
+    Ok(())
+}
+
+fn rendered_live(repo: &Repo, plan: &Plan) -> Vec<LiveDeployment> {
+    render(repo, plan, &RenderOptions::default())
+        .iter()
+        .map(LiveDeployment::from)
+        .collect()
+}
+
+fn at(t: Timestamp, secs: i64) -> Timestamp {
+    t.checked_add(SignedDuration::from_secs(secs)).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Images against the nodes' real arch labels; priority; and after devices show up at
+    /// other gateways (some for less than the dwell, some longer; some leaving their old
+    /// gateway), no running instance moves onto a gateway before the dwell.
+    #[test]
+    fn images_priority_and_dwell_hold(
+        seed in any::<u64>(),
+        later in 0i64..60,
+        moves in prop::collection::vec((any::<usize>(), any::<usize>(), 0i64..200, any::<bool>()), 0..10),
+    ) {
+        let (repo, inv, nodes) = world(seed);
+        let now = synth::now();
+        let first = plan(&repo, &inv, now);
+        let objects = render(&repo, &first, &RenderOptions::default());
+        check_images_by_node_labels(&repo, &first, &objects, &nodes)?;
+        check_priority(&repo, &inv, &first, &Plan::default())?;
+
+        let t = at(now, later);
+        let mut reports = inv.reports.clone();
+        let devices: Vec<(String, String)> = inv
+            .reports
+            .iter()
+            .flat_map(|r| r.spec.devices.iter().map(|d| (d.id.clone(), d.class.clone())))
+            .collect();
+        for r in &mut reports {
+            r.spec.heartbeat = Some(t);
+        }
+        if !devices.is_empty() && !reports.is_empty() {
+            for &(d, g, age, leave) in &moves {
+                let (id, class) = &devices[d % devices.len()];
+                if leave {
+                    for r in &mut reports {
+                        *r = synth::without_device(r, id);
+                    }
+                }
+                let g = g % reports.len();
+                let mut r = synth::with_device(&reports[g], id, class, t);
+                let seen = r.spec.devices.last_mut().unwrap();
+                seen.first_seen = t.checked_sub(SignedDuration::from_secs(age)).unwrap();
+                reports[g] = r;
+            }
+        }
+        let running = Inventory::new(inv.nodes.clone(), reports, rendered_live(&repo, &first));
+        let second = plan(&repo, &running, t);
+        check_no_move_before_dwell(&repo, &running, &first, &second, t)?;
+        check_priority(&repo, &running, &second, &first)?;
+        check_capacity(&repo, &running, &second)?;
+        let objects = render(&repo, &second, &RenderOptions::default());
+        check_images_by_node_labels(&repo, &second, &objects, &nodes)?;
+    }
+
+    /// Two Nodes or two GatewayReports with one name (never from an API server; snapshots
+    /// refuse them): the plan does not depend on their order, nor on any other order.
+    #[test]
+    fn output_independent_of_duplicates_order(seed in any::<u64>(), shuffle_seed in any::<u64>()) {
+        let (repo, mut inv) = synth::world(&SynthConfig::small(seed));
+        let mut r = XorShift::new(seed ^ 0xd0b1e);
+        let now = synth::now();
+        let mut extra_reports = Vec::new();
+        for rep in &inv.reports {
+            if r.below(3) == 0 {
+                let mut dup = rep.clone();
+                let keep = r.below(2);
+                let mut i = 0;
+                dup.spec.devices.retain(|_| { i += 1; i % 2 == keep });
+                dup.spec.heartbeat = Some(at(now, -r.range(0, 200)));
+                dup.spec.resources = None;
+                extra_reports.push(dup);
+            }
+        }
+        inv.reports.extend(extra_reports);
+        let mut extra_nodes = Vec::new();
+        for n in &inv.nodes {
+            if r.below(4) == 0 {
+                let mut dup = n.clone();
+                dup.allocatable = Resources::new(r.range(100, 4000), r.range(64, 4096) << 20);
+                extra_nodes.push(dup);
+            }
+        }
+        inv.nodes.extend(extra_nodes);
+        let a = plan(&repo, &inv, now);
+        let b = plan(&repo, &shuffled(&inv, shuffle_seed), now);
+        prop_assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        let mut running = inv.clone();
+        running.live = rendered_live(&repo, &a);
+        let t = at(now, 20);
+        prop_assert_eq!(plan(&repo, &running, t), plan(&repo, &shuffled(&running, shuffle_seed ^ 7), t));
+    }
+
+    /// No flapping: a device whose sightings alternate between the gateway its instance
+    /// runs on and another one, each phase shorter than the dwell, never moves the
+    /// instance, however long it goes on.
+    #[test]
+    fn sightings_alternating_faster_than_dwell_never_move_an_instance(
+        seed in any::<u64>(),
+        phases in prop::collection::vec((1i64..120, 0usize..64), 1..12),
+    ) {
+        let (repo, inv) = synth::world(&SynthConfig::small(seed));
+        let now = synth::now();
+        let first = plan(&repo, &inv, now);
+        let gateways: Vec<String> = inv.reports.iter().filter_map(|r| r.metadata.name.clone()).collect();
+        // The instance to watch: a follow-device instance on a gateway, with a dwell of 2s+.
+        let watched = first.placements.iter().find(|p| {
+            p.tier == Some(Tier::Gateway)
+                && p.device.is_some()
+                && follows(&repo, &p.function)
+                && policy_of(&repo, &p.function).presence.dwell.as_signed() >= SignedDuration::from_secs(2)
+        });
+        prop_assume!(watched.is_some() && gateways.len() >= 2);
+        let watched = watched.unwrap().clone();
+        let home = watched.node.clone().unwrap();
+        let device = watched.device.clone().unwrap();
+        let class = repo.functions[&watched.function].spec.instances.per_device.as_ref().unwrap().device_class.clone();
+        let dwell = policy_of(&repo, &watched.function).presence.dwell.as_signed().as_secs();
+        let mut planner = Planner::new(&repo, &inv, now);
+        let mut reports = inv.reports.clone();
+        let mut t = now;
+        for (i, &(len, other)) in phases.iter().enumerate() {
+            // Phase i: the device at `home` (even phases) or at another gateway (odd),
+            // seen there since the phase began, strongly; gone from the rest.
+            let len = 1 + len % (dwell - 1).max(1);
+            let here = if i % 2 == 0 {
+                home.clone()
+            } else {
+                let others: Vec<&String> = gateways.iter().filter(|g| **g != home).collect();
+                others[other % others.len()].clone()
+            };
+            let start = t;
+            for r in &mut reports {
+                *r = synth::without_device(r, &device);
+            }
+            for step in [0, len - 1] {
+                let now_i = at(start, step);
+                for r in &mut reports {
+                    r.spec.heartbeat = Some(now_i);
+                    if r.metadata.name.as_deref() == Some(here.as_str()) {
+                        let mut with = synth::with_device(r, &device, &class, now_i);
+                        with.spec.devices.last_mut().unwrap().first_seen = start;
+                        *r = with;
+                    }
+                }
+                let inputs = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
+                planner = planner.rebuild(&repo, &inputs, now_i);
+                let p = planner.plan();
+                let p = p.get(&watched.function, &watched.instance);
+                prop_assert_eq!(
+                    p.map(|p| (p.tier, p.node.clone())),
+                    Some((Some(Tier::Gateway), Some(home.clone()))),
+                    "phase {} ({}s at {}): moved",
+                    i,
+                    len,
+                    &here
+                );
+            }
+            t = at(start, len);
+        }
+    }
+}
+
+/// The generated worlds are worth testing: in a good share of them a gateway is full, an
+/// instance is unplaced, and a lower priority is refused by a gateway a higher one runs
+/// on; and the policies do vary.
+#[test]
+fn generated_worlds_have_contention_in_a_good_share() {
+    let n: usize = 200;
+    let (mut full, mut unplaced, mut contention) = (0, 0, 0);
+    let mut dwells = std::collections::BTreeSet::new();
+    let mut not_following = 0;
+    for seed in 0..n as u64 {
+        let (repo, inv) = synth::world(&SynthConfig::small(seed));
+        let p = plan(&repo, &inv, synth::now());
+        for pol in repo.policies.values() {
+            dwells.insert(pol.spec.presence.dwell.as_signed());
+            not_following += usize::from(!pol.spec.follow_device);
+        }
+        let prio = |f: &str| policy_of(&repo, f).priority;
+        let fulls: Vec<(&str, &str)> = p
+            .placements
+            .iter()
+            .flat_map(|y| {
+                refusals(&y.reason).iter().filter_map(move |r| match r {
+                    Refusal::Full { node, .. } => Some((node.as_str(), y.function.as_str())),
+                    _ => None,
+                })
+            })
+            .collect();
+        full += usize::from(!fulls.is_empty());
+        unplaced += usize::from(p.unplaced().next().is_some());
+        contention += usize::from(fulls.iter().any(|&(g, fy)| {
+            p.placements
+                .iter()
+                .any(|x| x.node.as_deref() == Some(g) && prio(&x.function) > prio(fy))
+        }));
+    }
+    eprintln!(
+        "of {n} worlds: {full} with a full gateway, {unplaced} with an unplaced instance, {contention} with priority contention"
+    );
+    assert!(full * 4 >= n, "full gateways in {full} of {n}");
+    assert!(unplaced * 4 >= n, "unplaced instances in {unplaced} of {n}");
+    assert!(
+        contention * 10 >= n,
+        "priority contention in {contention} of {n}"
+    );
+    assert!(dwells.len() >= 4, "dwells {dwells:?}");
+    assert!(not_following > 0);
 }

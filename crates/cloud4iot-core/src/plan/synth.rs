@@ -31,6 +31,9 @@ pub struct SynthConfig {
     pub functions: usize,
     /// How many of `functions` are per-device (the rest are replicated).
     pub per_device_functions: usize,
+    /// Vary the policies' followDevice, dwell, lossGrace, dataLocality and priority from
+    /// the seed (property tests); off: the fixed policies (the benchmark).
+    pub vary_policies: bool,
 }
 
 impl SynthConfig {
@@ -48,6 +51,7 @@ impl SynthConfig {
             classes: 20,
             functions: 1_000,
             per_device_functions: 20,
+            vary_policies: false,
         }
     }
 
@@ -60,10 +64,11 @@ impl SynthConfig {
             gateways: 2 + r.below(6),
             edges_per_site: r.below(2),
             clouds: r.below(2),
-            devices: r.below(60),
+            devices: r.below(100),
             classes: 1 + r.below(3),
             functions: 1 + r.below(8),
-            per_device_functions: r.below(5),
+            per_device_functions: 1 + r.below(4),
+            vary_policies: true,
         }
     }
 }
@@ -223,6 +228,24 @@ fn policies() -> Vec<PlacementPolicy> {
     ]
 }
 
+/// Scatters a policy's followDevice, dwell, lossGrace, dataLocality and priority (its
+/// tiers and reserve stay), keeping it one the loader accepts: `dataLocality: gateway`
+/// only where the gateway is its first tier.
+fn vary(spec: &mut PlacementPolicySpec, r: &mut XorShift) {
+    let secs = |s: i64| crate::model::Duration(SignedDuration::from_secs(s));
+    spec.follow_device = r.below(4) != 0;
+    spec.presence.dwell = secs([0, 5, 30, 120][r.below(4)]);
+    spec.presence.loss_grace = secs([10, 30, 120][r.below(3)]);
+    spec.priority = r.range(-5, 20) as i32;
+    let first_is_gateway = spec.effective_tiers().first() == Some(&Tier::Gateway);
+    spec.data_locality = match r.below(3) {
+        0 => DataLocality::None,
+        1 => DataLocality::Site,
+        _ if first_is_gateway && spec.modes.is_empty() => DataLocality::Gateway,
+        _ => DataLocality::Site,
+    };
+}
+
 /// Builds the repository and inventory of `cfg`; the clock is [`now`].
 pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
     let mut r = XorShift::new(cfg.seed);
@@ -257,7 +280,10 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
         "test-normal",
         "gateway-only",
     ];
-    for p in pols {
+    for mut p in pols {
+        if cfg.vary_policies {
+            vary(&mut p.spec, &mut r);
+        }
         repo.policies.insert(p.name().to_string(), p);
     }
     for f in 0..cfg.functions {
