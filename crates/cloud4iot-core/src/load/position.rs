@@ -286,7 +286,102 @@ mod tests {
         }
     }
 
+    /// Every leaf value of `v` starts where the index says (plain, single- or double-quoted),
+    /// and so does every collection when `flow` (a `{` or `[` there).
+    fn check_values(doc: &DocIndex, lines: &[&str], v: &Value, pointer: &str, flow: bool) {
+        let pos = doc.value(pointer);
+        let line = lines[pos.line - 1];
+        let at: String = line.chars().skip(pos.column - 1).collect();
+        let starts = |text: &str| {
+            at.starts_with(text)
+                || at.starts_with(&format!("'{text}'"))
+                || at.starts_with(&format!("\"{text}\""))
+        };
+        let here = format!("{pointer}: line {} col {} is {at:?}", pos.line, pos.column);
+        match v {
+            Value::Object(m) => {
+                assert!(!flow || pointer.is_empty() || at.starts_with('{'), "{here}");
+                for (k, child) in m {
+                    check_values(doc, lines, child, &format!("{pointer}/{}", escape(k)), flow);
+                }
+            }
+            Value::Array(items) => {
+                assert!(!flow || at.starts_with('['), "{here}");
+                for (i, child) in items.iter().enumerate() {
+                    check_values(doc, lines, child, &format!("{pointer}/{i}"), flow);
+                }
+            }
+            Value::String(text) => assert!(starts(text), "{here}, not {text:?}"),
+            other => assert!(starts(&other.to_string()), "{here}, not {other}"),
+        }
+    }
+
+    /// Flow style without quotes, as people write it: `{a: [x, 1], b: {c: true}}`.
+    fn plain_flow(v: &Value) -> String {
+        match v {
+            Value::Object(m) => {
+                let entries: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", plain_flow(v)))
+                    .collect();
+                format!("{{{}}}", entries.join(", "))
+            }
+            Value::Array(a) => {
+                format!(
+                    "[{}]",
+                    a.iter().map(plain_flow).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// One document in `style`: 0 block (serde_norway), 1 flow on one line, 2 flow over
+    /// lines (JSON, quoted keys), 3 block keys with flow values, 4 flow with plain keys.
+    fn styled(v: &Value, style: u8) -> String {
+        match style {
+            0 => serde_norway::to_string(v).unwrap(),
+            1 => serde_json::to_string(v).unwrap() + "\n",
+            2 => serde_json::to_string_pretty(v).unwrap() + "\n",
+            3 => v
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", plain_flow(v)))
+                .collect(),
+            _ => plain_flow(v) + "\n",
+        }
+    }
+
     proptest! {
+        /// Keys and values are where the index says in block style, flow style (plain and
+        /// quoted, on one line or many) and block style with flow values.
+        #[test]
+        fn index_finds_keys_and_values_in_every_style(
+            docs in prop::collection::vec(
+                (prop::collection::btree_map("[a-z]{1,5}", value(), 1..4), 0u8..5),
+                1..4,
+            )
+        ) {
+            let docs: Vec<(Value, u8)> = docs
+                .into_iter()
+                .map(|(m, style)| (Value::Object(m.into_iter().collect()), style))
+                .collect();
+            let text = docs
+                .iter()
+                .map(|(d, style)| styled(d, *style))
+                .collect::<Vec<_>>()
+                .join("---\n");
+            let lines: Vec<&str> = text.lines().collect();
+            let index = index(&text);
+            prop_assert_eq!(index.len(), docs.len(), "{}", text);
+            for (d, (v, style)) in index.iter().zip(&docs) {
+                check_keys(d, &lines, v, "");
+                check_values(d, &lines, v, "", *style != 0);
+            }
+        }
+
         /// The index agrees with serde_norway's own output, in every document of a stream.
         #[test]
         fn index_finds_every_key_of_what_serde_writes(
