@@ -1133,6 +1133,132 @@ mod fuzzing {
         }
     }
 
+    /// A corpus input as YAML trees, to change in place: the repository's files as one
+    /// stream (its documents refer to each other), each snapshot on its own.
+    fn trees(target: &str) -> Vec<Vec<Node>> {
+        fn node(v: &serde_norway::Value) -> Node {
+            use serde_norway::Value;
+            match v {
+                Value::Mapping(m) => Node::Map(
+                    m.iter().map(|(k, v)| (flow(&node(k)), node(v))).collect(),
+                    false,
+                ),
+                Value::Sequence(s) => Node::Seq(s.iter().map(node).collect(), false),
+                // A JSON string is a YAML double-quoted one.
+                Value::String(s) => Node::Scalar(serde_json::to_string(s).unwrap()),
+                Value::Number(n) => Node::Scalar(n.to_string()),
+                Value::Bool(b) => Node::Scalar(b.to_string()),
+                Value::Null => Node::Scalar("null".to_owned()),
+                Value::Tagged(t) => node(&t.value),
+            }
+        }
+        let files = &CORPUS.iter().find(|(t, _)| *t == target).unwrap().1;
+        let docs = |bytes: &[u8]| -> Vec<Node> {
+            let text = std::str::from_utf8(bytes).unwrap();
+            serde_norway::Deserializer::from_str(text)
+                .map(|d| node(&serde::Deserialize::deserialize(d).unwrap()))
+                .collect()
+        };
+        if target == "repository_loader" {
+            vec![files.iter().flat_map(|(_, b)| docs(b)).collect()]
+        } else {
+            files.iter().map(|(_, b)| docs(b)).collect()
+        }
+    }
+
+    fn stream_of(docs: &[Node]) -> String {
+        docs.iter().map(yaml).collect::<Vec<_>>().join("---\n")
+    }
+
+    /// A change to the `at`-th node of a document (preorder).
+    #[derive(Clone, Debug)]
+    enum Change {
+        Replace(Node),
+        /// Removes an entry of a mapping or an item of a list.
+        Remove(Index),
+        /// Adds an entry to a mapping (first key wins: a duplicate is not added) or an item
+        /// to a list.
+        Add(String, Node),
+    }
+
+    fn change(v: &Vocabulary) -> BoxedStrategy<Change> {
+        prop_oneof![
+            4 => scalar(v).prop_map(|s| Change::Replace(Node::Scalar(s))),
+            1 => node(v).prop_map(Change::Replace),
+            2 => any::<Index>().prop_map(Change::Remove),
+            2 => (select(v.keys.clone()), node(v)).prop_map(|(k, n)| Change::Add(k, n)),
+        ]
+        .boxed()
+    }
+
+    fn size(node: &Node) -> usize {
+        1 + match node {
+            Node::Map(m, _) => m.iter().map(|(_, v)| size(v)).sum(),
+            Node::Seq(s, _) => s.iter().map(size).sum(),
+            Node::Scalar(_) => 0,
+        }
+    }
+
+    fn apply_change(node: &mut Node, at: &mut usize, c: &Change) -> bool {
+        if *at == 0 {
+            match (c, &mut *node) {
+                (Change::Replace(n), _) => *node = n.clone(),
+                (Change::Remove(i), Node::Map(m, _)) if !m.is_empty() => {
+                    m.remove(i.index(m.len()));
+                }
+                (Change::Remove(i), Node::Seq(s, _)) if !s.is_empty() => {
+                    s.remove(i.index(s.len()));
+                }
+                (Change::Add(k, n), Node::Map(m, _)) if !m.iter().any(|(key, _)| key == k) => {
+                    m.push((k.clone(), n.clone()))
+                }
+                (Change::Add(_, n), Node::Seq(s, _)) => s.push(n.clone()),
+                _ => {}
+            }
+            return true;
+        }
+        *at -= 1;
+        match node {
+            Node::Map(m, _) => m.iter_mut().any(|(_, v)| apply_change(v, at, c)),
+            Node::Seq(s, _) => s.iter_mut().any(|v| apply_change(v, at, c)),
+            Node::Scalar(_) => false,
+        }
+    }
+
+    /// A corpus input with a few of its nodes changed: mostly valid, so the changes reach
+    /// the schema, the semantic checks and the snapshot's item parsing.
+    fn changed(target: &str) -> BoxedStrategy<String> {
+        let (v, units) = (vocabulary(target), trees(target));
+        (
+            select(units),
+            prop::collection::vec((any::<Index>(), any::<Index>(), change(&v)), 1..4),
+        )
+            .prop_map(|(mut docs, changes)| {
+                for (doc, at, c) in &changes {
+                    let i = doc.index(docs.len());
+                    let doc = &mut docs[i];
+                    apply_change(doc, &mut at.index(size(doc)), c);
+                }
+                stream_of(&docs)
+            })
+            .boxed()
+    }
+
+    #[test]
+    fn fuzz_the_tree_rendering_is_faithful() {
+        // Unchanged, the corpus's trees written back load as the corpus does: what the
+        // structure-aware inputs change is the content, not an artefact of the writer.
+        let repo = stream_of(&trees("repository_loader")[0]);
+        let mut loaded = cloud4iot_core::load::Loaded::default();
+        loaded.add_file(Path::new("corpus.yaml"), &repo);
+        let repo = loaded.finish().unwrap_or_else(|d| panic!("{d}"));
+        assert!(!repo.functions.is_empty(), "{repo:?}");
+        for docs in trees("snapshot_reader") {
+            cloud4iot_core::state::parse_snapshot(&stream_of(&docs), Path::new("s.yaml"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
     proptest! {
         #![proptest_config(config())]
 
@@ -1164,6 +1290,16 @@ mod fuzzing {
         fn fuzz_structured_snapshot_yaml(text in stream("snapshot_reader")) {
             fuzz_harness::snapshot_reader(text.as_bytes());
             fuzz_harness::repository_loader(text.as_bytes());
+        }
+
+        #[test]
+        fn fuzz_changed_repository(text in changed("repository_loader")) {
+            fuzz_harness::repository_loader(text.as_bytes());
+        }
+
+        #[test]
+        fn fuzz_changed_snapshot(text in changed("snapshot_reader")) {
+            fuzz_harness::snapshot_reader(text.as_bytes());
         }
     }
 }
