@@ -821,7 +821,7 @@ fn cli_an_offloaded_instance_waits_for_the_dwell_too() {
     );
     assert_eq!(
         plan[0]["stays"],
-        "stays at edge at site north: gw-north full (cpu 3900m of 4000m, needs 250m)"
+        "stays at edge at site north: gw-south has seen the device for 5s < dwell 30s"
     );
     let plan = r.plan(&at(30));
     assert_eq!(plan[0]["node"], "gw-south", "{}", plan[0]);

@@ -335,10 +335,25 @@ impl Planner {
         let mut reports: Vec<&GatewayReport> = inv.reports.iter().collect();
         // Two reports with one name: the newest heartbeat wins, then the contents that sort
         // last, whatever the input order.
+        // (The contents compared with their devices in a canonical order: the order an
+        // agent lists them in must not pick the winner.)
+        let canonical = |r: &GatewayReport| {
+            let mut spec = r.spec.clone();
+            spec.devices.sort_by(|x, y| {
+                (&x.id, &x.class, x.first_seen, x.last_seen, x.rssi).cmp(&(
+                    &y.id,
+                    &y.class,
+                    y.first_seen,
+                    y.last_seen,
+                    y.rssi,
+                ))
+            });
+            format!("{spec:?}")
+        };
         reports.sort_by(|a, b| {
             (&a.metadata.name, &a.spec.heartbeat)
                 .cmp(&(&b.metadata.name, &b.spec.heartbeat))
-                .then_with(|| format!("{:?}", a.spec).cmp(&format!("{:?}", b.spec)))
+                .then_with(|| canonical(a).cmp(&canonical(b)))
         });
         let mut last: HashMap<&str, &GatewayReport> = HashMap::default();
         for r in reports {
@@ -863,8 +878,11 @@ impl Planner {
             .then(|| cur.node.as_deref().and_then(|n| self.gateway_index(n)))
             .flatten();
         let Some(old) = old else {
-            // Running at the edge or in the cloud: back onto a gateway only after dwell.
-            return Some(match best_dwelled {
+            // Running at the edge or in the cloud: back onto the gateway a new instance
+            // would want (the best-ranked), only once it has seen the device for the dwell.
+            // (Not another one that has: a new instance refused by the best-ranked gateway
+            // would be offloaded, then recalled elsewhere on the next pass - no fixed point.)
+            return Some(match Some(strongest).filter(dwelled) {
                 Some(s) => Home {
                     gw: s.gw,
                     why: Ok(Reason::Recalled {
@@ -874,10 +892,26 @@ impl Planner {
                         dwell: Duration(dwell),
                     }),
                 },
-                None => Home {
-                    gw: strongest.gw,
-                    why: Err(before_dwell(strongest)),
-                },
+                // Not yet. It stays at the site it runs at while a gateway there still has
+                // the device present (as a gateway instance stays while present), so an
+                // instance pinned to a site does not follow a passing sighting either.
+                None => {
+                    let site = cur
+                        .site
+                        .as_deref()
+                        .and_then(|s| self.sites.iter().position(|x| x == s).map(|i| i as u32));
+                    let anchor = dev
+                        .sightings
+                        .iter()
+                        .filter(present)
+                        .filter(|s| site.is_some() && self.nodes[s.gw as usize].site == site)
+                        .max_by_key(key)
+                        .unwrap_or(strongest);
+                    Home {
+                        gw: anchor.gw,
+                        why: Err(before_dwell(strongest)),
+                    }
+                }
             });
         };
         // A stale gateway does not keep the instances it runs.
