@@ -19,7 +19,9 @@ use cloud4iot_core::pipeline::Pipeline;
     about = "Show what would change: placement moves, then the object diff",
     long_about = "Show what applying the repository would change: first the placement \
 changes (which instance moves from where to where, with the reason before and after), \
-then a unified diff of every Deployment to create, update or delete.\n\n\
+then a unified diff of every Deployment to create, update or delete. Running instances \
+a move was considered for that stay where they run are listed under Staying with why \
+(e.g. another gateway has not seen their device for the dwell); they are not changes.\n\n\
 Live objects are compared after removing what the API server owns (managedFields, uid, \
 resourceVersion, generation, timestamps, status) and keeping only the fields cloud4iot \
 sets, so server defaults never show as drift.\n\n\
