@@ -547,6 +547,7 @@ fn cli_a_copy_in_another_namespace_does_not_steer_placement() {
 // snapshot's newest heartbeat.
 
 /// Builds snapshots: the world of this file as API objects, plus what a test adds.
+#[derive(Clone)]
 struct Snap {
     items: Vec<serde_json::Value>,
 }
@@ -1034,6 +1035,62 @@ fn cli_a_stale_gateway_gets_nothing() {
             .running(&r.repo, earlier.placements[0].clone()),
     );
     assert_eq!(plan[0]["node"], "gw-south", "{}", plan[0]);
+}
+
+/// A gateway that is stale (or cordoned) holds nothing: a `dataLocality: gateway` instance
+/// running there follows its device at once to the gateway a new instance would take, with
+/// no dwell owed (before, it was unplaced, then placed as new on the next pass); planning
+/// again with that plan running changes nothing.
+#[test]
+fn cli_a_gateway_instance_follows_its_device_at_once_off_a_stale_gateway() {
+    let r = repo_dir(
+        "roaming",
+        |t| t.replace("dataLocality: site", "dataLocality: gateway"),
+        PER_DEVICE,
+    );
+    let earlier = placed(
+        &r.repo,
+        &Snap::world().report("gw-north", 0, "200m", &[(TAG, -50, 600, 1)]),
+    );
+    let p = earlier.placements[0].clone();
+    assert_eq!(p.node.as_deref(), Some("gw-north"));
+    let follows = "gw-south sees the device at -70 dBm for 5s";
+    // gw-north's heartbeat is 100s old (it still lists the tag); gw-south has seen the tag
+    // for 5s of the 30s dwell.
+    let stale = Snap::world()
+        .report("gw-north", 100, "200m", &[(TAG, -50, 600, 100)])
+        .report("gw-south", 0, "200m", &[(TAG, -70, 5, 0)]);
+    // gw-north cordoned and no longer hearing the tag: the same.
+    let cordoned = Snap::world()
+        .node("gw-north", |n| n["spec"]["unschedulable"] = true.into())
+        .report("gw-north", 0, "200m", &[])
+        .report("gw-south", 0, "200m", &[(TAG, -70, 5, 0)]);
+    for world in [stale, cordoned] {
+        let snap = world.clone().running(&r.repo, p.clone());
+        let plan = r.plan(&snap);
+        assert_eq!(plan[0]["node"], "gw-south", "{}", plan[0]);
+        let reason = plan[0]["reason"].as_str().unwrap();
+        assert!(reason.starts_with(follows), "{reason}");
+        assert!(plan[0].get("stays").is_none(), "{}", plan[0]);
+        // The next pass, with that plan running: a fixed point.
+        let now_running = placed(&r.repo, &snap).placements[0].clone();
+        assert_eq!(now_running.node.as_deref(), Some("gw-south"));
+        let again = world.running(&r.repo, now_running);
+        let (code, diff, stderr) = r.run("diff", &again.yaml(), &[]);
+        assert_eq!(code, Some(0), "nothing to apply: {diff}{stderr}");
+    }
+    // A usable gateway that lost the device keeps it until another reaches the dwell.
+    let plan = r.plan(
+        &Snap::world()
+            .report("gw-north", 0, "200m", &[])
+            .report("gw-south", 0, "200m", &[(TAG, -70, 5, 0)])
+            .running(&r.repo, p.clone()),
+    );
+    assert_eq!(plan[0]["node"], "gw-north", "{}", plan[0]);
+    assert_eq!(
+        plan[0]["stays"],
+        "stays on gw-north: gw-south has seen the device for 5s < dwell 30s"
+    );
 }
 
 /// Issue 12, wording: a full gateway says what it offers after the reserve ("of 3750m

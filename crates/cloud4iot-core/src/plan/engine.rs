@@ -839,7 +839,8 @@ impl Planner {
     /// instance goes to the strongest gateway at once. A running instance keeps its
     /// gateway while that gateway is usable and another has not seen the device for the
     /// dwell; it moves (or comes back from the edge or the cloud) only onto a gateway that
-    /// has seen the device for the dwell. Ranking: fresh heartbeat first, then the
+    /// has seen the device for the dwell. One on a gone or unusable gateway is placed as a
+    /// new instance would be. Ranking: fresh heartbeat first, then the
     /// strongest signal, then the gateway name that sorts first.
     fn home(&self, fi: u32, class: u32, dev: &Device, current: Option<&Placement>) -> Option<Home> {
         let f = &self.fns[fi as usize];
@@ -851,18 +852,32 @@ impl Planner {
         let key = |s: &&Sighting| (!self.stale(s.gw), s.rssi, std::cmp::Reverse(s.gw));
         let name = |g: u32| self.nodes[g as usize].info.name.clone();
         let strongest = dev.sightings.iter().filter(present).max_by_key(key)?;
+        let new = || Home {
+            gw: strongest.gw,
+            why: Ok(Reason::Sees {
+                gateway: name(strongest.gw),
+                rssi: strongest.rssi,
+                seen_for: now.duration_since(strongest.first),
+                present_at: dev.sightings.iter().filter(present).count(),
+            }),
+        };
         let running = current.filter(|p| p.tier.is_some());
         let Some(cur) = running else {
-            return Some(Home {
-                gw: strongest.gw,
-                why: Ok(Reason::Sees {
-                    gateway: name(strongest.gw),
-                    rssi: strongest.rssi,
-                    seen_for: now.duration_since(strongest.first),
-                    present_at: dev.sightings.iter().filter(present).count(),
-                }),
-            });
+            return Some(new());
         };
+        let on_gateway = cur.tier == Some(Tier::Gateway);
+        let old = on_gateway
+            .then(|| cur.node.as_deref().and_then(|n| self.gateway_index(n)))
+            .flatten();
+        // A gateway that is gone or unusable (stale, not ready, cordoned, untolerated
+        // taint) holds nothing: no dwell is owed to a site the instance cannot keep, so it
+        // is placed as a new instance would be. (Waiting would offload it, or leave it
+        // unplaced under `dataLocality: gateway`, and the next pass would then place it as
+        // new: planning twice would differ.)
+        let usable = |g: u32| self.nodes[g as usize].info.schedulable() && !self.stale(g);
+        if on_gateway && !old.is_some_and(usable) {
+            return Some(new());
+        }
         let best_dwelled = dev
             .sightings
             .iter()
@@ -874,9 +889,6 @@ impl Planner {
             seen_for: now.duration_since(s.first),
             dwell: Duration(dwell),
         };
-        let old = (cur.tier == Some(Tier::Gateway))
-            .then(|| cur.node.as_deref().and_then(|n| self.gateway_index(n)))
-            .flatten();
         let Some(old) = old else {
             // Running at the edge or in the cloud: back onto the gateway a new instance
             // would want (the best-ranked), only once it has seen the device for the dwell.
@@ -914,13 +926,8 @@ impl Planner {
                 }
             });
         };
-        // A stale gateway does not keep the instances it runs.
-        let at_old = dev
-            .sightings
-            .iter()
-            .find(|s| s.gw == old)
-            .filter(|_| !self.stale(old));
-        if let Some(s) = at_old.filter(present) {
+        // From here on the instance runs on `old`, which is usable.
+        if let Some(s) = dev.sightings.iter().find(|s| s.gw == old).filter(present) {
             return Some(Home {
                 gw: old,
                 why: Ok(Reason::StaysWhilePresent {
@@ -941,30 +948,15 @@ impl Planner {
                 }),
             });
         }
-        let usable = self.nodes[old as usize].info.schedulable() && !self.stale(old);
-        if usable && strongest.gw != old {
-            // The device left (or is heard only weakly): wait for the dwell elsewhere.
-            return Some(Home {
-                gw: old,
-                why: Ok(Reason::WaitsForDwell {
-                    gateway: name(strongest.gw),
-                    seen_for: now.duration_since(strongest.first),
-                    dwell: Duration(dwell),
-                    stays_on: name(old),
-                }),
-            });
-        }
-        // The old gateway is unusable and no other has reached the dwell: off the gateways.
+        // The device left `old` (or is heard there only weakly): wait for the dwell elsewhere.
         Some(Home {
-            gw: strongest.gw,
-            why: if strongest.gw == old {
-                Ok(Reason::StaysWhilePresent {
-                    gateway: name(old),
-                    rssi: strongest.rssi,
-                })
-            } else {
-                Err(before_dwell(strongest))
-            },
+            gw: old,
+            why: Ok(Reason::WaitsForDwell {
+                gateway: name(strongest.gw),
+                seen_for: now.duration_since(strongest.first),
+                dwell: Duration(dwell),
+                stays_on: name(old),
+            }),
         })
     }
 
