@@ -485,7 +485,8 @@ fn check_priority(
 }
 
 /// No running instance (in `before`) is on a gateway in `after` that it did not run on,
-/// unless that gateway has seen its device for its policy's dwell at `now`.
+/// unless that gateway has seen its device for its policy's dwell at `now`, or the gateway
+/// it ran on is gone or unusable (it is then placed as new, at once).
 fn check_no_move_before_dwell(
     repo: &Repo,
     inv: &Inventory,
@@ -505,6 +506,19 @@ fn check_no_move_before_dwell(
         };
         if b.node.as_ref() == Some(g) || !follows(repo, &p.function) {
             continue;
+        }
+        let old_usable = b.tier == Some(Tier::Gateway)
+            && b.node.as_deref().is_some_and(|old| {
+                inv.node(old).is_some_and(|n| n.schedulable())
+                    && !inv.reports.iter().any(|r| {
+                        r.metadata.name.as_deref() == Some(old)
+                            && r.spec.heartbeat.is_some_and(|h| {
+                                now.duration_since(h) > cloud4iot_core::plan::STALE_AFTER
+                            })
+                    })
+            });
+        if b.tier == Some(Tier::Gateway) && !old_usable {
+            continue; // its gateway holds nothing: placed as new
         }
         let dwell = policy_of(repo, &p.function).presence.dwell.as_signed();
         let class = &repo.functions[&p.function]
