@@ -39,6 +39,21 @@ impl PlanDelta {
     }
 }
 
+/// A move that falls due later with no new input ([`Planner::pending_moves`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMove {
+    pub function: String,
+    pub instance: String,
+    /// Where it runs until then.
+    pub from: Placement,
+    /// The gateway it moves onto.
+    pub gateway: String,
+    /// When that gateway has seen the device for the dwell.
+    pub due: Timestamp,
+    /// Why not yet: a [`Refusal::BeforeDwell`].
+    pub reason: Refusal,
+}
+
 struct PolicyInfo {
     name: String,
     mode: Option<String>,
@@ -511,6 +526,77 @@ impl Planner {
             }
         }
         due
+    }
+
+    /// The moves that fall due with no new input because a dwell is reached: a running
+    /// instance that follows its device waits on its gateway (or offloaded at the edge or
+    /// in the cloud) until another gateway has seen the device for the policy's dwell.
+    /// Sorted by due time, then instance name. Cheap: only devices with a sighting still
+    /// before its dwell are looked at. Moves that follow from lossGrace or a stale
+    /// heartbeat are not listed (every present device has a lossGrace deadline; they
+    /// stay in [`Planner::next_due`]). A move may still not happen at `due` (the gateway is
+    /// full by then, or the device left): it is when the planner looks again.
+    pub fn pending_moves(&self) -> Vec<PendingMove> {
+        let now = self.now;
+        let mut out = Vec::new();
+        for inst in self.insts.iter().flatten() {
+            let (Some(d), Some(_)) = (inst.device, inst.placement.tier) else {
+                continue;
+            };
+            let f = &self.fns[inst.function as usize];
+            let (Kind::PerDevice(class), Ok(pol)) = (&f.kind, &f.policy) else {
+                continue;
+            };
+            let pol = &self.policies[*pol];
+            if !(pol.follow || pol.locality == DataLocality::Gateway) {
+                continue;
+            }
+            let dev = &self.devices[d as usize];
+            let on = inst.placement.node.as_deref();
+            let early = |s: &Sighting| {
+                s.class == *class
+                    && now.duration_since(s.first) < pol.dwell
+                    && on != Some(self.nodes[s.gw as usize].info.name.as_str())
+            };
+            if !dev.sightings.iter().any(early) {
+                continue;
+            }
+            let Some(home) = self.home(inst.function, *class, dev, Some(&inst.placement)) else {
+                continue;
+            };
+            let (gateway, seen_for, dwell) = match home.why {
+                Ok(Reason::WaitsForDwell {
+                    gateway,
+                    seen_for,
+                    dwell,
+                    ..
+                })
+                | Err(Refusal::BeforeDwell {
+                    gateway,
+                    seen_for,
+                    dwell,
+                }) => (gateway, seen_for, dwell),
+                _ => continue,
+            };
+            // seen_for = now - firstSeen, so the dwell is reached at now + dwell - seen_for.
+            let Ok(due) = now.checked_add(dwell.as_signed() - seen_for) else {
+                continue;
+            };
+            out.push(PendingMove {
+                function: f.name.clone(),
+                instance: inst.placement.instance.clone(),
+                from: inst.placement.clone(),
+                due,
+                reason: Refusal::BeforeDwell {
+                    gateway: gateway.clone(),
+                    seen_for,
+                    dwell,
+                },
+                gateway,
+            });
+        }
+        out.sort_by(|a, b| (a.due, &a.instance).cmp(&(b.due, &b.instance)));
+        out
     }
 
     /// Moves the planner's clock to `now` and re-plans what time alone changes between the

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Arch, Tier};
 
-pub use engine::{PlanDelta, Planner};
+pub use engine::{PendingMove, PlanDelta, Planner};
 pub use live::current_placements;
 pub use reason::{Reason, Refusal, Shortage, Target};
 

@@ -865,6 +865,39 @@ fn a_running_instance_waits_on_its_gateway_for_the_dwell_elsewhere_even_when_los
 }
 
 #[test]
+fn pending_moves_name_the_gateway_and_the_instant_the_dwell_is_reached() {
+    let docs = world(&[
+        report("gw-home-1", "0", &[(BRACELET, -60, 900, 45)]),
+        report("gw-hospital-1", "0", &[(BRACELET, -55, 2, 0)]),
+        running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1")),
+    ]);
+    let mut planner = Planner::new(&repo(OMH), &inventory(&docs), now());
+    let pending = planner.pending_moves();
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    let m = &pending[0];
+    assert_eq!(
+        (m.instance.as_str(), m.gateway.as_str(), m.due),
+        (INSTANCE, "gw-hospital-1", at_now_plus(3))
+    );
+    assert_eq!(m.from.node.as_deref(), Some("gw-home-1"));
+    assert_eq!(
+        m.reason.to_string(),
+        "gw-hospital-1 has seen the device for 2s < dwell 5s"
+    );
+    // Once the dwell is reached the move happens and nothing is pending any more.
+    let delta = planner.advance(m.due);
+    assert_eq!(delta.upserted[0].node.as_deref(), Some("gw-hospital-1"));
+    assert!(planner.pending_moves().is_empty());
+    // A device seen by one gateway only: nothing pending.
+    let alone = world(&[report("gw-home-1", "0", &[(BRACELET, -55, 2, 0)])]);
+    assert!(
+        Planner::new(&repo(OMH), &inventory(&alone), now())
+            .pending_moves()
+            .is_empty()
+    );
+}
+
+#[test]
 fn free_gateway_room_goes_by_priority_before_a_running_lower_priority_instance() {
     // fa (priority 1) runs in the cloud, offloaded; fb (priority 10) is new. The gateway
     // has room for one of them: fb gets it, fa keeps its cloud room.
