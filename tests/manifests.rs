@@ -200,10 +200,14 @@ fn rbac_is_least_privilege() {
         .expect("a Role for the Lease");
     assert_eq!(
         grants(&leases),
-        BTreeMap::from([(
-            key("coordination.k8s.io", "leases"),
-            set(&["get", "create", "update"])
-        )])
+        BTreeMap::from([
+            (
+                key("coordination.k8s.io", "leases"),
+                set(&["get", "create", "update"])
+            ),
+            // the leader label on its own Pod, for the webhook Service
+            (key("", "pods"), set(&["patch"])),
+        ])
     );
     let (_, agent) = rules(&objects, "ClusterRole", AGENT);
     assert_eq!(

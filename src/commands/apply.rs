@@ -150,7 +150,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-fn parse_ratio(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("{s:?} is not a ratio between 0 and 1 (e.g. 0.5)")),

@@ -48,7 +48,9 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz, /readyz and /hook.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// File holding the webhook secret (a mounted Secret); without it /hook answers 404.
+    /// File holding the webhook secret (a mounted Secret), read at each delivery, so a
+    /// rotated Secret needs no restart. Missing: /hook answers 503 until it appears;
+    /// without this option /hook answers 404.
     #[arg(long, value_name = "FILE", env = "CLOUD4IOT_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
     /// Namespace of the leader-election Lease.
@@ -77,6 +79,17 @@ pub struct RunArgs {
     /// Allow pruning every managed Deployment when the repository desires none.
     #[arg(long)]
     pub allow_empty: bool,
+    /// Hold deletions when a full reconcile would prune more than this share (0 to 1) of
+    /// the managed Deployments, or when more than this share of the gateways they run on
+    /// dropped out of the watches at once (no Node or no GatewayReport: an outage looks
+    /// like every device leaving). Held deletions are re-decided when the gateways are
+    /// back; the status says Ready False, PruneRefused, meanwhile.
+    #[arg(long, value_name = "RATIO", default_value_t = cloud4iot_kube::apply::DEFAULT_MAX_PRUNE_RATIO,
+          value_parser = super::apply::parse_ratio)]
+    pub max_prune_ratio: f64,
+    /// Delete even when --max-prune-ratio would hold it.
+    #[arg(long)]
+    pub force_prune: bool,
     /// Requests to the API server in flight at once.
     #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -91,20 +104,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if args.lease_renew_deadline >= args.lease_duration {
         anyhow::bail!("--lease-renew-deadline must be shorter than --lease-duration");
     }
-    let webhook_secret = match &args.webhook_secret_file {
-        Some(path) => {
-            let text = std::fs::read(path)
-                .with_context(|| format!("--webhook-secret-file {}", path.display()))?;
-            let secret = text.trim_ascii().to_vec();
-            anyhow::ensure!(
-                !secret.is_empty(),
+    // A missing file is not fatal: in a cluster it is an optional Secret that may be
+    // created later (the file is read at each delivery). An empty one is a mistake.
+    let webhook_secret = args.webhook_secret_file.clone();
+    if let Some(path) = &webhook_secret {
+        match std::fs::read(path) {
+            Ok(text) => anyhow::ensure!(
+                !text.trim_ascii().is_empty(),
                 "--webhook-secret-file {}: empty",
                 path.display()
-            );
-            Some(secret)
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+                "--webhook-secret-file {}: not there (yet): /hook answers 503 until it is",
+                path.display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("--webhook-secret-file {}", path.display()));
+            }
         }
-        None => None,
-    };
+    }
     let opts = RunOptions {
         source: args.target.repo.source(),
         client: args.target.cluster.client(),
@@ -121,9 +139,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             renew_deadline: args.lease_renew_deadline,
             retry_period: args.lease_retry,
         },
+        own_pod: cloud4iot_controller::leader_label::OwnPod::from_env(),
         status_name: args.status_name.clone(),
         force: args.force,
         allow_empty: args.allow_empty,
+        max_prune_ratio: args.max_prune_ratio,
+        force_prune: args.force_prune,
         concurrency: args.concurrency.max(1),
     };
     cloud4iot_controller::run(opts, shutdown()).await?;

@@ -22,7 +22,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Set once every watch has listed (its first InitDone) and the first revision was read.
     pub ready: AtomicBool,
-    pub webhook_secret: Option<Vec<u8>>,
+    /// The file holding the webhook secret (a mounted Secret), read at each delivery so a
+    /// rotated Secret applies without a restart; `None`: `/hook` answers 404.
+    pub webhook_secret: Option<std::path::PathBuf>,
     /// Wakes the git poller; `notify_one` coalesces many hooks into one fetch.
     pub fetch_now: std::sync::Arc<Notify>,
 }
@@ -55,19 +57,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             shared.metrics.encode(),
         ),
         (&Method::POST, "/hook") => {
-            let Some(secret) = shared.webhook_secret.as_deref() else {
+            let Some(path) = shared.webhook_secret.as_deref() else {
                 return Ok(text(
                     StatusCode::NOT_FOUND,
                     PLAIN,
                     "no webhook secret configured",
                 ));
             };
+            let secret = match read_secret(path).await {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::warn!("webhook refused: {why}");
+                    return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, why));
+                }
+            };
             let (parts, body) = req.into_parts();
             let body = match Limited::new(body, MAX_HOOK_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, PLAIN, "too large")),
             };
-            match verify(secret, &parts.headers, &body) {
+            match verify(&secret, &parts.headers, &body) {
                 Verdict::Fetch => {
                     shared.fetch_now.notify_one();
                     text(StatusCode::ACCEPTED, PLAIN, "fetch scheduled")
@@ -79,6 +88,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found"),
     };
     Ok(resp)
+}
+
+/// The webhook secret in `path`, surrounding whitespace trimmed; why not, if it cannot be
+/// used (missing, for instance an optional Secret not created yet, or empty).
+pub async fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    match tokio::fs::read(path).await {
+        Ok(text) if !text.trim_ascii().is_empty() => Ok(text.trim_ascii().to_vec()),
+        Ok(_) => Err(format!(
+            "the webhook secret file {} is empty",
+            path.display()
+        )),
+        Err(e) => Err(format!("the webhook secret file {}: {e}", path.display())),
+    }
 }
 
 /// Serves on `listener` until `shutdown` turns true; in-flight connections finish gracefully

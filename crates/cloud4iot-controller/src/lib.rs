@@ -22,6 +22,7 @@
 
 pub mod events;
 pub mod http;
+pub mod leader_label;
 pub mod lease;
 pub mod metrics;
 pub mod source;
@@ -44,9 +45,12 @@ use kube::api::Api;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use cloud4iot_core::plan::Refusal;
 use cloud4iot_kube::apply::{self, Action, ApplyOptions, Prune};
 use cloud4iot_kube::cluster::{self, ClientOptions};
-use cloud4iot_kube::reconciler::{self, ReconcilerSpec, ReconcilerStatus, UnplacedInstance};
+use cloud4iot_kube::reconciler::{
+    self, PendingMove, ReconcilerSpec, ReconcilerStatus, UnplacedInstance,
+};
 use cloud4iot_source::SourceOptions;
 
 use crate::events::{Migration, Note, deployment_ref, migration};
@@ -69,13 +73,22 @@ pub struct RunOptions {
     pub resync: Duration,
     /// Where `/metrics`, `/healthz`, `/readyz` and `/hook` are served.
     pub listen: SocketAddr,
-    /// The webhook secret; `None`: `/hook` answers 404.
-    pub webhook_secret: Option<Vec<u8>>,
+    /// The file holding the webhook secret, read at each delivery; `None`: `/hook`
+    /// answers 404.
+    pub webhook_secret: Option<std::path::PathBuf>,
     pub lease: LeaseConfig,
+    /// This replica's Pod (in a cluster): the leader labels it for the webhook Service.
+    pub own_pod: Option<leader_label::OwnPod>,
     /// The Reconciler object that holds the status.
     pub status_name: String,
     pub force: bool,
     pub allow_empty: bool,
+    /// `apply`'s proportional prune guards: the largest share of the managed Deployments
+    /// one full reconcile may prune, and of the gateways in use that may drop out of the
+    /// caches (no Node or no GatewayReport) before deletions are held.
+    pub max_prune_ratio: f64,
+    /// Delete even when the proportional guards would hold it.
+    pub force_prune: bool,
     pub concurrency: usize,
 }
 
@@ -171,6 +184,10 @@ pub async fn run(
     let (leader_tx, leader_rx) = watch::channel(false);
     let elector = Elector::new(client.clone(), opts.lease.clone());
     let elector = tokio::spawn(elector.run(leader_tx, stop_rx.clone()));
+    let label = opts
+        .own_pod
+        .clone()
+        .map(|pod| tokio::spawn(leader_label::follow(client.clone(), pod, leader_rx.clone())));
 
     {
         // The gauge follows the elector itself, even while the loop is busy writing.
@@ -218,6 +235,9 @@ pub async fn run(
 
     // Writers stopped with the loop; the elector steps down and releases the Lease.
     let _ = tokio::time::timeout(Duration::from_secs(10), elector).await;
+    if let Some(label) = label {
+        let _ = tokio::time::timeout(Duration::from_secs(5), label).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
     tracing::info!("stopped");
     Ok(())
@@ -329,6 +349,7 @@ impl Controller {
             if self.backoff.waiting() {
                 continue;
             }
+            self.release_held();
             let fence = leader_rx.clone();
             if let Some(why) = self.world.full.take() {
                 self.full(why, fence, stop.clone()).await;
@@ -382,8 +403,8 @@ impl Controller {
             allow_empty: self.opts.allow_empty,
             concurrency: self.opts.concurrency,
             dry_run: false,
-            // The proportional prune guard at its default (more than half is held).
-            ..ApplyOptions::default()
+            max_prune_ratio: self.opts.max_prune_ratio,
+            force_prune: self.opts.force_prune,
         }
     }
 
@@ -415,9 +436,12 @@ impl Controller {
         {
             tracing::warn!(error = %e, "the agents' device classes were not written");
         }
+        let ratio = self.opts.max_prune_ratio;
         let world = &mut self.world;
-        let (objects, changed) = tokio::task::block_in_place(|| {
+        let (objects, changed, hold) = tokio::task::block_in_place(|| {
             world.replan(now);
+            // The held deletions are part of this full prune, under the same guard.
+            world.held.clear();
             let objects: Vec<Deployment> = world
                 .desired
                 .keys()
@@ -428,7 +452,7 @@ impl Controller {
                 .filter(|d| world.needs_write(d))
                 .filter_map(|d| d.metadata.name.clone())
                 .collect();
-            (objects, changed)
+            (objects, changed, world.gateways_dropped_out(ratio))
         });
         let opts = self.apply_options();
         let select = |d: &Deployment| {
@@ -437,7 +461,8 @@ impl Controller {
                 .as_deref()
                 .is_some_and(|n| changed.contains(n))
         };
-        let applying = apply::apply_selected(&self.client, &objects, &select, &opts, &|_| {});
+        let applying =
+            apply::apply_selected_held(&self.client, &objects, &select, &opts, hold, &|_| {});
         let outcome = tokio::select! {
             r = applying => Some(r),
             _ = fence.wait_for(|l| !*l) => None,
@@ -588,6 +613,26 @@ impl Controller {
                 message: "the desired set is empty: refusing to delete every managed Deployment"
                     .into(),
             });
+        } else if let Some(why) = (!deletes.is_empty() && !self.opts.force_prune)
+            .then(|| self.world.gateways_dropped_out(self.opts.max_prune_ratio))
+            .flatten()
+        {
+            // An outage looks like every device leaving: hold the deletions (and say so)
+            // until the gateways are back, as `apply` does.
+            tracing::warn!(held = deletes.len(), "deletions held: {why}");
+            for d in &deletes {
+                if let Work::Delete { name, .. } = d {
+                    self.world.held.insert(name.clone());
+                }
+            }
+            self.facts.apply = Some(Problem {
+                reason: "PruneRefused".into(),
+                message: format!(
+                    "{why}; {} deletion(s) held until the gateways are back (--force-prune \
+                     deletes anyway)",
+                    self.world.held.len()
+                ),
+            });
         } else if !deletes.is_empty() {
             let deleting = futures::stream::iter(deletes)
                 .map(|w| {
@@ -680,6 +725,34 @@ impl Controller {
             .observe(why, started.elapsed().as_secs_f64());
     }
 
+    /// Held deletions go ahead once the gateways are back (or were pruned by a full
+    /// reconcile): they become dirty again and the next write re-decides them.
+    fn release_held(&mut self) {
+        if self.world.held.is_empty()
+            || self
+                .world
+                .gateways_dropped_out(self.opts.max_prune_ratio)
+                .is_some()
+        {
+            return;
+        }
+        tracing::info!(
+            count = self.world.held.len(),
+            "the gateways are back: held deletions re-decided"
+        );
+        let held = std::mem::take(&mut self.world.held);
+        self.world.dirty.extend(held);
+        self.world.dirty_trigger.get_or_insert(Trigger::Presence);
+        if self
+            .facts
+            .apply
+            .as_ref()
+            .is_some_and(|p| p.reason == "PruneRefused")
+        {
+            self.facts.apply = None;
+        }
+    }
+
     /// Counts and publishes a migration Event, if `before` -> `after` is one.
     fn migrated(
         &self,
@@ -733,7 +806,34 @@ impl Controller {
                     reason: p.reason.to_string(),
                 })
                 .collect(),
-            pending: Vec::new(),
+            pending: self
+                .world
+                .pending_moves()
+                .into_iter()
+                .take(100)
+                .map(|m| {
+                    let from = match (&m.from.node, m.from.tier) {
+                        (Some(node), _) => node.clone(),
+                        (None, Some(tier)) => tier.as_str().to_owned(),
+                        (None, None) => "nowhere".to_owned(),
+                    };
+                    let dwell = match &m.reason {
+                        Refusal::BeforeDwell { dwell, .. } => format!(" {dwell}"),
+                        _ => String::new(),
+                    };
+                    PendingMove {
+                        function: m.function,
+                        instance: m.instance,
+                        due: Time(m.due),
+                        // Stable while nothing changes (no growing "seen for").
+                        reason: format!(
+                            "moves from {from} to {gw} once {gw} has seen the device for \
+                             the dwell{dwell}",
+                            gw = m.gateway
+                        ),
+                    }
+                })
+                .collect(),
         }
     }
 

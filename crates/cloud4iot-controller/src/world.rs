@@ -24,8 +24,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
+use cloud4iot_core::model::Tier;
 use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo};
-use cloud4iot_core::plan::{Placement, PlanDelta, Planner, current_placements};
+use cloud4iot_core::plan::{PendingMove, Placement, PlanDelta, Planner, current_placements};
 use cloud4iot_core::render::{RenderOptions, render_placement};
 
 use crate::metrics::Trigger;
@@ -100,6 +101,8 @@ pub struct World {
     pub synced: [bool; 3],
     /// Instances whose object may need a write.
     pub dirty: BTreeSet<String>,
+    /// Deletions held by the gateway-dropout guard, re-decided when it clears.
+    pub held: BTreeSet<String>,
     /// Why a full reconcile is due, if one is.
     pub full: Option<Trigger>,
     /// Why the dirty instances are dirty (for the duration metric).
@@ -124,6 +127,7 @@ impl World {
             live_buf: None,
             synced: [false; 3],
             dirty: BTreeSet::new(),
+            held: BTreeSet::new(),
             full: None,
             dirty_trigger: None,
         }
@@ -271,6 +275,32 @@ impl World {
     /// lossGrace run out, a heartbeat gone stale).
     pub fn next_due(&self) -> Option<Timestamp> {
         self.planner.as_ref().and_then(Planner::next_due)
+    }
+
+    /// The moves that fall due later because a dwell is reached, earliest first.
+    pub fn pending_moves(&self) -> Vec<PendingMove> {
+        match (&self.planner, &self.full) {
+            (Some(planner), None) => planner.pending_moves(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Why deletions should be held: more than `ratio` of the gateways the managed
+    /// Deployments run on have no Node or no GatewayReport in the caches (`apply`'s
+    /// gateway-dropout guard, read from the watches instead of a fresh list).
+    pub fn gateways_dropped_out(&self, ratio: f64) -> Option<String> {
+        let in_use: BTreeSet<String> = self
+            .live
+            .values()
+            .filter_map(|l| l.placement.as_ref())
+            .filter(|p| p.tier == Some(Tier::Gateway))
+            .filter_map(|p| p.node.clone())
+            .collect();
+        cloud4iot_kube::apply::gateways_gone(
+            &in_use,
+            |g| self.nodes.contains_key(g) && self.reports.contains_key(g),
+            ratio,
+        )
     }
 
     /// Re-plans what time alone changed by `now` (the timer fired).

@@ -419,10 +419,25 @@ pub fn gateways_dropped_out(
         .iter()
         .filter_map(|r| r.metadata.name.as_deref())
         .collect();
+    gateways_gone(
+        &in_use,
+        |g| inventory.node(g).is_some() && reported.contains(g),
+        ratio,
+    )
+}
+
+/// [`gateways_dropped_out`] over any cache: `in_use` are the gateways managed Deployments
+/// are pinned to, `present(g)` says whether `g` has a Node and a GatewayReport (the
+/// controller asks its watch caches).
+pub fn gateways_gone(
+    in_use: &BTreeSet<String>,
+    present: impl Fn(&str) -> bool,
+    ratio: f64,
+) -> Option<String> {
     let gone: Vec<&str> = in_use
         .iter()
         .map(String::as_str)
-        .filter(|g| inventory.node(g).is_none() || !reported.contains(g))
+        .filter(|g| !present(g))
         .collect();
     too_many(gone.len(), in_use.len(), ratio).then(|| {
         let shown: Vec<&str> = gone.iter().copied().take(5).collect();

@@ -24,6 +24,13 @@ pub const CONTROLLER: &str = "cloud4iot-controller";
 pub const AGENT: &str = "cloud4iot-agent";
 /// The Role that lets the controller write the DeviceClasses ConfigMap for the agents.
 pub const CLASSES_ROLE: &str = "cloud4iot-device-classes";
+/// The Secret holding the webhook's HMAC secret (GitHub) or token (GitLab), under
+/// [`WEBHOOK_SECRET_KEY`]; created by the user, mounted (optional) by the controller.
+pub const WEBHOOK_SECRET: &str = "cloud4iot-webhook";
+pub const WEBHOOK_SECRET_KEY: &str = "secret";
+const WEBHOOK_SECRET_DIR: &str = "/etc/cloud4iot/webhook";
+/// The label the controller's leader sets on its own Pod; the webhook Service selects it.
+pub const LEADER_LABEL: &str = "cloud4iot.io/leader";
 /// The claim the API server adds to a pod-bound service account token: the node the pod
 /// runs on. The admission policy compares it with the report's name.
 pub const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
@@ -122,6 +129,9 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         // The Lease's namespace and this replica's identity (downward API).
         json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        // The webhook's HMAC secret, from the optional Secret mounted below: read at each
+        // delivery, so creating or rotating the Secret needs no restart.
+        json!({"name": "CLOUD4IOT_WEBHOOK_SECRET_FILE", "value": format!("{WEBHOOK_SECRET_DIR}/{WEBHOOK_SECRET_KEY}")}),
     ];
     if let Some(repo) = &opts.repo {
         controller_env.push(json!({"name": "CLOUD4IOT_REPO", "value": repo}));
@@ -169,13 +179,15 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
             "subjects": [sa_subject(CONTROLLER)]
         }),
-        // The controller's leader election: one Lease in its own namespace.
+        // The controller's leader election: one Lease in its own namespace, and the
+        // leader's label on its own Pod (the webhook Service selects it).
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": meta(CONTROLLER, Some(ns)),
             "rules": [
                 {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                 "verbs": ["get", "create", "update"]}
+                 "verbs": ["get", "create", "update"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
             ]
         }),
         json!({
@@ -290,20 +302,38 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
                             "securityContext": restricted,
                             // git checkouts (the root filesystem is read-only)
-                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]
+                            "volumeMounts": [
+                                {"name": "cache", "mountPath": "/cache"},
+                                {"name": "webhook-secret", "mountPath": WEBHOOK_SECRET_DIR, "readOnly": true}
+                            ]
                         }],
-                        "volumes": [{"name": "cache", "emptyDir": {}}]
+                        "volumes": [
+                            {"name": "cache", "emptyDir": {}},
+                            // Created by the user (README "Run it in a cluster"), never
+                            // printed here: a secret in install YAML would be shared by
+                            // every installation. Optional: without it /hook answers 503.
+                            {"name": "webhook-secret", "secret": {"secretName": WEBHOOK_SECRET, "optional": true}}
+                        ]
                     }
                 }
             }
         }),
-        // /metrics for Prometheus and /hook for git webhooks (every replica serves both;
-        // a standby's fetch never writes, and the leader polls every --interval).
+        // /metrics for Prometheus, on every replica (the leader gauge tells them apart).
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": meta(CONTROLLER, Some(ns)),
             "spec": {
                 "selector": {"app.kubernetes.io/name": CONTROLLER},
+                "ports": [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+            }
+        }),
+        // /hook for git webhooks: the leader only (it labels its own Pod), so a delivery
+        // never lands on a standby, whose fetch would write nothing.
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(&format!("{CONTROLLER}-webhook"), Some(ns)),
+            "spec": {
+                "selector": {"app.kubernetes.io/name": CONTROLLER, LEADER_LABEL: "true"},
                 "ports": [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
             }
         }),
