@@ -205,13 +205,26 @@ impl Controller {
     /// Starts it following `repo` (`--rev main`), with a webhook secret, polling only every
     /// hour (so what happens sooner came from the webhook or the watches).
     fn start(cp: &ControlPlane, repo: &Path, extra: &[&str]) -> Controller {
+        Controller::start_with_env(cp, repo, extra, &[])
+    }
+
+    /// [`Controller::start`] with more environment (e.g. the downward API's `POD_NAME`).
+    fn start_with_env(
+        cp: &ControlPlane,
+        repo: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("webhook-secret");
         std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let port = free_port();
         let log = dir.path().join("controller.log");
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"));
+        // The benchmark measures a release build when told where it is.
+        let bin = std::env::var_os("CLOUD4IOT_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cloud4iot").into());
+        let mut cmd = tokio::process::Command::new(bin);
         cmd.args(["run", "--repo"])
             .arg(repo)
             .args(["--rev", "main", "--kubeconfig"])
@@ -227,6 +240,9 @@ impl Controller {
             .env("CLOUD4IOT_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
             .env_remove("KUBECONFIG")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -532,8 +548,26 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
     report(&client, "gw-hospital-1", None, -58, "0").await;
 
-    let a = Controller::start(&cp, dir.path(), &[]);
-    let b = Controller::start(&cp, dir.path(), &[]);
+    // Each replica's Pod, as the Deployment would make them (no kubelet runs them): the
+    // leader labels its own for the webhook Service.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
+    for name in ["controller-a", "controller-b"] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "cloud4iot-controller"}},
+            // Never scheduled: no node carries this label.
+            "spec": {"nodeSelector": {"example.org/none": "none"},
+                     "containers": [{"name": "controller", "image": "example.org/cloud4iot:test"}]}
+        }))
+        .unwrap();
+        // The namespace's default ServiceAccount comes from the controller-manager.
+        eventually(&format!("Pod {name} created"), String::new, async || {
+            pods.create(&Default::default(), &pod).await.ok()
+        })
+        .await;
+    }
+    let pod_env = |name| [("POD_NAME", name), ("POD_NAMESPACE", SYSTEM_NS)];
+    let a = Controller::start_with_env(&cp, dir.path(), &[], &pod_env("controller-a"));
+    let b = Controller::start_with_env(&cp, dir.path(), &[], &pod_env("controller-b"));
     a.wait_ready().await;
     b.wait_ready().await;
     wait_deployment(&client, &a, CONSOLIDATOR, "the consolidator at home", |d| {
@@ -554,6 +588,25 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
         (b, a)
     };
     assert_eq!(leader.identity(), first, "the holder is one of the two");
+    let pod_of = |c: &Controller| c.identity().split('_').next().unwrap().to_owned();
+    let (leader_pod, standby_pod) = (pod_of(&leader), pod_of(&standby));
+    let labelled = async |name: &str| {
+        pods.get(name)
+            .await
+            .unwrap()
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("cloud4iot.io/leader")
+            .cloned()
+    };
+    eventually(
+        "the leader's Pod labelled for the webhook Service",
+        || leader.log(),
+        async || (labelled(&leader_pod).await.as_deref() == Some("true")).then_some(()),
+    )
+    .await;
+    assert_eq!(labelled(&standby_pod).await, None, "the standby's Pod");
     assert!(leader.metrics().await.contains("cloud4iot_leader 1"));
     let idle = standby.metrics().await;
     assert!(idle.contains("cloud4iot_leader 0"), "{idle}");
@@ -583,12 +636,26 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     );
     let second = lease_holder(&client).await.expect("a holder");
     assert_ne!(first, second);
+    // The new leader labels its Pod. (The crashed one's Pod keeps its label here; in a
+    // cluster that Pod is restarted or replaced, unready meanwhile, and a restarted
+    // replica removes the label at start.)
+    eventually(
+        "the new leader's Pod labelled",
+        || standby.log(),
+        async || (labelled(&standby_pod).await.as_deref() == Some("true")).then_some(()),
+    )
+    .await;
     assert!(standby.metrics().await.contains("cloud4iot_leader 1"));
     wait_bound_only_to(&cp, &standby, CONSOLIDATOR, "gw-hospital-1").await;
 
     // Both stopped: a presence change is followed by no one.
     assert_eq!(standby.terminate().await, 0, "{}", standby.log());
     assert_eq!(lease_holder(&client).await, None, "released on SIGTERM");
+    assert_eq!(
+        labelled(&standby_pod).await,
+        None,
+        "label removed on SIGTERM"
+    );
     let before = deployment(&client, CONSOLIDATOR).await.unwrap();
     report(&client, "gw-hospital-1", None, -58, "0").await;
     report(&client, "gw-home-1", Some(ago(300)), -58, "0").await;
@@ -606,7 +673,7 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     let cp = cluster().await;
     let client = cp.client();
     let dir = tempfile::tempdir().unwrap();
-    let _repo = roaming_repo(dir.path(), "8s");
+    let _repo = roaming_repo(dir.path(), "12s");
     report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
     let ctl = Controller::start(&cp, dir.path(), &[]);
     ctl.wait_ready().await;
@@ -625,9 +692,57 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     report(&client, "gw-hospital-1", Some(first_seen), -50, "0").await;
     report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
     let since = |t: jiff::Timestamp| jiff::Timestamp::now().duration_since(t);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The status names the pending move and when it falls due: firstSeen + dwell.
+    let pending = eventually(
+        "the pending move in the status",
+        || ctl.log(),
+        async || {
+            status(&client)
+                .await
+                .and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
+        },
+    )
+    .await;
+    let due = first_seen + jiff::SignedDuration::from_secs(12);
+    assert!(
+        pending.due.0.duration_since(due).abs() < jiff::SignedDuration::from_secs(1),
+        "due {} (status, whole seconds), expected {due}",
+        pending.due.0
+    );
+    assert_eq!(
+        pending.reason,
+        "moves from gw-home-1 to gw-hospital-1 once gw-hospital-1 has seen the device for the \
+         dwell 12s"
+    );
+    // `cloud4iot status` prints it, as text and as JSON, while it is pending.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["status", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args(["status", "-o", "json", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    if since(first_seen) < jiff::SignedDuration::from_secs(11) {
+        assert!(
+            text.contains(&format!(
+                "pending {CONSOLIDATOR} (omh-consolidator) at {}",
+                pending.due.0
+            )),
+            "{text}"
+        );
+        assert_eq!(json["pending"][0]["instance"], CONSOLIDATOR, "{json}");
+        assert_eq!(
+            json["pending"][0]["due"],
+            serde_json::to_value(&pending.due).unwrap()
+        );
+    }
     let d = deployment(&client, CONSOLIDATOR).await.unwrap();
-    if since(first_seen) < jiff::SignedDuration::from_millis(7500) {
+    if since(first_seen) < jiff::SignedDuration::from_millis(11_500) {
         assert_eq!(
             node_label(&d).as_deref(),
             Some("gw-home-1"),
@@ -644,10 +759,17 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     )
     .await;
     assert!(
-        since(first_seen) >= jiff::SignedDuration::from_secs(8),
+        since(first_seen) >= jiff::SignedDuration::from_secs(12),
         "moved {:?} after first seen",
         since(first_seen)
     );
+    // Once it moved, nothing is pending any more.
+    eventually(
+        "no pending move after it",
+        || ctl.log(),
+        async || status(&client).await.filter(|s| s.pending.is_empty()),
+    )
+    .await;
     let reason = &d.metadata.annotations.as_ref().unwrap()["cloud4iot.io/reason"];
     assert!(reason.contains("dwell"), "{reason}");
     let metrics = ctl.metrics().await;
@@ -1026,4 +1148,478 @@ async fn hold_a_control_plane_for_the_readme() {
     }
     println!("export KUBECONFIG={}", cp.kubeconfig().display());
     let _ = tokio::signal::ctrl_c().await;
+}
+
+// ---------------------------------------------------------------- the roaming benchmark
+
+/// Roaming latency, measured (never asserted): from the GatewayReport write that moves a
+/// device to the stored Deployment with the new node affinity, seen through a watch; and,
+/// in the small world, to the new Pod bound by the real scheduler.
+///
+/// `CLOUD4IOT_BENCH_BIN` names the controller binary to measure (a release build; default:
+/// this profile's). `CLOUD4IOT_BENCH_WORLD=small|large|both` (default both),
+/// `CLOUD4IOT_BENCH_GATEWAYS` / `CLOUD4IOT_BENCH_DEVICES` size the large world (default
+/// 10,000 / 100,000), `CLOUD4IOT_BENCH_MOVES` (default 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: CLOUD4IOT_BENCH_BIN=target/release/cloud4iot cargo test --test controller -- --ignored --nocapture roaming_latency"]
+async fn roaming_latency() {
+    let world = std::env::var("CLOUD4IOT_BENCH_WORLD").unwrap_or_else(|_| "both".into());
+    let moves: usize = env_number("CLOUD4IOT_BENCH_MOVES", 200);
+    if world == "small" || world == "both" {
+        bench::small_world(moves).await;
+    }
+    if world == "large" || world == "both" {
+        let gateways = env_number("CLOUD4IOT_BENCH_GATEWAYS", 10_000);
+        let devices = env_number("CLOUD4IOT_BENCH_DEVICES", 100_000);
+        bench::large_world(gateways, devices, moves).await;
+    }
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
+mod bench {
+    use std::collections::BTreeMap;
+
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{WatchEvent, WatchParams};
+    use kube::core::ObjectList;
+
+    use cloud4iot_core::model::{Tier, labels};
+    use cloud4iot_core::plan::synth::{self, SynthConfig};
+
+    use super::*;
+
+    /// Percentiles of `samples` (ms), nearest rank.
+    pub fn summary(what: &str, samples: &mut [f64]) -> String {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let at = |p: f64| {
+            let i = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+            samples[i.clamp(1, samples.len()) - 1]
+        };
+        format!(
+            "{what}: n={} p50={:.1} ms p90={:.1} ms p99={:.1} ms max={:.1} ms",
+            samples.len(),
+            at(50.0),
+            at(90.0),
+            at(99.0),
+            samples[samples.len() - 1]
+        )
+    }
+
+    /// The controller's CPU time (user + system) and peak and current RSS, from /proc.
+    pub fn usage(pid: i32) -> (Duration, u64, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command (which may hold spaces): state is field 3.
+        let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // USER_HZ is 100 on Linux.
+        (
+            Duration::from_millis(ticks * 10),
+            kib("VmHWM:"),
+            kib("VmRSS:"),
+        )
+    }
+
+    pub fn usage_line(when: &str, pid: i32) -> String {
+        let (cpu, peak, now) = usage(pid);
+        format!(
+            "controller {when}: CPU {:.1} s, peak RSS {} MiB, RSS {} MiB",
+            cpu.as_secs_f64(),
+            peak / 1024,
+            now / 1024
+        )
+    }
+
+    /// Opens a watch on the object `name` from `version` (established when this returns)
+    /// and waits for the first event whose object satisfies `done`; when it came.
+    pub async fn watch_until<K>(
+        api: &Api<K>,
+        name: &str,
+        version: &str,
+        done: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ) -> kube::Result<futures::future::BoxFuture<'static, Option<Instant>>>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(120);
+        let mut stream = api.watch(&params, version).await?.boxed();
+        Ok(Box::pin(async move {
+            while let Ok(Some(event)) = stream.try_next().await {
+                if let WatchEvent::Added(o) | WatchEvent::Modified(o) = event
+                    && done(&o)
+                {
+                    return Some(Instant::now());
+                }
+            }
+            None
+        }))
+    }
+
+    /// The bracelet bounces between the two gateways of the test cluster, `moves` times:
+    /// the new gateway's report (seen for 5 minutes, past the 30 s dwell) is written first,
+    /// then the old one's without it; the clock starts at that second write.
+    pub async fn small_world(moves: usize) {
+        let cp = cluster().await;
+        let client = cp.client();
+        let _kubelet = KubeletStandIn::start(client.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let _repo = roaming_repo(dir.path(), "30s");
+        report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+        report(&client, "gw-hospital-1", None, -58, "0").await;
+        let ctl = Controller::start(&cp, dir.path(), &[]);
+        ctl.wait_ready().await;
+        wait_deployment(&client, &ctl, CONSOLIDATOR, "at home", |d| {
+            node_label(d).as_deref() == Some("gw-home-1")
+        })
+        .await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        let mut stored = Vec::new();
+        let mut bound = Vec::new();
+        let (mut from, mut to) = ("gw-home-1", "gw-hospital-1");
+        for i in 0..moves {
+            let d = deployments.get(CONSOLIDATOR).await.unwrap();
+            let version = d.metadata.resource_version.clone().unwrap();
+            let target = to.to_owned();
+            let arrived = watch_until(&deployments, CONSOLIDATOR, &version, move |d| {
+                node_label(d).as_deref() == Some(target.as_str())
+            })
+            .await
+            .unwrap();
+            // Every 10th move also waits for the scheduler's binding of the new Pod.
+            let measure_bind = i % 10 == 0;
+            let pod_version = pods
+                .list_metadata(&ListParams::default().limit(1))
+                .await
+                .unwrap()
+                .metadata
+                .resource_version
+                .unwrap();
+            report(&client, to, Some(ago(300)), -58, "0").await;
+            let t0 = Instant::now();
+            report(&client, from, None, -58, "0").await;
+            let at = tokio::time::timeout(WAIT, arrived)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("move {i} to {to} not seen\n{}", ctl.log()));
+            stored.push((at - t0).as_secs_f64() * 1e3);
+            if measure_bind {
+                let at = wait_bound(&pods, &pod_version, to, t0).await;
+                bound.push((at - t0).as_secs_f64() * 1e3);
+            }
+            std::mem::swap(&mut from, &mut to);
+        }
+        println!(
+            "small world (2 gateways, 1 bracelet; kube-apiserver + etcd + scheduler + controller-manager):"
+        );
+        println!(
+            "  {}",
+            summary("report write -> Deployment stored (watch)", &mut stored)
+        );
+        println!(
+            "  {}",
+            summary("report write -> new Pod bound by the scheduler", &mut bound)
+        );
+        println!("  {}", usage_line("after the moves", ctl.pid()));
+    }
+
+    /// Waits (through a Pod watch from `version`) for a Pod of the consolidator bound to
+    /// `node`; when its binding was seen.
+    async fn wait_bound(pods: &Api<Pod>, version: &str, node: &str, t0: Instant) -> Instant {
+        let params = WatchParams::default()
+            .labels(&format!("cloud4iot.io/instance={CONSOLIDATOR}"))
+            .timeout(120);
+        let mut stream = pods.watch(&params, version).await.unwrap().boxed();
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let WatchEvent::Added(p) | WatchEvent::Modified(p) = event
+                && p.metadata.deletion_timestamp.is_none()
+                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+            {
+                return Instant::now();
+            }
+        }
+        panic!("no Pod bound to {node} {:?} after the move", t0.elapsed());
+    }
+
+    /// The synthetic world of the planner benchmark (`plan::synth`), made real: Nodes and
+    /// GatewayReports through the API server, the repository in git. Its timestamps move
+    /// to now; reports carry no heartbeat (never stale) and every policy's lossGrace is a
+    /// day, so the world holds still while it is measured.
+    pub async fn large_world(gateways: usize, devices: usize, moves: usize) {
+        let cfg = SynthConfig {
+            gateways,
+            devices,
+            sites: (gateways / 100).max(1),
+            ..SynthConfig::large()
+        };
+        let (mut repo_model, inv) = synth::world(&cfg);
+        for p in repo_model.policies.values_mut() {
+            p.spec.presence.loss_grace = cloud4iot_core::model::Duration::from_secs(86_400);
+        }
+        let shift = jiff::Timestamp::now().duration_since(synth::now());
+        let started = Instant::now();
+        // Scheduler and controller-manager off: 80,000 ReplicaSets and Pods would not fit
+        // this machine; the binding is measured in the small world.
+        let cp = ControlPlane::start(Options::api_only()).await;
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        cp.create_namespace(SYSTEM_NS).await;
+        let client = cp.client();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut git = git_support::GitRepo::init(dir.path());
+        for (name, c) in &repo_model.device_classes {
+            git.write(
+                &format!("device-classes/{name}.yaml"),
+                &serde_norway::to_string(c).unwrap(),
+            );
+        }
+        for (name, p) in &repo_model.policies {
+            git.write(
+                &format!("policies/{name}.yaml"),
+                &serde_norway::to_string(p).unwrap(),
+            );
+        }
+        for (name, f) in &repo_model.functions {
+            git.write(
+                &format!("functions/{name}.yaml"),
+                &serde_norway::to_string(f).unwrap(),
+            );
+        }
+        git.commit("the synthetic world");
+
+        let nodes: Vec<_> = inv
+            .nodes
+            .iter()
+            .map(|n| {
+                support::nodes::node(
+                    n.tier,
+                    &n.name,
+                    n.site.as_deref().unwrap_or("central"),
+                    n.arch.as_str(),
+                    &format!("{}m", n.allocatable.cpu_millis),
+                    &format!("{}", n.allocatable.memory_bytes),
+                )
+            })
+            .collect();
+        let node_count = nodes.len();
+        futures::stream::iter(nodes)
+            .for_each_concurrent(32, |n| {
+                let client = client.clone();
+                async move {
+                    support::create_node(&client, n).await;
+                }
+            })
+            .await;
+        println!(
+            "large world: {node_count} Nodes created in {:?}",
+            started.elapsed()
+        );
+        let reports_api: Api<GatewayReport> = Api::all(client.clone());
+        let mut reports: BTreeMap<String, GatewayReport> = BTreeMap::new();
+        for r in &inv.reports {
+            let mut r = r.clone();
+            r.spec.heartbeat = None;
+            for d in &mut r.spec.devices {
+                d.first_seen = d.first_seen.checked_add(shift).unwrap();
+                d.last_seen = d.last_seen.checked_add(shift).unwrap();
+            }
+            reports.insert(r.metadata.name.clone().unwrap(), r);
+        }
+        let sightings: usize = reports.values().map(|r| r.spec.devices.len()).sum();
+        futures::stream::iter(reports.values().cloned())
+            .for_each_concurrent(32, |r| {
+                let api = reports_api.clone();
+                async move { write_report(&api, &r).await }
+            })
+            .await;
+        println!(
+            "large world: {} GatewayReports ({sightings} sightings of {devices} devices) written at {:?}",
+            reports.len(),
+            started.elapsed()
+        );
+
+        let loaded = Instant::now();
+        let ctl = Controller::start(&cp, dir.path(), &["--concurrency", "32"]);
+        // Polled in rounds of 2 s for up to an hour (`eventually` gives up after WAIT).
+        let s = tokio::time::timeout(Duration::from_secs(3600), async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Some(s) = status(&client)
+                    .await
+                    .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+                {
+                    return s;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not reconciled in an hour\n{}", ctl.log()));
+        let managed: ObjectList<_> = Api::<Deployment>::namespaced(client.clone(), NS)
+            .list_metadata(&ListParams::default().labels("app.kubernetes.io/managed-by=cloud4iot"))
+            .await
+            .unwrap();
+        println!(
+            "large world: the controller started and stored {} Deployments in {:?} (tiers {:?}, unplaced {})",
+            managed.items.len(),
+            loaded.elapsed(),
+            s.tiers,
+            s.unplaced_count
+        );
+        println!(
+            "  {}",
+            usage_line(
+                "holding the world, after its first full reconcile",
+                ctl.pid()
+            )
+        );
+        let (cpu_before, _, _) = usage(ctl.pid());
+
+        // Movers: per-device instances on a gateway; the new gateway is another one of
+        // the same site (synth names: site s has gateways g = s mod sites).
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let sites = cfg.sites;
+        let mut rng = synth::XorShift::new(7);
+        let mut candidates: Vec<(String, String, String)> = managed
+            .items
+            .iter()
+            .filter_map(|m| {
+                let l = m.metadata.labels.as_ref()?;
+                let node = l.get(labels::NODE)?.clone();
+                l.get(labels::DEVICE)?;
+                let on_gateway =
+                    l.get(labels::TIER).map(String::as_str) == Some(Tier::Gateway.as_str());
+                on_gateway.then_some((m.metadata.name.clone()?, node, String::new()))
+            })
+            .collect();
+        rng.shuffle(&mut candidates);
+        let mut stored = Vec::new();
+        let (mut to_target, mut elsewhere, mut first_write) = (0, 0, 0);
+        let mut moved_devices = std::collections::BTreeSet::new();
+        for (name, from, _) in candidates {
+            if stored.len() >= moves {
+                break;
+            }
+            let d = deployments.get(&name).await.unwrap();
+            let device = d.metadata.annotations.as_ref().unwrap()[labels::DEVICE_ID].clone();
+            if !moved_devices.insert(device.clone()) {
+                continue;
+            }
+            let Some(seen) = reports[&from]
+                .spec
+                .devices
+                .iter()
+                .find(|s| s.id == device)
+                .cloned()
+            else {
+                continue;
+            };
+            // Another gateway of the same site, not an arm one (fewer images fit it).
+            let g_from = gateway_index(&from, sites);
+            let to = loop {
+                let g = (rng.below(gateways / sites) * sites) + (g_from % sites);
+                if g != g_from && g < gateways && g % 10 != 9 {
+                    break synth::gateway_name(g, sites);
+                }
+            };
+            let now = jiff::Timestamp::now();
+            let new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
+            let new_from = synth::without_device(&reports[&from], &device);
+            let version = d.metadata.resource_version.clone().unwrap();
+            let old = from.clone();
+            let arrived = watch_until(&deployments, &name, &version, move |d| {
+                node_label(d).as_deref() != Some(old.as_str())
+                    || tier_label(d).as_deref() != Some("gateway")
+            })
+            .await
+            .unwrap();
+            let t_first = Instant::now();
+            write_report(&reports_api, &new_to).await;
+            let t0 = Instant::now();
+            write_report(&reports_api, &new_from).await;
+            let at = tokio::time::timeout(WAIT, arrived)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("the move of {name} not seen\n{}", ctl.log()));
+            reports.insert(to.clone(), new_to);
+            reports.insert(from.clone(), new_from);
+            if at < t0 {
+                // It moved on the first write (it was not present at its old gateway).
+                first_write += 1;
+                stored.push((at - t_first).as_secs_f64() * 1e3);
+            } else {
+                stored.push((at - t0).as_secs_f64() * 1e3);
+            }
+            let now_on = node_label(&deployments.get(&name).await.unwrap());
+            if now_on.as_deref() == Some(to.as_str()) {
+                to_target += 1;
+            } else {
+                elsewhere += 1;
+            }
+        }
+        println!(
+            "large world ({} gateways, {devices} devices, {} Deployments; kube-apiserver + etcd only):",
+            gateways,
+            managed.items.len()
+        );
+        println!(
+            "  {}",
+            summary("report write -> Deployment stored (watch)", &mut stored)
+        );
+        println!(
+            "  moved to the new gateway: {to_target}; elsewhere (offloaded: no room or no image): {elsewhere}; on the first write: {first_write}"
+        );
+        let (cpu_after, _, _) = usage(ctl.pid());
+        println!(
+            "  {} (CPU during the moves {:.2} s)",
+            usage_line("after the moves", ctl.pid()),
+            (cpu_after - cpu_before).as_secs_f64()
+        );
+        println!("large world: total {:?}", started.elapsed());
+    }
+
+    fn gateway_index(name: &str, sites: usize) -> usize {
+        // gw-site-SSS-IIII: g = I * sites + S
+        let mut parts = name.rsplit('-');
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        let s: usize = parts.next().unwrap().parse().unwrap();
+        i * sites + s
+    }
+
+    async fn write_report(api: &Api<GatewayReport>, r: &GatewayReport) {
+        let mut r = r.clone();
+        r.metadata.managed_fields = None;
+        r.metadata.resource_version = None;
+        r.metadata.uid = None;
+        r.metadata.creation_timestamp = None;
+        api.patch(
+            r.metadata.name.as_deref().unwrap(),
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(&r),
+        )
+        .await
+        .unwrap();
+    }
 }

@@ -472,3 +472,65 @@ pub fn differs(want: &Deployment, live: Option<&LiveDeployment>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cloud4iot_core::model::{Arch, GatewayReportSpec, Resources};
+
+    use super::*;
+
+    fn on_gateway(instance: &str, gateway: &str) -> Live {
+        Live::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": instance, "labels": {
+                    "app.kubernetes.io/managed-by": "cloud4iot",
+                    "cloud4iot.io/function": "f",
+                    "cloud4iot.io/instance": instance,
+                    "cloud4iot.io/tier": "gateway",
+                    "cloud4iot.io/node": gateway,
+                }},
+                "spec": {"selector": {}, "template": {}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn deletions_are_held_when_most_gateways_in_use_drop_out_of_the_caches() {
+        let mut world = World::new("fns");
+        for g in ["gw-1", "gw-2", "gw-3", "gw-4"] {
+            world
+                .live
+                .insert(format!("f-{g}"), on_gateway(&format!("f-{g}"), g));
+            world.nodes.insert(
+                g.to_owned(),
+                NodeInfo {
+                    name: g.to_owned(),
+                    tier: Tier::Gateway,
+                    site: None,
+                    arch: Arch::Arm64,
+                    allocatable: Resources::ZERO,
+                    gateway_taint: true,
+                    blocked: None,
+                },
+            );
+            world.reports.insert(
+                g.to_owned(),
+                GatewayReport::new(g, GatewayReportSpec::default()),
+            );
+        }
+        assert_eq!(world.gateways_dropped_out(0.5), None);
+        // One gateway gone is a device leaving, not an outage.
+        world.reports.remove("gw-1");
+        assert_eq!(world.gateways_dropped_out(0.5), None);
+        // Three of four (reports or Nodes gone): hold, and say which.
+        world.reports.remove("gw-2");
+        world.nodes.remove("gw-3");
+        let why = world.gateways_dropped_out(0.5).expect("held");
+        assert!(
+            why.starts_with("3 of the 4 gateways") && why.contains("gw-1, gw-2, gw-3"),
+            "{why}"
+        );
+        assert_eq!(world.gateways_dropped_out(0.8), None, "within the ratio");
+    }
+}
