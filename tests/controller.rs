@@ -233,10 +233,13 @@ impl Controller {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--webhook-secret-file")
             .arg(&secret)
-            .args(["--interval", "1h", "--lease-namespace", SYSTEM_NS])
-            .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
-            .args(["--lease-retry", "1s"])
-            .args(extra)
+            .args(["--interval", "1h", "--lease-namespace", SYSTEM_NS]);
+        if !extra.contains(&"--lease-duration") {
+            // Short, so takeovers are quick in the tests.
+            cmd.args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
+                .args(["--lease-retry", "1s"]);
+        }
+        cmd.args(extra)
             .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .env("CLOUD4IOT_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
@@ -1466,7 +1469,25 @@ mod bench {
         );
 
         let loaded = Instant::now();
-        let ctl = Controller::start(&cp, dir.path(), &["--concurrency", "32"]);
+        // The production lease timing (the tests' 4 s lease is lost while a full reconcile
+        // of this size loads the API server: the leader steps down, abandons it and starts
+        // over when it leads again), and no resync while the moves are timed.
+        let ctl = Controller::start(
+            &cp,
+            dir.path(),
+            &[
+                "--concurrency",
+                "32",
+                "--lease-duration",
+                "15s",
+                "--lease-renew-deadline",
+                "10s",
+                "--lease-retry",
+                "2s",
+                "--resync",
+                "1h",
+            ],
+        );
         // Polled in rounds of 2 s for up to an hour (`eventually` gives up after WAIT).
         let s = tokio::time::timeout(Duration::from_secs(3600), async {
             loop {
