@@ -1270,10 +1270,14 @@ mod bench {
         let mut stream = api.watch(&params, version).await?.boxed();
         Ok(Box::pin(async move {
             while let Ok(Some(event)) = stream.try_next().await {
-                if let WatchEvent::Added(o) | WatchEvent::Modified(o) = event
-                    && done(&o)
-                {
-                    return Some(Instant::now());
+                match event {
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) if done(&o) => {
+                        return Some(Instant::now());
+                    }
+                    // Unplaced (e.g. a full gateway under `dataLocality: gateway`): the
+                    // controller deletes it, also a write the move caused.
+                    WatchEvent::Deleted(_) => return Some(Instant::now()),
+                    _ => {}
                 }
             }
             None
@@ -1598,7 +1602,11 @@ mod bench {
             } else {
                 stored.push((at - t0).as_secs_f64() * 1e3);
             }
-            let now_on = node_label(&deployments.get(&name).await.unwrap());
+            let now_on = deployments
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .and_then(|d| node_label(&d));
             if now_on.as_deref() == Some(to.as_str()) {
                 to_target += 1;
             } else {
@@ -1615,7 +1623,7 @@ mod bench {
             summary("report write -> Deployment stored (watch)", &mut stored)
         );
         println!(
-            "  moved to the new gateway: {to_target}; elsewhere (offloaded: no room or no image): {elsewhere}; on the first write: {first_write}"
+            "  moved to the new gateway: {to_target}; elsewhere (offloaded or unplaced: no room or no image): {elsewhere}; on the first write: {first_write}"
         );
         let (cpu_after, _, _) = usage(ctl.pid());
         println!(
