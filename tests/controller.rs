@@ -1565,14 +1565,23 @@ mod bench {
             else {
                 continue;
             };
-            // Another gateway of the same site, not an arm one (fewer images fit it).
+            // Another gateway of the same site (a few tries for one that is not arm, where
+            // fewer images fit; a site's gateways may all be arm).
             let g_from = gateway_index(&from, sites);
-            let to = loop {
-                let g = (rng.below(gateways / sites) * sites) + (g_from % sites);
-                if g != g_from && g < gateways && g % 10 != 9 {
-                    break synth::gateway_name(g, sites);
-                }
+            let pick = |rng: &mut synth::XorShift| {
+                (rng.below(gateways / sites) * sites) + (g_from % sites)
             };
+            let mut g = pick(&mut rng);
+            for _ in 0..20 {
+                if g != g_from && g % 10 != 9 {
+                    break;
+                }
+                g = pick(&mut rng);
+            }
+            if g == g_from || g >= gateways {
+                continue;
+            }
+            let to = synth::gateway_name(g, sites);
             let now = jiff::Timestamp::now();
             let new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
             let new_from = synth::without_device(&reports[&from], &device);
