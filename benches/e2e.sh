@@ -6,9 +6,10 @@
 #
 #   benches/e2e.sh [OUT_DIR] [GATEWAYS DEVICES FUNCTIONS]
 #
-# OUT_DIR (default target/e2e) receives the world (crates/cloud4iot-core/examples/e2e_world.rs
-# writes it once;
-# delete the directory to regenerate), and results.md, the table printed at the end.
+# OUT_DIR (default target/e2e) receives the world, written once by
+# crates/cloud4iot-core/examples/e2e_world.rs (delete the directory to regenerate), and
+# results.md, the table printed at the end.
+# CLOUD4IOT_BIN=PATH times that binary instead of building one.
 # Needs: cargo, GNU time (/usr/bin/time, Debian package `time`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,13 @@ out=${1:-target/e2e}
 shift || true
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 
-cargo build --release --bin cloud4iot
-# The world's generator is an example of the core crate (feature `testing`), so it links
-# the core alone.
-cargo build --release -p cloud4iot-core --features testing --example e2e_world
-bin=target/release/cloud4iot
+# CLOUD4IOT_BIN: time an already built binary instead of building this checkout's.
+bin=${CLOUD4IOT_BIN:-target/release/cloud4iot}
+[[ -n ${CLOUD4IOT_BIN:-} ]] || cargo build --release --bin cloud4iot
 if [[ ! -f $out/state.json ]]; then
+  # The world's generator is an example of the core crate (feature `testing`), so it
+  # links the core alone.
+  cargo build --release -p cloud4iot-core --features testing --example e2e_world
   rm -rf "$out"
   /usr/bin/time -f 'world written in %e s, peak %M KiB' \
     target/release/examples/e2e_world "$out" "$@"

@@ -16,9 +16,8 @@ fn planner(c: &mut Criterion) {
     // too weak for its class): grow the device count until the plan really holds at
     // least 100,000 per-device instances, the figure the target is stated for.
     let now = synth::now();
-    let per_device = |p: &cloud4iot_core::plan::Plan| {
-        p.placements.iter().filter(|p| p.device.is_some()).count()
-    };
+    let per_device =
+        |p: &cloud4iot_core::plan::Plan| p.placements.iter().filter(|p| p.device.is_some()).count();
     let mut cfg = SynthConfig::large();
     let (mut repo, mut inv) = synth::world(&cfg);
     let mut full = plan(&repo, &inv, now);

@@ -33,7 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let num = |i: usize, default: usize| -> Result<usize, Box<dyn std::error::Error>> {
-        Ok(args.get(i).map(|s| s.parse()).transpose()?.unwrap_or(default))
+        Ok(args
+            .get(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
     };
     let cfg = SynthConfig {
         gateways: num(1, 10_000)?,
@@ -83,7 +87,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rendered = render(&repo, &plan, &RenderOptions::default());
     let created = "2026-11-27T16:41:02Z";
     let mut items: Vec<Value> = Vec::new();
-    items.extend(inv.nodes.iter().enumerate().map(|(i, n)| node(n, i, created)));
+    items.extend(
+        inv.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| node(n, i, created)),
+    );
     for r in &inv.reports {
         let mut v = serde_json::to_value(r)?;
         v["metadata"]["creationTimestamp"] = json!(created);
