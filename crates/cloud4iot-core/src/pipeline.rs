@@ -4,7 +4,7 @@
 //! Every command runs this (`plan` stops after the plan; `render`, `diff`, `diff --base`
 //! and `apply`'s reconcile go on to the objects); they differ only in what they print or
 //! send to the cluster. Where `now` comes from is the caller's decision (the clock, a
-//! `--now` flag, or the moment a snapshot describes: [`Inventory::snapshot_time`]).
+//! `--now` flag, or the moment a snapshot describes: [`crate::clock::snapshot_time`]).
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -172,7 +172,9 @@ spec:
     fn one_pass_plans_renders_and_diffs() {
         let repo = crate::load::load_str(std::path::Path::new("r.yaml"), REPO).unwrap();
         let at_a = world("gw-a");
-        let now = at_a.snapshot_time(jiff::Timestamp::MAX).now.unwrap();
+        let now = crate::clock::snapshot_time(&at_a, jiff::Timestamp::MAX)
+            .now
+            .unwrap();
         let desired = Pipeline::new(&repo, &at_a, now).run(&RenderOptions::default());
         assert_eq!(desired.plan.placements.len(), 1);
         assert_eq!(desired.plan.placements[0].node.as_deref(), Some("gw-a"));
@@ -199,6 +201,57 @@ spec:
         assert_eq!(
             report.placement_changes[0].change,
             crate::diff::PlacementChangeKind::Moved
+        );
+    }
+
+    /// A placement keeps the reason it was made for while it stays (planned, rendered,
+    /// read back as live state, planned again); a real move gets a fresh reason.
+    #[test]
+    fn a_placement_that_does_not_change_keeps_the_reason_it_was_made_for() {
+        use crate::plan::tests::{BRACELET, OMH, inventory, now, only, repo, report, world};
+        let repo = repo(OMH);
+        let opts = RenderOptions {
+            namespace: "cloud4iot-functions".into(),
+            revision: None,
+        };
+        let at_home = inventory(&world(&[report(
+            "gw-home-1",
+            "0",
+            &[(BRACELET, -60, 600, 1)],
+        )]));
+        let first = Pipeline::new(&repo, &at_home, now()).run(&opts);
+        let made_for = only(&first.plan).reason.clone();
+        assert!(made_for.to_string().contains("-60 dBm"), "{made_for}");
+        // What apply stored, read back as live state; the signal has since changed.
+        let live: Vec<String> = first
+            .objects
+            .iter()
+            .map(|d| serde_norway::to_string(d).unwrap())
+            .collect();
+        let mut docs = world(&[report("gw-home-1", "0", &[(BRACELET, -71, 900, 1)])]);
+        docs.extend(live.clone());
+        let again = Pipeline::new(&repo, &inventory(&docs), now()).plan();
+        assert_eq!(
+            only(&again),
+            only(&first.plan),
+            "same place, same reason: nothing to write"
+        );
+
+        // A real move is a new decision with a fresh reason.
+        let mut docs = world(&[
+            report("gw-home-1", "0", &[]),
+            report("gw-hospital-1", "0", &[(BRACELET, -58, 60, 1)]),
+        ]);
+        docs.extend(live);
+        let moved = Pipeline::new(&repo, &inventory(&docs), now()).plan();
+        assert_eq!(only(&moved).node.as_deref(), Some("gw-hospital-1"));
+        assert!(
+            only(&moved)
+                .reason
+                .to_string()
+                .contains("gw-home-1 no longer does"),
+            "{}",
+            only(&moved).reason
         );
     }
 }

@@ -11,7 +11,7 @@ mod reason;
 #[cfg(any(test, feature = "testing"))]
 pub mod synth;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,5 @@
 //! One fixture per placement rule: a repository and a snapshot in YAML, the plan asserted.
+//! The fixtures are shared with the tests of later steps (`crate::pipeline`).
 
 use std::path::Path;
 
@@ -89,7 +90,7 @@ spec:
   policy: ehealth-roaming
 "#;
 
-fn world(extra: &[String]) -> Vec<String> {
+pub(crate) fn world(extra: &[String]) -> Vec<String> {
     let mut docs = vec![
         node("gw-home-1", "gateway", "home", "arm64", "1", "1Gi"),
         node("gw-hospital-1", "gateway", "hospital", "arm64", "1", "1Gi"),
@@ -103,7 +104,7 @@ fn world(extra: &[String]) -> Vec<String> {
 
 const INSTANCE: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
 
-fn only(plan: &Plan) -> &Placement {
+pub(crate) fn only(plan: &Plan) -> &Placement {
     assert_eq!(plan.placements.len(), 1, "{plan:#?}");
     &plan.placements[0]
 }
@@ -749,56 +750,6 @@ mod incremental {
             }
         }
     }
-}
-
-#[test]
-fn a_placement_that_does_not_change_keeps_the_reason_it_was_made_for() {
-    let repo = repo(OMH);
-    let first = plan(
-        &repo,
-        &inventory(&world(&[report(
-            "gw-home-1",
-            "0",
-            &[(BRACELET, -60, 600, 1)],
-        )])),
-        now(),
-    );
-    let made_for = only(&first).reason.clone();
-    assert!(made_for.to_string().contains("-60 dBm"), "{made_for}");
-    // What apply stored, read back as live state; the signal has since changed.
-    let opts = crate::render::RenderOptions {
-        namespace: "cloud4iot-functions".into(),
-        revision: None,
-    };
-    let live: Vec<String> = crate::render::render(&repo, &first, &opts)
-        .iter()
-        .map(|d| serde_norway::to_string(d).unwrap())
-        .collect();
-    let mut docs = world(&[report("gw-home-1", "0", &[(BRACELET, -71, 900, 1)])]);
-    docs.extend(live.clone());
-    let again = plan(&repo, &inventory(&docs), now());
-    assert_eq!(
-        only(&again),
-        only(&first),
-        "same place, same reason: nothing to write"
-    );
-
-    // A real move is a new decision with a fresh reason.
-    let mut docs = world(&[
-        report("gw-home-1", "0", &[]),
-        report("gw-hospital-1", "0", &[(BRACELET, -58, 60, 1)]),
-    ]);
-    docs.extend(live);
-    let moved = plan(&repo, &inventory(&docs), now());
-    assert_eq!(only(&moved).node.as_deref(), Some("gw-hospital-1"));
-    assert!(
-        only(&moved)
-            .reason
-            .to_string()
-            .contains("gw-home-1 no longer does"),
-        "{}",
-        only(&moved).reason
-    );
 }
 
 /// A live Deployment at the edge or in the cloud, pinned to `site`.
