@@ -108,7 +108,7 @@ impl Live {
     }
 
     /// The moment to plan at: `--now` when given; for a snapshot, the moment it describes
-    /// ([`Inventory::snapshot_time`], so a snapshot always plans the same); else the clock,
+    /// ([`cloud4iot_core::clock::snapshot_time`], so a snapshot always plans the same); else the clock,
     /// read here, at the edge.
     /// A heartbeat ahead of this machine's clock does not count (a warning names it).
     pub fn now(&self, explicit: Option<Timestamp>) -> Timestamp {
@@ -117,7 +117,8 @@ impl Live {
                 self.client
                     .is_none()
                     .then(|| {
-                        let t = self.inventory.snapshot_time(Timestamp::now());
+                        let t =
+                            cloud4iot_core::clock::snapshot_time(&self.inventory, Timestamp::now());
                         for w in &t.warnings {
                             eprintln!("warning: {w}");
                         }

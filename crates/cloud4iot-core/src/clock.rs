@@ -25,6 +25,8 @@ pub struct SnapshotTime {
 }
 
 /// The time a snapshot describes, read at `not_after` (the clock of the machine reading it).
+/// Commands reading a snapshot plan at this moment unless `--now` says otherwise, so a
+/// snapshot always plans the same. The one place that rule lives.
 pub fn snapshot_time(inv: &Inventory, not_after: Timestamp) -> SnapshotTime {
     let bound = not_after
         .saturating_add(MAX_CLOCK_SKEW)

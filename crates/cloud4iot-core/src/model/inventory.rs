@@ -179,15 +179,6 @@ impl Inventory {
         }
     }
 
-    /// The moment a snapshot describes: its newest GatewayReport heartbeat (`None` without
-    /// one) that is not ahead of `not_after` (the clock of the machine reading it) by more
-    /// than [`crate::clock::MAX_CLOCK_SKEW`]; each heartbeat set aside has a warning.
-    /// Commands reading a snapshot plan at this moment unless `--now` says otherwise, so a
-    /// snapshot always plans the same. The one place that rule lives ([`crate::clock`]).
-    pub fn snapshot_time(&self, not_after: jiff::Timestamp) -> crate::clock::SnapshotTime {
-        crate::clock::snapshot_time(self, not_after)
-    }
-
     /// Keeps only the managed Deployments of `namespace`, the one cloud4iot manages. A
     /// snapshot of a whole cluster holds labelled Deployments of other namespaces (a copy
     /// of an instance, another installation): they must neither steer placement nor be
