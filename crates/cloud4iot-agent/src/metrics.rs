@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
+use cloud4iot_kube::metrics::{CONTENT_TYPE, Registrar};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -32,45 +32,24 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("cloud4iot_agent");
-        let m = Metrics {
-            registry: Arc::new(Registry::default()),
-            devices: Gauge::default(),
-            reports_written: Counter::default(),
-            report_errors: Counter::default(),
-            scan_errors: Counter::default(),
-            dropped_readings: Counter::default(),
-            ble_up: Gauge::default(),
-        };
-        registry.register(
-            "devices",
-            "Devices of a known class in the gateway's report",
-            m.devices.clone(),
-        );
-        registry.register(
-            "reports_written",
-            "GatewayReports written",
-            m.reports_written.clone(),
-        );
-        registry.register(
-            "report_errors",
-            "GatewayReport writes that failed",
-            m.report_errors.clone(),
-        );
-        registry.register(
-            "scan_errors",
-            "BLE scanning sessions that ended in an error",
-            m.scan_errors.clone(),
-        );
-        registry.register(
-            "dropped_readings",
-            "BLE readings dropped because the queue was full",
-            m.dropped_readings.clone(),
-        );
-        registry.register("ble_up", "1 while BLE scanning runs", m.ble_up.clone());
+        let mut r = Registrar::new("cloud4iot_agent");
         Metrics {
-            registry: Arc::new(registry),
-            ..m
+            devices: r.gauge(
+                "devices",
+                "Devices of a known class in the gateway's report",
+            ),
+            reports_written: r.counter("reports_written", "GatewayReports written"),
+            report_errors: r.counter("report_errors", "GatewayReport writes that failed"),
+            scan_errors: r.counter(
+                "scan_errors",
+                "BLE scanning sessions that ended in an error",
+            ),
+            dropped_readings: r.counter(
+                "dropped_readings",
+                "BLE readings dropped because the queue was full",
+            ),
+            ble_up: r.gauge("ble_up", "1 while BLE scanning runs"),
+            registry: Arc::new(r.finish()),
         }
     }
 }
@@ -78,9 +57,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String");
-        out
+        cloud4iot_kube::metrics::encode(&self.registry)
     }
 }
 
@@ -125,11 +102,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Readiness) {
                         format!("not ready: {why}\n"),
                     ),
                 },
-                ("GET", "/metrics") => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
-                ),
+                ("GET", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.encode()),
                 ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
                 _ => (
                     "405 Method Not Allowed",

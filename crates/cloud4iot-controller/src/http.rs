@@ -53,7 +53,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            cloud4iot_kube::metrics::CONTENT_TYPE,
             shared.metrics.encode(),
         ),
         (&Method::POST, "/hook") => {

@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client), served at `/metrics` in the OpenMetrics text
 //! format. Every name starts with `cloud4iot_`.
 
+use cloud4iot_kube::metrics::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,60 +76,37 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("cloud4iot");
-        let reconcile_duration = Family::<TriggerLabels, Histogram>::new_with_constructor(|| {
-            // 1 ms .. ~65 s
-            Histogram::new(exponential_buckets(0.001, 2.0, 17))
-        });
-        let m = Metrics {
-            registry: Registry::default(),
-            reconcile_duration,
-            migrations: Family::default(),
-            instances: Family::default(),
-            unplaced: Gauge::default(),
-            source_errors: Counter::default(),
-            applied_revision: Family::default(),
-            leader: Gauge::default(),
-            writes: Family::default(),
-        };
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of a reconcile, by what triggered it",
-            m.reconcile_duration.clone(),
-        );
+        let mut r = Registrar::new("cloud4iot");
+        // 1 ms .. ~65 s
+        let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
         // Counters get the `_total` suffix from the encoder.
-        registry.register(
-            "migrations",
-            "Migrations by kind (roamed, offloaded, recalled, unplaced)",
-            m.migrations.clone(),
-        );
-        registry.register("instances", "Placed instances by tier", m.instances.clone());
-        registry.register(
-            "unplaced_instances",
-            "Instances that could not be placed",
-            m.unplaced.clone(),
-        );
-        registry.register(
-            "source_errors",
-            "Revisions that failed to fetch, validate or verify",
-            m.source_errors.clone(),
-        );
-        registry.register(
-            "applied_revision_info",
-            "The git revision applied (value 1)",
-            m.applied_revision.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader Lease",
-            m.leader.clone(),
-        );
-        registry.register(
-            "object_writes",
-            "Deployment writes by action (applied, deleted, failed)",
-            m.writes.clone(),
-        );
-        Metrics { registry, ..m }
+        Metrics {
+            reconcile_duration: r.metric(
+                "reconcile_duration_seconds",
+                "Duration of a reconcile, by what triggered it",
+                Family::new_with_constructor(buckets),
+            ),
+            migrations: r.family(
+                "migrations",
+                "Migrations by kind (roamed, offloaded, recalled, unplaced)",
+            ),
+            instances: r.family("instances", "Placed instances by tier"),
+            unplaced: r.gauge("unplaced_instances", "Instances that could not be placed"),
+            source_errors: r.counter(
+                "source_errors",
+                "Revisions that failed to fetch, validate or verify",
+            ),
+            applied_revision: r.family(
+                "applied_revision_info",
+                "The git revision applied (value 1)",
+            ),
+            leader: r.gauge("leader", "1 while this replica holds the leader Lease"),
+            writes: r.family(
+                "object_writes",
+                "Deployment writes by action (applied, deleted, failed)",
+            ),
+            registry: r.finish(),
+        }
     }
 }
 
@@ -191,13 +169,9 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
-    /// The text exposition; serve with
-    /// `Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8`.
+    /// The text exposition; serve as [`cloud4iot_kube::metrics::CONTENT_TYPE`].
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String does not fail");
-        out
+        cloud4iot_kube::metrics::encode(&self.registry)
     }
 }
 
