@@ -114,6 +114,32 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         m
     };
     let sa_subject = |name: &str| json!({"kind": "ServiceAccount", "name": name, "namespace": ns});
+    // A Role in `namespace` (None: a ClusterRole) granting `rules`, and its binding to the
+    // service account `subject`.
+    let role_kind = |namespace: Option<&str>| match namespace {
+        Some(_) => "Role",
+        None => "ClusterRole",
+    };
+    let role = |name: &str, namespace: Option<&str>, rules: Value| {
+        let kind = role_kind(namespace);
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": meta(name, namespace),
+            "rules": rules
+        })
+    };
+    let binding = |name: &str, namespace: Option<&str>, subject: &str| {
+        let kind = role_kind(namespace);
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": format!("{kind}Binding"),
+            "metadata": meta(name, namespace),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+            "subjects": [sa_subject(subject)]
+        })
+    };
+    // The DeviceClasses ConfigMap's readers and writer.
+    let configmaps =
+        |verbs: &[&str]| json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}]);
     let gatewayreports = cloud4iot_core::model::GROUP;
     // Containers run as an unprivileged user on a read-only root filesystem.
     let restricted = json!({
@@ -143,107 +169,69 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(CONTROLLER, Some(ns))}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(AGENT, Some(ns))}),
         // Controller: reads nodes and reports cluster-wide ...
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": meta(CONTROLLER, None),
-            "rules": [
+        role(
+            CONTROLLER,
+            None,
+            json!([
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
                 {"apiGroups": [gatewayreports], "resources": ["gatewayreports"], "verbs": ["get", "list", "watch"]},
                 // its status object (`cloud4iot status`), created and written by server-side apply
                 {"apiGroups": [gatewayreports], "resources": ["reconcilers"], "verbs": ["get", "create", "patch"]},
                 {"apiGroups": [gatewayreports], "resources": ["reconcilers/status"], "verbs": ["patch"]}
-            ]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": meta(CONTROLLER, None),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROLLER},
-            "subjects": [sa_subject(CONTROLLER)]
-        }),
+            ]),
+        ),
+        binding(CONTROLLER, None, CONTROLLER),
         // ... and writes Deployments in the functions namespace only.
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": meta(CONTROLLER, Some(fns)),
-            "rules": [
+        role(
+            CONTROLLER,
+            Some(fns),
+            json!([
                 {"apiGroups": ["apps"], "resources": ["deployments"],
                  "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
                 // Roamed / Offloaded / Recalled / Unplaced, on the Deployments
                 {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
                 // apply checks that the functions namespace exists (this one only)
                 {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}
-            ]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": meta(CONTROLLER, Some(fns)),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
-            "subjects": [sa_subject(CONTROLLER)]
-        }),
+            ]),
+        ),
+        binding(CONTROLLER, Some(fns), CONTROLLER),
         // The controller's leader election: one Lease in its own namespace, and the
         // leader's label on its own Pod (the webhook Service selects it).
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": meta(CONTROLLER, Some(ns)),
-            "rules": [
+        role(
+            CONTROLLER,
+            Some(ns),
+            json!([
                 {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                  "verbs": ["get", "create", "update"]},
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
-            ]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": meta(CONTROLLER, Some(ns)),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
-            "subjects": [sa_subject(CONTROLLER)]
-        }),
+            ]),
+        ),
+        binding(CONTROLLER, Some(ns), CONTROLLER),
         // The DeviceClasses travel to the agents in a ConfigMap of this namespace: the
         // controller writes it, the agents read it.
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": meta(CLASSES_ROLE, Some(ns)),
-            "rules": [
-                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]}
-            ]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": meta(CLASSES_ROLE, Some(ns)),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CLASSES_ROLE},
-            "subjects": [sa_subject(CONTROLLER)]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": meta(AGENT, Some(ns)),
-            "rules": [
-                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}
-            ]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": meta(AGENT, Some(ns)),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AGENT},
-            "subjects": [sa_subject(AGENT)]
-        }),
+        role(
+            CLASSES_ROLE,
+            Some(ns),
+            configmaps(&["get", "create", "patch"]),
+        ),
+        binding(CLASSES_ROLE, Some(ns), CONTROLLER),
+        role(AGENT, Some(ns), configmaps(&["get", "list", "watch"])),
+        binding(AGENT, Some(ns), AGENT),
         // Agents: write GatewayReports. RBAC cannot say "only the one named after your
         // node" (resourceNames is static), so the admission policy below does: it matches
         // the node-name claim of the agent pod's bound service account token.
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": meta(AGENT, None),
-            "rules": [
+        role(
+            AGENT,
+            None,
+            json!([
                 {"apiGroups": [gatewayreports], "resources": ["gatewayreports"],
                  "verbs": ["get", "create", "patch", "update"]},
                 // `resources` in the report: what runs on its node that cloud4iot did not
                 // place (listed with a spec.nodeName field selector).
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
-            ]
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": meta(AGENT, None),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AGENT},
-            "subjects": [sa_subject(AGENT)]
-        }),
+            ]),
+        ),
+        binding(AGENT, None, AGENT),
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
             "metadata": meta(&format!("{AGENT}-own-report"), None),
