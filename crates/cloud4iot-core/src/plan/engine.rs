@@ -1635,30 +1635,19 @@ impl Planner {
             return Ok(());
         }
         let alloc = slot.info.allocatable;
-        let short = |used: i64, alloc: i64, reserve: i64, needs: i64, over: bool| {
-            over.then_some(Shortage {
-                used,
-                allocatable: alloc,
-                reserve,
-                needs,
+        // One resource (`of` picks it): what is short, or None where it fits.
+        let short = |of: fn(&Resources) -> i64| {
+            (of(&res) > of(&avail)).then(|| Shortage {
+                used: of(&alloc) - of(&slot.free),
+                allocatable: of(&alloc),
+                reserve: of(&reserve),
+                needs: of(&res),
             })
         };
         Err(Refusal::Full {
             node: name(),
-            cpu: short(
-                alloc.cpu_millis - slot.free.cpu_millis,
-                alloc.cpu_millis,
-                reserve.cpu_millis,
-                res.cpu_millis,
-                res.cpu_millis > avail.cpu_millis,
-            ),
-            memory: short(
-                alloc.memory_bytes - slot.free.memory_bytes,
-                alloc.memory_bytes,
-                reserve.memory_bytes,
-                res.memory_bytes,
-                res.memory_bytes > avail.memory_bytes,
-            ),
+            cpu: short(|r| r.cpu_millis),
+            memory: short(|r| r.memory_bytes),
         })
     }
 
