@@ -113,13 +113,9 @@ pub async fn ensure(client: &Client, name: &str, spec: ReconcilerSpec) -> Result
     let api: Api<Reconciler> = Api::all(client.clone());
     let mut obj = Reconciler::new(name, spec);
     obj.metadata.managed_fields = None;
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .map(|_| ())
+    api.patch(name, &as_controller(), &Patch::Apply(&obj))
+        .await
+        .map(|_| ())
 }
 
 /// Writes the whole status (server-side apply replaces the lists it owns).
@@ -134,13 +130,15 @@ pub async fn write(
         "kind": "Reconciler",
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map(|_| ())
+    let patch = Patch::Apply(&body);
+    api.patch_status(name, &as_controller(), &patch)
+        .await
+        .map(|_| ())
+}
+
+/// Server-side apply as the controller's field manager, forced: the Reconciler is its own.
+fn as_controller() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
 }
 
 #[cfg(test)]
