@@ -95,23 +95,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<Outcome> {
         listen: Some(args.listen),
         record: args.record,
     };
-    cloud4iot_agent::run(opts, shutdown_signal()).await?;
+    cloud4iot_agent::run(opts, super::shutdown_signal()).await?;
     Ok(Outcome::Clean)
-}
-
-/// SIGTERM (what the kubelet sends) or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-    }
 }

@@ -147,22 +147,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         force_prune: args.force_prune,
         concurrency: args.concurrency.max(1),
     };
-    cloud4iot_controller::run(opts, shutdown()).await?;
+    cloud4iot_controller::run(opts, super::shutdown_signal()).await?;
     Ok(Outcome::Clean)
-}
-
-/// SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-    }
 }
