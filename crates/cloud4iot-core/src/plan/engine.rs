@@ -10,6 +10,7 @@
 mod stays;
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 /// Fixed-seed fast hashing: these maps are only looked up, never iterated into output.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
@@ -20,8 +21,8 @@ use jiff::{SignedDuration, Timestamp};
 use super::reason::{Reason, Refusal, Shortage, Target};
 use super::{Placement, Plan, current_placements};
 use crate::model::{
-    Arch, DataLocality, Duration, GatewayReport, Inventory, NodeInfo, Repo, Resources, Tier,
-    device_instance_name, replica_instance_name,
+    Arch, DataLocality, Duration, GatewayReport, Inventory, NodeInfo, Repo, Resources, SeenDevice,
+    Tier, device_instance_name, replica_instance_name,
 };
 
 /// What changed in the plan after [`Planner::update_report`].
@@ -118,6 +119,8 @@ struct Device {
     id: String,
     /// Sorted by gateway index (= gateway name order).
     sightings: Vec<Sighting>,
+    /// The device's entries in `Planner::due_devices` (see `Planner::index_device`).
+    due: Vec<Timestamp>,
 }
 
 struct Inst {
@@ -173,6 +176,12 @@ pub struct Planner {
     home_insts: Vec<Vec<u32>>,
     /// Instances below their policy's first tier, or unplaced: they take room that frees.
     waiting: BTreeSet<u32>,
+    /// The instants at which time alone changes something, so `next_due` and `advance` do
+    /// not scan every sighting: (instant, device) for each sighting's dwell reached and
+    /// lossGrace run out, (instant, gateway) for a heartbeat going stale. Each instant is
+    /// the first at which the new state holds (`lastSeen + lossGrace + 1ns`, ...).
+    due_devices: BTreeSet<(Timestamp, u32)>,
+    due_gateways: BTreeSet<(Timestamp, u32)>,
 }
 
 fn intern(ids: &mut HashMap<String, u32>, names: &mut Vec<String>, name: &str) -> u32 {
@@ -337,6 +346,8 @@ impl Planner {
             node_insts: vec![Vec::new(); n],
             home_insts: vec![Vec::new(); n],
             waiting: BTreeSet::new(),
+            due_devices: BTreeSet::new(),
+            due_gateways: BTreeSet::new(),
         };
 
         for (&c, fis) in &planner.fn_by_class {
@@ -381,8 +392,11 @@ impl Planner {
         by_gw.sort_by_key(|(g, _)| *g);
         for (g, r) in by_gw {
             planner.nodes[g as usize].external = external_of(r);
-            planner.nodes[g as usize].heartbeat = r.spec.heartbeat;
+            planner.set_heartbeat(g, r.spec.heartbeat);
             planner.add_sightings(g, r);
+        }
+        for d in 0..planner.devices.len() as u32 {
+            planner.index_device(d);
         }
         for i in 0..n {
             planner.nodes[i].pools = planner.pool_ids_of(i as u32);
@@ -493,6 +507,54 @@ impl Planner {
         }
     }
 
+    /// Changes part of gateway `gateway`'s report at `now`: each of `seen` replaces (or
+    /// adds) that device's sighting, the devices in `gone` are no longer seen there, and
+    /// the heartbeat becomes `heartbeat`; its other devices and its resources stay. Same
+    /// result as [`Planner::update_report`] with the report that results, but only the
+    /// devices named are re-planned (with what time and heartbeat freshness change), so the
+    /// cost is what changed, not the size of the report: `simulate` feeds its agents'
+    /// reports this way. A node that is not a gateway (or unknown) only advances the clock.
+    pub fn update_devices(
+        &mut self,
+        gateway: &str,
+        heartbeat: Option<Timestamp>,
+        seen: &[SeenDevice],
+        gone: &[&str],
+        now: Timestamp,
+    ) -> PlanDelta {
+        let Some(g) = self.gateway_index(gateway) else {
+            return self.advance(now);
+        };
+        let (mut affected_devices, mut gateways) = self.time_affected(now);
+        self.now = now;
+        let was_stale = self.stale(g);
+        for id in gone {
+            let Some(&d) = self.device_ids.get(upper(id).as_ref()) else {
+                continue;
+            };
+            let list = &mut self.devices[d as usize].sightings;
+            let before = list.len();
+            list.retain(|s| s.gw != g);
+            if list.len() != before {
+                self.gw_devices[g as usize].retain(|&x| x != d);
+                affected_devices.push(d);
+            }
+        }
+        for sd in seen {
+            affected_devices.push(self.set_sighting(g, &upper(&sd.id), sd));
+        }
+        self.set_heartbeat(g, heartbeat);
+        affected_devices.sort_unstable();
+        affected_devices.dedup();
+        for &d in &affected_devices {
+            self.index_device(d);
+        }
+        if was_stale != self.stale(g) {
+            gateways.push(g);
+        }
+        self.replan(affected_devices, &gateways)
+    }
+
     /// The earliest instant after the planner's time at which the plan can change with no
     /// new input: a sighting reaches a policy's `dwell` (at `firstSeen + dwell`), a
     /// sighting's `lossGrace` runs out (the first instant after `lastSeen + lossGrace`), or
@@ -503,29 +565,12 @@ impl Planner {
     /// moving (a dwell reached while the old gateway still sees the device): it is a
     /// lower bound, never late.
     pub fn next_due(&self) -> Option<Timestamp> {
-        let now = self.now;
-        let mut due: Option<Timestamp> = None;
-        let mut consider = |t: Option<Timestamp>| {
-            if let Some(t) = t.filter(|&t| t > now) {
-                due = Some(due.map_or(t, |d| d.min(t)));
-            }
-        };
-        let tick = SignedDuration::from_nanos(1);
-        for slot in &self.nodes {
-            consider(
-                slot.heartbeat
-                    .and_then(|h| h.checked_add(super::STALE_AFTER + tick).ok()),
-            );
-        }
-        for dev in &self.devices {
-            for s in &dev.sightings {
-                for &(dwell, grace) in self.class_times.get(&s.class).into_iter().flatten() {
-                    consider(s.first.checked_add(dwell).ok());
-                    consider(s.last.checked_add(grace + tick).ok());
-                }
-            }
-        }
-        due
+        let after = (Bound::Excluded((self.now, u32::MAX)), Bound::Unbounded);
+        let first = |set: &BTreeSet<(Timestamp, u32)>| set.range(after).next().map(|e| e.0);
+        [first(&self.due_devices), first(&self.due_gateways)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The moves that fall due with no new input because a dwell is reached: a running
@@ -619,36 +664,54 @@ impl Planner {
         } else {
             (now, self.now)
         };
-        // A state changes at t when lo < t <= hi (dwell: reached at t; grace and stale:
-        // checked with `>`, so `lo - x > d` flips when x + d in [lo, hi)).
-        let crossed_at = |t: Option<Timestamp>| t.is_some_and(|t| lo < t && t <= hi);
-        let crossed_after = |t: Option<Timestamp>| t.is_some_and(|t| lo <= t && t < hi);
-        let mut gateways = Vec::new();
-        for (g, slot) in self.nodes.iter().enumerate() {
-            if crossed_after(
-                slot.heartbeat
-                    .and_then(|h| h.checked_add(super::STALE_AFTER).ok()),
-            ) {
-                gateways.push(g as u32);
+        // A state changes at t when lo < t <= hi (the index holds the first instant of
+        // the new state: dwell reached at t; lossGrace and stale checked with `>`).
+        let within = (
+            Bound::Excluded((lo, u32::MAX)),
+            Bound::Included((hi, u32::MAX)),
+        );
+        let hits = |set: &BTreeSet<(Timestamp, u32)>| {
+            let mut v: Vec<u32> = set.range(within).map(|e| e.1).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        (hits(&self.due_devices), hits(&self.due_gateways))
+    }
+
+    /// Re-indexes device `d`'s due instants after its sightings changed.
+    fn index_device(&mut self, d: u32) {
+        let tick = SignedDuration::from_nanos(1);
+        let mut due = Vec::new();
+        for s in &self.devices[d as usize].sightings {
+            for &(dwell, grace) in self.class_times.get(&s.class).into_iter().flatten() {
+                due.extend(s.first.checked_add(dwell).ok());
+                due.extend(s.last.checked_add(grace + tick).ok());
             }
         }
-        let mut devices = Vec::new();
-        for (d, dev) in self.devices.iter().enumerate() {
-            let hit = dev.sightings.iter().any(|s| {
-                self.class_times
-                    .get(&s.class)
-                    .into_iter()
-                    .flatten()
-                    .any(|&(dwell, grace)| {
-                        crossed_at(s.first.checked_add(dwell).ok())
-                            || crossed_after(s.last.checked_add(grace).ok())
-                    })
-            });
-            if hit {
-                devices.push(d as u32);
-            }
+        due.sort_unstable();
+        due.dedup();
+        let old = std::mem::replace(&mut self.devices[d as usize].due, due);
+        for t in old {
+            self.due_devices.remove(&(t, d));
         }
-        (devices, gateways)
+        for &t in &self.devices[d as usize].due {
+            self.due_devices.insert((t, d));
+        }
+    }
+
+    /// Sets gateway `g`'s heartbeat, and the instant it goes stale in the index.
+    fn set_heartbeat(&mut self, g: u32, heartbeat: Option<Timestamp>) {
+        let tick = SignedDuration::from_nanos(1);
+        let stale_at =
+            |h: Option<Timestamp>| h.and_then(|h| h.checked_add(super::STALE_AFTER + tick).ok());
+        if let Some(t) = stale_at(self.nodes[g as usize].heartbeat) {
+            self.due_gateways.remove(&(t, g));
+        }
+        self.nodes[g as usize].heartbeat = heartbeat;
+        if let Some(t) = stale_at(heartbeat) {
+            self.due_gateways.insert((t, g));
+        }
     }
 
     fn change_report(
@@ -668,8 +731,13 @@ impl Planner {
         if let Some(r) = report {
             self.add_sightings(g, r);
         }
-        self.nodes[g as usize].heartbeat = report.and_then(|r| r.spec.heartbeat);
+        self.set_heartbeat(g, report.and_then(|r| r.spec.heartbeat));
         affected_devices.extend(self.gw_devices[g as usize].iter().copied());
+        affected_devices.sort_unstable();
+        affected_devices.dedup();
+        for &d in &affected_devices {
+            self.index_device(d);
+        }
 
         let external = report.map(external_of).unwrap_or(Resources::ZERO);
         if external != self.nodes[g as usize].external {
@@ -806,14 +874,7 @@ impl Planner {
             .spec
             .devices
             .iter()
-            .map(|sd| {
-                let id = if sd.id.bytes().any(|b| b.is_ascii_lowercase()) {
-                    std::borrow::Cow::Owned(sd.id.to_ascii_uppercase())
-                } else {
-                    std::borrow::Cow::Borrowed(sd.id.as_str())
-                };
-                (id, sd)
-            })
+            .map(|sd| (upper(&sd.id), sd))
             .collect();
         // One sighting per device: the most recent, then strongest, then class name, if the
         // agent repeats one.
@@ -828,38 +889,50 @@ impl Planner {
         });
         seen.dedup_by(|a, b| a.0 == b.0);
         for (id, sd) in seen {
-            let d = match self.device_ids.get(id.as_ref()) {
-                Some(&d) => d,
-                None => {
-                    let d = self.devices.len() as u32;
-                    self.devices.push(Device {
-                        id: id.to_string(),
-                        sightings: Vec::new(),
-                    });
-                    self.device_ids.insert(id.to_string(), d);
-                    d
-                }
-            };
-            let class = match self.class_ids.get(&sd.class) {
-                Some(&c) => c,
-                None => {
-                    let c = self.class_ids.len() as u32;
-                    self.class_ids.insert(sd.class.clone(), c);
-                    c
-                }
-            };
-            let s = Sighting {
-                gw: g,
-                class,
-                rssi: sd.rssi,
-                first: sd.first_seen,
-                last: sd.last_seen,
-            };
-            let list = &mut self.devices[d as usize].sightings;
-            let at = list.partition_point(|x| x.gw < g);
+            self.set_sighting(g, &id, sd);
+        }
+    }
+
+    /// Sets device `id`'s (upper case) sighting at gateway `g` to `sd`; returns the device.
+    /// The caller re-indexes its due instants.
+    fn set_sighting(&mut self, g: u32, id: &str, sd: &SeenDevice) -> u32 {
+        let d = match self.device_ids.get(id) {
+            Some(&d) => d,
+            None => {
+                let d = self.devices.len() as u32;
+                self.devices.push(Device {
+                    id: id.to_string(),
+                    sightings: Vec::new(),
+                    due: Vec::new(),
+                });
+                self.device_ids.insert(id.to_string(), d);
+                d
+            }
+        };
+        let class = match self.class_ids.get(&sd.class) {
+            Some(&c) => c,
+            None => {
+                let c = self.class_ids.len() as u32;
+                self.class_ids.insert(sd.class.clone(), c);
+                c
+            }
+        };
+        let s = Sighting {
+            gw: g,
+            class,
+            rssi: sd.rssi,
+            first: sd.first_seen,
+            last: sd.last_seen,
+        };
+        let list = &mut self.devices[d as usize].sightings;
+        let at = list.partition_point(|x| x.gw < g);
+        if list.get(at).is_some_and(|x| x.gw == g) {
+            list[at] = s;
+        } else {
             list.insert(at, s);
             self.gw_devices[g as usize].push(d);
         }
+        d
     }
 
     /// Per-device candidates of device `d`: one per function of each class it is seen
@@ -1787,6 +1860,15 @@ impl Planner {
             }
         }
         Ok(())
+    }
+}
+
+/// BLE addresses are case-insensitive: one device, spelled in upper case.
+fn upper(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_lowercase()) {
+        std::borrow::Cow::Owned(id.to_ascii_uppercase())
+    } else {
+        std::borrow::Cow::Borrowed(id)
     }
 }
 
