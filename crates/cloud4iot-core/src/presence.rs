@@ -10,7 +10,7 @@
 //! - a device whose smoothed RSSI is below its class's `minRssi` is not reported;
 //! - [`significant`] says when a new report is worth writing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -54,6 +54,20 @@ struct Tracked {
     first_seen: Timestamp,
     last_seen: Timestamp,
     readings: VecDeque<(Timestamp, i32)>,
+    /// Its entry in `Tracker::timers`.
+    due: Timestamp,
+}
+
+impl Tracked {
+    /// The last instant before [`Tracker::expire`] changes it: it is forgotten, or (with
+    /// two readings or more) its oldest reading leaves the window, strictly after this.
+    fn due(&self, opts: &TrackerOptions) -> Timestamp {
+        let forget = self.last_seen + opts.forget_after;
+        match self.readings.front() {
+            Some((at, _)) if self.readings.len() > 1 => forget.min(*at + opts.window),
+            _ => forget,
+        }
+    }
 }
 
 /// The devices of known classes one gateway hears.
@@ -61,6 +75,9 @@ struct Tracked {
 pub struct Tracker {
     opts: TrackerOptions,
     devices: BTreeMap<String, Tracked>,
+    /// (due, id) of every device (`Tracked::due`): `expire` and `next_expiry` visit only the
+    /// devices whose time has come, not all of them.
+    timers: BTreeSet<(Timestamp, String)>,
     /// Readings dropped because `max_devices` were tracked already.
     pub dropped: u64,
 }
@@ -70,6 +87,7 @@ impl Tracker {
         Tracker {
             opts,
             devices: BTreeMap::new(),
+            timers: BTreeSet::new(),
             dropped: 0,
         }
     }
@@ -89,6 +107,7 @@ impl Tracker {
     ) {
         let forget = self.opts.forget_after;
         if let Some(t) = self.devices.get_mut(id) {
+            self.timers.remove(&(t.due, id.to_string()));
             if at.duration_since(t.last_seen) > forget {
                 // Gone long enough to have been forgotten: a new run.
                 t.first_seen = at;
@@ -101,38 +120,53 @@ impl Tracker {
                 t.readings.pop_front();
             }
             t.readings.push_back((at, rssi));
+            t.due = t.due(&self.opts);
+            self.timers.insert((t.due, id.to_string()));
             return;
         }
         if self.devices.len() >= self.opts.max_devices {
             self.dropped += 1;
             return;
         }
-        self.devices.insert(
-            id.to_string(),
-            Tracked {
-                class: class.to_string(),
-                min_rssi,
-                first_seen: at,
-                last_seen: at,
-                readings: VecDeque::from([(at, rssi)]),
-            },
-        );
+        let t = Tracked {
+            class: class.to_string(),
+            min_rssi,
+            first_seen: at,
+            last_seen: at,
+            readings: VecDeque::from([(at, rssi)]),
+            due: at + forget,
+        };
+        self.timers.insert((t.due, id.to_string()));
+        self.devices.insert(id.to_string(), t);
     }
 
     /// Forgets devices not heard for `forget_after` and readings older than the window.
-    pub fn expire(&mut self, now: Timestamp) {
+    /// Returns the ids of the devices it changed (their report entry may differ now).
+    pub fn expire(&mut self, now: Timestamp) -> Vec<String> {
         let (window, forget) = (self.opts.window, self.opts.forget_after);
-        self.devices
-            .retain(|_, t| now.duration_since(t.last_seen) <= forget);
-        for t in self.devices.values_mut() {
-            while t.readings.len() > 1
-                && t.readings
-                    .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) > window)
-            {
-                t.readings.pop_front();
+        let mut changed = Vec::new();
+        while let Some(first) = self.timers.first() {
+            if first.0 >= now {
+                break;
             }
+            let (_, id) = self.timers.pop_first().expect("just seen");
+            let t = self.devices.get_mut(&id).expect("a timer per device");
+            if now.duration_since(t.last_seen) > forget {
+                self.devices.remove(&id);
+            } else {
+                while t.readings.len() > 1
+                    && t.readings
+                        .front()
+                        .is_some_and(|(at, _)| now.duration_since(*at) > window)
+                {
+                    t.readings.pop_front();
+                }
+                t.due = t.due(&self.opts);
+                self.timers.insert((t.due, id.clone()));
+            }
+            changed.push(id);
         }
+        changed
     }
 
     /// Devices tracked (reported or not).
@@ -151,6 +185,8 @@ impl Tracker {
     /// Forgets everything (e.g. the classes changed and a device no longer matches).
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         self.devices.retain(|id, t| keep(id, &t.class));
+        let devices = &self.devices;
+        self.timers.retain(|(_, id)| devices.contains_key(id));
     }
 
     /// The report's device list at `now`: smoothed RSSI at or above the class's minRssi,
@@ -159,39 +195,34 @@ impl Tracker {
         let mut out: Vec<SeenDevice> = self
             .devices
             .iter()
-            .filter_map(|(id, t)| {
-                let rssi = smoothed(&t.readings, now, self.opts.window);
-                t.min_rssi.is_none_or(|m| rssi >= m).then(|| SeenDevice {
-                    id: id.clone(),
-                    class: t.class.clone(),
-                    rssi,
-                    first_seen: t.first_seen,
-                    last_seen: t.last_seen,
-                })
-            })
+            .filter_map(|(id, t)| self.entry(id, t, now))
             .collect();
         out.sort_by(|a, b| b.rssi.cmp(&a.rssi).then_with(|| a.id.cmp(&b.id)));
         out
     }
 
-    /// The earliest time after `now` at which [`Tracker::expire`] changes something.
+    /// Device `id`'s entry of [`Tracker::devices`], if it has one.
+    pub fn seen(&self, id: &str, now: Timestamp) -> Option<SeenDevice> {
+        let (id, t) = self.devices.get_key_value(id)?;
+        self.entry(id, t, now)
+    }
+
+    fn entry(&self, id: &str, t: &Tracked, now: Timestamp) -> Option<SeenDevice> {
+        let rssi = smoothed(&t.readings, now, self.opts.window);
+        t.min_rssi.is_none_or(|m| rssi >= m).then(|| SeenDevice {
+            id: id.to_string(),
+            class: t.class.clone(),
+            rssi,
+            first_seen: t.first_seen,
+            last_seen: t.last_seen,
+        })
+    }
+
+    /// The earliest time after `now` at which [`Tracker::expire`] changes something (a
+    /// millisecond after the threshold). Call [`Tracker::expire`] first.
     pub fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
-        let mut next: Option<Timestamp> = None;
-        let mut consider = |t: Timestamp| {
-            if t > now && next.is_none_or(|n| t < n) {
-                next = Some(t);
-            }
-        };
         let eps = SignedDuration::from_millis(1);
-        for t in self.devices.values() {
-            consider(t.last_seen + self.opts.forget_after + eps);
-            if t.readings.len() > 1
-                && let Some((at, _)) = t.readings.front()
-            {
-                consider(*at + self.opts.window + eps);
-            }
-        }
-        next
+        self.timers.iter().map(|(t, _)| *t + eps).find(|&t| t > now)
     }
 }
 
@@ -224,15 +255,26 @@ pub fn significant(last: &[SeenDevice], next: &[SeenDevice], opts: &TrackerOptio
         return true;
     }
     let by_id: BTreeMap<&str, &SeenDevice> = last.iter().map(|d| (d.id.as_str(), d)).collect();
-    next.iter().any(|n| match by_id.get(n.id.as_str()) {
-        None => true,
-        Some(l) => {
+    next.iter()
+        .any(|n| significant_change(by_id.get(n.id.as_str()).copied(), Some(n), opts))
+}
+
+/// [`significant`] for one device: its entry in the last report and in the next.
+pub fn significant_change(
+    last: Option<&SeenDevice>,
+    next: Option<&SeenDevice>,
+    opts: &TrackerOptions,
+) -> bool {
+    match (last, next) {
+        (None, None) => false,
+        (Some(l), Some(n)) => {
             l.class != n.class
                 || l.first_seen != n.first_seen
                 || (l.rssi - n.rssi).abs() >= opts.rssi_step
                 || n.last_seen.duration_since(l.last_seen) >= opts.refresh
         }
-    })
+        _ => true,
+    }
 }
 
 #[cfg(test)]

@@ -17,14 +17,14 @@
 //! ignored: the trace is the presence, and the cluster starts empty.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Duration, GatewayReport, GatewayReportSpec, Inventory, Repo, SeenDevice, Tier};
+use crate::model::{Duration, GatewayReport, Inventory, Repo, SeenDevice, Tier};
 use crate::plan::{Placement, Planner};
-use crate::presence::{Tracker, TrackerOptions, significant};
+use crate::presence::{Tracker, TrackerOptions, significant_change};
 
 /// One line of a trace: `gateway` heard `device` (of `class`) at `rssi` dBm at `time`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,12 +218,10 @@ pub struct Simulation {
     pub avoided_by_loss_grace: i64,
 }
 
-/// Replays `trace` through the planner against the nodes of `inv`, and twice more with
-/// dwell and lossGrace switched off, for the avoided counts.
+/// Replays `trace` through the planner against the nodes of `inv`, and with dwell and
+/// lossGrace switched off, for the avoided counts. One pass over the trace: the agents'
+/// reports do not depend on the policies, so the three planners follow the same reports.
 pub fn simulate(repo: &Repo, inv: &Inventory, trace: &[Sighting], opts: &SimOptions) -> Simulation {
-    let (timeline, totals) = replay(repo, inv, trace, opts);
-    let churn = |t: &[Migration]| t.iter().filter(|m| m.is_churn()).count() as i64;
-    let base = churn(&timeline);
     let mut no_dwell = repo.clone();
     for p in no_dwell.policies.values_mut() {
         p.spec.presence.dwell = Duration::from_secs(0);
@@ -232,24 +230,17 @@ pub fn simulate(repo: &Repo, inv: &Inventory, trace: &[Sighting], opts: &SimOpti
     for p in short_grace.policies.values_mut() {
         p.spec.presence.loss_grace = Duration(opts.tracker.refresh);
     }
-    let avoided_by_dwell = churn(&replay(&no_dwell, inv, trace, opts).0) - base;
-    let avoided_by_loss_grace = churn(&replay(&short_grace, inv, trace, opts).0) - base;
+    let mut runs = replay_variants(&[repo, &no_dwell, &short_grace], inv, trace, opts);
+    let churn = |t: &[Migration]| t.iter().filter(|m| m.is_churn()).count() as i64;
+    let (short_grace, no_dwell) = (runs.pop().expect("3 runs"), runs.pop().expect("3 runs"));
+    let (timeline, totals) = runs.pop().expect("3 runs");
+    let base = churn(&timeline);
     Simulation {
+        avoided_by_dwell: churn(&no_dwell.0) - base,
+        avoided_by_loss_grace: churn(&short_grace.0) - base,
         timeline,
         totals,
-        avoided_by_dwell,
-        avoided_by_loss_grace,
     }
-}
-
-/// One gateway's agent, simulated.
-struct Gw {
-    tracker: Tracker,
-    written: Vec<SeenDevice>,
-    last_write: Option<Timestamp>,
-    report: GatewayReport,
-    /// The wake-up time queued for it, if any (older queue entries are stale).
-    wake: Option<Timestamp>,
 }
 
 /// Replays `trace` once: the timeline and totals.
@@ -259,17 +250,71 @@ pub fn replay(
     trace: &[Sighting],
     opts: &SimOptions,
 ) -> (Vec<Migration>, Totals) {
+    replay_variants(&[repo], inv, trace, opts)
+        .pop()
+        .expect("one run")
+}
+
+/// One gateway's agent, simulated: the tracker, and what it last wrote.
+struct Gw {
+    name: String,
+    tracker: Tracker,
+    /// The devices of the last report written, by id.
+    written: HashMap<String, SeenDevice>,
+    /// Devices whose entry may differ from `written` (heard or expired since the last
+    /// report of a change); every other device's entry equals the written one.
+    dirty: BTreeSet<String>,
+    last_write: Option<Timestamp>,
+    /// The wake-up time queued for it, if any (older queue entries are stale).
+    wake: Option<Timestamp>,
+}
+
+/// One report an agent writes: what changed since its previous one.
+struct Write {
+    gw: usize,
+    seen: Vec<SeenDevice>,
+    gone: Vec<String>,
+}
+
+/// One planner following the reports, and the timeline it gives.
+struct Run {
+    planner: Planner,
+    state: Tracked,
+    timeline: Vec<Migration>,
+    totals: Totals,
+}
+
+impl Run {
+    /// Time alone: every instant up to `now` at which the plan changes with no new report.
+    fn catch_up(&mut self, now: Timestamp) {
+        while let Some(due) = self.planner.next_due().filter(|&d| d <= now) {
+            let delta = self.planner.advance(due);
+            self.state
+                .apply(&mut self.timeline, &mut self.totals, due, delta);
+        }
+    }
+}
+
+/// Replays `trace` under each of `repos` (which differ in policies only: the device
+/// classes of the first decide what the agents report), one pass: the timeline and totals
+/// of each.
+fn replay_variants(
+    repos: &[&Repo],
+    inv: &Inventory,
+    trace: &[Sighting],
+    opts: &SimOptions,
+) -> Vec<(Vec<Migration>, Totals)> {
     let mut sorted: Vec<&Sighting> = trace.iter().collect();
     sorted.sort_by_key(|s| s.time);
-    let mut totals = Totals {
+    let totals = Totals {
         start: sorted.first().map(|s| s.time),
         end: sorted.last().map(|s| s.time),
         ..Totals::default()
     };
-    let Some(start) = totals.start else {
-        return (Vec::new(), totals);
+    let (Some(start), Some(end)) = (totals.start, totals.end) else {
+        return repos.iter().map(|_| (Vec::new(), totals.clone())).collect();
     };
-    let min_rssi: HashMap<&str, Option<i32>> = repo
+    let min_rssi: HashMap<&str, Option<i32>> = repos[0]
         .device_classes
         .values()
         .map(|c| (c.name(), c.spec.min_rssi))
@@ -284,32 +329,39 @@ pub fn replay(
             r
         })
         .collect();
-    let empty = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
-    let mut planner = Planner::new(repo, &empty, start);
+    let empty = Inventory::new(inv.nodes.clone(), reports, Vec::new());
+    let mut runs: Vec<Run> = repos
+        .iter()
+        .map(|repo| {
+            let planner = Planner::new(repo, &empty, start);
+            let mut run = Run {
+                state: Tracked::default(),
+                timeline: Vec::new(),
+                totals: totals.clone(),
+                planner,
+            };
+            for p in run.planner.plan().placements {
+                run.state
+                    .change(&mut run.timeline, &mut run.totals, start, None, Some(p));
+            }
+            run
+        })
+        .collect();
     let mut gws: Vec<Gw> = Vec::new();
     let mut gw_ids: HashMap<String, usize> = HashMap::new();
     for n in &inv.nodes {
         if n.tier != Tier::Gateway {
             continue;
         }
-        let report = reports
-            .iter()
-            .find(|r| r.metadata.name.as_deref() == Some(n.name.as_str()))
-            .cloned()
-            .unwrap_or_else(|| GatewayReport::new(&n.name, GatewayReportSpec::default()));
         gw_ids.insert(n.name.clone(), gws.len());
         gws.push(Gw {
+            name: n.name.clone(),
             tracker: Tracker::new(opts.tracker),
-            written: Vec::new(),
+            written: HashMap::new(),
+            dirty: BTreeSet::new(),
             last_write: None,
-            report,
             wake: None,
         });
-    }
-    let mut timeline = Vec::new();
-    let mut state = Tracked::default();
-    for p in planner.plan().placements {
-        state.change(&mut timeline, &mut totals, start, None, Some(p));
     }
 
     // Every agent starts with a first report (heartbeat) at the start of the trace.
@@ -318,7 +370,10 @@ pub fn replay(
         gw.wake = Some(start);
         queue.push(Reverse((start, g)));
     }
+    let mut reports = 0;
     let mut i = 0;
+    let mut touched = Vec::new();
+    let mut writes: Vec<Write> = Vec::new();
     loop {
         // Drop stale wake-ups (a gateway keeps only its latest).
         while let Some(Reverse((t, g))) = queue.peek().copied() {
@@ -329,30 +384,23 @@ pub fn replay(
         }
         let next_sighting = sorted.get(i).map(|s| s.time);
         let next_wake = queue.peek().map(|Reverse((t, _))| *t);
-        // The planner's own clock: a dwell reached, a lossGrace run out, a stale heartbeat.
-        let next_due = planner.next_due();
-        let Some(now) = [next_sighting, next_wake, next_due]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
+        let Some(now) = next_sighting.into_iter().chain(next_wake).min() else {
             break;
         };
-        if totals.end.is_some_and(|end| now > end) {
+        if now > end {
             // Nothing after the trace's end is something a reviewer can check.
             break;
         }
-        if next_due.is_some_and(|d| d <= now) {
-            let delta = planner.advance(now);
-            state.apply(&mut timeline, &mut totals, now, delta);
-        }
-        let mut touched = Vec::new();
+        // All readings of this instant, then one report per gateway that has news.
+        touched.clear();
         while let Some(x) = sorted.get(i).filter(|x| x.time == now) {
             if let Some(&g) = gw_ids.get(&x.gateway) {
                 let min = min_rssi.get(x.class.as_str()).copied().flatten();
-                gws[g]
-                    .tracker
-                    .observe(&x.device, &x.class, min, x.rssi, x.time);
+                let gw = &mut gws[g];
+                gw.tracker.observe(&x.device, &x.class, min, x.rssi, x.time);
+                if !gw.dirty.contains(&x.device) {
+                    gw.dirty.insert(x.device.clone());
+                }
                 touched.push(g);
             }
             i += 1;
@@ -369,26 +417,52 @@ pub fn replay(
         }
         touched.sort_unstable();
         touched.dedup();
-        for g in touched {
+        writes.clear();
+        for &g in &touched {
             let gw = &mut gws[g];
-            gw.tracker.expire(now);
-            let devices = gw.tracker.devices(now);
+            gw.dirty.extend(gw.tracker.expire(now));
+            let entries: Vec<(&String, Option<SeenDevice>)> = gw
+                .dirty
+                .iter()
+                .map(|id| (id, gw.tracker.seen(id, now)))
+                .collect();
             let due = gw
                 .last_write
                 .is_none_or(|t| now.duration_since(t) >= opts.min_interval);
             let heartbeat_due = gw
                 .last_write
                 .is_none_or(|t| now.duration_since(t) >= opts.heartbeat);
-            let changed = significant(&gw.written, &devices, &opts.tracker);
+            let changed = entries.iter().any(|(id, next)| {
+                significant_change(gw.written.get(*id), next.as_ref(), &opts.tracker)
+            });
             let write = (changed && due) || heartbeat_due;
             if write {
+                let mut w = Write {
+                    gw: g,
+                    seen: Vec::new(),
+                    gone: Vec::new(),
+                };
                 if changed {
-                    gw.written = devices;
+                    // The report takes every device's latest entry.
+                    for (id, next) in entries {
+                        match next {
+                            Some(n) if gw.written.get(id) != Some(&n) => w.seen.push(n),
+                            Some(_) => {}
+                            None if gw.written.contains_key(id) => w.gone.push(id.clone()),
+                            None => {}
+                        }
+                    }
+                    for n in &w.seen {
+                        gw.written.insert(n.id.clone(), n.clone());
+                    }
+                    for id in &w.gone {
+                        gw.written.remove(id);
+                    }
+                    gw.dirty.clear();
                 }
                 gw.last_write = Some(now);
-                gw.report.spec.devices = gw.written.clone();
-                gw.report.spec.heartbeat = Some(now);
-                totals.reports += 1;
+                reports += 1;
+                writes.push(w);
             }
             let rate_limited =
                 (changed && !write).then(|| gw.last_write.unwrap() + opts.min_interval);
@@ -401,15 +475,30 @@ pub fn replay(
             if let Some(w) = gw.wake {
                 queue.push(Reverse((w, g)));
             }
-            if write {
-                let delta = planner.update_report(gw.report.clone(), now);
-                state.apply(&mut timeline, &mut totals, now, delta);
+        }
+        if writes.is_empty() {
+            continue;
+        }
+        for run in &mut runs {
+            run.catch_up(now);
+            for w in &writes {
+                let gone: Vec<&str> = w.gone.iter().map(String::as_str).collect();
+                let delta =
+                    run.planner
+                        .update_devices(&gws[w.gw].name, Some(now), &w.seen, &gone, now);
+                run.state
+                    .apply(&mut run.timeline, &mut run.totals, now, delta);
             }
         }
     }
-    let end = totals.end.unwrap_or(start);
-    state.flush(&mut totals, end);
-    (timeline, totals)
+    runs.into_iter()
+        .map(|mut run| {
+            run.catch_up(end);
+            run.totals.reports = reports;
+            run.state.flush(&mut run.totals, end);
+            (run.timeline, run.totals)
+        })
+        .collect()
 }
 
 /// What runs where during the replay, and since when.
@@ -651,6 +740,80 @@ mod tests {
         assert!(gw > 3 * 3600 && gw <= 4 * 3600, "{:?}", sim.totals);
         // Deterministic.
         assert_eq!(sim, simulate(&repo, &inv, &trace, &SimOptions::default()));
+    }
+
+    /// `update_devices` (what the replay feeds the planner) plans what `update_report` with
+    /// the whole report does, step by step, and `next_due` agrees: a busy day of 40
+    /// bracelets on two gateways that hold a few of them (the rest wait at the edge).
+    #[test]
+    fn partial_reports_plan_as_whole_reports_do() {
+        let (repo, inv, _) = fixture();
+        let gateways = ["gw-home-1".to_string(), "gw-hospital-1".to_string()];
+        let start: Timestamp = "2026-11-27T08:00:00Z".parse().unwrap();
+        let trace = synthetic_trace(&gateways, 40, 2, 20, "omh-bracelet", start);
+        let reports: Vec<GatewayReport> = inv
+            .reports
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.spec.devices.clear();
+                r
+            })
+            .collect();
+        let empty = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
+        let mut whole = Planner::new(&repo, &empty, start);
+        let mut partial = Planner::new(&repo, &empty, start);
+        let mut seen: BTreeMap<(String, String), SeenDevice> = BTreeMap::new();
+        let (mut moved, mut dropped) = (0, 0);
+        for (k, x) in trace.iter().enumerate() {
+            assert_eq!(whole.next_due(), partial.next_due(), "step {k}");
+            if let Some(due) = whole.next_due().filter(|&d| d < x.time) {
+                assert_eq!(whole.advance(due), partial.advance(due), "step {k}");
+            }
+            let key = (x.gateway.clone(), x.device.clone());
+            let first = seen.get(&key).map_or(x.time, |d| d.first_seen);
+            let entry = SeenDevice {
+                id: x.device.clone(),
+                class: x.class.clone(),
+                rssi: x.rssi,
+                first_seen: first,
+                last_seen: x.time,
+            };
+            seen.insert(key, entry.clone());
+            // Devices this gateway has not heard for a minute leave its report.
+            let gone: Vec<String> = seen
+                .iter()
+                .filter(|((g, _), d)| {
+                    *g == x.gateway && x.time.duration_since(d.last_seen).as_secs() > 60
+                })
+                .map(|((_, id), _)| id.clone())
+                .collect();
+            for id in &gone {
+                seen.remove(&(x.gateway.clone(), id.clone()));
+            }
+            dropped += gone.len();
+            let mut report = reports
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(x.gateway.as_str()))
+                .cloned()
+                .unwrap();
+            report.spec.heartbeat = Some(x.time);
+            report.spec.devices = seen
+                .iter()
+                .filter(|((g, _), _)| *g == x.gateway)
+                .map(|(_, d)| d.clone())
+                .collect();
+            let a = whole.update_report(report, x.time);
+            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+            let b = partial.update_devices(&x.gateway, Some(x.time), &[entry], &gone, x.time);
+            moved += a.upserted.iter().filter(|p| p.tier.is_some()).count();
+            assert_eq!(a, b, "step {k} at {}", x.time);
+        }
+        assert_eq!(whole.plan(), partial.plan());
+        assert!(
+            moved > 40 && dropped > 10,
+            "the day moved {moved}, dropped {dropped}"
+        );
     }
 
     #[test]
