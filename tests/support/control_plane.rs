@@ -76,6 +76,7 @@ impl Options {
 pub struct ControlPlane {
     client: Client,
     url: String,
+    etcd_url: String,
     kubeconfig: PathBuf,
     started_in: Duration,
     // Last field: dropped after the client, stops the processes, removes the directory.
@@ -270,6 +271,7 @@ impl ControlPlane {
         ControlPlane {
             client,
             url,
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
             kubeconfig,
             started_in: started.elapsed(),
             processes,
@@ -296,6 +298,12 @@ impl ControlPlane {
     /// The API server's URL, `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// etcd's client URL, `http://127.0.0.1:<port>` (plain HTTP on loopback): for tests that
+    /// read what the API server stored, including past versions.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The control plane's directory: `<component>.log`, `pki/`, `etcd/`, kubeconfigs.
@@ -354,13 +362,15 @@ impl ControlPlane {
     /// it again with the same arguments: same port, same etcd, so clients reconnect to the
     /// same URL and find the same objects. Returns once it is ready again.
     pub async fn restart_apiserver(&mut self, down: Duration) {
-        let dir = self.processes.path().to_owned();
-        let p = self
-            .processes
-            .children
-            .iter_mut()
-            .find(|p| p.name == "kube-apiserver")
-            .expect("kube-apiserver is running");
+        self.stop_apiserver().await;
+        tokio::time::sleep(down).await;
+        self.start_apiserver().await;
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL); etcd and the rest keep running.
+    /// [`Self::start_apiserver`] brings it back.
+    pub async fn stop_apiserver(&mut self) {
+        let p = self.apiserver();
         terminate(p.child.id());
         let deadline = Instant::now() + STOP_GRACE;
         while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -368,7 +378,13 @@ impl ControlPlane {
         }
         let _ = p.child.kill();
         let _ = p.child.wait();
-        tokio::time::sleep(down).await;
+    }
+
+    /// Starts the kube-apiserver [`Self::stop_apiserver`] stopped, with the same arguments;
+    /// returns once it is ready.
+    pub async fn start_apiserver(&mut self) {
+        let dir = self.processes.path().to_owned();
+        let p = self.apiserver();
         let out = File::options()
             .append(true)
             .open(&p.log)
@@ -391,6 +407,14 @@ impl ControlPlane {
                 async || get_text(&client, "/readyz").await.as_deref() == Some("ok"),
             )
             .await;
+    }
+
+    fn apiserver(&mut self) -> &mut Process {
+        self.processes
+            .children
+            .iter_mut()
+            .find(|p| p.name == "kube-apiserver")
+            .expect("kube-apiserver is managed")
     }
 
     /// The log of one component (`etcd`, `kube-apiserver`, `kube-scheduler`,
