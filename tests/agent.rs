@@ -24,6 +24,7 @@ use support::{ControlPlane, KubeletStandIn, Options, two_sites, world};
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
 const BRACELET_NAME: &str = "OMH-BR-0042";
 const HEART_RATE: &str = "0000180d-0000-1000-8000-00805f9b34fb";
+const OTHER_BRACELET: &str = "C4:7C:8D:6A:12:35";
 const THERMOMETER: &str = "A4:C1:38:00:00:07";
 const ENV_SENSING: &str = "0000181a-0000-1000-8000-00805f9b34fb";
 const CONSOLIDATOR: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
@@ -247,6 +248,77 @@ async fn wait_report(
     }
 }
 
+async fn report_opt(client: &Client, node: &str) -> kube::Result<Option<GatewayReport>> {
+    Api::<GatewayReport>::all(client.clone())
+        .get_opt(node)
+        .await
+}
+
+/// Waits until the agent's /metrics has `line`.
+async fn wait_metric(agent: &Agent, line: &str) {
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = agent.get("/metrics");
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no {line:?} within {WAIT:?}: {metrics}\n--- agent log\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The version of the report at etcd `key` as of `revision` (0: the newest), with the
+/// revision that wrote it: etcd v3's JSON gateway (keys and values are base64, which
+/// `k8s_openapi::ByteString` encodes and decodes).
+fn etcd_report(etcd: &str, key: &str, revision: i64) -> Option<(i64, GatewayReport)> {
+    use std::io::{Read, Write};
+    let body = json!({
+        "key": k8s_openapi::ByteString(key.as_bytes().to_vec()),
+        "revision": revision.to_string(),
+    })
+    .to_string();
+    // A plain HTTP/1.0 POST on loopback: etcd answers and closes.
+    let host = etcd.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect to etcd");
+    write!(
+        s,
+        "POST /v3/kv/range HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write to etcd");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read etcd's answer");
+    let (head, json) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.contains(" 200 "), "etcd range: {text}");
+    let answer: Value = serde_json::from_str(json).expect("etcd answers JSON");
+    let kv = answer["kvs"].get(0)?;
+    let modified: i64 = kv["mod_revision"].as_str()?.parse().ok()?;
+    let value: k8s_openapi::ByteString = serde_json::from_value(kv["value"].clone()).ok()?;
+    let report = serde_json::from_slice(&value.0).expect("a GatewayReport stored as JSON");
+    Some((modified, report))
+}
+
+/// Every version of the report at etcd `key` written after revision `after`, oldest first:
+/// walks back from the newest through each version's `mod_revision`.
+fn etcd_versions(etcd: &str, key: &str, after: i64) -> Vec<(i64, GatewayReport)> {
+    let mut out = Vec::new();
+    let mut revision = 0;
+    while let Some((modified, report)) = etcd_report(etcd, key, revision) {
+        if modified <= after {
+            break;
+        }
+        out.push((modified, report));
+        revision = modified - 1;
+    }
+    out.reverse();
+    out
+}
+
 fn device<'a>(r: &'a GatewayReport, id: &str) -> Option<&'a cloud4iot_core::model::SeenDevice> {
     r.spec.devices.iter().find(|d| d.id == id)
 }
@@ -456,6 +528,96 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
     .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("gateway/gw-home-1"), "{out}");
+}
+
+/// The API server goes away while the agent runs: the agent keeps scanning and tracking
+/// (its device count follows the radio), says it is not ready, and when the server is back
+/// its first write is the latest state. It holds the latest state only, not a queue of
+/// reports: etcd's history of the report shows no version between the last one before the
+/// outage and the latest one (the states in between were never written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_api_server_down_the_agent_keeps_scanning_and_writes_only_the_latest_state_when_it_is_back()
+ {
+    let mut cp = world(Options::api_only(), two_sites()).await;
+    let client = cp.client();
+    apply(&cp, &examples_repo()).await;
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    let agent = Agent::start(
+        "gw-home-1",
+        cp.kubeconfig(),
+        &bluez,
+        &["--forget-after", "3s"],
+    );
+    let before = wait_report(&client, "gw-home-1", "the bracelet", &agent, |r| {
+        device(r, BRACELET).is_some_and(|d| d.rssi == -61)
+    })
+    .await;
+    assert!(before.spec.heartbeat.is_some());
+
+    cp.stop_apiserver().await;
+    assert!(
+        report_opt(&client, "gw-home-1").await.is_err(),
+        "the API server is down"
+    );
+    // The last version written before the outage.
+    let key = "/registry/cloud4iot.io/gatewayreports/gw-home-1";
+    let (rv_before, last) = etcd_report(cp.etcd_url(), key, 0).expect("the report is in etcd");
+    assert!(device(&last, BRACELET).is_some(), "{:?}", last.spec);
+    // State 1 (never to be written): a second bracelet arrives.
+    bluez.add(OTHER_BRACELET, "OMH-BR-0043", -70, HEART_RATE);
+    wait_metric(&agent, "cloud4iot_agent_devices 2").await;
+    // The latest state: the first bracelet leaves, the second comes close.
+    bluez.run(&["remove-device", BRACELET]);
+    bluez.run(&["rssi", OTHER_BRACELET, "-45"]);
+    wait_metric(&agent, "cloud4iot_agent_devices 1").await;
+    // Past the 10s smoothing window: the RSSI the agent holds is -45.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (code, body) = agent.get("/readyz");
+    assert_eq!(
+        code, 503,
+        "not ready while its report cannot be written: {body}"
+    );
+    assert!(body.contains("writing GatewayReport gw-home-1"), "{body}");
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        !metrics.contains("cloud4iot_agent_report_errors_total 0"),
+        "the failed writes are counted: {metrics}"
+    );
+    assert!(agent.log().contains("scanning goes on"), "{}", agent.log());
+
+    cp.start_apiserver().await;
+    let latest = wait_report(&client, "gw-home-1", "the latest state", &agent, |r| {
+        device(r, BRACELET).is_none() && device(r, OTHER_BRACELET).is_some_and(|d| d.rssi == -45)
+    })
+    .await;
+    assert_eq!(latest.spec.devices.len(), 1, "{:?}", latest.spec);
+    assert!(agent.log().contains("written again"), "{}", agent.log());
+    // Every version of the report stored since the outage, oldest first: the first one
+    // already is the latest state (heartbeats after it may repeat it).
+    let versions = etcd_versions(cp.etcd_url(), key, rv_before);
+    assert!(!versions.is_empty(), "no version after {rv_before}");
+    for (rev, r) in &versions {
+        let ids: Vec<(&str, i32)> = r
+            .spec
+            .devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.rssi))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![(OTHER_BRACELET, -45)],
+            "version {rev} of the report is not the latest state (versions since {rv_before}: {:?})",
+            versions
+                .iter()
+                .map(|(v, r)| (v, &r.spec.devices))
+                .collect::<Vec<_>>()
+        );
+    }
+    let (code, _) = agent.get("/readyz");
+    assert_eq!(code, 200, "{}", agent.log());
+    let (code, _) = agent.terminate();
+    assert_eq!(code, Some(0));
 }
 
 /// Two gateways, each with its own agent on its own mocked BlueZ: the bracelet leaves the
