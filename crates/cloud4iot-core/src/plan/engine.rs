@@ -787,15 +787,27 @@ impl Planner {
         let mut released: HashMap<String, Inst> = HashMap::default();
         let mut freed: Vec<u32> = gateways.to_vec();
         let mut freed_seen: HashSet<u32> = HashSet::default();
+        // A gateway takes back only what fits in its room (re-placing only takes room), so
+        // it is scanned again when a later release gave it more.
+        let mut scanned_room: HashMap<u32, Resources> = HashMap::default();
         let mut queue = affected;
         let mut seen: HashSet<u32> = queue.iter().copied().collect();
         loop {
             for n in freed.drain(..) {
-                if !freed_seen.insert(n) {
+                let gateway = self.nodes[n as usize].info.tier == Tier::Gateway;
+                if gateway {
+                    let room = self.nodes[n as usize].free;
+                    if scanned_room.insert(n, room) == Some(room) {
+                        continue;
+                    }
+                } else if !freed_seen.insert(n) {
                     continue;
                 }
                 for &j in &self.waiting {
-                    if !seen.contains(&j) && self.could_use(j, n) {
+                    if !seen.contains(&j)
+                        && self.could_use(j, n)
+                        && (!gateway || self.might_fit(j, n))
+                    {
                         seen.insert(j);
                         queue.push(j);
                     }
@@ -1506,6 +1518,23 @@ impl Planner {
         }
         pol.locality != DataLocality::Site
             || self.nodes[n as usize].site == self.nodes[h as usize].site
+    }
+
+    /// Whether waiting instance `i` fits on gateway `g` with the room `g` has now: in a
+    /// re-plan `g` never has more (releases come first), so one that does not fit stays
+    /// where it is and need not be re-planned.
+    fn might_fit(&self, i: u32, g: u32) -> bool {
+        let Some(inst) = self.insts[i as usize].as_ref() else {
+            return false;
+        };
+        let f = &self.fns[inst.function as usize];
+        let (Ok(res), Ok(p)) = (&f.res, &f.policy) else {
+            return true;
+        };
+        let Ok(reserve) = &self.policies[*p].reserve else {
+            return true;
+        };
+        self.try_gateway(f, g, *res, *reserve).is_ok()
     }
 
     fn insert_inst(&mut self, inst: Inst) -> u32 {
