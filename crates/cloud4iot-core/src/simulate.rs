@@ -231,15 +231,13 @@ pub fn simulate(repo: &Repo, inv: &Inventory, trace: &[Sighting], opts: &SimOpti
         p.spec.presence.loss_grace = Duration(opts.tracker.refresh);
     }
     let mut runs = replay_variants(&[repo, &no_dwell, &short_grace], inv, trace, opts);
-    let churn = |t: &[Migration]| t.iter().filter(|m| m.is_churn()).count() as i64;
     let (short_grace, no_dwell) = (runs.pop().expect("3 runs"), runs.pop().expect("3 runs"));
-    let (timeline, totals) = runs.pop().expect("3 runs");
-    let base = churn(&timeline);
+    let main = runs.pop().expect("3 runs");
     Simulation {
-        avoided_by_dwell: churn(&no_dwell.0) - base,
-        avoided_by_loss_grace: churn(&short_grace.0) - base,
-        timeline,
-        totals,
+        avoided_by_dwell: no_dwell.churn - main.churn,
+        avoided_by_loss_grace: short_grace.churn - main.churn,
+        timeline: main.timeline,
+        totals: main.totals,
     }
 }
 
@@ -250,9 +248,10 @@ pub fn replay(
     trace: &[Sighting],
     opts: &SimOptions,
 ) -> (Vec<Migration>, Totals) {
-    replay_variants(&[repo], inv, trace, opts)
+    let run = replay_variants(&[repo], inv, trace, opts)
         .pop()
-        .expect("one run")
+        .expect("one run");
+    (run.timeline, run.totals)
 }
 
 /// One gateway's agent, simulated: the tracker, and what it last wrote.
@@ -280,8 +279,23 @@ struct Write {
 struct Run {
     planner: Planner,
     state: Tracked,
-    timeline: Vec<Migration>,
+    record: Record,
     totals: Totals,
+}
+
+/// What a replay gives: the timeline (of the first repository only: the others count
+/// churn, and a day of a thousand devices churns millions of times without lossGrace).
+struct Replayed {
+    timeline: Vec<Migration>,
+    /// Moves, removals and unplacements ([`Migration::is_churn`]).
+    churn: i64,
+    totals: Totals,
+}
+
+/// Where a run's migrations go.
+struct Record {
+    timeline: Option<Vec<Migration>>,
+    churn: i64,
 }
 
 impl Run {
@@ -290,20 +304,20 @@ impl Run {
         while let Some(due) = self.planner.next_due().filter(|&d| d <= now) {
             let delta = self.planner.advance(due);
             self.state
-                .apply(&mut self.timeline, &mut self.totals, due, delta);
+                .apply(&mut self.record, &mut self.totals, due, delta);
         }
     }
 }
 
 /// Replays `trace` under each of `repos` (which differ in policies only: the device
-/// classes of the first decide what the agents report), one pass: the timeline and totals
-/// of each.
+/// classes of the first decide what the agents report), one pass: the timeline of the
+/// first, the churn and totals of each.
 fn replay_variants(
     repos: &[&Repo],
     inv: &Inventory,
     trace: &[Sighting],
     opts: &SimOptions,
-) -> Vec<(Vec<Migration>, Totals)> {
+) -> Vec<Replayed> {
     let mut sorted: Vec<&Sighting> = trace.iter().collect();
     sorted.sort_by_key(|s| s.time);
     let totals = Totals {
@@ -312,7 +326,14 @@ fn replay_variants(
         ..Totals::default()
     };
     let (Some(start), Some(end)) = (totals.start, totals.end) else {
-        return repos.iter().map(|_| (Vec::new(), totals.clone())).collect();
+        return repos
+            .iter()
+            .map(|_| Replayed {
+                timeline: Vec::new(),
+                churn: 0,
+                totals: totals.clone(),
+            })
+            .collect();
     };
     let min_rssi: HashMap<&str, Option<i32>> = repos[0]
         .device_classes
@@ -332,17 +353,21 @@ fn replay_variants(
     let empty = Inventory::new(inv.nodes.clone(), reports, Vec::new());
     let mut runs: Vec<Run> = repos
         .iter()
-        .map(|repo| {
+        .enumerate()
+        .map(|(k, repo)| {
             let planner = Planner::new(repo, &empty, start);
             let mut run = Run {
                 state: Tracked::default(),
-                timeline: Vec::new(),
+                record: Record {
+                    timeline: (k == 0).then(Vec::new),
+                    churn: 0,
+                },
                 totals: totals.clone(),
                 planner,
             };
             for p in run.planner.plan().placements {
                 run.state
-                    .change(&mut run.timeline, &mut run.totals, start, None, Some(p));
+                    .change(&mut run.record, &mut run.totals, start, None, Some(p));
             }
             run
         })
@@ -487,7 +512,7 @@ fn replay_variants(
                     run.planner
                         .update_devices(&gws[w.gw].name, Some(now), &w.seen, &gone, now);
                 run.state
-                    .apply(&mut run.timeline, &mut run.totals, now, delta);
+                    .apply(&mut run.record, &mut run.totals, now, delta);
             }
         }
     }
@@ -496,7 +521,11 @@ fn replay_variants(
             run.catch_up(end);
             run.totals.reports = reports;
             run.state.flush(&mut run.totals, end);
-            (run.timeline, run.totals)
+            Replayed {
+                timeline: run.record.timeline.unwrap_or_default(),
+                churn: run.record.churn,
+                totals: run.totals,
+            }
         })
         .collect()
 }
@@ -511,18 +540,18 @@ impl Tracked {
     /// Records what a re-plan changed.
     fn apply(
         &mut self,
-        timeline: &mut Vec<Migration>,
+        record: &mut Record,
         totals: &mut Totals,
         now: Timestamp,
         delta: crate::plan::PlanDelta,
     ) {
         for p in delta.upserted {
             let old = self.current(&p.instance);
-            self.change(timeline, totals, now, old, Some(p));
+            self.change(record, totals, now, old, Some(p));
         }
         for (_, instance) in delta.removed {
             let old = self.current(&instance);
-            self.change(timeline, totals, now, old, None);
+            self.change(record, totals, now, old, None);
         }
     }
 
@@ -532,7 +561,7 @@ impl Tracked {
 
     fn change(
         &mut self,
-        timeline: &mut Vec<Migration>,
+        record: &mut Record,
         totals: &mut Totals,
         now: Timestamp,
         old: Option<Placement>,
@@ -564,25 +593,33 @@ impl Tracked {
         if let Some((p, since)) = self.running.remove(&key) {
             account(totals, &p, now.duration_since(since).as_secs());
         }
-        let any = new.as_ref().or(old.as_ref()).expect("one side");
-        let m = Migration {
-            time: now,
-            function: any.function.clone(),
-            instance: any.instance.clone(),
-            device: any.device.clone(),
-            from: old.as_ref().map(loc),
-            to: new.as_ref().map(loc),
-            reason: new
-                .as_ref()
-                .map(|p| p.reason.to_string())
-                .unwrap_or_else(|| {
-                    "no gateway sees the device any more (lossGrace ran out)".to_string()
-                }),
-        };
-        if m.is_move() {
-            *totals.moves.entry(m.function.clone()).or_default() += 1;
+        if old.is_some() {
+            record.churn += 1;
         }
-        timeline.push(m);
+        let placed = |p: &Option<Placement>| p.as_ref().is_some_and(|p| p.tier.is_some());
+        let any = new.as_ref().or(old.as_ref()).expect("one side");
+        if placed(&old) && placed(&new) {
+            *totals.moves.entry(any.function.clone()).or_default() += 1;
+        }
+        if let Some(timeline) = record.timeline.as_mut() {
+            let m = Migration {
+                time: now,
+                function: any.function.clone(),
+                instance: any.instance.clone(),
+                device: any.device.clone(),
+                from: old.as_ref().map(loc),
+                to: new.as_ref().map(loc),
+                reason: new
+                    .as_ref()
+                    .map(|p| p.reason.to_string())
+                    .unwrap_or_else(|| {
+                        "no gateway sees the device any more (lossGrace ran out)".to_string()
+                    }),
+            };
+            debug_assert_eq!(m.is_move(), placed(&old) && placed(&new));
+            debug_assert!(m.is_churn() == old.is_some());
+            timeline.push(m);
+        }
         if let Some(p) = new {
             self.running.insert(key, (p, now));
         }
