@@ -30,7 +30,7 @@ resources in use by others; its devices and Deployments are ignored (the trace i
 presence; the cluster starts empty).\n\n\
 Exit codes: 0 replayed, 1 invalid repository or trace, 2 error.",
     after_help = "Examples:\n  cloud4iot simulate --repo examples-repo --state examples-repo/state/home.yaml \\\n    \
---trace examples-repo/traces/roaming-day.csv\n  \
+--trace examples-repo/traces/roaming-morning.csv\n  \
 cloud4iot simulate --repo . --base main --state state.yaml --trace yesterday.csv -o json"
 )]
 pub struct SimulateArgs {
