@@ -36,9 +36,12 @@ use support::{ControlPlane, Options};
 
 const NOW: &str = "2026-11-28T10:00:00Z";
 
-/// A replicated cloud function with `replicas` instances: the repository the bench renders.
-fn repo_yaml(replicas: usize) -> String {
-    format!(
+/// Replicated cloud functions with `n` instances in all: the repository the bench renders.
+/// One Function holds at most 1,000 replicas (the loader's cap), so larger sizes are split
+/// into `fleet-stats-0`, `fleet-stats-1`, ...
+fn repo_yaml(n: usize) -> String {
+    const MAX_REPLICAS: usize = 1000;
+    let mut yaml = String::from(
         r#"
 apiVersion: cloud4iot.io/v1alpha1
 kind: PlacementPolicy
@@ -47,11 +50,22 @@ metadata:
 spec:
   tiers: [cloud]
   followDevice: false
----
+"#,
+    );
+    let chunks = n.div_ceil(MAX_REPLICAS).max(1);
+    for i in 0..chunks {
+        let name = if chunks == 1 {
+            "fleet-stats".to_owned()
+        } else {
+            format!("fleet-stats-{i}")
+        };
+        let replicas = (n - i * MAX_REPLICAS).min(MAX_REPLICAS);
+        yaml.push_str(&format!(
+            r#"---
 apiVersion: cloud4iot.io/v1alpha1
 kind: Function
 metadata:
-  name: fleet-stats
+  name: {name}
 spec:
   archImages:
     amd64: registry.example.com/fleet/stats:3.2.0-amd64
@@ -69,7 +83,9 @@ spec:
     - name: metrics
       containerPort: 9102
 "#
-    )
+        ));
+    }
+    yaml
 }
 
 /// The Deployments cloud4iot renders for `n` instances in `namespace`.
