@@ -41,17 +41,7 @@ const NOW: &str = "2026-11-28T10:00:00Z";
 /// into `fleet-stats-0`, `fleet-stats-1`, ...
 fn repo_yaml(n: usize) -> String {
     const MAX_REPLICAS: usize = 1000;
-    let mut yaml = String::from(
-        r#"
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata:
-  name: cloud-only
-spec:
-  tiers: [cloud]
-  followDevice: false
-"#,
-    );
+    let mut yaml = String::from(support::repos::CLOUD_POLICY);
     let chunks = n.div_ceil(MAX_REPLICAS).max(1);
     for i in 0..chunks {
         let name = if chunks == 1 {
