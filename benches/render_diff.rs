@@ -134,35 +134,11 @@ fn read_back_once(rendered: &Deployment) -> serde_json::Value {
     })
 }
 
-/// Adds what `from` has and `into` lacks, recursively (lists element by element):
-/// the rendered fields win, the server's additions are filled in.
-fn fill(into: &mut serde_json::Value, from: &serde_json::Value) {
-    use serde_json::Value;
-    match (into, from) {
-        (Value::Object(into), Value::Object(from)) => {
-            for (k, v) in from {
-                match into.get_mut(k) {
-                    Some(mine) => fill(mine, v),
-                    None => {
-                        into.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (Value::Array(into), Value::Array(from)) => {
-            for (mine, theirs) in into.iter_mut().zip(from) {
-                fill(mine, theirs);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// A rendered Deployment as the API server returns it once applied.
 fn as_served(d: &Deployment, i: usize) -> Deployment {
     let served = SERVED.get_or_init(|| read_back_once(d));
     let mut v = serde_json::to_value(d).unwrap();
-    fill(&mut v, served);
+    cloud4iot_core::testing::fill(&mut v, served);
     let meta = v["metadata"].as_object_mut().unwrap();
     meta.insert(
         "uid".into(),

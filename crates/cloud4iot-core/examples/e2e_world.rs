@@ -231,28 +231,6 @@ fn node(n: &NodeInfo, i: usize, created: &str) -> Value {
     })
 }
 
-/// Adds what `from` has and `into` lacks, recursively (lists element by element).
-fn fill(into: &mut Value, from: &Value) {
-    match (into, from) {
-        (Value::Object(into), Value::Object(from)) => {
-            for (k, v) in from {
-                match into.get_mut(k) {
-                    Some(mine) => fill(mine, v),
-                    None => {
-                        into.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (Value::Array(into), Value::Array(from)) => {
-            for (mine, theirs) in into.iter_mut().zip(from) {
-                fill(mine, theirs);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// A rendered Deployment as the API server returns it once applied and rolled out: the
 /// server's defaults (as kube-apiserver v1.37 sets them, see `examples-repo/state`), its
 /// metadata and the deployment controller's status.
@@ -300,7 +278,7 @@ fn served(mut d: Value, i: usize, created: &str) -> Value {
             "updatedReplicas": 1,
         },
     });
-    fill(&mut d, &defaults);
+    cloud4iot_core::testing::fill(&mut d, &defaults);
     // Ports get the default protocol.
     if let Some(ports) = d
         .pointer_mut("/spec/template/spec/containers/0/ports")

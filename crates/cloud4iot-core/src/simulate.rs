@@ -341,16 +341,7 @@ fn replay_variants(
         .map(|c| (c.name(), c.spec.min_rssi))
         .collect();
     // The cluster starts empty: nodes, and the resources reports say are used by others.
-    let reports: Vec<GatewayReport> = inv
-        .reports
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            r.spec.devices.clear();
-            r
-        })
-        .collect();
-    let empty = Inventory::new(inv.nodes.clone(), reports, Vec::new());
+    let empty = Inventory::new(inv.nodes.clone(), without_sightings(inv), Vec::new());
     let mut runs: Vec<Run> = repos
         .iter()
         .enumerate()
@@ -703,6 +694,19 @@ pub fn synthetic_trace(
     out
 }
 
+/// The snapshot's GatewayReports with their sightings cleared: the replay starts from the
+/// nodes and what reports say others use, and the trace brings the devices.
+fn without_sightings(inv: &Inventory) -> Vec<GatewayReport> {
+    inv.reports
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.spec.devices.clear();
+            r
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,15 +792,7 @@ mod tests {
         let gateways = ["gw-home-1".to_string(), "gw-hospital-1".to_string()];
         let start: Timestamp = "2026-11-27T08:00:00Z".parse().unwrap();
         let trace = synthetic_trace(&gateways, 40, 2, 20, "omh-bracelet", start);
-        let reports: Vec<GatewayReport> = inv
-            .reports
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                r.spec.devices.clear();
-                r
-            })
-            .collect();
+        let reports = without_sightings(&inv);
         let empty = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
         let mut whole = Planner::new(&repo, &empty, start);
         let mut partial = Planner::new(&repo, &empty, start);
