@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::{Arch, Fields, LiveDeployment, SERVER_ANNOTATIONS, Tier, labels};
@@ -80,18 +80,35 @@ pub enum PlacementChangeKind {
     Disappeared,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlacementChange {
-    pub change: PlacementChangeKind,
+/// Which instance changed place, from where to where: what a diff's [`PlacementChange`]
+/// and a simulation's [`crate::simulate::Migration`] share, each with its own kind of
+/// location. Embedded flattened, so the JSON keeps the fields at the top level.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceChange<L> {
     pub function: String,
     pub instance: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    pub from: Option<Location>,
-    pub to: Option<Location>,
+    pub from: Option<L>,
+    pub to: Option<L>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementChange {
+    pub change: PlacementChangeKind,
+    #[serde(flatten)]
+    pub moved: InstanceChange<Location>,
     pub reason_before: Option<String>,
     pub reason_after: Option<String>,
+}
+
+/// The instance's fields read as the change's own (`change.from`, `change.instance`).
+impl std::ops::Deref for PlacementChange {
+    type Target = InstanceChange<Location>;
+    fn deref(&self) -> &Self::Target {
+        &self.moved
+    }
 }
 
 /// Instances whose placement differs between `before` and `after`, sorted by (function,
@@ -121,11 +138,13 @@ pub fn placement_changes(before: &Plan, after: &Plan) -> Vec<PlacementChange> {
         let any = a.or(b).expect("one side exists");
         out.push(PlacementChange {
             change,
-            function: k.0,
-            instance: k.1,
-            device: any.device.clone(),
-            from,
-            to,
+            moved: InstanceChange {
+                function: k.0,
+                instance: k.1,
+                device: any.device.clone(),
+                from,
+                to,
+            },
             reason_before: b.map(|p| p.reason.to_string()),
             reason_after: a.map(|p| p.reason.to_string()),
         });

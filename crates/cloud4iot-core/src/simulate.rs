@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use crate::diff::InstanceChange;
 use crate::model::{Duration, GatewayReport, Inventory, Repo, SeenDevice, Tier};
 use crate::plan::{Placement, Planner};
 use crate::presence::{Tracker, TrackerOptions, significant_change};
@@ -168,13 +169,17 @@ impl std::fmt::Display for Location {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {
     pub time: Timestamp,
-    pub function: String,
-    pub instance: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    pub from: Option<Location>,
-    pub to: Option<Location>,
+    #[serde(flatten)]
+    pub moved: InstanceChange<Location>,
     pub reason: String,
+}
+
+/// The instance's fields read as the migration's own (`m.from`, `m.instance`).
+impl std::ops::Deref for Migration {
+    type Target = InstanceChange<Location>;
+    fn deref(&self) -> &Self::Target {
+        &self.moved
+    }
 }
 
 impl Migration {
@@ -595,11 +600,13 @@ impl Tracked {
         if let Some(timeline) = record.timeline.as_mut() {
             let m = Migration {
                 time: now,
-                function: any.function.clone(),
-                instance: any.instance.clone(),
-                device: any.device.clone(),
-                from: old.as_ref().map(loc),
-                to: new.as_ref().map(loc),
+                moved: InstanceChange {
+                    function: any.function.clone(),
+                    instance: any.instance.clone(),
+                    device: any.device.clone(),
+                    from: old.as_ref().map(loc),
+                    to: new.as_ref().map(loc),
+                },
                 reason: new
                     .as_ref()
                     .map(|p| p.reason.to_string())
