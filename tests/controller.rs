@@ -84,6 +84,35 @@ async fn report(
     .await
 }
 
+/// The bracelet at home: gw-home-1 has seen it for half an hour, gw-hospital-1 not at all.
+async fn bracelet_at_home(client: &Client) {
+    report(client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(client, "gw-hospital-1", None, -58, "0").await;
+}
+
+/// The bracelet roams: `to` has seen it for 5 minutes (past a 30 s dwell), then `from`
+/// sees it no more. (`to` first: a device no gateway reports at all has no instance to
+/// move.)
+async fn roam(client: &Client, from: &str, to: &str) {
+    report(client, to, Some(ago(300)), -58, "0").await;
+    report(client, from, None, -58, "0").await;
+}
+
+/// The roaming repository (dwell 30s) in `dir`, the bracelet at home, and a controller
+/// started on it, ready, with the consolidator stored on gw-home-1.
+async fn settled_at_home(cp: &ControlPlane, dir: &Path) -> (GitRepo, Controller) {
+    let client = cp.client();
+    let repo = roaming_repo(dir, "30s");
+    bracelet_at_home(&client).await;
+    let ctl = Controller::start(cp, dir, &[]);
+    ctl.wait_ready().await;
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "at home", |d| {
+        node_label(d).as_deref() == Some("gw-home-1")
+    })
+    .await;
+    (repo, ctl)
+}
+
 /// Polls `probe` until it returns Some, or panics with `what` (and `context()`) after WAIT.
 async fn eventually<T>(
     what: &str,
@@ -404,8 +433,7 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
     let _kubelet = KubeletStandIn::start(client.clone());
     let dir = tempfile::tempdir().unwrap();
     let mut repo = roaming_repo(dir.path(), "30s");
-    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-    report(&client, "gw-hospital-1", None, -58, "0").await;
+    bracelet_at_home(&client).await;
 
     let ctl = Controller::start(&cp, dir.path(), &[]);
     ctl.wait_ready().await;
@@ -462,9 +490,7 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
 
     // The bracelet reaches the hospital: its consolidator follows, and the real scheduler
     // binds the new Pod there.
-    // (The hospital first: a device no gateway reports at all has no instance to move.)
-    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
-    report(&client, "gw-home-1", None, -58, "0").await;
+    roam(&client, "gw-home-1", "gw-hospital-1").await;
     let d = wait_deployment(
         &client,
         &ctl,
@@ -549,8 +575,7 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     let _kubelet = KubeletStandIn::start(client.clone());
     let dir = tempfile::tempdir().unwrap();
     let _repo = roaming_repo(dir.path(), "30s");
-    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-    report(&client, "gw-hospital-1", None, -58, "0").await;
+    bracelet_at_home(&client).await;
 
     // Each replica's Pod, as the Deployment would make them (no kubelet runs them): the
     // leader labels its own for the webhook Service.
@@ -622,9 +647,7 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     // The leader crashes (nothing released). The standby takes over within the lease
     // duration and follows the bracelet to the hospital.
     leader.kill().await;
-    // (The hospital first: a device no gateway reports at all has no instance to move.)
-    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
-    report(&client, "gw-home-1", None, -58, "0").await;
+    roam(&client, "gw-home-1", "gw-hospital-1").await;
     let taken = Instant::now();
     wait_deployment(
         &client,
@@ -802,8 +825,7 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
         &cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1),
     );
     let good = repo.commit_ssh_signed("signed", &key);
-    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-    report(&client, "gw-hospital-1", None, -58, "0").await;
+    bracelet_at_home(&client).await;
     let signers = signers.to_str().unwrap().to_owned();
     let ctl = Controller::start(
         &cp,
@@ -871,8 +893,7 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
         .await
         .expect("not pruned");
     assert_eq!(still.metadata.uid, fleet.metadata.uid);
-    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
-    report(&client, "gw-home-1", None, -58, "0").await;
+    roam(&client, "gw-home-1", "gw-hospital-1").await;
     let moved = wait_deployment(&client, &ctl, CONSOLIDATOR, "the roam while stalled", |d| {
         node_label(d).as_deref() == Some("gw-hospital-1")
     })
@@ -1085,20 +1106,11 @@ async fn after_an_api_server_restart_the_controller_reconnects_and_converges() {
     let mut cp = cluster().await;
     let client = cp.client();
     let dir = tempfile::tempdir().unwrap();
-    let _repo = roaming_repo(dir.path(), "30s");
-    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-    report(&client, "gw-hospital-1", None, -58, "0").await;
-    let ctl = Controller::start(&cp, dir.path(), &[]);
-    ctl.wait_ready().await;
-    wait_deployment(&client, &ctl, CONSOLIDATOR, "at home", |d| {
-        node_label(d).as_deref() == Some("gw-home-1")
-    })
-    .await;
+    let (_repo, ctl) = settled_at_home(&cp, dir.path()).await;
 
     cp.restart_apiserver(Duration::from_secs(3)).await;
     // The same etcd, a new API server: presence changes are followed again.
-    report(&client, "gw-hospital-1", Some(ago(300)), -58, "0").await;
-    report(&client, "gw-home-1", None, -58, "0").await;
+    roam(&client, "gw-home-1", "gw-hospital-1").await;
     wait_deployment(
         &client,
         &ctl,
@@ -1292,15 +1304,7 @@ mod bench {
         let client = cp.client();
         let _kubelet = KubeletStandIn::start(client.clone());
         let dir = tempfile::tempdir().unwrap();
-        let _repo = roaming_repo(dir.path(), "30s");
-        report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-        report(&client, "gw-hospital-1", None, -58, "0").await;
-        let ctl = Controller::start(&cp, dir.path(), &[]);
-        ctl.wait_ready().await;
-        wait_deployment(&client, &ctl, CONSOLIDATOR, "at home", |d| {
-            node_label(d).as_deref() == Some("gw-home-1")
-        })
-        .await;
+        let (_repo, ctl) = settled_at_home(&cp, dir.path()).await;
         wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-home-1").await;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
         let mut stored = Vec::new();
