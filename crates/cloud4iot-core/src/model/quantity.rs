@@ -68,10 +68,7 @@ impl Resources {
 impl Add for Resources {
     type Output = Resources;
     fn add(self, o: Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
-        }
+        self.each(o, i64::saturating_add)
     }
 }
 
@@ -84,9 +81,17 @@ impl AddAssign for Resources {
 impl Sub for Resources {
     type Output = Resources;
     fn sub(self, o: Resources) -> Resources {
+        self.each(o, i64::saturating_sub)
+    }
+}
+
+impl Resources {
+    /// `op` on each resource of `self` and `o`: CPU with CPU, memory with memory.
+    #[inline]
+    fn each(self, o: Resources, op: fn(i64, i64) -> i64) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            cpu_millis: op(self.cpu_millis, o.cpu_millis),
+            memory_bytes: op(self.memory_bytes, o.memory_bytes),
         }
     }
 }
