@@ -714,14 +714,7 @@ impl Controller {
             });
             self.backoff.fail();
         } else {
-            if self
-                .facts
-                .apply
-                .as_ref()
-                .is_some_and(|p| p.reason == "ApplyFailed")
-            {
-                self.facts.apply = None;
-            }
+            self.facts.clear_apply("ApplyFailed");
             self.backoff.ok();
         }
         self.shared
@@ -747,14 +740,7 @@ impl Controller {
         let held = std::mem::take(&mut self.world.held);
         self.world.dirty.extend(held);
         self.world.dirty_trigger.get_or_insert(Trigger::Presence);
-        if self
-            .facts
-            .apply
-            .as_ref()
-            .is_some_and(|p| p.reason == "PruneRefused")
-        {
-            self.facts.apply = None;
-        }
+        self.facts.clear_apply("PruneRefused");
     }
 
     /// Counts and publishes a migration Event, if `before` -> `after` is one.

@@ -31,6 +31,16 @@ pub struct Facts {
     pub applied_revision: Option<String>,
 }
 
+impl Facts {
+    /// Forgets the write problem if it is the one named `reason` (it has gone away); any
+    /// other stays until its own cause clears.
+    pub fn clear_apply(&mut self, reason: &str) {
+        if self.apply.as_ref().is_some_and(|p| p.reason == reason) {
+            self.apply = None;
+        }
+    }
+}
+
 /// The conditions for `facts`, keeping each condition's lastTransitionTime from `prev`
 /// while its status does not change (kstatus: Reconciling and Stalled are present only
 /// while True).
