@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{ControlPlane, KubeletStandIn, Options, two_sites, world};
+use support::{ControlPlane, KubeletStandIn, Options, free_port, two_sites, world};
 
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
 const BRACELET_NAME: &str = "OMH-BR-0042";
@@ -94,14 +94,6 @@ struct Agent {
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Agent {
@@ -836,46 +828,14 @@ async fn kubectl_apply(cp: &ControlPlane, docs: &[Value]) {
         .iter()
         .map(|d| format!("---\n{}", serde_norway::to_string(d).unwrap()))
         .collect();
-    kubectl_apply_yaml(cp, &yaml).await;
-}
-
-async fn kubectl_apply_yaml(cp: &ControlPlane, yaml: &str) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("kubectl")
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=test",
-            "-f",
-            "-",
-            "--kubeconfig",
-        ])
-        .arg(cp.kubeconfig())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .await
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.kubectl_apply(&yaml, "test").await;
 }
 
 /// `cloud4iot manifests`, applied (CRDs, RBAC, the admission policy).
 async fn install(cp: &ControlPlane) {
     let (code, yaml) = cloud4iot(&["manifests"]).await;
     assert_eq!(code, 0, "{yaml}");
-    kubectl_apply_yaml(cp, &yaml).await;
+    cp.kubectl_apply(&yaml, "test").await;
 }
 
 /// A Pod of the agent's service account bound to `node` (there is no kubelet: it stays

@@ -23,7 +23,9 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use support::repos::{CLOUD_POLICY, CONSOLIDATOR_FN, DEVICE_CLASS, cloud_function, roaming_policy};
-use support::{ControlPlane, KubeletStandIn, Options, seen, two_sites, world, write_report};
+use support::{
+    ControlPlane, KubeletStandIn, Options, free_port, seen, two_sites, world, write_report,
+};
 
 const NS: &str = "cloud4iot-functions";
 const SYSTEM_NS: &str = "cloud4iot-system";
@@ -221,14 +223,6 @@ struct Controller {
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Controller {

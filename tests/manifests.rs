@@ -6,8 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cloud4iot_kube::install::{
@@ -315,34 +314,8 @@ const POLICY_MESSAGE: &str = "may write only the GatewayReport named after its o
 async fn a_real_api_server_accepts_and_enforces_the_manifests() {
     let cp = support::ControlPlane::start(support::Options::api_only()).await;
     let yaml = stream(&[]);
-    let mut kubectl = Command::new(support::assets::kubectl())
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=cloud4iot-install",
-            "-f",
-            "-",
-            "--kubeconfig",
-        ])
-        .arg(cp.kubeconfig())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the kubectl of tests/control-plane");
-    kubectl
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = kubectl.wait_with_output().unwrap();
+    let out = cp.kubectl_apply(&yaml, "cloud4iot-install").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl apply failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
         stdout.lines().count(),
         documents(&yaml).len(),

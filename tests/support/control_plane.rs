@@ -288,6 +288,40 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// `kubectl apply --server-side -f -` of the YAML stream `yaml` as field manager
+    /// `manager`, with the kubectl of tests/control-plane: its output. Panics with kubectl's
+    /// stderr if it fails.
+    pub async fn kubectl_apply(&self, yaml: &str, manager: &str) -> std::process::Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(assets::kubectl())
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager",
+                manager,
+                "-f",
+                "-",
+            ])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the kubectl of tests/control-plane");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(yaml.as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// A fresh client configuration from [`Self::kubeconfig`].
     pub async fn config(&self) -> Config {
         config_from(&self.kubeconfig)
@@ -640,10 +674,11 @@ fn tail(log: &Path) -> String {
     )
 }
 
-/// A loopback port that was free a moment ago and that no other control plane of
-/// this process was given. Another process may still take it before the component
-/// binds it: callers retry on "address already in use".
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago and that nothing else in this process (a
+/// control plane's component, a controller or agent under test) was given. Another
+/// process may still take it before it is bound: the control plane retries on "address
+/// already in use".
+pub fn free_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let listener =
