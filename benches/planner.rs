@@ -28,15 +28,9 @@ fn planner(c: &mut Criterion) {
     }
     let count = |t: Option<Tier>| full.placements.iter().filter(|p| p.tier == t).count();
     eprintln!(
-        "world: {} nodes, {} reports, {} sightings, {} functions; plan: {} instances \
-         ({} per-device), {} gateway, {} edge, {} cloud, {} unplaced",
-        inv.nodes.len(),
-        inv.reports.len(),
-        inv.reports
-            .iter()
-            .map(|r| r.spec.devices.len())
-            .sum::<usize>(),
-        repo.functions.len(),
+        "world: {}; plan: {} instances ({} per-device), {} gateway, {} edge, {} cloud, \
+         {} unplaced",
+        cloud4iot_core::testing::world_size(&repo, &inv),
         full.placements.len(),
         full.placements
             .iter()

@@ -103,14 +103,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         items.push(served(serde_json::to_value(d)?, i, created));
     }
     eprintln!(
-        "{} nodes, {} reports, {} sightings, {} functions; {} instances planned, {} Deployments",
-        inv.nodes.len(),
-        inv.reports.len(),
-        inv.reports
-            .iter()
-            .map(|r| r.spec.devices.len())
-            .sum::<usize>(),
-        repo.functions.len(),
+        "{}; {} instances planned, {} Deployments",
+        cloud4iot_core::testing::world_size(&repo, &inv),
         plan.placements.len(),
         rendered.len()
     );

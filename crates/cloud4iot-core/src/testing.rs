@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Tain
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::{Repo, Tier, labels};
+use crate::model::{Inventory, Repo, Tier, labels};
 use crate::plan::Placement;
 
 /// Repository documents (Function, PlacementPolicy, DeviceClass) read straight into a
@@ -98,6 +98,18 @@ pub fn node(tier: Tier, name: &str, site: &str, arch: &str, cpu: &str, memory: &
     }
 }
 
+/// A generated world's size, as the benches and generators print it: "N nodes, N reports,
+/// N sightings, N functions".
+pub fn world_size(repo: &Repo, inv: &Inventory) -> String {
+    let sightings: usize = inv.reports.iter().map(|r| r.spec.devices.len()).sum();
+    format!(
+        "{} nodes, {} reports, {sightings} sightings, {} functions",
+        inv.nodes.len(),
+        inv.reports.len(),
+        repo.functions.len()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +125,10 @@ mod tests {
         assert!(
             repo.policies.is_empty(),
             "no checks: the policy may be missing"
+        );
+        assert_eq!(
+            world_size(&repo, &Inventory::default()),
+            "0 nodes, 0 reports, 0 sightings, 1 functions"
         );
 
         let info =
