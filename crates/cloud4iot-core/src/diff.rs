@@ -32,15 +32,13 @@ use crate::model::{Arch, Fields, LiveDeployment, SERVER_ANNOTATIONS, Tier, label
 use crate::plan::{Placement, Plan};
 
 /// Where an instance runs, as far as a reviewer cares.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Location {
     pub tier: Tier,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<Arch>,
 }
 

@@ -41,6 +41,7 @@ pub struct ReconcilerSpec {
 }
 
 /// What the controller last did.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcilerStatus {
@@ -49,16 +50,12 @@ pub struct ReconcilerStatus {
     pub conditions: Vec<Condition>,
     /// The revision last applied in full (`main@sha1:<hash>`); it keeps being reconciled
     /// against presence changes while a newer one is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied_revision: Option<String>,
     /// The revision last fetched, whether it was applied or not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempted_revision: Option<String>,
     /// When the last full reconcile (new revision, takeover, resync) finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reconciled_at: Option<Time>,
     /// The replica holding the leader Lease.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
     /// Placed instances per tier (`gateway`, `edge`, `cloud`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

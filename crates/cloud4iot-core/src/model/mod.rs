@@ -175,11 +175,11 @@ pub type PlacementPolicy = Object<PlacementPolicySpec>;
 pub type DeviceClass = Object<DeviceClassSpec>;
 
 /// An IoT function: a container image and how many instances of it run, and where.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FunctionSpec {
     /// Image for every architecture (a multi-arch image), unless `archImages` names one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Image per architecture (`arm64`, `arm`, `amd64`, ...), overriding `image`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -213,13 +213,12 @@ pub fn image_for<'a>(
 }
 
 /// Exactly one of `perDevice` or `replicas` (checked by validation).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Instances {
     /// One instance per present device of the class; the instance follows its device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_device: Option<PerDevice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
 }
 
@@ -237,13 +236,12 @@ pub struct EnvVar {
     pub value: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Port {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub container_port: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
 }
 
@@ -260,6 +258,7 @@ pub enum DataLocality {
     Gateway,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PlacementPolicySpec {
@@ -275,7 +274,6 @@ pub struct PlacementPolicySpec {
     #[serde(default)]
     pub presence: Presence,
     /// Resources kept free on every gateway for anything else.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_reserve: Option<ResourceQuantities>,
     /// Higher priority keeps gateway room first when it runs short.
     #[serde(default)]
@@ -283,7 +281,6 @@ pub struct PlacementPolicySpec {
     /// Named alternatives of `tiers`, selected by `mode`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub modes: BTreeMap<String, Mode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
 }
 
@@ -309,11 +306,11 @@ pub struct Mode {
 
 /// Hysteresis for device presence, so a device between two gateways does not make its
 /// function flap.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Presence {
     /// Weakest signal (dBm) that counts as present; falls back to the device class's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_rssi: Option<i32>,
     /// How long a gateway must have seen a device before an instance moves there.
     #[serde(default = "default_dwell")]
@@ -341,21 +338,21 @@ impl Default for Presence {
 }
 
 /// How a gateway recognises a device of this class in BLE advertisements.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeviceClassSpec {
     #[serde(rename = "match")]
     pub matcher: DeviceMatch,
     /// Weakest signal (dBm) an agent reports for this class.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_rssi: Option<i32>,
 }
 
 /// Any one criterion matching is enough.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeviceMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_uuids: Vec<String>,
