@@ -19,8 +19,8 @@ pub use inventory::{Inventory, NodeBlock, NodeError, NodeInfo};
 pub use live::{FieldManager, LiveDeployment, SERVER_ANNOTATIONS};
 pub(crate) use live::{Fields, LiveMeta, Spec as LiveSpec};
 pub use quantity::{
-    QuantityError, ResourceQuantities, Resources, format_cpu, format_memory, number_as_quantity,
-    parse_cpu_millis, parse_memory_bytes,
+    Cpu, Memory, QuantityError, ResourceQuantities, Resources, format_cpu, format_memory,
+    number_as_quantity, parse_cpu_millis, parse_memory_bytes,
 };
 
 pub const GROUP: &str = "cloud4iot.io";

@@ -101,35 +101,57 @@ impl fmt::Display for Resources {
         write!(
             f,
             "cpu {}, memory {}",
-            format_cpu(self.cpu_millis),
-            format_memory(self.memory_bytes)
+            Cpu(self.cpu_millis),
+            Memory(self.memory_bytes)
         )
     }
 }
 
 /// `950m`, `2` — the shortest exact form, as kubectl prints it.
 pub fn format_cpu(millis: i64) -> String {
-    if millis % 1000 == 0 {
-        format!("{}", millis / 1000)
-    } else {
-        format!("{millis}m")
-    }
+    Cpu(millis).to_string()
 }
 
 /// `512Mi`, `1Gi`, or plain bytes when no binary suffix is exact.
 pub fn format_memory(bytes: i64) -> String {
-    const UNITS: [(&str, i64); 4] = [
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
-    for (suffix, unit) in UNITS {
-        if bytes != 0 && bytes % unit == 0 {
-            return format!("{}{suffix}", bytes / unit);
+    Memory(bytes).to_string()
+}
+
+/// Millicores printed as [`format_cpu`] does, without building a string (reasons are
+/// printed, and compared by their text, on the planner's hot path).
+#[derive(Clone, Copy, Debug)]
+pub struct Cpu(pub i64);
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % 1000 == 0 {
+            write!(f, "{}", self.0 / 1000)
+        } else {
+            write!(f, "{}m", self.0)
         }
     }
-    bytes.to_string()
+}
+
+/// Bytes printed as [`format_memory`] does, without building a string.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory(pub i64);
+
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, i64); 4] = [
+            ("Ti", 1 << 40),
+            ("Gi", 1 << 30),
+            ("Mi", 1 << 20),
+            ("Ki", 1 << 10),
+        ];
+        let bytes = self.0;
+        for (suffix, unit) in UNITS {
+            if bytes != 0 && bytes % unit == 0 {
+                return write!(f, "{}{suffix}", bytes / unit);
+            }
+        }
+        write!(f, "{bytes}")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

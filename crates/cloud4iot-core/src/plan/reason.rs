@@ -6,7 +6,7 @@ use std::fmt;
 
 use jiff::SignedDuration;
 
-use crate::model::{Arch, Duration, NodeBlock, Tier, format_cpu, format_memory};
+use crate::model::{Arch, Cpu, Duration, Memory, NodeBlock, Tier};
 
 /// The reason of one placement. Two reasons are equal when their text is.
 #[derive(Clone, Debug)]
@@ -249,8 +249,8 @@ impl fmt::Display for Reason {
             } => write!(
                 f,
                 "{gateway} has the most room (cpu {}, memory {} free)",
-                format_cpu(*cpu_millis),
-                format_memory(*memory_bytes)
+                Cpu(*cpu_millis),
+                Memory(*memory_bytes)
             ),
             Reason::Prefers {
                 policy,
@@ -320,13 +320,13 @@ impl fmt::Display for Refusal {
                     write!(
                         f,
                         "memory {} of {}",
-                        format_memory(m.used),
-                        format_memory(m.allocatable - m.reserve)
+                        Memory(m.used),
+                        Memory(m.allocatable - m.reserve)
                     )?;
                     if m.reserve > 0 {
-                        write!(f, " after the {} reserve", format_memory(m.reserve))?;
+                        write!(f, " after the {} reserve", Memory(m.reserve))?;
                     }
-                    write!(f, ", needs {}", format_memory(m.needs))?;
+                    write!(f, ", needs {}", Memory(m.needs))?;
                 }
                 f.write_str(")")
             }
@@ -349,8 +349,8 @@ impl fmt::Display for Refusal {
                 f,
                 "no {tier}{} has room (needs cpu {}, memory {})",
                 at(site),
-                format_cpu(*cpu_millis),
-                format_memory(*memory_bytes)
+                Cpu(*cpu_millis),
+                Memory(*memory_bytes)
             ),
             Refusal::NoSiteLabel { node, tier } => write!(
                 f,
@@ -417,10 +417,40 @@ impl PartialEq for Reason {
     fn eq(&self, other: &Reason) -> bool {
         match (self, other) {
             (Reason::Text(a), Reason::Text(b)) => a == b,
-            (Reason::Text(a), r) | (r, Reason::Text(a)) => r == a.as_str(),
-            (a, b) => a.to_string() == b.to_string(),
+            (Reason::Text(a), r) | (r, Reason::Text(a)) => prints_as(r, a),
+            (a, b) => TEXT.with(|buf| {
+                // Re-planning compares reasons on every placement: one reused buffer, and
+                // the other side compared as it prints, so nothing is allocated.
+                let Ok(mut buf) = buf.try_borrow_mut() else {
+                    return a.to_string() == b.to_string();
+                };
+                buf.clear();
+                fmt::Write::write_fmt(&mut *buf, format_args!("{a}")).is_ok() && prints_as(b, &buf)
+            }),
         }
     }
+}
+
+thread_local! {
+    static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Whether `r` prints exactly as `text`; stops at the first difference.
+fn prints_as(r: &Reason, text: &str) -> bool {
+    struct Against<'a>(&'a str);
+    impl fmt::Write for Against<'_> {
+        fn write_str(&mut self, part: &str) -> fmt::Result {
+            match self.0.strip_prefix(part) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                None => Err(fmt::Error),
+            }
+        }
+    }
+    let mut against = Against(text);
+    fmt::Write::write_fmt(&mut against, format_args!("{r}")).is_ok() && against.0.is_empty()
 }
 
 impl Eq for Reason {}
@@ -429,7 +459,7 @@ impl PartialEq<str> for Reason {
     fn eq(&self, other: &str) -> bool {
         match self {
             Reason::Text(s) => s == other,
-            r => r.to_string() == other,
+            r => prints_as(r, other),
         }
     }
 }
@@ -449,5 +479,45 @@ impl serde::Serialize for Reason {
 impl<'de> serde::Deserialize<'de> for Reason {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Reason::Text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sees(gateway: &str, millis: i64) -> Reason {
+        Reason::Sees {
+            gateway: gateway.to_string(),
+            rssi: -60,
+            seen_for: SignedDuration::from_millis(millis),
+            present_at: 1,
+        }
+    }
+
+    #[test]
+    fn reasons_are_equal_when_their_text_is() {
+        // Whole seconds are printed: 1.2s and 1.7s read the same.
+        assert_eq!(sees("gw-a", 1_200), sees("gw-a", 1_700));
+        assert_ne!(sees("gw-a", 1_200), sees("gw-a", 2_200));
+        assert_ne!(sees("gw-a", 1_000), sees("gw-b", 1_000));
+        let text = sees("gw-a", 1_000).to_string();
+        assert_eq!(sees("gw-a", 1_000), Reason::Text(text.clone()));
+        assert_eq!(Reason::Text(text.clone()), sees("gw-a", 1_000));
+        assert_eq!(sees("gw-a", 1_000), text.as_str());
+        // A prefix, or a longer text, is not the same text.
+        assert_ne!(sees("gw-a", 1_000), text[..text.len() - 1]);
+        assert_ne!(sees("gw-a", 1_000), format!("{text}!").as_str());
+        let full = Reason::Unplaced(vec![Refusal::NoRoom {
+            tier: Tier::Edge,
+            site: None,
+            cpu_millis: 250,
+            memory_bytes: 96 << 20,
+        }]);
+        assert_eq!(
+            full,
+            "no edge has room (needs cpu 250m, memory 96Mi): unplaced"
+        );
+        assert_eq!(full, full.clone());
     }
 }
