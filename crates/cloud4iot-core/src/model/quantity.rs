@@ -138,14 +138,10 @@ pub struct Memory(pub i64);
 
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, i64); 4] = [
-            ("Ti", 1 << 40),
-            ("Gi", 1 << 30),
-            ("Mi", 1 << 20),
-            ("Ki", 1 << 10),
-        ];
         let bytes = self.0;
-        for (suffix, unit) in UNITS {
+        // Ti down to Ki (larger units as so many Ti).
+        for (i, suffix) in BINARY[..4].iter().enumerate().rev() {
+            let unit = 1i64 << (10 * (i + 1));
             if bytes != 0 && bytes % unit == 0 {
                 return write!(f, "{}{suffix}", bytes / unit);
             }
@@ -160,6 +156,11 @@ pub struct QuantityError {
     pub value: String,
     pub why: &'static str,
 }
+
+/// The decimal suffixes, a factor of 1000 apart: `n` is 10^-9, none is 1, `E` is 10^18.
+const DECIMAL: [&str; 10] = ["n", "u", "m", "", "k", "M", "G", "T", "P", "E"];
+/// The binary suffixes, a factor of 1024 apart: `Ki` is 2^10, `Ei` is 2^60.
+const BINARY: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
 
 /// Splits a quantity into its decimal number and suffix, and scales the number by
 /// `10^exp10 * 2^exp2` given by the suffix. Returns the value multiplied by `scale`
@@ -178,28 +179,19 @@ fn parse_scaled(value: &str, scale: i128) -> Result<i64, QuantityError> {
         .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     // Decimal exponent forms (1e3, 1E3) are valid quantities too.
-    let (exp10, exp2): (i32, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        other if other.starts_with(['e', 'E']) => (
-            other[1..].parse::<i32>().map_err(|_| err("bad exponent"))?,
+    let (exp10, exp2): (i32, u32) = if let Some(i) = DECIMAL.iter().position(|&x| x == suffix) {
+        (3 * i as i32 - 9, 0)
+    } else if let Some(i) = BINARY.iter().position(|&x| x == suffix) {
+        (0, 10 * (i as u32 + 1))
+    } else if suffix.starts_with(['e', 'E']) {
+        (
+            suffix[1..]
+                .parse::<i32>()
+                .map_err(|_| err("bad exponent"))?,
             0,
-        ),
-        _ => return Err(err("unknown suffix")),
+        )
+    } else {
+        return Err(err("unknown suffix"));
     };
     let negative = num.starts_with('-');
     let digits = num.trim_start_matches(['+', '-']);
@@ -315,6 +307,53 @@ mod tests {
         assert_eq!(parse_memory_bytes("1G").unwrap(), 1_000_000_000);
         assert_eq!(parse_memory_bytes("1e3").unwrap(), 1000);
         assert_eq!(parse_memory_bytes("1.5Gi").unwrap(), 3 << 29);
+    }
+
+    #[test]
+    fn every_suffix_scales_as_kubernetes_defines_it() {
+        let decimal = [
+            ("n", 1), // a nanocore rounds up to a millicore
+            ("u", 1),
+            ("m", 1),
+            ("", 1_000),
+            ("k", 1_000_000),
+            ("M", 1_000_000_000),
+        ];
+        for (suffix, millis) in decimal {
+            assert_eq!(
+                parse_cpu_millis(&format!("1{suffix}")),
+                Ok(millis),
+                "{suffix}"
+            );
+        }
+        let bytes = [
+            ("G", 10i64.pow(9)),
+            ("T", 10i64.pow(12)),
+            ("P", 10i64.pow(15)),
+            ("E", 10i64.pow(18)),
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("Ti", 1 << 40),
+            ("Pi", 1 << 50),
+            ("Ei", 1 << 60),
+            ("e2", 100),
+            ("E2", 100),
+        ];
+        for (suffix, value) in bytes {
+            assert_eq!(
+                parse_memory_bytes(&format!("1{suffix}")),
+                Ok(value),
+                "{suffix}"
+            );
+        }
+        assert_eq!(
+            format_memory(1 << 50),
+            "1024Ti",
+            "Ti is the largest unit printed"
+        );
+        assert_eq!(format_memory(3 << 10), "3Ki");
+        assert_eq!(format_memory(1000), "1000");
     }
 
     #[test]
