@@ -311,42 +311,31 @@ mod tests {
 
     #[test]
     fn every_suffix_scales_as_kubernetes_defines_it() {
-        let decimal = [
-            ("n", 1), // a nanocore rounds up to a millicore
-            ("u", 1),
-            ("m", 1),
-            ("", 1_000),
-            ("k", 1_000_000),
-            ("M", 1_000_000_000),
+        // In bytes; what is less than one rounds up to one, as Kubernetes does.
+        let cases = [
+            ("1n", 1),
+            ("1500u", 1),
+            ("2000m", 2),
+            ("3", 3),
+            ("1k", 1_000),
+            ("1M", 1_000_000),
+            ("1G", 10i64.pow(9)),
+            ("1T", 10i64.pow(12)),
+            ("1P", 10i64.pow(15)),
+            ("1E", 10i64.pow(18)),
+            ("1Ki", 1 << 10),
+            ("1Mi", 1 << 20),
+            ("1Gi", 1 << 30),
+            ("1Ti", 1 << 40),
+            ("1Pi", 1 << 50),
+            ("1Ei", 1 << 60),
+            ("1e2", 100),
+            ("1E2", 100),
         ];
-        for (suffix, millis) in decimal {
-            assert_eq!(
-                parse_cpu_millis(&format!("1{suffix}")),
-                Ok(millis),
-                "{suffix}"
-            );
+        for (text, bytes) in cases {
+            assert_eq!(parse_memory_bytes(text), Ok(bytes), "{text}");
         }
-        let bytes = [
-            ("G", 10i64.pow(9)),
-            ("T", 10i64.pow(12)),
-            ("P", 10i64.pow(15)),
-            ("E", 10i64.pow(18)),
-            ("Ki", 1 << 10),
-            ("Mi", 1 << 20),
-            ("Gi", 1 << 30),
-            ("Ti", 1 << 40),
-            ("Pi", 1 << 50),
-            ("Ei", 1 << 60),
-            ("e2", 100),
-            ("E2", 100),
-        ];
-        for (suffix, value) in bytes {
-            assert_eq!(
-                parse_memory_bytes(&format!("1{suffix}")),
-                Ok(value),
-                "{suffix}"
-            );
-        }
+        assert_eq!(parse_cpu_millis("1500u"), Ok(2), "rounded up");
         assert_eq!(
             format_memory(1 << 50),
             "1024Ti",
