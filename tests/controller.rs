@@ -1581,7 +1581,15 @@ mod bench {
             }
             let to = synth::gateway_name(g, sites);
             let now = jiff::Timestamp::now();
-            let new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
+            let mut new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
+            // Seen for longer than any dwell: the synthetic policies' dwell goes up to
+            // 2 min, `with_device`'s sighting is 1 min old, and a move that waits for its
+            // dwell is not what this measures.
+            for s in new_to.spec.devices.iter_mut().filter(|s| s.id == device) {
+                s.first_seen = now
+                    .checked_sub(jiff::SignedDuration::from_secs(3600))
+                    .unwrap();
+            }
             let new_from = synth::without_device(&reports[&from], &device);
             let version = d.metadata.resource_version.clone().unwrap();
             let old = from.clone();

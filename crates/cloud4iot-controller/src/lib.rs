@@ -31,7 +31,7 @@ pub mod watches;
 pub mod webhook;
 pub mod world;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,7 +45,8 @@ use kube::api::Api;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use cloud4iot_core::plan::Refusal;
+use cloud4iot_core::plan::{Placement, Refusal};
+use cloud4iot_core::render::render_placement;
 use cloud4iot_kube::apply::{self, Action, ApplyOptions, Prune};
 use cloud4iot_kube::cluster::{self, ClientOptions};
 use cloud4iot_kube::reconciler::{
@@ -234,6 +235,7 @@ pub async fn run(
         status_ensured: false,
         status_pending: false,
         backoff: Backoff::new(),
+        superseded: None,
     };
     controller.run(changes, source_rx, leader_rx, stop_rx).await;
 
@@ -262,6 +264,9 @@ struct Controller {
     /// A changed status waits for the once-a-second slot.
     status_pending: bool,
     backoff: Backoff,
+    /// While a full reconcile writes: the objects moves wrote since it planned, which it
+    /// must not overwrite with its older plan.
+    superseded: Option<Arc<std::sync::Mutex<HashSet<String>>>>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -356,7 +361,7 @@ impl Controller {
             self.release_held();
             let fence = leader_rx.clone();
             if let Some(why) = self.world.full.take() {
-                self.full(why, fence, stop.clone()).await;
+                self.full(why, &mut changes, fence, stop.clone()).await;
             } else if !self.world.dirty.is_empty() {
                 self.incremental(fence, stop.clone()).await;
             }
@@ -413,12 +418,23 @@ impl Controller {
     }
 
     /// Plan everything, apply what differs, prune under `apply`'s guards.
-    async fn full(
+    ///
+    /// Only the placements of the objects to write are kept, and each object is rendered
+    /// when its request starts: at 100,000 instances a full set of rendered Deployments
+    /// was hundreds of MiB. While the writes run, the watches keep being read (a watch
+    /// left unread for the minutes a first reconcile of that size takes is closed by the
+    /// API server, and its resume point is then gone: 410, a re-list, and another full
+    /// reconcile), and the moves they cause are written at once instead of after the
+    /// whole reconcile; the full reconcile skips an object such a move wrote since.
+    async fn full<S>(
         &mut self,
         why: Trigger,
+        changes: &mut S,
         mut fence: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
-    ) {
+    ) where
+        S: futures::Stream<Item = Result<watches::Change, kube::runtime::watcher::Error>> + Unpin,
+    {
         let started = Instant::now();
         let now = jiff::Timestamp::now();
         tracing::info!(
@@ -442,36 +458,71 @@ impl Controller {
         }
         let ratio = self.opts.max_prune_ratio;
         let world = &mut self.world;
-        let (objects, changed, hold) = tokio::task::block_in_place(|| {
+        let plan = tokio::task::block_in_place(|| {
             world.replan(now);
             // The held deletions are part of this full prune, under the same guard.
             world.held.clear();
-            let objects: Vec<Deployment> = world
-                .desired
-                .keys()
-                .filter_map(|name| world.desired_object(name).map(|(d, _)| d))
-                .collect();
-            let changed: HashSet<String> = objects
-                .iter()
-                .filter(|d| world.needs_write(d))
-                .filter_map(|d| d.metadata.name.clone())
-                .collect();
-            (objects, changed, world.gateways_dropped_out(ratio))
+            FullPlan::of(world, ratio)
         });
+        tracing::info!(
+            instances = self.world.desired.len(),
+            wanted = plan.wanted.len(),
+            to_write = plan.writes.len(),
+            rss = %memory(),
+            "planned"
+        );
+        let FullPlan {
+            wanted,
+            writes,
+            moves,
+            hold,
+        } = plan;
         let opts = self.apply_options();
-        let select = |d: &Deployment| {
-            d.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| changed.contains(n))
+        let client = self.client.clone();
+        let superseded = Arc::new(std::sync::Mutex::new(HashSet::new()));
+        self.superseded = Some(superseded.clone());
+        let write = move |d: &Deployment| {
+            let name = d.metadata.name.as_deref().unwrap_or_default();
+            !superseded.lock().is_ok_and(|s| s.contains(name))
         };
+        let is_wanted = |name: &str| wanted.contains(name);
+        let desired = apply::Desired {
+            wanted: &is_wanted,
+            empty: wanted.is_empty(),
+        };
+        let (repo, render) = (self.world.repo.clone(), self.world.render.clone());
+        let objects = writes.iter().map(|p| {
+            repo.as_ref()
+                .and_then(|r| r.functions.get(&p.function))
+                .and_then(|f| render_placement(f, p, &render))
+                // Unreachable (it rendered when planned); a nameless object fails alone.
+                .unwrap_or_default()
+        });
         let applying =
-            apply::apply_selected_held(&self.client, &objects, &select, &opts, hold, &|_| {});
-        let outcome = tokio::select! {
-            r = applying => Some(r),
-            _ = fence.wait_for(|l| !*l) => None,
-            _ = stop.wait_for(|s| *s) => None,
+            apply::apply_streamed(&client, objects, &write, desired, &opts, hold, &|_| {});
+        let mut applying = std::pin::pin!(applying);
+        let (fence_rx, stop_rx) = (fence.clone(), stop.clone());
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break None,
+                _ = fence.wait_for(|l| !*l) => break None,
+                r = &mut applying => break Some(r),
+                Some(change) = changes.next() => {
+                    self.on_change(change);
+                    while let Some(Some(change)) = changes.next().now_or_never() {
+                        self.on_change(change);
+                    }
+                    if self.world.full.is_none()
+                        && !self.world.dirty.is_empty()
+                        && !self.backoff.waiting()
+                    {
+                        self.incremental(fence_rx.clone(), stop_rx.clone()).await;
+                    }
+                }
+            }
         };
+        self.superseded = None;
         self.facts.reconciling = false;
         let report = match outcome {
             None => {
@@ -503,13 +554,10 @@ impl Controller {
                 tracing::warn!("{o}");
                 continue;
             }
-            let before = self
-                .world
-                .live
-                .get(&o.name)
-                .and_then(|l| l.placement.clone());
-            if let Some(after) = self.world.desired.get(&o.name).cloned() {
-                self.migrated(before.as_ref(), &after, &o.name);
+            // From what ran to what was planned when this reconcile planned (the caches
+            // have moved on since: the watches were read while it wrote).
+            if let Some((before, after)) = moves.get(&o.name) {
+                self.migrated(before.as_ref(), after, &o.name);
             }
         }
         if report.succeeded() {
@@ -523,7 +571,7 @@ impl Controller {
                     format!(
                         "{} of {} object(s) failed to apply",
                         report.summary.failed,
-                        objects.len()
+                        writes.len()
                     ),
                 ),
             };
@@ -543,7 +591,7 @@ impl Controller {
         self.facts.applied_revision = self.world.render.revision.clone();
         self.facts.reconciled = true;
         self.reconciled_at = Some(jiff::Timestamp::now());
-        tracing::info!(summary = %report.summary, "full reconcile done");
+        tracing::info!(summary = %report.summary, rss = %memory(), "full reconcile done");
         self.shared
             .metrics
             .observe(why, started.elapsed().as_secs_f64());
@@ -560,6 +608,11 @@ impl Controller {
         let why = why.unwrap_or(Trigger::Presence);
         if work.is_empty() {
             return;
+        }
+        if let Some(superseded) = &self.superseded
+            && let Ok(mut s) = superseded.lock()
+        {
+            s.extend(work.iter().map(|w| w.name().to_owned()));
         }
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let opts = self.apply_options();
@@ -858,6 +911,60 @@ impl Controller {
             Err(e) => tracing::warn!(error = %e, "writing the status"),
         }
     }
+}
+
+/// What a full reconcile decided before writing, kept slim: the names still desired (for
+/// pruning), the placements of the objects that differ from the live ones (rendered again
+/// one at a time as they are written), and the migration each write or deletion is.
+struct FullPlan {
+    wanted: HashSet<String>,
+    writes: Vec<Placement>,
+    moves: HashMap<String, (Option<Placement>, Placement)>,
+    hold: Option<String>,
+}
+
+impl FullPlan {
+    fn of(world: &World, ratio: f64) -> FullPlan {
+        let mut plan = FullPlan {
+            wanted: HashSet::new(),
+            writes: Vec::new(),
+            moves: HashMap::new(),
+            hold: world.gateways_dropped_out(ratio),
+        };
+        for (name, after) in &world.desired {
+            let before = || world.live.get(name).and_then(|l| l.placement.clone());
+            match world.desired_object(name) {
+                Some((object, _)) => {
+                    plan.wanted.insert(name.clone());
+                    if world.needs_write(&object) {
+                        plan.writes.push(after.clone());
+                        plan.moves.insert(name.clone(), (before(), after.clone()));
+                    }
+                }
+                // Unplaced: its Deployment is pruned, an `Unplaced` migration.
+                None if world.live.contains_key(name) => {
+                    plan.moves.insert(name.clone(), (before(), after.clone()));
+                }
+                None => {}
+            }
+        }
+        plan
+    }
+}
+
+/// This process's resident memory now and at its peak (`/proc/self/status`), for the
+/// logs: what the controller holds at 100,000 instances is one of its limits.
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or_else(|| "?".to_owned(), |kib| format!("{} MiB", kib / 1024))
+    };
+    format!("{} (peak {})", mib("VmRSS:"), mib("VmHWM:"))
 }
 
 /// Runs `work` unless leadership is lost or the process is stopping first.

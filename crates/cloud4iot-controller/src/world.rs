@@ -26,7 +26,7 @@ use kube::runtime::watcher::Event;
 
 use cloud4iot_core::model::Tier;
 use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo};
-use cloud4iot_core::plan::{PendingMove, Placement, PlanDelta, Planner, current_placements};
+use cloud4iot_core::plan::{PendingMove, Placement, Plan, PlanDelta, Planner, current_placements};
 use cloud4iot_core::render::{RenderOptions, render_placement};
 
 use crate::metrics::Trigger;
@@ -79,6 +79,16 @@ pub enum Work {
         /// The unplaced placement that removed it, if it was unplaced rather than gone.
         after: Option<Placement>,
     },
+}
+
+impl Work {
+    /// The instance (and Deployment) it writes.
+    pub fn name(&self) -> &str {
+        match self {
+            Work::Apply { object, .. } => object.metadata.name.as_deref().unwrap_or_default(),
+            Work::Delete { name, .. } => name,
+        }
+    }
 }
 
 /// Relist buffer of one watch: objects seen between `Init` and `InitDone`.
@@ -421,13 +431,28 @@ impl World {
         (work, why)
     }
 
-    /// The inventory a full plan reads, from the caches.
+    /// The inventory a full plan reads, from the caches: Nodes and reports. The live
+    /// objects are not copied in: the planner reads only their placements, which the
+    /// cache already holds ([`World::running`]).
     pub fn inventory(&self) -> Inventory {
         Inventory::new(
             self.nodes.values().cloned().collect(),
             self.reports.values().cloned().collect(),
-            self.live.values().map(|l| l.object.clone()).collect(),
+            Vec::new(),
         )
+    }
+
+    /// The placements the managed Deployments record, as [`current_placements`] reads
+    /// them (sorted by function and instance, one per instance).
+    pub fn running(&self) -> Plan {
+        let mut placements: Vec<Placement> = self
+            .live
+            .values()
+            .filter_map(|l| l.placement.clone())
+            .collect();
+        placements.sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
+        placements.dedup_by(|a, b| a.function == b.function && a.instance == b.instance);
+        Plan { placements }
     }
 
     /// Plans everything anew from the caches (a full reconcile's plan step).
@@ -435,7 +460,7 @@ impl World {
         let Some(repo) = self.repo.clone() else {
             return;
         };
-        let planner = Planner::new(&repo, &self.inventory(), now);
+        let planner = Planner::with_running(&repo, &self.inventory(), now, &self.running());
         self.desired = planner
             .plan()
             .placements
@@ -493,6 +518,23 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn the_running_placements_are_read_from_the_cache_as_from_the_live_objects() {
+        let mut world = World::new("fns");
+        let lives = [("f-b", "gw-2"), ("f-a", "gw-1"), ("f-c", "gw-1")];
+        for (name, gw) in lives {
+            world.live.insert(name.to_owned(), on_gateway(name, gw));
+        }
+        let objects: Vec<LiveDeployment> = world.live.values().map(|l| l.object.clone()).collect();
+        let running = world.running();
+        assert_eq!(running, current_placements(&objects));
+        assert_eq!(running.placements.len(), 3);
+        assert!(
+            world.inventory().live.is_empty(),
+            "not copied for the planner"
+        );
     }
 
     #[test]

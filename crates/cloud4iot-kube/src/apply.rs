@@ -264,6 +264,49 @@ pub async fn apply_selected_held(
     hold: Option<String>,
     progress: ProgressFn<'_>,
 ) -> Result<Report, ClusterError> {
+    let wanted: BTreeSet<&str> = desired
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref())
+        .collect();
+    let desired_set = Desired {
+        wanted: &|name| wanted.contains(name),
+        empty: desired.is_empty(),
+    };
+    apply_streamed(
+        client,
+        desired.iter(),
+        write,
+        desired_set,
+        opts,
+        hold,
+        progress,
+    )
+    .await
+}
+
+/// The whole desired set, as pruning sees it: which names are desired, and whether none is.
+#[derive(Clone, Copy)]
+pub struct Desired<'a> {
+    pub wanted: &'a (dyn Fn(&str) -> bool + Sync),
+    pub empty: bool,
+}
+
+/// [`apply_selected_held`] for a caller that holds its desired set apart from the objects
+/// it writes (the controller, at 100,000 instances): `objects` are made one at a time as
+/// their requests start (render on demand, so they never all sit in memory), and pruning
+/// asks `desired` which names are still wanted.
+pub async fn apply_streamed<D>(
+    client: &Client,
+    objects: impl ExactSizeIterator<Item = D>,
+    write: &(dyn Fn(&Deployment) -> bool + Sync),
+    desired: Desired<'_>,
+    opts: &ApplyOptions,
+    hold: Option<String>,
+    progress: ProgressFn<'_>,
+) -> Result<Report, ClusterError>
+where
+    D: std::borrow::Borrow<Deployment>,
+{
     let ns = opts.namespace.as_str();
     let namespace_exists = cluster::namespace_exists(client, ns).await?;
     if !namespace_exists && !opts.dry_run {
@@ -280,7 +323,8 @@ pub async fn apply_selected_held(
     let mut results = {
         let api = &api;
         let before = &before;
-        let applies = desired.iter().map(|object| async move {
+        let applies = objects.map(|object| async move {
+            let object = object.borrow();
             let name = object.metadata.name.clone().unwrap_or_default();
             if !namespace_exists && opts.dry_run {
                 let note = format!("namespace {ns} would be created");
@@ -300,10 +344,6 @@ pub async fn apply_selected_held(
         .count();
 
     // Prune: managed (by label and field manager) Deployments that are no longer desired.
-    let wanted: BTreeSet<&str> = desired
-        .iter()
-        .filter_map(|d| d.metadata.name.as_deref())
-        .collect();
     let managed = before
         .values()
         .filter(|b| labels::is_managed(&b.meta))
@@ -312,10 +352,10 @@ pub async fn apply_selected_held(
         .values()
         .filter(|b| {
             labels::is_managed(&b.meta)
-                && !wanted.contains(b.meta.name.as_deref().unwrap_or_default())
+                && !(desired.wanted)(b.meta.name.as_deref().unwrap_or_default())
         })
         .collect();
-    let everything_meant = desired.is_empty() && opts.allow_empty;
+    let everything_meant = desired.empty && opts.allow_empty;
     let hold = hold.filter(|_| !candidates.is_empty()).or_else(|| {
         too_many(candidates.len(), managed, opts.max_prune_ratio).then(|| {
             format!(
@@ -331,7 +371,7 @@ pub async fn apply_selected_held(
         Prune::Skipped(format!(
             "{failed_applies} object(s) failed to apply; nothing is pruned after a failure"
         ))
-    } else if desired.is_empty() && !candidates.is_empty() && !opts.allow_empty {
+    } else if desired.empty && !candidates.is_empty() && !opts.allow_empty {
         Prune::Refused(format!(
             "the desired set is empty: refusing to prune all {} managed Deployments in {ns} \
              (pass --allow-empty if that is really meant)",
@@ -366,14 +406,14 @@ pub async fn apply_selected_held(
 }
 
 /// Runs `requests`, `concurrency` at a time, reporting [`Progress`] in `phase` after each;
-/// the results sorted by name.
+/// the results sorted by name. The requests are made as they start, not all up front: a
+/// pending request future holds its whole state, and 100,000 of them took hundreds of MiB.
 async fn run_all(
-    requests: impl Iterator<Item = impl Future<Output = ObjectResult>>,
+    requests: impl ExactSizeIterator<Item = impl Future<Output = ObjectResult>>,
     phase: &'static str,
     concurrency: usize,
     progress: ProgressFn<'_>,
 ) -> Vec<ObjectResult> {
-    let requests: Vec<_> = requests.collect();
     let total = requests.len();
     let mut results = Vec::with_capacity(total);
     let mut stream = futures::stream::iter(requests).buffer_unordered(concurrency.max(1));
