@@ -1646,6 +1646,20 @@ mod bench {
             usage_line("after the moves", ctl.pid()),
             (cpu_after - cpu_before).as_secs_f64()
         );
+        for (name, pid) in cp.pids() {
+            let (cpu, peak, now) = usage(pid as i32);
+            println!(
+                "  {name}: CPU {:.1} s, peak RSS {} MiB, RSS {} MiB",
+                cpu.as_secs_f64(),
+                peak / 1024,
+                now / 1024
+            );
+        }
+        // The controller's own account of its memory at each full reconcile.
+        let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("rss=")) {
+            println!("  controller log: {}", line.trim());
+        }
         println!("large world: total {:?}", started.elapsed());
     }
 

@@ -283,6 +283,13 @@ impl ControlPlane {
         self.client.clone()
     }
 
+    /// The process id of each running component, by name (`etcd`, `kube-apiserver`, ...):
+    /// benchmarks read their CPU time and peak memory from /proc.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let children = &self.processes.children;
+        children.iter().map(|p| (p.name, p.child.id())).collect()
+    }
+
     /// The admin kubeconfig file (for `--kubeconfig` of the command line under test).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

@@ -32,31 +32,61 @@ use cloud4iot_core::render::{RenderOptions, render_placement};
 use crate::metrics::Trigger;
 use crate::watches::Change;
 
-/// A managed Deployment as the cache keeps it: its projection (the fields cloud4iot sets,
-/// identity and owners; no status, no other writers' managedFields).
+/// A managed Deployment as the cache keeps it: identity, the placement read back from it,
+/// and a fingerprint of its projection (the fields cloud4iot sets, see
+/// [`LiveDeployment`]) instead of the projection itself. At 100,000 instances the
+/// projections were most of the controller's memory; a fingerprint answers the one
+/// question the loop asks of them, "is this what we would write?".
 #[derive(Clone, Debug)]
 pub struct Live {
-    pub object: LiveDeployment,
+    uid: String,
+    resource_version: String,
     /// The placement read back from it (`None`: not one of ours after all).
     pub placement: Option<Placement>,
+    /// [`fingerprint`] of its projection; `None` if it cannot be read (always written).
+    fingerprint: Option<u64>,
 }
 
 impl Live {
-    pub fn new(object: Deployment) -> Live {
-        let object = LiveDeployment::from(&object);
+    pub fn new(object: &Deployment) -> Live {
+        let object = LiveDeployment::from(object);
         let placement = current_placements(std::slice::from_ref(&object))
             .placements
             .pop();
-        Live { object, placement }
+        Live {
+            uid: object.uid().unwrap_or_default().to_owned(),
+            resource_version: object.resource_version().unwrap_or_default().to_owned(),
+            placement,
+            fingerprint: fingerprint(&object),
+        }
     }
 
     pub fn uid(&self) -> &str {
-        self.object.uid().unwrap_or_default()
+        &self.uid
     }
 
     pub fn resource_version(&self) -> &str {
-        self.object.resource_version().unwrap_or_default()
+        &self.resource_version
     }
+}
+
+/// A hash of the projection of `d` with the `cloud4iot.io/revision` annotation set aside
+/// (which commit last changed an object is no difference, as in the core's diff). Equal
+/// fingerprints: the object is what cloud4iot would write. Different ones: written, and
+/// the server-side apply decides (a field of another manager in a projected path, which
+/// the diff would let be, costs one no-op write per full reconcile).
+pub fn fingerprint(d: &LiveDeployment) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut v = d.to_value().ok()?;
+    if let Some(a) = v
+        .pointer_mut("/metadata/annotations")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        a.remove(cloud4iot_core::model::labels::REVISION);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&v).ok()?.hash(&mut h);
+    Some(h.finish())
 }
 
 /// A write the loop should make for one instance.
@@ -342,7 +372,7 @@ impl World {
             Event::Init => self.live_buf = Some(BTreeMap::new()),
             Event::InitApply(d) => {
                 if let Some(buf) = self.live_buf.as_mut() {
-                    buf.insert(d.metadata.name.clone().unwrap_or_default(), Live::new(d));
+                    buf.insert(d.metadata.name.clone().unwrap_or_default(), Live::new(&d));
                 }
             }
             Event::InitDone => {
@@ -356,11 +386,12 @@ impl World {
             }
             Event::Apply(d) => {
                 let name = d.metadata.name.clone().unwrap_or_default();
-                if self.planner.is_some() && self.drifted(&name, &d) {
+                let live = Live::new(&d);
+                if self.planner.is_some() && self.drifted(&name, &live) {
                     tracing::info!(deployment = %name, "changed outside git: taking it back");
                     self.mark(name.clone(), Trigger::Drift);
                 }
-                self.live.insert(name, Live::new(d));
+                self.live.insert(name, live);
             }
             Event::Delete(d) => {
                 let name = d.metadata.name.clone().unwrap_or_default();
@@ -380,10 +411,10 @@ impl World {
         Some((render_placement(f, p, &self.render)?, p))
     }
 
-    /// Whether the live object `d` differs from what is desired for it.
-    fn drifted(&self, name: &str, d: &Deployment) -> bool {
+    /// Whether the live object differs from what is desired for it.
+    fn drifted(&self, name: &str, live: &Live) -> bool {
         match self.desired_object(name) {
-            Some((want, _)) => differs(&want, Some(&LiveDeployment::from(d))),
+            Some((want, _)) => differs(&want, Some(live)),
             // Managed but not desired: the next full reconcile prunes it.
             None => false,
         }
@@ -392,7 +423,7 @@ impl World {
     /// Whether `want` must be written over the cached live object of its name.
     pub fn needs_write(&self, want: &Deployment) -> bool {
         let name = want.metadata.name.as_deref().unwrap_or_default();
-        differs(want, self.live.get(name).map(|l| &l.object))
+        differs(want, self.live.get(name))
     }
 
     /// Takes the dirty set and turns it into writes: applies for desired objects that
@@ -486,15 +517,11 @@ impl World {
     }
 }
 
-/// Whether `want` differs from `live` by the core's diff rules (`None`: missing).
-pub fn differs(want: &Deployment, live: Option<&LiveDeployment>) -> bool {
-    match live {
+/// Whether `want` differs from `live` (`None`: missing), by their fingerprints.
+pub fn differs(want: &Deployment, live: Option<&Live>) -> bool {
+    match live.and_then(|l| l.fingerprint) {
         None => true,
-        // An object the diff cannot read is written: the server has the last word.
-        Some(l) => {
-            cloud4iot_core::diff::object_diff(std::slice::from_ref(want), std::slice::from_ref(l))
-                .map_or(true, |changes| !changes.is_empty())
-        }
+        Some(l) => fingerprint(&LiveDeployment::from(want)) != Some(l),
     }
 }
 
@@ -505,29 +532,33 @@ mod tests {
     use super::*;
 
     fn on_gateway(instance: &str, gateway: &str) -> Live {
-        Live::new(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": instance, "labels": {
-                    "app.kubernetes.io/managed-by": "cloud4iot",
-                    "cloud4iot.io/function": "f",
-                    "cloud4iot.io/instance": instance,
-                    "cloud4iot.io/tier": "gateway",
-                    "cloud4iot.io/node": gateway,
-                }},
-                "spec": {"selector": {}, "template": {}}
-            }))
-            .unwrap(),
-        )
+        Live::new(&object_on_gateway(instance, gateway))
+    }
+
+    fn object_on_gateway(instance: &str, gateway: &str) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": instance, "labels": {
+                "app.kubernetes.io/managed-by": "cloud4iot",
+                "cloud4iot.io/function": "f",
+                "cloud4iot.io/instance": instance,
+                "cloud4iot.io/tier": "gateway",
+                "cloud4iot.io/node": gateway,
+            }},
+            "spec": {"selector": {}, "template": {}}
+        }))
+        .unwrap()
     }
 
     #[test]
     fn the_running_placements_are_read_from_the_cache_as_from_the_live_objects() {
         let mut world = World::new("fns");
         let lives = [("f-b", "gw-2"), ("f-a", "gw-1"), ("f-c", "gw-1")];
+        let mut objects = Vec::new();
         for (name, gw) in lives {
-            world.live.insert(name.to_owned(), on_gateway(name, gw));
+            let d = object_on_gateway(name, gw);
+            world.live.insert(name.to_owned(), Live::new(&d));
+            objects.push(LiveDeployment::from(&d));
         }
-        let objects: Vec<LiveDeployment> = world.live.values().map(|l| l.object.clone()).collect();
         let running = world.running();
         assert_eq!(running, current_placements(&objects));
         assert_eq!(running.placements.len(), 3);
@@ -535,6 +566,37 @@ mod tests {
             world.inventory().live.is_empty(),
             "not copied for the planner"
         );
+    }
+
+    #[test]
+    fn fingerprints_set_the_revision_aside_and_see_any_other_change() {
+        let d = |image: &str, revision: &str| {
+            let mut d = object_on_gateway("f-1", "gw-1");
+            d.metadata.annotations = Some(
+                [
+                    ("cloud4iot.io/revision".to_owned(), revision.to_owned()),
+                    ("cloud4iot.io/reason".to_owned(), "seen".to_owned()),
+                ]
+                .into(),
+            );
+            let pod = d.spec.template.spec.get_or_insert_default();
+            pod.containers = vec![k8s_openapi::api::core::v1::Container {
+                name: "f".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }];
+            d
+        };
+        let live = Live::new(&d("img:1", "main@sha1:aaa"));
+        assert!(!differs(&d("img:1", "main@sha1:bbb"), Some(&live)));
+        assert!(differs(&d("img:2", "main@sha1:aaa"), Some(&live)));
+        assert!(differs(&d("img:1", "main@sha1:aaa"), None));
+        // Server-owned fields are outside the projection.
+        let mut served = d("img:1", "main@sha1:aaa");
+        served.metadata.resource_version = Some("42".into());
+        served.metadata.uid = Some("u-1".into());
+        served.status = Some(Default::default());
+        assert!(!differs(&served, Some(&live)));
     }
 
     #[test]
