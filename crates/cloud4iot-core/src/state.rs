@@ -192,20 +192,14 @@ impl Accumulator {
 
     /// Keeps what planning uses: cloud4iot's Nodes, every GatewayReport, managed Deployments.
     fn accept(&mut self, parsed: Parsed, at: &At, file: &Path) -> Result<(), StateError> {
-        match &parsed {
-            Parsed::Node(node) => self.once(
-                "Node",
-                node.metadata.name.as_deref().unwrap_or_default(),
-                at,
-                file,
-            )?,
-            Parsed::Report(r) => self.once(
-                "GatewayReport",
-                r.metadata.name.as_deref().unwrap_or_default(),
-                at,
-                file,
-            )?,
-            _ => {}
+        let named = match &parsed {
+            Parsed::Node(node) => Some(("Node", &node.metadata)),
+            Parsed::Report(r) => Some(("GatewayReport", &r.metadata)),
+            _ => None,
+        };
+        if let Some((kind, meta)) = named {
+            let name = meta.name.as_deref().unwrap_or_default();
+            self.once(kind, name, at, file)?;
         }
         match parsed {
             Parsed::Node(node) => match NodeInfo::from_node(&node) {
@@ -365,6 +359,19 @@ mod tests {
     use super::*;
     use crate::model::Tier;
 
+    /// The message of the error reading `text` as the snapshot file `file`.
+    fn error_of(text: &str, file: &str) -> String {
+        parse_snapshot(text, Path::new(file))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Reading `text` as `file` fails with a message that starts with `start`.
+    fn fails_with(text: &str, file: &str, start: &str) {
+        let err = error_of(text, file);
+        assert!(err.starts_with(start), "{err}");
+    }
+
     const LIST: &str = r#"apiVersion: v1
 items:
 - apiVersion: v1
@@ -439,37 +446,29 @@ spec:
             "allocatable: {cpu: \"1\", memory: 1Gi}",
             "allocatable: {cpu: lots, memory: 1Gi}",
         );
-        let err = parse_snapshot(&bad, Path::new("state.yaml"))
-            .unwrap_err()
-            .to_string();
+        let err = error_of(&bad, "state.yaml");
         assert_eq!(
             err,
             "state.yaml:3: document 1, item 1 (Node gw-home-1): status.allocatable.cpu: node gw-home-1: \
              status.allocatable.cpu: \"lots\" is not a Kubernetes quantity (unknown suffix)"
         );
         let bad = LIST.replace("rssi: -55", "rssi: loud");
-        let err = parse_snapshot(&bad, Path::new("s.yaml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(
-                "s.yaml:18: document 1, item 3 (GatewayReport gw-home-1): spec.devices[0].rssi: "
-            ),
-            "{err}"
+        fails_with(
+            &bad,
+            "s.yaml",
+            "s.yaml:18: document 1, item 3 (GatewayReport gw-home-1): spec.devices[0].rssi: ",
         );
-        let err = parse_snapshot("kind: [", Path::new("s.yaml"))
-            .unwrap_err()
-            .to_string();
         // The end of the one line, not a line 2 the file does not have.
-        assert!(err.starts_with("s.yaml:1:8: not valid YAML: "), "{err}");
+        fails_with("kind: [", "s.yaml", "s.yaml:1:8: not valid YAML: ");
         let bad = LIST.replace(
             "  selector: {}\n  template: {spec: {containers: [{name: f, image: x}]}}\n---",
             "  selector: 3\n---",
         );
-        let err = parse_snapshot(&bad, Path::new("s.yaml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("s.yaml:34: document 2 (Deployment omh-consolidator-c4-7c-8d-6a-12-34): spec.selector: "), "{err}");
+        fails_with(
+            &bad,
+            "s.yaml",
+            "s.yaml:34: document 2 (Deployment omh-consolidator-c4-7c-8d-6a-12-34): spec.selector: ",
+        );
     }
 
     #[test]
@@ -490,14 +489,10 @@ spec:
         assert_eq!(yaml.live, from_json.live);
         assert_eq!(yaml.reports.len(), from_json.reports.len());
         let bad = json.replace("\"rssi\": -55", "\"rssi\": \"loud\"");
-        let err = parse_snapshot(&bad, Path::new("s.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(
-                "s.json:35: document 1, item 3 (GatewayReport gw-home-1): spec.devices[0].rssi: "
-            ),
-            "{err}"
+        fails_with(
+            &bad,
+            "s.json",
+            "s.json:35: document 1, item 3 (GatewayReport gw-home-1): spec.devices[0].rssi: ",
         );
     }
 

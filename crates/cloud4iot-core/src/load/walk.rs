@@ -185,18 +185,10 @@ mod tests {
         let err = repository_files(root).unwrap_err();
         let shown: Vec<String> = err.iter().map(|d| d.to_string()).collect();
         assert_eq!(err.len(), 2, "{shown:?}");
-        assert!(
-            shown
-                .iter()
-                .any(|m| m.starts_with("out.yaml") && m.contains("outside the repository")),
-            "{shown:?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|m| m.starts_with("outdir") && m.contains("outside the repository")),
-            "{shown:?}"
-        );
+        for link in ["out.yaml", "outdir"] {
+            let named = |m: &String| m.starts_with(link) && m.contains("outside the repository");
+            assert!(shown.iter().any(named), "{link}: {shown:?}");
+        }
     }
 
     #[test]
