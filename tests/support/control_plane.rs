@@ -196,67 +196,41 @@ impl ControlPlane {
             .await;
 
         if options.scheduler {
-            let kubeconfig = root.join("kube-scheduler.kubeconfig");
-            write_kubeconfig(
-                &kubeconfig,
-                &url,
-                &pki.ca_cert,
-                "system:kube-scheduler",
-                &pki.scheduler_token,
-            );
-            let kc = kubeconfig.display();
-            let cert_dir = root.join("kube-scheduler");
             processes
-                .start_component("kube-scheduler", &assets.join("kube-scheduler"), |port| {
-                    vec![
-                        format!("--kubeconfig={kc}"),
-                        format!("--authentication-kubeconfig={kc}"),
-                        format!("--authorization-kubeconfig={kc}"),
-                        "--bind-address=127.0.0.1".to_owned(),
-                        format!("--secure-port={port}"),
-                        format!("--cert-dir={}", cert_dir.display()),
-                        "--leader-elect=false".to_owned(),
-                    ]
-                })
+                .start_controller(
+                    "kube-scheduler",
+                    &assets,
+                    &url,
+                    &pki.ca_cert,
+                    ("system:kube-scheduler", &pki.scheduler_token),
+                    vec![],
+                )
                 .await;
         }
 
         if options.controller_manager {
-            let kubeconfig = root.join("kube-controller-manager.kubeconfig");
-            write_kubeconfig(
-                &kubeconfig,
-                &url,
-                &pki.ca_cert,
-                "system:kube-controller-manager",
-                &pki.controller_manager_token,
-            );
-            let kc = kubeconfig.display();
-            let cert_dir = root.join("kube-controller-manager");
             processes
-                .start_component(
+                .start_controller(
                     "kube-controller-manager",
-                    &assets.join("kube-controller-manager"),
-                    |port| {
-                        vec![
-                            format!("--kubeconfig={kc}"),
-                            format!("--authentication-kubeconfig={kc}"),
-                            format!("--authorization-kubeconfig={kc}"),
-                            "--bind-address=127.0.0.1".to_owned(),
-                            format!("--secure-port={port}"),
-                            format!("--cert-dir={}", cert_dir.display()),
-                            "--leader-elect=false".to_owned(),
-                            // No kubelet heartbeats here: the node-lifecycle controller
-                            // would mark every Node NotReady and taint it.
-                            "--controllers=*,-node-lifecycle-controller".to_owned(),
-                            format!(
-                                "--service-account-private-key-file={}",
-                                pki.service_account_key.display()
-                            ),
-                            format!("--root-ca-file={}", pki.ca_cert.display()),
-                            format!("--cluster-signing-cert-file={}", pki.ca_cert.display()),
-                            format!("--cluster-signing-key-file={}", pki.ca_key.display()),
-                        ]
-                    },
+                    &assets,
+                    &url,
+                    &pki.ca_cert,
+                    (
+                        "system:kube-controller-manager",
+                        &pki.controller_manager_token,
+                    ),
+                    vec![
+                        // No kubelet heartbeats here: the node-lifecycle controller
+                        // would mark every Node NotReady and taint it.
+                        "--controllers=*,-node-lifecycle-controller".to_owned(),
+                        format!(
+                            "--service-account-private-key-file={}",
+                            pki.service_account_key.display()
+                        ),
+                        format!("--root-ca-file={}", pki.ca_cert.display()),
+                        format!("--cluster-signing-cert-file={}", pki.ca_cert.display()),
+                        format!("--cluster-signing-key-file={}", pki.ca_key.display()),
+                    ],
                 )
                 .await;
             // The ServiceAccount admission plugin needs it before any Pod is admitted.
@@ -516,6 +490,40 @@ impl Processes {
 
     /// Starts a component that serves `/healthz` over HTTPS on the port given to
     /// `args`, retrying on a port race, and waits for it to be healthy.
+    /// Starts `name` (kube-scheduler or kube-controller-manager) from `assets` against the
+    /// API server at `url` as `user` (name, bearer token): its kubeconfig for the API and
+    /// for delegated authentication and authorization, serving on a free loopback port with
+    /// a self-signed certificate in its own directory, no leader election; then `extra`.
+    async fn start_controller(
+        &mut self,
+        name: &'static str,
+        assets: &Path,
+        url: &str,
+        ca: &Path,
+        user: (&str, &str),
+        extra: Vec<String>,
+    ) {
+        let root = self.path().to_owned();
+        let kubeconfig = root.join(format!("{name}.kubeconfig"));
+        write_kubeconfig(&kubeconfig, url, ca, user.0, user.1);
+        let kc = kubeconfig.display().to_string();
+        let cert_dir = root.join(name);
+        self.start_component(name, &assets.join(name), |port| {
+            let mut args = vec![
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", cert_dir.display()),
+                "--leader-elect=false".to_owned(),
+            ];
+            args.extend(extra.iter().cloned());
+            args
+        })
+        .await;
+    }
+
     async fn start_component(
         &mut self,
         name: &'static str,
