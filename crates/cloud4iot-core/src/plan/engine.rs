@@ -144,11 +144,32 @@ struct Cand {
     device: Option<u32>,
     home: Option<Home>,
     current: Option<Placement>,
+    /// In a re-plan, the edge or cloud node a running instance was charged to: it stays
+    /// charged there while it fits (placements name a tier and site, not the node, so
+    /// holding it on the node with most room instead would move room around the pool and
+    /// make other nodes look freed).
+    account: Option<u32>,
 }
 
 type PoolKey = (Tier, Option<u32>, Arch);
 /// (-free cpu, -free memory, node): iteration order is most free first, then by name.
 type PoolEntry = (i64, i64, u32);
+
+/// A node's room as waiting instances see it: (free, the largest gatewayReserve of what
+/// runs there, per resource).
+type Room = (Resources, Resources);
+
+/// What a re-plan records of the nodes it charges or releases, to know which of them had
+/// more room at some point than before it began (only those can take a waiting instance
+/// it did not re-plan: before it, no waiting instance fit anywhere it could move to).
+#[derive(Default)]
+struct Watch {
+    /// Each node's room before the re-plan first touched it.
+    base: HashMap<u32, Room>,
+    /// The most room each touched node had since the placing pass (pass 2) of the
+    /// current `place_all` began (`None` before that pass).
+    peak: Option<HashMap<u32, Room>>,
+}
 
 /// Indexes over one repository revision and one inventory, and the plan they give.
 pub struct Planner {
@@ -176,6 +197,12 @@ pub struct Planner {
     home_insts: Vec<Vec<u32>>,
     /// Instances below their policy's first tier, or unplaced: they take room that frees.
     waiting: BTreeSet<u32>,
+    /// The waiting instances by where they could take room, (tier, site) (`None`: any
+    /// site), except at the gateway tier where they follow their device: those are found
+    /// through `home_insts`. A re-plan looks here for what could take room that grew.
+    waiting_for: HashMap<(Tier, Option<u32>), HashSet<u32>>,
+    /// During a re-plan: the room of the nodes it touches (see [`Watch`]).
+    watch: Option<Watch>,
     /// The instants at which time alone changes something, so `next_due` and `advance` do
     /// not scan every sighting: (instant, device) for each sighting's dwell reached and
     /// lossGrace run out, (instant, gateway) for a heartbeat going stale. Each instant is
@@ -346,6 +373,8 @@ impl Planner {
             node_insts: vec![Vec::new(); n],
             home_insts: vec![Vec::new(); n],
             waiting: BTreeSet::new(),
+            waiting_for: HashMap::default(),
+            watch: None,
             due_devices: BTreeSet::new(),
             due_gateways: BTreeSet::new(),
         };
@@ -781,48 +810,92 @@ impl Planner {
         affected.sort_unstable();
         affected.dedup();
 
-        // Release what is re-planned. A node that gains room (an instance released from it,
-        // or a gateway whose use or heartbeat changed) takes back what waits for room like
-        // it: instances below their policy's first tier, or unplaced.
-        let mut released: HashMap<String, Inst> = HashMap::default();
-        let mut freed: Vec<u32> = gateways.to_vec();
-        let mut freed_seen: HashSet<u32> = HashSet::default();
-        // A gateway takes back only what fits in its room (re-placing only takes room), so
-        // it is scanned again when a later release gave it more.
-        let mut scanned_room: HashMap<u32, Resources> = HashMap::default();
-        let mut queue = affected;
-        let mut seen: HashSet<u32> = queue.iter().copied().collect();
-        loop {
-            for n in freed.drain(..) {
-                let gateway = self.nodes[n as usize].info.tier == Tier::Gateway;
-                if gateway {
-                    let room = self.nodes[n as usize].free;
-                    if scanned_room.insert(n, room) == Some(room) {
-                        continue;
-                    }
-                } else if !freed_seen.insert(n) {
-                    continue;
-                }
-                for &j in &self.waiting {
-                    if !seen.contains(&j)
-                        && self.could_use(j, n)
-                        && (!gateway || self.might_fit(j, n))
-                    {
-                        seen.insert(j);
-                        queue.push(j);
-                    }
-                }
-            }
-            let Some(i) = queue.pop() else { break };
-            let inst = self.remove_inst(i);
-            if let Some(a) = inst.account {
-                freed.push(a);
-            }
-            released.insert(inst.placement.instance.clone(), inst);
+        // Release what is re-planned and place it again. A node that had more room at some
+        // point of that placing than before the re-plan may take a waiting instance
+        // (below its policy's first tier, or unplaced) that was not released, as a full
+        // plan would: if one fits there, undo the placing, release it too and place again.
+        // Only such nodes matter (before the re-plan no waiting instance fit anywhere it
+        // could move to), and releasing one that then stays changes nothing, so this is a
+        // full plan's result without re-planning every waiting instance that could use
+        // some freed room (that cascade released about half of a large world).
+        let mut watch = Watch::default();
+        for &g in gateways {
+            watch.base.insert(g, self.room(g));
         }
+        self.watch = Some(watch);
+        let mut released: HashMap<String, Inst> = HashMap::default();
+        let mut release = affected;
+        let placed = loop {
+            for i in release.drain(..) {
+                let inst = self.remove_inst(i);
+                released.insert(inst.placement.instance.clone(), inst);
+            }
+            let cands = self.released_candidates(&affected_devices, &released);
+            let placed = self.place_all(cands);
+            let watch = self.watch.as_mut().expect("watching");
+            let peak = watch.peak.take().unwrap_or_default();
+            let mut grown: Vec<(u32, Room)> = peak
+                .into_iter()
+                .filter(|(n, (free, kept))| {
+                    let (bf, bk) = watch.base[n];
+                    gateways.contains(n)
+                        || free.cpu_millis > bf.cpu_millis
+                        || free.memory_bytes > bf.memory_bytes
+                        || kept.cpu_millis < bk.cpu_millis
+                        || kept.memory_bytes < bk.memory_bytes
+                })
+                .collect();
+            grown.sort_unstable_by_key(|g| g.0);
+            // (What this placing made is a candidate already.)
+            let just: HashSet<u32> = placed.iter().copied().collect();
+            let mut more: BTreeSet<u32> = BTreeSet::new();
+            for (n, room) in grown {
+                for j in self.waiting_near(n) {
+                    if !just.contains(&j) && self.fits_at(j, n, room) {
+                        more.insert(j);
+                    }
+                }
+            }
+            if more.is_empty() {
+                break placed;
+            }
+            // Undo the placing: the state is again the released one.
+            for i in placed {
+                self.remove_inst(i);
+            }
+            release.extend(more);
+        };
+        self.watch = None;
 
+        let mut delta = PlanDelta::default();
+        for i in placed {
+            let p = &self.insts[i as usize]
+                .as_ref()
+                .expect("just placed")
+                .placement;
+            if released
+                .remove(&p.instance)
+                .is_none_or(|old| old.placement != *p)
+            {
+                delta.upserted.push(p.clone());
+            }
+        }
+        delta.removed = released
+            .into_values()
+            .map(|i| (i.placement.function, i.placement.instance))
+            .collect();
+        delta
+            .upserted
+            .sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
+        delta.removed.sort();
+        delta
+    }
+
+    /// The candidates of a re-plan: every instance of `devices` and of the devices of
+    /// `released`, and the released replicas, with their released placements as current.
+    fn released_candidates(&self, devices: &[u32], released: &HashMap<String, Inst>) -> Vec<Cand> {
         let mut cands = Vec::new();
-        let mut device_set: BTreeSet<u32> = affected_devices.iter().copied().collect();
+        let mut device_set: BTreeSet<u32> = devices.iter().copied().collect();
         for inst in released.values() {
             if let Some(d) = inst.device {
                 device_set.insert(d);
@@ -847,30 +920,97 @@ impl Planner {
                 ));
             }
         }
-        let placed = self.place_all(cands);
-
-        let mut delta = PlanDelta::default();
-        for i in placed {
-            let p = &self.insts[i as usize]
-                .as_ref()
-                .expect("just placed")
-                .placement;
-            if released
-                .remove(&p.instance)
-                .is_none_or(|old| old.placement != *p)
-            {
-                delta.upserted.push(p.clone());
-            }
+        for c in &mut cands {
+            c.account = released.get(&c.name).and_then(|i| i.account);
         }
-        delta.removed = released
-            .into_values()
-            .map(|i| (i.placement.function, i.placement.instance))
-            .collect();
-        delta
-            .upserted
-            .sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
-        delta.removed.sort();
-        delta
+        cands
+    }
+
+    /// Node `n`'s room now.
+    fn room(&self, n: u32) -> Room {
+        (
+            self.nodes[n as usize].free,
+            self.reserve_on(n, Resources::ZERO),
+        )
+    }
+
+    /// The waiting instances that could take room on node `n` (a superset; some twice).
+    fn waiting_near(&self, n: u32) -> Vec<u32> {
+        let slot = &self.nodes[n as usize];
+        let t = slot.info.tier;
+        let mut out: Vec<u32> = Vec::new();
+        if t == Tier::Gateway {
+            out.extend(
+                self.home_insts[n as usize]
+                    .iter()
+                    .copied()
+                    .filter(|j| self.waiting.contains(j)),
+            );
+        }
+        let mut keys = vec![(t, None)];
+        if slot.site.is_some() {
+            keys.push((t, slot.site));
+        }
+        for k in keys {
+            out.extend(self.waiting_for.get(&k).into_iter().flatten().copied());
+        }
+        out
+    }
+
+    /// Whether waiting instance `i` could be placed on node `n` if `n` had `room`: it
+    /// could use the node (tier before its own, locality), the node takes instances and
+    /// has an image for `i`'s arch, and `i` fits above the reserves.
+    fn fits_at(&self, i: u32, n: u32, (free, kept): Room) -> bool {
+        let Some(inst) = self.insts[i as usize].as_ref() else {
+            return false;
+        };
+        let f = &self.fns[inst.function as usize];
+        let (Ok(res), Ok(p)) = (&f.res, &f.policy) else {
+            return false; // never placed anywhere
+        };
+        let Ok(reserve) = &self.policies[*p].reserve else {
+            return false;
+        };
+        let slot = &self.nodes[n as usize];
+        if !self.could_use(i, n)
+            || !slot.info.schedulable()
+            || self.stale(n)
+            || f.image_for(slot.info.arch).is_none()
+        {
+            return false;
+        }
+        let keep = if slot.info.tier == Tier::Gateway {
+            Resources::new(
+                reserve.cpu_millis.max(kept.cpu_millis),
+                reserve.memory_bytes.max(kept.memory_bytes),
+            )
+        } else {
+            Resources::ZERO
+        };
+        res.fits_in(&(free - keep))
+    }
+
+    /// Where waiting instance `inst` could take room, as keys of `waiting_for`.
+    fn waiting_keys(&self, inst: &Inst) -> Vec<(Tier, Option<u32>)> {
+        let Ok(p) = self.fns[inst.function as usize].policy else {
+            return Vec::new();
+        };
+        let pol = &self.policies[p];
+        let k = match inst.placement.tier {
+            Some(cur) => pol.tiers.iter().position(|&x| x == cur).unwrap_or(0),
+            None => pol.tiers.len(),
+        };
+        let follow = pol.follow || pol.locality == DataLocality::Gateway;
+        let site = match (pol.locality, inst.home) {
+            (DataLocality::Site, Some(h)) => self.nodes[h as usize].site,
+            _ => None,
+        };
+        pol.tiers[..k]
+            .iter()
+            .filter(|&&t| pol.locality != DataLocality::Gateway || t == Tier::Gateway)
+            .filter(|&&t| !(t == Tier::Gateway && follow && inst.home.is_some()))
+            .map(|&t| (t, site))
+            .collect()
     }
 
     fn gateway_index(&self, name: &str) -> Option<u32> {
@@ -984,6 +1124,7 @@ impl Planner {
             device,
             home,
             current,
+            account: None,
         }
     }
 
@@ -1194,6 +1335,15 @@ impl Planner {
                 holds[i as usize] = Some((node, k));
             }
         }
+        // A re-plan watches the room of the nodes it touched from here on.
+        if let Some(nodes) = self
+            .watch
+            .as_ref()
+            .map(|w| w.base.keys().copied().collect::<Vec<_>>())
+        {
+            let peak = nodes.into_iter().map(|n| (n, self.room(n))).collect();
+            self.watch.as_mut().expect("watching").peak = Some(peak);
+        }
         let mut decided: Vec<Option<(Placement, Option<u32>)>> = vec![None; cands.len()];
         let mut freed_late = false;
         for &(_, _, _, i) in &order {
@@ -1339,6 +1489,18 @@ impl Planner {
                 } else {
                     Some(cur.arch?)
                 };
+                if let Some(a) = c.account.filter(|&a| {
+                    let slot = &self.nodes[a as usize];
+                    slot.info.tier == tier
+                        && slot.info.schedulable()
+                        && site.is_none_or(|s| slot.site == Some(s))
+                        && arch.map_or(f.image_for(slot.info.arch).is_some(), |x| {
+                            x == slot.info.arch
+                        })
+                        && res.fits_in(&slot.free)
+                }) {
+                    return Some((a, k));
+                }
                 self.pick(f, tier, site, res, Resources::ZERO, arch)
                     .ok()
                     .map(|n| (n, k))
@@ -1447,6 +1609,14 @@ impl Planner {
             Ok(p) => self.policies[p].reserve.clone().unwrap_or_default(),
             Err(_) => Resources::ZERO,
         };
+        if self.watch.is_some() {
+            let room = self.room(node);
+            let watch = self.watch.as_mut().expect("watching");
+            watch.base.entry(node).or_insert(room);
+            if let Some(peak) = watch.peak.as_mut() {
+                peak.entry(node).or_insert(room);
+            }
+        }
         self.pool_remove(node);
         let slot = &mut self.nodes[node as usize];
         if reserve != Resources::ZERO && slot.info.tier == Tier::Gateway {
@@ -1462,6 +1632,19 @@ impl Planner {
             slot.free + res
         };
         self.pool_insert(node);
+        if !take && self.watch.as_ref().is_some_and(|w| w.peak.is_some()) {
+            let (free, kept) = self.room(node);
+            let peak = self.watch.as_mut().and_then(|w| w.peak.as_mut());
+            let (pf, pk) = peak.expect("peak").get_mut(&node).expect("recorded");
+            *pf = Resources::new(
+                pf.cpu_millis.max(free.cpu_millis),
+                pf.memory_bytes.max(free.memory_bytes),
+            );
+            *pk = Resources::new(
+                pk.cpu_millis.min(kept.cpu_millis),
+                pk.memory_bytes.min(kept.memory_bytes),
+            );
+        }
     }
 
     /// The reserve to keep free on `node` when `reserve` is the placing policy's: the
@@ -1520,23 +1703,6 @@ impl Planner {
             || self.nodes[n as usize].site == self.nodes[h as usize].site
     }
 
-    /// Whether waiting instance `i` fits on gateway `g` with the room `g` has now: in a
-    /// re-plan `g` never has more (releases come first), so one that does not fit stays
-    /// where it is and need not be re-planned.
-    fn might_fit(&self, i: u32, g: u32) -> bool {
-        let Some(inst) = self.insts[i as usize].as_ref() else {
-            return false;
-        };
-        let f = &self.fns[inst.function as usize];
-        let (Ok(res), Ok(p)) = (&f.res, &f.policy) else {
-            return true;
-        };
-        let Ok(reserve) = &self.policies[*p].reserve else {
-            return true;
-        };
-        self.try_gateway(f, g, *res, *reserve).is_ok()
-    }
-
     fn insert_inst(&mut self, inst: Inst) -> u32 {
         let i = match self.free_slots.pop() {
             Some(i) => i,
@@ -1560,6 +1726,9 @@ impl Planner {
         self.by_name.insert(inst.placement.instance.clone(), i);
         if self.is_waiting(&inst) {
             self.waiting.insert(i);
+            for k in self.waiting_keys(&inst) {
+                self.waiting_for.entry(k).or_default().insert(i);
+            }
         }
         self.insts[i as usize] = Some(inst);
         i
@@ -1582,7 +1751,13 @@ impl Planner {
             drop_from(&mut self.home_insts[h as usize]);
         }
         self.by_name.remove(&inst.placement.instance);
-        self.waiting.remove(&i);
+        if self.waiting.remove(&i) {
+            for k in self.waiting_keys(&inst) {
+                if let Some(set) = self.waiting_for.get_mut(&k) {
+                    set.remove(&i);
+                }
+            }
+        }
         self.free_slots.push(i);
         if let Some(a) = inst.account {
             self.charge(a, inst.function, false);

@@ -109,6 +109,7 @@ impl Planner {
             device: inst.device,
             home,
             current: Some(p.clone()),
+            account: None,
         };
         match self.decide(&c, k) {
             (q, None) => match q.reason {
