@@ -261,7 +261,7 @@ pub fn replay(
 
 /// One gateway's agent, simulated: the tracker, and what it last wrote.
 struct Gw {
-    name: String,
+    name: std::sync::Arc<str>,
     tracker: Tracker,
     /// The devices of the last report written, by id.
     written: HashMap<String, SeenDevice>,
@@ -275,9 +275,15 @@ struct Gw {
 
 /// One report an agent writes: what changed since its previous one.
 struct Write {
-    gw: usize,
+    gateway: std::sync::Arc<str>,
     seen: Vec<SeenDevice>,
     gone: Vec<String>,
+}
+
+/// The reports written at one instant, as every run receives them.
+struct Batch {
+    now: Timestamp,
+    writes: Vec<Write>,
 }
 
 /// One planner following the reports, and the timeline it gives.
@@ -312,11 +318,38 @@ impl Run {
                 .apply(&mut self.record, &mut self.totals, due, delta);
         }
     }
+
+    /// The reports of one instant, after what time alone changed before it.
+    fn follow(&mut self, batch: &Batch) {
+        let now = batch.now;
+        self.catch_up(now);
+        for w in &batch.writes {
+            let gone: Vec<&str> = w.gone.iter().map(String::as_str).collect();
+            let delta = self
+                .planner
+                .update_devices(&w.gateway, Some(now), &w.seen, &gone, now);
+            self.state
+                .apply(&mut self.record, &mut self.totals, now, delta);
+        }
+    }
+
+    fn finish(mut self, end: Timestamp, reports: u64) -> Replayed {
+        self.catch_up(end);
+        self.totals.reports = reports;
+        self.state.flush(&mut self.totals, end);
+        Replayed {
+            timeline: self.record.timeline.unwrap_or_default(),
+            churn: self.record.churn,
+            totals: self.totals,
+        }
+    }
 }
 
 /// Replays `trace` under each of `repos` (which differ in policies only: the device
 /// classes of the first decide what the agents report), one pass: the timeline of the
-/// first, the churn and totals of each.
+/// first, the churn and totals of each. The agents run on this thread; each planner
+/// follows their reports on a thread of its own (re-planning is the cost, and the runs
+/// share nothing but the reports).
 fn replay_variants(
     repos: &[&Repo],
     inv: &Inventory,
@@ -347,7 +380,7 @@ fn replay_variants(
         .collect();
     // The cluster starts empty: nodes, and the resources reports say are used by others.
     let empty = Inventory::new(inv.nodes.clone(), without_sightings(inv), Vec::new());
-    let mut runs: Vec<Run> = repos
+    let runs: Vec<Run> = repos
         .iter()
         .enumerate()
         .map(|(k, repo)| {
@@ -368,6 +401,61 @@ fn replay_variants(
             run
         })
         .collect();
+    std::thread::scope(|scope| {
+        type Batches = std::sync::Arc<Vec<Batch>>;
+        let mut feeds = Vec::new();
+        let mut handles = Vec::new();
+        for mut run in runs {
+            // Bounded: the agents wait for the slowest planner instead of queueing a day.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batches>(64);
+            feeds.push(tx);
+            handles.push(scope.spawn(move || {
+                for batches in rx {
+                    for batch in batches.iter() {
+                        run.follow(batch);
+                    }
+                }
+                run
+            }));
+        }
+        // Instants go out in groups: one wake-up per group, not per report.
+        let mut group = Vec::new();
+        let send = |group: &mut Vec<Batch>| {
+            let batches: Batches = std::sync::Arc::new(std::mem::take(group));
+            for feed in &feeds {
+                // A planner thread ends only by panicking, and its join below re-raises it.
+                let _ = feed.send(batches.clone());
+            }
+        };
+        let reports = run_agents(&sorted, inv, opts, &min_rssi, start, end, |batch| {
+            group.push(batch);
+            if group.len() >= 256 {
+                send(&mut group);
+            }
+        });
+        send(&mut group);
+        drop(feeds);
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(run) => run.finish(end, reports),
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+/// The agents of the snapshot's gateways, simulated over the trace in time order: every
+/// instant's reports go to `emit`. Returns how many reports were written.
+fn run_agents(
+    sorted: &[&Sighting],
+    inv: &Inventory,
+    opts: &SimOptions,
+    min_rssi: &HashMap<&str, Option<i32>>,
+    start: Timestamp,
+    end: Timestamp,
+    mut emit: impl FnMut(Batch),
+) -> u64 {
     let mut gws: Vec<Gw> = Vec::new();
     let mut gw_ids: HashMap<String, usize> = HashMap::new();
     for n in &inv.nodes {
@@ -376,7 +464,7 @@ fn replay_variants(
         }
         gw_ids.insert(n.name.clone(), gws.len());
         gws.push(Gw {
-            name: n.name.clone(),
+            name: n.name.as_str().into(),
             tracker: Tracker::new(opts.tracker),
             written: HashMap::new(),
             dirty: BTreeSet::new(),
@@ -459,7 +547,7 @@ fn replay_variants(
             let write = (changed && due) || heartbeat_due;
             if write {
                 let mut w = Write {
-                    gw: g,
+                    gateway: gw.name.clone(),
                     seen: Vec::new(),
                     gone: Vec::new(),
                 };
@@ -497,33 +585,14 @@ fn replay_variants(
                 queue.push(Reverse((w, g)));
             }
         }
-        if writes.is_empty() {
-            continue;
-        }
-        for run in &mut runs {
-            run.catch_up(now);
-            for w in &writes {
-                let gone: Vec<&str> = w.gone.iter().map(String::as_str).collect();
-                let delta =
-                    run.planner
-                        .update_devices(&gws[w.gw].name, Some(now), &w.seen, &gone, now);
-                run.state
-                    .apply(&mut run.record, &mut run.totals, now, delta);
-            }
+        if !writes.is_empty() {
+            emit(Batch {
+                now,
+                writes: std::mem::take(&mut writes),
+            });
         }
     }
-    runs.into_iter()
-        .map(|mut run| {
-            run.catch_up(end);
-            run.totals.reports = reports;
-            run.state.flush(&mut run.totals, end);
-            Replayed {
-                timeline: run.record.timeline.unwrap_or_default(),
-                churn: run.record.churn,
-                totals: run.totals,
-            }
-        })
-        .collect()
+    reports
 }
 
 /// What runs where during the replay, and since when.
