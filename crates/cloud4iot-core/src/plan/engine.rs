@@ -1287,7 +1287,7 @@ impl Planner {
     /// other instance walks its policy's tiers and takes the first with room; a held
     /// instance below its policy's first tier tries the tiers before its own and moves if
     /// one has room.
-    fn place_all(&mut self, cands: Vec<Cand>) -> Vec<u32> {
+    fn place_all(&mut self, mut cands: Vec<Cand>) -> Vec<u32> {
         let device_id = |c: &Cand| c.device.map(|d| self.devices[d as usize].id.as_str());
         let by_name = |x: &Cand, y: &Cand| (&x.name, device_id(x)).cmp(&(&y.name, device_id(y)));
         let mut order: Vec<(std::cmp::Reverse<i32>, bool, u32, u32)> = cands
@@ -1351,10 +1351,25 @@ impl Planner {
             if skip[iu] {
                 continue;
             }
+            let mut rehomed = None;
             let c = &cands[iu];
             decided[iu] = Some(match holds[iu] {
                 None => {
-                    let (mut p, a) = self.decide(c, usize::MAX);
+                    let (mut p, mut a) = self.decide(c, usize::MAX);
+                    if a.is_none() {
+                        if let Some(home) = self.home_as_new(c) {
+                            let again = Cand {
+                                function: c.function,
+                                name: c.name.clone(),
+                                device: c.device,
+                                home: Some(home),
+                                current: c.current.clone(),
+                                account: c.account,
+                            };
+                            (p, a) = self.decide(&again, usize::MAX);
+                            rehomed = again.home;
+                        }
+                    }
                     match a {
                         Some(a) => self.charge(a, c.function, true),
                         // Still unplaced: keep the reason (its figures move with others).
@@ -1387,6 +1402,9 @@ impl Planner {
                     }
                 },
             });
+            if rehomed.is_some() {
+                cands[iu].home = rehomed;
+            }
         }
         // Room an upgrade left behind after others' turns: the waiting ones (below their
         // first tier, or unplaced) try again, in the same order, until nothing moves. This
@@ -1436,6 +1454,20 @@ impl Planner {
             out.push(self.insert_inst(inst));
         }
         out
+    }
+
+    /// A running per-device instance that its kept home leaves unplaced is placed as a new
+    /// instance would be: its device's home as for a new instance (the best-ranked gateway,
+    /// no dwell owed). Unplaced, it would be new on the next pass anyway, so planning twice
+    /// would differ (under `dataLocality: gateway`: a gateway that sees the device but
+    /// runs out of room, seed 11035727077710669140). `None`: not such an instance.
+    fn home_as_new(&self, c: &Cand) -> Option<Home> {
+        c.current.as_ref()?.tier?;
+        let Kind::PerDevice(class) = self.fns[c.function as usize].kind else {
+            return None;
+        };
+        let dev = &self.devices[c.device? as usize];
+        self.home(c.function, class, dev, None)
     }
 
     /// Where a running instance may stay, if it still may and still fits: the node to
