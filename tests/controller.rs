@@ -1591,7 +1591,16 @@ mod bench {
                     .unwrap();
             }
             let new_from = synth::without_device(&reports[&from], &device);
-            let version = d.metadata.resource_version.clone().unwrap();
+            // The watch starts at the collection's current resourceVersion: the object's
+            // own is from the full reconcile that created it, which the API server's
+            // watch cache no longer holds after 90,000 writes (410 Gone).
+            let version = deployments
+                .list_metadata(&ListParams::default().fields(&format!("metadata.name={name}")))
+                .await
+                .unwrap()
+                .metadata
+                .resource_version
+                .unwrap();
             let old = from.clone();
             let arrived = watch_until(&deployments, &name, &version, move |d| {
                 node_label(d).as_deref() != Some(old.as_str())
