@@ -1233,14 +1233,7 @@ mod bench {
         let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
             + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let kib = |key: &str| cloud4iot_controller::status_kib(&status, key).unwrap_or(0);
         // USER_HZ is 100 on Linux.
         (
             Duration::from_millis(ticks * 10),

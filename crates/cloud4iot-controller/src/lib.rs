@@ -962,14 +962,18 @@ impl FullPlan {
 fn memory() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let mib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or_else(|| "?".to_owned(), |kib| format!("{} MiB", kib / 1024))
+        status_kib(&status, key).map_or_else(|| "?".to_owned(), |kib| format!("{} MiB", kib / 1024))
     };
     format!("{} (peak {})", mib("VmRSS:"), mib("VmHWM:"))
+}
+
+/// The value of `key` (`VmRSS:`, `VmHWM:`), in KiB, in the text of a `/proc/PID/status`.
+pub fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Runs `work` unless leadership is lost or the process is stopping first.
