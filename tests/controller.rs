@@ -195,6 +195,28 @@ async fn status(client: &Client) -> Option<ReconcilerStatus> {
         .and_then(|r| r.status)
 }
 
+/// `cloud4iot status ARGS --kubeconfig` against the test control plane.
+fn cli_status(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .arg("status")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap()
+}
+
+/// Waits until `probe` finds what it looks for in the Reconciler's status (`None` while
+/// there is none yet); the controller's log if it never does.
+async fn status_until<T>(
+    what: &str,
+    ctl: &Controller,
+    client: &Client,
+    probe: impl Fn(Option<ReconcilerStatus>) -> Option<T>,
+) -> T {
+    eventually(what, || ctl.log(), async || probe(status(client).await)).await
+}
+
 fn condition<'a>(s: &'a ReconcilerStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
     s.condition(type_)
         .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
@@ -512,16 +534,10 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
         roamed.note.as_deref().is_some_and(|n| !n.is_empty()),
         "{roamed:?}"
     );
-    let s = eventually(
-        "status Ready",
-        || ctl.log(),
-        async || {
-            status(&client)
-                .await
-                .filter(|s| s.last_applied_revision.as_deref() == Some(revision.as_str()))
-                .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
-        },
-    )
+    let s = status_until("status Ready", &ctl, &client, |s| {
+        s.filter(|s| s.last_applied_revision.as_deref() == Some(revision.as_str()))
+            .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+    })
     .await;
     assert_eq!(s.tiers.get("gateway"), Some(&1), "{s:?}");
     assert_eq!(s.tiers.get("cloud"), Some(&2), "{s:?}");
@@ -539,19 +555,11 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
     );
 
     // `cloud4iot status` prints it, as text and as JSON.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args(["status", "--kubeconfig"])
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
+    let out = cli_status(&cp, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("Ready") && text.contains(&revision), "{text}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args(["status", "-o", "json", "--kubeconfig"])
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
+    let out = cli_status(&cp, &["-o", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["lastAppliedRevision"], revision.as_str());
 
@@ -714,15 +722,9 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
     let since = |t: jiff::Timestamp| jiff::Timestamp::now().duration_since(t);
     // The status names the pending move and when it falls due: firstSeen + dwell.
-    let pending = eventually(
-        "the pending move in the status",
-        || ctl.log(),
-        async || {
-            status(&client)
-                .await
-                .and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
-        },
-    )
+    let pending = status_until("the pending move in the status", &ctl, &client, |s| {
+        s.and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
+    })
     .await;
     let due = first_seen + jiff::SignedDuration::from_secs(12);
     assert!(
@@ -736,17 +738,9 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
          dwell 12s"
     );
     // `cloud4iot status` prints it, as text and as JSON, while it is pending.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args(["status", "--kubeconfig"])
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
+    let out = cli_status(&cp, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let json = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args(["status", "-o", "json", "--kubeconfig"])
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
+    let json = cli_status(&cp, &["-o", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     if since(first_seen) < jiff::SignedDuration::from_secs(11) {
         assert!(
@@ -785,11 +779,9 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
         since(first_seen)
     );
     // Once it moved, nothing is pending any more.
-    eventually(
-        "no pending move after it",
-        || ctl.log(),
-        async || status(&client).await.filter(|s| s.pending.is_empty()),
-    )
+    status_until("no pending move after it", &ctl, &client, |s| {
+        s.filter(|s| s.pending.is_empty())
+    })
     .await;
     let reason = &d.metadata.annotations.as_ref().unwrap()["cloud4iot.io/reason"];
     assert!(reason.contains("dwell"), "{reason}");
@@ -837,15 +829,9 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
     .await;
     let fleet = wait_deployment(&client, &ctl, "fleet-stats-0", "fleet-stats", |_| true).await;
     let applied = format!("main@sha1:{good}");
-    eventually(
-        "Ready",
-        || ctl.log(),
-        async || {
-            status(&client)
-                .await
-                .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
-        },
-    )
+    status_until("Ready", &ctl, &client, |s| {
+        s.filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+    })
     .await;
 
     // 1. A signed commit with an invalid file (and fleet-stats removed): refused.
@@ -856,15 +842,9 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
     std::fs::remove_file(repo.path("functions/fleet-stats.yaml")).unwrap();
     let invalid = repo.commit_ssh_signed("broken", &key);
     assert_eq!(ctl.push_hook(SECRET).await, 202);
-    let s = eventually(
-        "Stalled: ValidationFailed",
-        || ctl.log(),
-        async || {
-            status(&client)
-                .await
-                .filter(|s| condition(s, "Stalled").is_some_and(|c| c.1 == "ValidationFailed"))
-        },
-    )
+    let s = status_until("Stalled: ValidationFailed", &ctl, &client, |s| {
+        s.filter(|s| condition(s, "Stalled").is_some_and(|c| c.1 == "ValidationFailed"))
+    })
     .await;
     let (ready, reason, message) = condition(&s, "Ready").unwrap();
     assert_eq!((ready, reason), ("False", "ValidationFailed"), "{s:?}");
@@ -874,11 +854,7 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
         Some(format!("main@sha1:{invalid}"))
     );
     assert_eq!(s.last_applied_revision.as_deref(), Some(applied.as_str()));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args(["status", "--kubeconfig"])
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
+    let out = cli_status(&cp, &[]);
     assert_eq!(out.status.code(), Some(1), "not Ready exits 1");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ValidationFailed"));
 
@@ -906,15 +882,9 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
     );
     let unsigned = repo.commit("unsigned");
     assert_eq!(ctl.push_hook(SECRET).await, 202);
-    let s = eventually(
-        "Stalled: SignatureRefused",
-        || ctl.log(),
-        async || {
-            status(&client)
-                .await
-                .filter(|s| condition(s, "Stalled").is_some_and(|c| c.1 == "SignatureRefused"))
-        },
-    )
+    let s = status_until("Stalled: SignatureRefused", &ctl, &client, |s| {
+        s.filter(|s| condition(s, "Stalled").is_some_and(|c| c.1 == "SignatureRefused"))
+    })
     .await;
     assert_eq!(
         s.last_attempted_revision,
@@ -951,15 +921,9 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
         },
     )
     .await;
-    let s = eventually(
-        "Ready on the signed revision",
-        || ctl.log(),
-        async || {
-            status(&client)
-                .await
-                .filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
-        },
-    )
+    let s = status_until("Ready on the signed revision", &ctl, &client, |s| {
+        s.filter(|s| condition(s, "Ready").is_some_and(|c| c.0 == "True"))
+    })
     .await;
     assert_eq!(s.last_applied_revision, Some(format!("main@sha1:{signed}")));
     assert!(condition(&s, "Stalled").is_none(), "{s:?}");
