@@ -64,6 +64,22 @@ pub(crate) fn now() -> jiff::Timestamp {
     NOW.parse().unwrap()
 }
 
+/// `secs` seconds after [`NOW`].
+pub(crate) fn at_now_plus(secs: i64) -> jiff::Timestamp {
+    now()
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap()
+}
+
+/// The [`world`] with one gateway's [`report`].
+pub(crate) fn with_report(
+    gw: &str,
+    cpu_used: &str,
+    devices: &[(&str, i32, i64, i64)],
+) -> Inventory {
+    inventory(&world(&[report(gw, cpu_used, devices)]))
+}
+
 pub(crate) const OMH: &str = r#"
 apiVersion: cloud4iot.io/v1alpha1
 kind: DeviceClass
@@ -109,13 +125,20 @@ pub(crate) fn only(plan: &Plan) -> &Placement {
     &plan.placements[0]
 }
 
+/// The node of the one OMH instance in the [`world`] with `docs`, and the reason as text.
+fn omh_placed(docs: &[String]) -> (Option<String>, String) {
+    let p = plan(&repo(OMH), &inventory(&world(docs)), now());
+    let p = only(&p);
+    (p.node.clone(), p.reason.to_string())
+}
+
+fn on(node: &str, reason: &str) -> (Option<String>, String) {
+    (Some(node.to_string()), reason.to_string())
+}
+
 #[test]
 fn present_device_gets_an_instance_on_its_gateway_with_the_arch_image() {
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 3600, 2)],
-    )]));
+    let inv = with_report("gw-home-1", "0", &[(BRACELET, -55, 3600, 2)]);
     let plan = plan(&repo(OMH), &inv, now());
     let p = only(&plan);
     assert_eq!(p.instance, INSTANCE);
@@ -131,11 +154,7 @@ fn present_device_gets_an_instance_on_its_gateway_with_the_arch_image() {
 
 #[test]
 fn below_min_rssi_is_not_present_and_the_policy_threshold_wins_over_the_class() {
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -85, 3600, 2)],
-    )]));
+    let inv = with_report("gw-home-1", "0", &[(BRACELET, -85, 3600, 2)]);
     assert!(
         plan(&repo(OMH), &inv, now()).placements.is_empty(),
         "-85 < class minRssi -80"
@@ -152,20 +171,12 @@ fn below_min_rssi_is_not_present_and_the_policy_threshold_wins_over_the_class() 
 
 #[test]
 fn loss_grace_keeps_a_device_present_then_removes_it() {
-    let within = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 3600, 30)],
-    )]));
+    let within = with_report("gw-home-1", "0", &[(BRACELET, -55, 3600, 30)]);
     assert_eq!(
         only(&plan(&repo(OMH), &within, now())).node.as_deref(),
         Some("gw-home-1")
     );
-    let gone = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 3600, 31)],
-    )]));
+    let gone = with_report("gw-home-1", "0", &[(BRACELET, -55, 3600, 31)]);
     assert!(
         plan(&repo(OMH), &gone, now()).placements.is_empty(),
         "lost for more than lossGrace 30s"
@@ -174,80 +185,60 @@ fn loss_grace_keeps_a_device_present_then_removes_it() {
 
 #[test]
 fn new_instance_goes_to_the_strongest_gateway_ties_by_name() {
-    let inv = inventory(&world(&[
+    let strongest = omh_placed(&[
         report("gw-home-1", "0", &[(BRACELET, -70, 60, 1)]),
         report("gw-hospital-1", "0", &[(BRACELET, -60, 1, 1)]),
-    ]));
-    let p = plan(&repo(OMH), &inv, now());
-    assert_eq!(only(&p).node.as_deref(), Some("gw-hospital-1"));
-    assert_eq!(
-        only(&p).reason,
-        "gw-hospital-1 sees the device at -60 dBm for 1s (strongest of 2)"
-    );
-    let tie = inventory(&world(&[
+    ]);
+    let strongest_reason = "gw-hospital-1 sees the device at -60 dBm for 1s (strongest of 2)";
+    assert_eq!(strongest, on("gw-hospital-1", strongest_reason));
+    let (tie, _) = omh_placed(&[
         report("gw-hospital-1", "0", &[(BRACELET, -60, 60, 1)]),
         report("gw-home-1", "0", &[(BRACELET, -60, 60, 1)]),
-    ]));
-    assert_eq!(
-        only(&plan(&repo(OMH), &tie, now())).node.as_deref(),
-        Some("gw-home-1")
-    );
+    ]);
+    assert_eq!(tie.as_deref(), Some("gw-home-1"));
 }
 
 #[test]
 fn running_instance_moves_after_dwell_once_the_old_gateway_lost_the_device() {
     let live = running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1"));
-    let moved = inventory(&world(&[
+    let moved = omh_placed(&[
         report("gw-home-1", "0", &[(BRACELET, -60, 3600, 45)]),
         report("gw-hospital-1", "0", &[(BRACELET, -61, 12, 1)]),
         live.clone(),
-    ]));
-    let p = plan(&repo(OMH), &moved, now());
-    assert_eq!(only(&p).node.as_deref(), Some("gw-hospital-1"));
-    assert_eq!(
-        only(&p).reason,
-        "gw-hospital-1 sees the device at -61 dBm for 12s >= dwell 5s; gw-home-1 no longer does"
-    );
+    ]);
+    let moved_reason =
+        "gw-hospital-1 sees the device at -61 dBm for 12s >= dwell 5s; gw-home-1 no longer does";
+    assert_eq!(moved, on("gw-hospital-1", moved_reason));
     // Heard only weakly at home, and the hospital has not seen it for the dwell yet: stay.
-    let waiting = inventory(&world(&[
+    let waiting = omh_placed(&[
         report("gw-home-1", "0", &[(BRACELET, -85, 3600, 1)]),
         report("gw-hospital-1", "0", &[(BRACELET, -61, 2, 1)]),
         live,
-    ]));
-    let p = plan(&repo(OMH), &waiting, now());
-    assert_eq!(only(&p).node.as_deref(), Some("gw-home-1"));
-    assert_eq!(
-        only(&p).reason,
-        "gw-hospital-1 has seen the device for 2s < dwell 5s: stays on gw-home-1"
-    );
+    ]);
+    let waiting_reason = "gw-hospital-1 has seen the device for 2s < dwell 5s: stays on gw-home-1";
+    assert_eq!(waiting, on("gw-home-1", waiting_reason));
 }
 
 #[test]
 fn no_flapping_while_the_old_gateway_still_has_the_device() {
-    let inv = inventory(&world(&[
+    let stays = omh_placed(&[
         report("gw-home-1", "0", &[(BRACELET, -75, 3600, 1)]),
         report("gw-hospital-1", "0", &[(BRACELET, -40, 600, 1)]),
         running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1")),
-    ]));
-    let p = plan(&repo(OMH), &inv, now());
+    ]);
     assert_eq!(
-        only(&p).node.as_deref(),
-        Some("gw-home-1"),
+        stays,
+        on(
+            "gw-home-1",
+            "gw-home-1 still sees the device at -75 dBm: stays while present"
+        ),
         "a stronger signal elsewhere is not a reason to move"
-    );
-    assert_eq!(
-        only(&p).reason,
-        "gw-home-1 still sees the device at -75 dBm: stays while present"
     );
 }
 
 #[test]
 fn full_gateway_offloads_to_edge_at_the_device_site() {
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "950m",
-        &[(BRACELET, -55, 60, 1)],
-    )]));
+    let inv = with_report("gw-home-1", "950m", &[(BRACELET, -55, 60, 1)]);
     let p = plan(&repo(OMH), &inv, now());
     let p = only(&p);
     assert_eq!(
@@ -288,11 +279,7 @@ fn site_locality_never_leaves_the_site_and_says_so_when_unplaced() {
 #[test]
 fn gateway_locality_never_goes_beyond_the_gateway() {
     let strict = OMH.replace("dataLocality: site", "dataLocality: gateway");
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "950m",
-        &[(BRACELET, -55, 60, 1)],
-    )]));
+    let inv = with_report("gw-home-1", "950m", &[(BRACELET, -55, 60, 1)]);
     let p = plan(&repo(&strict), &inv, now());
     assert_eq!(only(&p).tier, None);
     assert_eq!(
@@ -301,48 +288,35 @@ fn gateway_locality_never_goes_beyond_the_gateway() {
     );
 }
 
+/// OMH plus per-device functions `fa` (policy `a`, priority `prio_a`) and `fb` (`b`, `prio_b`),
+/// each too big to share a gateway with the other.
 fn two_functions(prio_a: i32, prio_b: i32) -> String {
-    format!(
-        r#"{OMH}
----
+    let mut yaml = OMH.to_string();
+    for (policy, priority) in [("a", prio_a), ("b", prio_b)] {
+        yaml += &format!(
+            r#"---
 apiVersion: cloud4iot.io/v1alpha1
 kind: PlacementPolicy
-metadata: {{name: a}}
-spec: {{tiers: [gateway, cloud], priority: {prio_a}}}
----
-apiVersion: cloud4iot.io/v1alpha1
-kind: PlacementPolicy
-metadata: {{name: b}}
-spec: {{tiers: [gateway, cloud], priority: {prio_b}}}
+metadata: {{name: {policy}}}
+spec: {{tiers: [gateway, cloud], priority: {priority}}}
 ---
 apiVersion: cloud4iot.io/v1alpha1
 kind: Function
-metadata: {{name: fa}}
+metadata: {{name: f{policy}}}
 spec:
-  image: example.org/fa:1
+  image: example.org/f{policy}:1
   resources: {{cpu: 600m}}
   instances: {{perDevice: {{deviceClass: omh-bracelet}}}}
-  policy: a
----
-apiVersion: cloud4iot.io/v1alpha1
-kind: Function
-metadata: {{name: fb}}
-spec:
-  image: example.org/fb:1
-  resources: {{cpu: 600m}}
-  instances: {{perDevice: {{deviceClass: omh-bracelet}}}}
-  policy: b
+  policy: {policy}
 "#
-    )
+        );
+    }
+    yaml
 }
 
 #[test]
 fn higher_priority_takes_gateway_room_first() {
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 60, 1)],
-    )]));
+    let inv = with_report("gw-home-1", "0", &[(BRACELET, -55, 60, 1)]);
     let mut r = repo(&two_functions(1, 10));
     r.functions.remove("omh-consolidator");
     let p = plan(&r, &inv, now());
@@ -381,11 +355,7 @@ fn no_image_for_the_gateway_arch_offloads_and_no_image_at_all_is_unplaced() {
         "archImages: {arm64: \"example.org/omh:1.0-arm64\", amd64: \"example.org/omh:1.0-amd64\"}",
         "archImages: {amd64: \"example.org/omh:1.0-amd64\"}",
     );
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 60, 1)],
-    )]));
+    let inv = with_report("gw-home-1", "0", &[(BRACELET, -55, 60, 1)]);
     let p = plan(&repo(&amd_only), &inv, now());
     assert_eq!(only(&p).tier, Some(Tier::Edge));
     assert_eq!(
@@ -424,7 +394,7 @@ spec:
 
 #[test]
 fn replicas_follow_the_mode_and_spread_over_gateways_by_room() {
-    let inv = inventory(&world(&[report("gw-home-1", "100m", &[])]));
+    let inv = with_report("gw-home-1", "100m", &[]);
     let p = plan(&repo(ENGINE), &inv, now());
     assert_eq!(p.placements.len(), 3);
     for r in &p.placements {
@@ -472,16 +442,10 @@ fn a_replica_that_cannot_fit_anywhere_is_unplaced_with_its_reason() {
 #[test]
 fn update_report_moves_one_device_like_a_full_plan_does() {
     let r = repo(OMH);
-    let home = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 3600, 1)],
-    )]));
+    let home = with_report("gw-home-1", "0", &[(BRACELET, -55, 3600, 1)]);
     let mut planner = Planner::new(&r, &home, now());
     assert_eq!(only(&planner.plan()).node.as_deref(), Some("gw-home-1"));
-    let later = now()
-        .checked_add(jiff::SignedDuration::from_secs(60))
-        .unwrap();
+    let later = at_now_plus(60);
     // The home gateway lost the bracelet (empty report), the hospital has seen it for 12s.
     let hospital_doc = report("gw-hospital-1", "0", &[(BRACELET, -61, 12 - 60, -60)]);
     let hospital: crate::model::GatewayReport = serde_norway::from_str(&hospital_doc).unwrap();
@@ -506,33 +470,30 @@ fn next_due_names_the_dwell_the_loss_grace_and_the_stale_heartbeat() {
     let r = repo(OMH);
     // Seen for 2s (dwell 5s: reached in 3s), last seen 1s ago (lossGrace 30s: lost after
     // 29s), heartbeat now (stale after 90s).
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 2, 1)],
-    )]));
+    let inv = with_report("gw-home-1", "0", &[(BRACELET, -55, 2, 1)]);
     let mut planner = Planner::new(&r, &inv, now());
-    let at = |s: i64| {
-        now()
-            .checked_add(jiff::SignedDuration::from_secs(s))
-            .unwrap()
-    };
     let tick = jiff::SignedDuration::from_nanos(1);
-    assert_eq!(planner.next_due(), Some(at(3)));
+    assert_eq!(planner.next_due(), Some(at_now_plus(3)));
     assert!(
-        planner.advance(at(3)).is_empty(),
+        planner.advance(at_now_plus(3)).is_empty(),
         "dwell reached, no other gateway"
     );
-    assert_eq!(planner.next_due(), Some(at(29).checked_add(tick).unwrap()));
+    assert_eq!(
+        planner.next_due(),
+        Some(at_now_plus(29).checked_add(tick).unwrap())
+    );
     // Up to the last instant of lossGrace nothing changes; just after it the device is gone.
-    assert!(planner.advance(at(29)).is_empty());
+    assert!(planner.advance(at_now_plus(29)).is_empty());
     let delta = planner.advance(planner.next_due().unwrap());
     assert_eq!(
         delta.removed,
         vec![("omh-consolidator".to_string(), INSTANCE.to_string())]
     );
-    assert_eq!(planner.next_due(), Some(at(90).checked_add(tick).unwrap()));
-    planner.advance(at(91));
+    assert_eq!(
+        planner.next_due(),
+        Some(at_now_plus(90).checked_add(tick).unwrap())
+    );
+    planner.advance(at_now_plus(91));
     assert_eq!(planner.next_due(), None, "nothing left to wait for");
 }
 
@@ -542,16 +503,10 @@ fn a_stale_heartbeat_offloads_the_gateway_instances_and_remove_report_is_a_full_
     // lossGrace 5m so the sighting outlives the heartbeat.
     let long_grace = OMH.replace("lossGrace: 30s", "lossGrace: 5m");
     let r_long = repo(&long_grace);
-    let inv = inventory(&world(&[report(
-        "gw-home-1",
-        "0",
-        &[(BRACELET, -55, 600, 1)],
-    )]));
+    let inv = with_report("gw-home-1", "0", &[(BRACELET, -55, 600, 1)]);
     let mut planner = Planner::new(&r_long, &inv, now());
     assert_eq!(only(&planner.plan()).node.as_deref(), Some("gw-home-1"));
-    let later = now()
-        .checked_add(jiff::SignedDuration::from_secs(91))
-        .unwrap();
+    let later = at_now_plus(91);
     let delta = planner.advance(later);
     assert_eq!(delta.upserted.len(), 1);
     let after = planner.plan();
@@ -580,7 +535,77 @@ mod incremental {
 
     use super::super::Planner;
     use super::super::synth::{self, SynthConfig, XorShift};
-    use crate::model::{Inventory, Tier};
+    use crate::model::{GatewayReport, Inventory, Repo, Tier};
+
+    /// A random walk of report changes over a small synthetic world: the clock, the reports
+    /// as they are now, and the draw.
+    struct Walk {
+        cfg: SynthConfig,
+        now: jiff::Timestamp,
+        reports: Vec<GatewayReport>,
+        r: XorShift,
+    }
+
+    impl Walk {
+        /// `salt` keeps the walks of different properties apart for one seed.
+        fn new(seed: u64, vary_policies: bool, salt: u64) -> (Walk, Repo, Inventory) {
+            let mut cfg = SynthConfig::small(seed);
+            cfg.vary_policies = vary_policies;
+            let (repo, inv) = synth::world(&cfg);
+            let walk = Walk {
+                cfg,
+                now: synth::now(),
+                reports: inv.reports.clone(),
+                r: XorShift::new(seed ^ salt),
+            };
+            (walk, repo, inv)
+        }
+
+        /// Moves the clock on by up to `max_secs` and picks the gateway to change.
+        fn step(&mut self, max_secs: i64) -> usize {
+            self.now = self
+                .now
+                .checked_add(jiff::SignedDuration::from_secs(self.r.range(0, max_secs)))
+                .unwrap();
+            self.r.below(self.reports.len())
+        }
+
+        /// Gateway `g` sees a random device (strongly, past any dwell); `only_there`: no other
+        /// gateway sees it any more.
+        fn sees_a_device(&mut self, g: usize, only_there: bool) {
+            let d = self.r.below(self.cfg.devices);
+            let (id, class) = (
+                synth::device_id(d),
+                format!("class-{:02}", d % self.cfg.classes),
+            );
+            if only_there {
+                for rep in self.reports.iter_mut() {
+                    *rep = synth::without_device(rep, &id);
+                }
+            }
+            self.reports[g] = synth::with_device(&self.reports[g], &id, &class, self.now);
+        }
+
+        /// Gateway `g`'s own use becomes a random CPU figure.
+        fn uses_random_cpu(&mut self, g: usize) {
+            self.reports[g].spec.resources = Some(crate::model::ResourceQuantities {
+                cpu: Some(format!("{}m", self.r.range(0, 3000))),
+                memory: Some("0".into()),
+            });
+        }
+
+        /// Gateway `g` no longer sees the first device it listed.
+        fn loses_its_first_device(&mut self, g: usize) {
+            let rep = &self.reports[g];
+            let first = rep
+                .spec
+                .devices
+                .first()
+                .map(|d| d.id.clone())
+                .unwrap_or_default();
+            self.reports[g] = synth::without_device(rep, &first);
+        }
+    }
 
     /// Seed 4353270952572985628, 6 steps: a running instance (`dataLocality: gateway`) whose
     /// gateway went stale was unplaced, then placed as new on the next pass.
@@ -611,68 +636,46 @@ mod incremental {
         steps: usize,
         vary_policies: bool,
     ) -> Result<(), TestCaseError> {
-        let mut cfg = SynthConfig::small(seed);
-        cfg.vary_policies = vary_policies;
-        let (repo, inv) = synth::world(&cfg);
-        let mut now = synth::now();
-        let mut planner = Planner::new(&repo, &inv, now);
-        let mut reports = inv.reports.clone();
-        let mut r = XorShift::new(seed ^ 0xf00d);
-        prop_assume!(!reports.is_empty());
+        let (mut walk, repo, inv) = Walk::new(seed, vary_policies, 0xf00d);
+        let mut planner = Planner::new(&repo, &inv, walk.now);
+        prop_assume!(!walk.reports.is_empty());
         for _ in 0..steps {
             // Just before the next due instant nothing changes.
             if let Some(due) = planner.next_due() {
                 let before = due
                     .checked_sub(jiff::SignedDuration::from_nanos(1))
                     .unwrap();
-                if before > now {
-                    let inputs = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
-                    let same = planner.rebuild(&repo, &inputs, now);
+                if before > walk.now {
+                    let inputs =
+                        Inventory::new(inv.nodes.clone(), walk.reports.clone(), Vec::new());
+                    let same = planner.rebuild(&repo, &inputs, walk.now);
                     prop_assert_eq!(same.plan(), planner.plan(), "not a fixed point");
                     let full = planner.rebuild(&repo, &inputs, before);
                     prop_assert_eq!(full.plan(), planner.plan(), "changed before next_due");
                 }
             }
-            now = now
-                .checked_add(jiff::SignedDuration::from_secs(r.range(0, 40)))
-                .unwrap();
-            let g = r.below(reports.len());
-            let name = reports[g].metadata.name.clone().unwrap();
-            let kind = r.below(5);
+            let g = walk.step(40);
+            let name = walk.reports[g].metadata.name.clone().unwrap();
+            let kind = walk.r.below(5);
             match kind {
-                0 if cfg.devices > 0 => {
-                    let d = r.below(cfg.devices);
-                    let class = format!("class-{:02}", d % cfg.classes);
-                    reports[g] = synth::with_device(&reports[g], &synth::device_id(d), &class, now);
-                }
-                1 => {
-                    reports[g].spec.resources = Some(crate::model::ResourceQuantities {
-                        cpu: Some(format!("{}m", r.range(0, 3000))),
-                        memory: Some("0".into()),
-                    });
-                }
-                2 => {
-                    let first = reports[g]
-                        .spec
-                        .devices
-                        .first()
-                        .map(|d| d.id.clone())
-                        .unwrap_or_default();
-                    reports[g] = synth::without_device(&reports[g], &first);
-                }
+                0 if walk.cfg.devices > 0 => walk.sees_a_device(g, false),
+                1 => walk.uses_random_cpu(g),
+                2 => walk.loses_its_first_device(g),
                 3 => {
-                    reports[g].spec.devices.clear();
-                    reports[g].spec.resources = None;
-                    reports[g].spec.heartbeat = None;
+                    let spec = &mut walk.reports[g].spec;
+                    spec.devices.clear();
+                    spec.resources = None;
+                    spec.heartbeat = None;
                 }
                 _ => {}
             }
-            let inputs = Inventory::new(inv.nodes.clone(), reports.clone(), Vec::new());
+            let now = walk.now;
+            let inputs = Inventory::new(inv.nodes.clone(), walk.reports.clone(), Vec::new());
             let full = planner.rebuild(&repo, &inputs, now);
             match kind {
                 3 => drop(planner.remove_report(&name, now)),
                 4 => drop(planner.advance(now)),
-                _ => drop(planner.update_report(reports[g].clone(), now)),
+                _ => drop(planner.update_report(walk.reports[g].clone(), now)),
             }
             planner.check_accounting().map_err(TestCaseError::fail)?;
             let (inc, all) = (planner.plan(), full.plan());
@@ -738,37 +741,17 @@ mod incremental {
         /// incremental accounting always equals a recount, and no gateway is over capacity.
         #[test]
         fn update_report_keeps_accounting_exact(seed in any::<u64>(), steps in 1usize..12) {
-            let cfg = SynthConfig::small(seed);
-            let (repo, inv) = synth::world(&cfg);
-            let mut now = synth::now();
-            let mut planner = Planner::new(&repo, &inv, now);
-            let mut reports = inv.reports.clone();
-            let mut r = XorShift::new(seed ^ 0x5eed);
-            prop_assume!(!reports.is_empty());
+            let (mut walk, repo, inv) = Walk::new(seed, false, 0x5eed);
+            let mut planner = Planner::new(&repo, &inv, walk.now);
+            prop_assume!(!walk.reports.is_empty());
             for _ in 0..steps {
-                now = now.checked_add(jiff::SignedDuration::from_secs(r.range(0, 20))).unwrap();
-                let g = r.below(reports.len());
-                let changed = match r.below(3) {
-                    0 if cfg.devices > 0 => {
-                        let d = r.below(cfg.devices);
-                        let class = format!("class-{:02}", d % cfg.classes);
-                        for rep in reports.iter_mut() {
-                            *rep = synth::without_device(rep, &synth::device_id(d));
-                        }
-                        synth::with_device(&reports[g], &synth::device_id(d), &class, now)
-                    }
-                    1 => {
-                        let mut rep = reports[g].clone();
-                        rep.spec.resources = Some(crate::model::ResourceQuantities {
-                            cpu: Some(format!("{}m", r.range(0, 3000))),
-                            memory: Some("0".into()),
-                        });
-                        rep
-                    }
-                    _ => synth::without_device(&reports[g], &reports[g].spec.devices.first().map(|d| d.id.clone()).unwrap_or_default()),
-                };
-                reports[g] = changed.clone();
-                planner.update_report(changed, now);
+                let g = walk.step(20);
+                match walk.r.below(3) {
+                    0 if walk.cfg.devices > 0 => walk.sees_a_device(g, true),
+                    1 => walk.uses_random_cpu(g),
+                    _ => walk.loses_its_first_device(g),
+                }
+                planner.update_report(walk.reports[g].clone(), walk.now);
                 planner.check_accounting().map_err(TestCaseError::fail)?;
                 for p in planner.plan().placements.iter().filter(|p| p.tier == Some(Tier::Gateway)) {
                     prop_assert!(inv.node(p.node.as_deref().unwrap()).unwrap().schedulable());
@@ -784,12 +767,6 @@ fn running_at(function: &str, instance: &str, tier: &str, site: &str) -> String 
         "template: {spec: {",
         &format!("template: {{spec: {{nodeSelector: {{cloud4iot.io/site: {site}}}, "),
     )
-}
-
-fn at_now_plus(secs: i64) -> jiff::Timestamp {
-    now()
-        .checked_add(jiff::SignedDuration::from_secs(secs))
-        .unwrap()
 }
 
 #[test]
@@ -823,31 +800,29 @@ fn an_offloaded_instance_does_not_move_onto_a_gateway_before_dwell() {
     );
 }
 
-#[test]
-fn a_running_instance_waits_on_its_gateway_for_the_dwell_elsewhere_even_when_lost_there() {
-    let docs = world(&[
-        report("gw-home-1", "0", &[(BRACELET, -60, 900, 45)]), // lost: 45s > lossGrace 30s
+/// The instance runs on gw-home-1, which lost the device 45s ago (lossGrace 30s); gw-hospital-1
+/// has seen it for 2s (dwell 5s).
+fn lost_at_home_and_new_at_the_hospital() -> [String; 3] {
+    [
+        report("gw-home-1", "0", &[(BRACELET, -60, 900, 45)]),
         report("gw-hospital-1", "0", &[(BRACELET, -55, 2, 0)]),
         running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1")),
-    ]);
-    let p = plan(&repo(OMH), &inventory(&docs), now());
-    assert_eq!(only(&p).node.as_deref(), Some("gw-home-1"));
-    assert_eq!(
-        only(&p).reason.to_string(),
-        "gw-hospital-1 has seen the device for 2s < dwell 5s: stays on gw-home-1"
-    );
+    ]
+}
+
+#[test]
+fn a_running_instance_waits_on_its_gateway_for_the_dwell_elsewhere_even_when_lost_there() {
+    let docs = lost_at_home_and_new_at_the_hospital();
+    let stays = "gw-hospital-1 has seen the device for 2s < dwell 5s: stays on gw-home-1";
+    assert_eq!(omh_placed(&docs), on("gw-home-1", stays));
     // The planner says when to look again: the hospital reaches the dwell in 3s.
-    let planner = Planner::new(&repo(OMH), &inventory(&docs), now());
+    let planner = Planner::new(&repo(OMH), &inventory(&world(&docs)), now());
     assert_eq!(planner.next_due(), Some(at_now_plus(3)));
 }
 
 #[test]
 fn pending_moves_name_the_gateway_and_the_instant_the_dwell_is_reached() {
-    let docs = world(&[
-        report("gw-home-1", "0", &[(BRACELET, -60, 900, 45)]),
-        report("gw-hospital-1", "0", &[(BRACELET, -55, 2, 0)]),
-        running("omh-consolidator", INSTANCE, "gateway", Some("gw-home-1")),
-    ]);
+    let docs = world(&lost_at_home_and_new_at_the_hospital());
     let mut planner = Planner::new(&repo(OMH), &inventory(&docs), now());
     let pending = planner.pending_moves();
     assert_eq!(pending.len(), 1, "{pending:#?}");
