@@ -260,106 +260,6 @@ pub(crate) struct Fields {
     pub spec: Spec,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Meta {
-    pub name: Option<String>,
-    pub namespace: Option<String>,
-    pub labels: Option<BTreeMap<String, String>>,
-    pub annotations: Option<BTreeMap<String, String>>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Spec {
-    pub replicas: Option<i32>,
-    #[serde(default)]
-    pub selector: Selector,
-    pub strategy: Option<Strategy>,
-    #[serde(default)]
-    pub template: Template,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Selector {
-    pub match_labels: Option<BTreeMap<String, String>>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Strategy {
-    #[serde(rename = "type")]
-    pub type_: Option<String>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Template {
-    pub metadata: Option<TemplateMeta>,
-    pub spec: Option<PodSpec>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct TemplateMeta {
-    pub labels: Option<BTreeMap<String, String>>,
-    pub annotations: Option<BTreeMap<String, String>>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PodSpec {
-    pub affinity: Option<Affinity>,
-    pub automount_service_account_token: Option<bool>,
-    #[serde(default)]
-    pub containers: Vec<Container>,
-    pub node_selector: Option<BTreeMap<String, String>>,
-    pub tolerations: Option<Vec<Toleration>>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Container {
-    #[serde(default)]
-    pub name: String,
-    pub image: Option<String>,
-    pub image_pull_policy: Option<String>,
-    pub env: Option<Vec<EnvVar>>,
-    pub ports: Option<Vec<ContainerPort>>,
-    pub resources: Option<Resources>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct EnvVar {
-    #[serde(default)]
-    pub name: String,
-    pub value: Option<String>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ContainerPort {
-    #[serde(default)]
-    pub container_port: i32,
-    pub name: Option<String>,
-    pub protocol: Option<String>,
-}
-
-#[serde_with::skip_serializing_none]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Resources {
-    pub limits: Option<BTreeMap<String, String>>,
-    pub requests: Option<BTreeMap<String, String>>,
-}
-
 impl Fields {
     /// The projection of a typed Deployment (a rendered one, a dry-run result, a watched one).
     pub(crate) fn of(d: &Deployment) -> Fields {
@@ -471,6 +371,88 @@ impl Fields {
             && a.0.namespace == a.1.namespace
             && a.0.labels == a.1.labels
             && self.spec == other.spec
+    }
+}
+
+/// Declares the structs of the projection under the serde rules they all share, those of
+/// the Kubernetes API types: a field that is `None` is left out, names are camelCase, and a
+/// missing field reads as its default.
+macro_rules! projection {
+    ($(struct $name:ident { $($body:tt)* })*) => {
+        $(
+            #[serde_with::skip_serializing_none]
+            #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+            #[serde(default, rename_all = "camelCase")]
+            pub(crate) struct $name { $($body)* }
+        )*
+    };
+}
+
+projection! {
+    struct Meta {
+        pub name: Option<String>,
+        pub namespace: Option<String>,
+        pub labels: Option<BTreeMap<String, String>>,
+        pub annotations: Option<BTreeMap<String, String>>,
+    }
+
+    struct Spec {
+        pub replicas: Option<i32>,
+        pub selector: Selector,
+        pub strategy: Option<Strategy>,
+        pub template: Template,
+    }
+
+    struct Selector {
+        pub match_labels: Option<BTreeMap<String, String>>,
+    }
+
+    struct Strategy {
+        #[serde(rename = "type")]
+        pub type_: Option<String>,
+    }
+
+    struct Template {
+        pub metadata: Option<TemplateMeta>,
+        pub spec: Option<PodSpec>,
+    }
+
+    struct TemplateMeta {
+        pub labels: Option<BTreeMap<String, String>>,
+        pub annotations: Option<BTreeMap<String, String>>,
+    }
+
+    struct PodSpec {
+        pub affinity: Option<Affinity>,
+        pub automount_service_account_token: Option<bool>,
+        pub containers: Vec<Container>,
+        pub node_selector: Option<BTreeMap<String, String>>,
+        pub tolerations: Option<Vec<Toleration>>,
+    }
+
+    struct Container {
+        pub name: String,
+        pub image: Option<String>,
+        pub image_pull_policy: Option<String>,
+        pub env: Option<Vec<EnvVar>>,
+        pub ports: Option<Vec<ContainerPort>>,
+        pub resources: Option<Resources>,
+    }
+
+    struct EnvVar {
+        pub name: String,
+        pub value: Option<String>,
+    }
+
+    struct ContainerPort {
+        pub container_port: i32,
+        pub name: Option<String>,
+        pub protocol: Option<String>,
+    }
+
+    struct Resources {
+        pub limits: Option<BTreeMap<String, String>>,
+        pub requests: Option<BTreeMap<String, String>>,
     }
 }
 
