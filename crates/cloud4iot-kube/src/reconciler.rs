@@ -8,36 +8,31 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The name of the one Reconciler an installation has.
 pub const NAME: &str = "cloud4iot";
 
-/// What the controller follows, for people reading the object (`kubectl get c4i` shows
-/// `NAME READY REVISION AGE`).
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "cloud4iot.io",
-    version = "v1alpha1",
-    kind = "Reconciler",
-    plural = "reconcilers",
-    shortname = "c4i",
-    status = "ReconcilerStatus",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
-    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.lastAppliedRevision"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[serde(rename_all = "camelCase")]
-pub struct ReconcilerSpec {
-    /// The repository the controller follows (its flags are what it actually uses).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The namespace function Deployments are applied to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+cloud4iot_core::kind! {
+    /// What the controller follows, for people reading the object (`kubectl get c4i` shows
+    /// `NAME READY REVISION AGE`).
+    #[kube(kind = "Reconciler", plural = "reconcilers", shortname = "c4i")]
+    #[kube(status = "ReconcilerStatus")]
+    #[kube(
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+        printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.lastAppliedRevision"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )]
+    pub struct ReconcilerSpec {
+        /// The repository the controller follows (its flags are what it actually uses).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub source: Option<String>,
+        /// The namespace function Deployments are applied to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub namespace: Option<String>,
+    }
 }
 
 /// What the controller last did.

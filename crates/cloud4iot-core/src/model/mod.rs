@@ -10,7 +10,6 @@ mod quantity;
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +22,35 @@ pub use quantity::{
     number_as_quantity, parse_cpu_millis, parse_memory_bytes,
 };
 
+/// The API group of every cloud4iot kind. [`kind!`](crate::kind) writes it as a literal (kube's
+/// derive takes only literals); a test checks the two agree.
 pub const GROUP: &str = "cloud4iot.io";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "cloud4iot.io/v1alpha1";
+
+/// Declares a cloud4iot kind served by the API server (a CRD): the spec struct that follows
+/// gets kube's `CustomResource` derive under [`GROUP`] and [`VERSION`], the derives every kind
+/// has and camelCase field names. The struct adds its own `#[kube(kind = .., plural = ..)]`.
+/// Used here (`GatewayReport`) and by `cloud4iot-kube` (`Reconciler`); the caller depends on
+/// `kube` (feature `derive`), `serde` and `schemars`.
+#[macro_export]
+macro_rules! kind {
+    ($($item:tt)*) => {
+        #[derive(
+            ::kube::CustomResource,
+            Clone,
+            Debug,
+            Default,
+            PartialEq,
+            ::serde::Serialize,
+            ::serde::Deserialize,
+            ::schemars::JsonSchema,
+        )]
+        #[kube(group = "cloud4iot.io", version = "v1alpha1")]
+        #[serde(rename_all = "camelCase")]
+        $($item)*
+    };
+}
 
 /// Labels and annotations cloud4iot reads and writes. Nodes carry the tier/site labels;
 /// rendered Deployments carry all of the `LABEL_*` so live state maps back to instances.
@@ -360,30 +385,26 @@ pub struct DeviceMatch {
     pub addresses: Vec<String>,
 }
 
-/// What a gateway's agent reports: the devices it sees and what is used on it.
-/// Cluster-scoped, named after its gateway node.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "cloud4iot.io",
-    version = "v1alpha1",
-    kind = "GatewayReport",
-    plural = "gatewayreports",
-    shortname = "gwr",
-    printcolumn = r#"{"name":"Devices","type":"integer","jsonPath":".spec.devices[*].id","description":"devices seen"}"#,
-    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".spec.heartbeat"}"#
-)]
-#[serde(rename_all = "camelCase")]
-pub struct GatewayReportSpec {
-    /// When the agent last wrote this report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub heartbeat: Option<jiff::Timestamp>,
-    /// Devices of a known class the gateway sees, strongest first.
-    #[serde(default)]
-    pub devices: Vec<SeenDevice>,
-    /// Resources in use on the gateway by anything cloud4iot did not place.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceQuantities>,
+crate::kind! {
+    /// What a gateway's agent reports: the devices it sees and what is used on it.
+    /// Cluster-scoped, named after its gateway node.
+    #[kube(kind = "GatewayReport", plural = "gatewayreports", shortname = "gwr")]
+    #[kube(
+        printcolumn = r#"{"name":"Devices","type":"integer","jsonPath":".spec.devices[*].id","description":"devices seen"}"#,
+        printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".spec.heartbeat"}"#
+    )]
+    pub struct GatewayReportSpec {
+        /// When the agent last wrote this report.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<String>")]
+        pub heartbeat: Option<jiff::Timestamp>,
+        /// Devices of a known class the gateway sees, strongest first.
+        #[serde(default)]
+        pub devices: Vec<SeenDevice>,
+        /// Resources in use on the gateway by anything cloud4iot did not place.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub resources: Option<ResourceQuantities>,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -467,6 +488,15 @@ pub struct Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kind_macro_serves_the_group_and_version_of_the_constants() {
+        use kube::Resource;
+        assert_eq!(GatewayReport::group(&()), GROUP);
+        assert_eq!(GatewayReport::version(&()), VERSION);
+        assert_eq!(GatewayReport::api_version(&()), API_VERSION);
+        assert_eq!(API_VERSION, format!("{GROUP}/{VERSION}"));
+    }
 
     #[test]
     fn slugs_and_names_are_dns_labels() {
