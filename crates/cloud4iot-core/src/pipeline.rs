@@ -24,7 +24,7 @@ pub struct Pipeline<'a> {
 }
 
 /// What one pass decides: the plan and the objects it renders to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Desired {
     pub plan: Plan,
     /// Sorted by (function, instance), as the plan.
