@@ -27,6 +27,7 @@ pub mod lease;
 pub mod metrics;
 pub mod source;
 pub mod status;
+pub mod superseded;
 pub mod watches;
 pub mod webhook;
 pub mod world;
@@ -59,6 +60,7 @@ use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Metrics, Trigger};
 use crate::source::Fetched;
 use crate::status::{Facts, Problem};
+use crate::superseded::{FullRule, Superseded};
 use crate::world::{Work, World};
 
 /// Everything `cloud4iot run` is told.
@@ -266,7 +268,7 @@ struct Controller {
     backoff: Backoff,
     /// While a full reconcile writes: the objects moves wrote since it planned, which it
     /// must not overwrite with its older plan.
-    superseded: Option<Arc<std::sync::Mutex<HashSet<String>>>>,
+    superseded: Option<Superseded>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -479,16 +481,14 @@ impl Controller {
         } = plan;
         let opts = self.apply_options();
         let client = self.client.clone();
-        let superseded = Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let superseded = Superseded::default();
         self.superseded = Some(superseded.clone());
-        let write = move |d: &Deployment| {
-            let name = d.metadata.name.as_deref().unwrap_or_default();
-            !superseded.lock().is_ok_and(|s| s.contains(name))
-        };
-        let is_wanted = |name: &str| wanted.contains(name);
+        let rule = FullRule { wanted, superseded };
+        let write = |d: &Deployment| rule.may_write(d);
+        let keeps = |name: &str| rule.keeps(name);
         let desired = apply::Desired {
-            wanted: &is_wanted,
-            empty: wanted.is_empty(),
+            wanted: &keeps,
+            empty: rule.wanted.is_empty(),
         };
         let (repo, render) = (self.world.repo.clone(), self.world.render.clone());
         let objects = writes.iter().map(|p| {
@@ -609,10 +609,8 @@ impl Controller {
         if work.is_empty() {
             return;
         }
-        if let Some(superseded) = &self.superseded
-            && let Ok(mut s) = superseded.lock()
-        {
-            s.extend(work.iter().map(|w| w.name().to_owned()));
+        if let Some(superseded) = &self.superseded {
+            superseded.extend(work.iter().map(|w| w.name().to_owned()));
         }
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let opts = self.apply_options();
