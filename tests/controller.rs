@@ -1111,6 +1111,121 @@ async fn after_an_api_server_restart_the_controller_reconnects_and_converges() {
     );
 }
 
+/// A managed Deployment as cloud4iot renders one, running `image`.
+fn managed(name: &str, image: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS, "labels": {
+            "app.kubernetes.io/managed-by": "cloud4iot",
+            "cloud4iot.io/instance": name,
+        }},
+        "spec": {
+            "selector": {"matchLabels": {"cloud4iot.io/instance": name}},
+            "template": {
+                "metadata": {"labels": {"cloud4iot.io/instance": name}},
+                "spec": {"containers": [{"name": "f", "image": image}]}
+            }
+        }
+    }))
+    .expect("a Deployment")
+}
+
+/// The full reconcile's race, made deterministic: the cluster and the set of instances
+/// moves re-decided ("superseded") are laid out as they are when moves were written while
+/// a full reconcile's writes were in flight, then the full reconcile's older plan is
+/// applied with the controller's own rule. A superseded instance is neither created,
+/// configured nor pruned by it; everything else is, as planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_it_ran() {
+    use cloud4iot_controller::superseded::{FullRule, Superseded};
+    use cloud4iot_kube::apply::{self, Action, ApplyOptions, Desired};
+
+    let cp = world(Options::api_only(), Vec::new()).await;
+    let client = cp.client();
+    let opts = ApplyOptions {
+        namespace: NS.to_owned(),
+        ..ApplyOptions::default()
+    };
+    // What runs when the full reconcile lists: moves already wrote `moved-1` (image 2)
+    // and placed `back-0` again; `gone-0` is left from an older revision.
+    let live = [
+        managed("moved-1", "registry.example.com/f:2"),
+        managed("back-0", "registry.example.com/f:2"),
+        managed("gone-0", "registry.example.com/f:1"),
+    ];
+    let seeded = apply::apply(&client, &live, &opts, &|_| {}).await.unwrap();
+    assert_eq!(seeded.summary.created, 3, "{seeded:?}");
+
+    // The full reconcile's plan, older than the moves: `fresh-0` and `moved-0` do not
+    // exist yet, `moved-1` on image 1; `back-0` and `gone-0` are not wanted. Since it
+    // planned, moves re-decided `moved-0` (unplaced it: nothing to create), `moved-1` and
+    // `back-0`.
+    let plan = [
+        managed("fresh-0", "registry.example.com/f:1"),
+        managed("moved-0", "registry.example.com/f:1"),
+        managed("moved-1", "registry.example.com/f:1"),
+    ];
+    let superseded = Superseded::default();
+    superseded.extend(["moved-0", "moved-1", "back-0"].map(String::from));
+    let rule = FullRule {
+        wanted: plan
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect(),
+        superseded,
+    };
+    let keeps = |name: &str| rule.keeps(name);
+    let desired = Desired {
+        wanted: &keeps,
+        empty: false,
+    };
+    let report = apply::apply_streamed(
+        &client,
+        plan.iter(),
+        &|d| rule.may_write(d),
+        desired,
+        &opts,
+        None,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let actions: Vec<(&str, Action)> = report
+        .objects
+        .iter()
+        .map(|o| (o.name.as_str(), o.action))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("fresh-0", Action::Created),
+            ("moved-0", Action::Unchanged),
+            ("moved-1", Action::Unchanged),
+            ("gone-0", Action::Pruned),
+        ],
+        "{report:?}"
+    );
+    assert!(report.succeeded(), "{report:?}");
+
+    // And the cluster says the same.
+    assert!(deployment(&client, "fresh-0").await.is_some());
+    assert!(
+        deployment(&client, "moved-0").await.is_none(),
+        "a move unplaced it: the older plan must not create it"
+    );
+    let moved = deployment(&client, "moved-1").await.expect("moved-1");
+    assert_eq!(
+        image_of(&moved),
+        "registry.example.com/f:2",
+        "the move's write stands"
+    );
+    assert!(
+        deployment(&client, "back-0").await.is_some(),
+        "a move placed it again: the older plan must not prune it"
+    );
+    assert!(deployment(&client, "gone-0").await.is_none());
+}
+
 /// A control plane with the demo Nodes, held until Ctrl-C, for following README's "Run it
 /// in a cluster" by hand: prints the admin kubeconfig's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,7 +237,6 @@ pub async fn run(
         status_ensured: false,
         status_pending: false,
         backoff: Backoff::new(),
-        superseded: None,
     };
     controller.run(changes, source_rx, leader_rx, stop_rx).await;
 
@@ -266,9 +265,6 @@ struct Controller {
     /// A changed status waits for the once-a-second slot.
     status_pending: bool,
     backoff: Backoff,
-    /// While a full reconcile writes: the objects moves wrote since it planned, which it
-    /// must not overwrite with its older plan.
-    superseded: Option<Superseded>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -427,7 +423,8 @@ impl Controller {
     /// left unread for the minutes a first reconcile of that size takes is closed by the
     /// API server, and its resume point is then gone: 410, a re-list, and another full
     /// reconcile), and the moves they cause are written at once instead of after the
-    /// whole reconcile; the full reconcile skips an object such a move wrote since.
+    /// whole reconcile. An instance such a move re-decided is the move's from then on:
+    /// the full reconcile neither writes nor prunes it ([`superseded`]).
     async fn full<S>(
         &mut self,
         why: Trigger,
@@ -482,8 +479,10 @@ impl Controller {
         let opts = self.apply_options();
         let client = self.client.clone();
         let superseded = Superseded::default();
-        self.superseded = Some(superseded.clone());
-        let rule = FullRule { wanted, superseded };
+        let rule = FullRule {
+            wanted,
+            superseded: superseded.clone(),
+        };
         let write = |d: &Deployment| rule.may_write(d);
         let keeps = |name: &str| rule.keeps(name);
         let desired = apply::Desired {
@@ -513,6 +512,8 @@ impl Controller {
                     while let Some(Some(change)) = changes.next().now_or_never() {
                         self.on_change(change);
                     }
+                    // Decided after the plan: the moves' to write, keep or delete.
+                    superseded.extend(self.world.dirty.iter().cloned());
                     if self.world.full.is_none()
                         && !self.world.dirty.is_empty()
                         && !self.backoff.waiting()
@@ -522,7 +523,6 @@ impl Controller {
                 }
             }
         };
-        self.superseded = None;
         self.facts.reconciling = false;
         let report = match outcome {
             None => {
@@ -608,9 +608,6 @@ impl Controller {
         let why = why.unwrap_or(Trigger::Presence);
         if work.is_empty() {
             return;
-        }
-        if let Some(superseded) = &self.superseded {
-            superseded.extend(work.iter().map(|w| w.name().to_owned()));
         }
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let opts = self.apply_options();

@@ -6,6 +6,15 @@
 //! move's decision is newer than the full reconcile's, so the full reconcile must not put
 //! its older plan back over it: [`FullRule`] is the rule it hands to
 //! [`cloud4iot_kube::apply::apply_streamed`].
+//!
+//! The rule: an instance is *superseded* once the loop marks it dirty after the full
+//! reconcile planned (a GatewayReport or timer move re-planned it, or the drift check saw
+//! its object change or go), whether or not that leads to a write. The full reconcile
+//! then neither applies it (create or configure) nor prunes it; every other instance is
+//! applied and pruned as its plan says. `apply_streamed` asks as each request starts, so
+//! only a request already sent when the move is decided can still land after the move's
+//! write; the watch then shows the older object, and the drift check writes the move
+//! again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,8 +57,10 @@ impl FullRule {
         !self.superseded.contains(name)
     }
 
-    /// Whether the full reconcile keeps `name` (does not prune it): its plan wanted it.
+    /// Whether the full reconcile keeps `name` (does not prune it): its plan wanted it, or
+    /// a move re-decided it (what the move decided stands: written, deleted, held or
+    /// left as it was).
     pub fn keeps(&self, name: &str) -> bool {
-        self.wanted.contains(name)
+        self.wanted.contains(name) || self.superseded.contains(name)
     }
 }

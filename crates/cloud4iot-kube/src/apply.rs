@@ -238,11 +238,11 @@ pub async fn apply(
     apply_selected(client, desired, &|_| true, opts, progress).await
 }
 
-/// [`apply`], writing only the objects `write` selects (and every object that does not
-/// exist yet); the others count as unchanged. Pruning still compares with all of
-/// `desired`, under the same guards. The controller selects the objects that differ from
-/// its cache of the live ones, so a full reconcile of 100,000 instances writes only what
-/// changed.
+/// [`apply`], writing only the objects `write` selects, whether they exist or not; the
+/// others count as unchanged. Pruning still compares with all of `desired`, under the
+/// same guards. `write` is asked as each object's request starts: the controller refuses
+/// the objects incremental moves re-decided while its full reconcile runs (see
+/// [`apply_streamed`]).
 pub async fn apply_selected(
     client: &Client,
     desired: &[Deployment],
@@ -295,6 +295,17 @@ pub struct Desired<'a> {
 /// it writes (the controller, at 100,000 instances): `objects` are made one at a time as
 /// their requests start (render on demand, so they never all sit in memory), and pruning
 /// asks `desired` which names are still wanted.
+///
+/// Both questions are asked late, so a caller whose answers change while this runs (the
+/// controller, whose incremental moves go on beside its full reconcile) is heard:
+/// - `write(object)` as the object's request starts, for an object that exists and for
+///   one that does not: a refused object is neither created nor configured (it counts
+///   as unchanged);
+/// - `desired.wanted(name)` once after the applies, to choose the prune candidates (and
+///   the guards' counts), and again as each deletion starts: a name wanted by then is not
+///   pruned (it counts as unchanged, "wanted again").
+///
+/// A request already sent when an answer changes is not recalled.
 pub async fn apply_streamed<D>(
     client: &Client,
     objects: impl ExactSizeIterator<Item = D>,
@@ -330,10 +341,11 @@ where
                 let note = format!("namespace {ns} would be created");
                 return result(ns, &name, Action::Created, Some(note));
             }
-            let live = before.get(&name);
-            if live.is_some() && !write(object) {
+            // Asked for creates too: a caller may have given the name to a newer write.
+            if !write(object) {
                 return result(ns, &name, Action::Unchanged, None);
             }
+            let live = before.get(&name);
             apply_one(api, object, live, opts).await
         });
         run_all(applies, "apply", opts.concurrency, progress).await
@@ -383,9 +395,15 @@ where
              --force-prune if the deletions are really meant)"
         ))
     } else {
-        let prunes = candidates
-            .into_iter()
-            .map(|b| prune_one(&api, &b.meta, opts.dry_run));
+        let api = &api;
+        let prunes = candidates.into_iter().map(|b| async move {
+            let name = b.meta.name.as_deref().unwrap_or_default();
+            if (desired.wanted)(name) {
+                let note = Some("wanted again; not pruned".to_owned());
+                return result(ns, name, Action::Unchanged, note);
+            }
+            prune_one(api, &b.meta, opts.dry_run).await
+        });
         let pruned = run_all(prunes, "prune", opts.concurrency, progress).await;
         results.extend(pruned);
         Prune::Done
