@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{ControlPlane, KubeletStandIn, Options, free_port, two_sites, world};
+use support::{ControlPlane, KubeletStandIn, Options, eventually, free_port, two_sites, world};
 
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
 const BRACELET_NAME: &str = "OMH-BR-0042";
@@ -223,21 +223,24 @@ async fn wait_report(
     agent: &Agent,
     ok: impl Fn(&GatewayReport) -> bool,
 ) -> GatewayReport {
-    let started = Instant::now();
-    loop {
-        if let Some(r) = report(client, node).await {
-            if ok(&r) {
-                return r;
-            }
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "{node}: {what} not reported within {WAIT:?}; last: {:?}\n--- agent log\n{}",
-            report(client, node).await.map(|r| r.spec),
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let last = std::sync::Mutex::new(None);
+    eventually(
+        &format!("{node}: {what} reported"),
+        WAIT,
+        || {
+            format!(
+                "last: {:?}\n--- agent log\n{}",
+                last.lock().unwrap(),
+                agent.log()
+            )
+        },
+        async || {
+            let r = report(client, node).await?;
+            *last.lock().unwrap() = Some(r.spec.clone());
+            ok(&r).then_some(r)
+        },
+    )
+    .await
 }
 
 async fn report_opt(client: &Client, node: &str) -> kube::Result<Option<GatewayReport>> {
@@ -248,19 +251,26 @@ async fn report_opt(client: &Client, node: &str) -> kube::Result<Option<GatewayR
 
 /// Waits until the agent's /metrics has `line`.
 async fn wait_metric(agent: &Agent, line: &str) {
-    let started = Instant::now();
-    loop {
-        let (_, metrics) = agent.get("/metrics");
-        if metrics.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "no {line:?} within {WAIT:?}: {metrics}\n--- agent log\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        &format!("{line:?} in /metrics"),
+        WAIT,
+        || {
+            format!(
+                "{}\n--- agent log\n{}",
+                agent.get("/metrics").1,
+                agent.log()
+            )
+        },
+        async || {
+            agent
+                .get("/metrics")
+                .1
+                .lines()
+                .any(|l| l == line)
+                .then_some(())
+        },
+    )
+    .await
 }
 
 /// The version of the report at etcd `key` as of `revision` (0: the newest), with the
@@ -432,20 +442,17 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
 
     // BlueZ crashes: not ready, with a clear log; it comes back: scanning again.
     bluez.run(&["kill-mock"]);
-    let started = Instant::now();
-    loop {
-        let (code, body) = agent.get("/readyz");
-        if code == 503 {
-            assert!(body.contains("BLE down"), "{body}");
-            break;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "still ready without BlueZ\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let body = eventually(
+        "not ready without BlueZ",
+        WAIT,
+        || agent.log(),
+        async || {
+            let (code, body) = agent.get("/readyz");
+            (code == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("BLE down"), "{body}");
     assert!(
         agent.log().contains("reconnecting to BlueZ"),
         "{}",
@@ -466,11 +473,13 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
         },
     )
     .await;
-    let started = Instant::now();
-    while agent.get("/readyz").0 != 200 {
-        assert!(started.elapsed() < WAIT, "not ready again\n{}", agent.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "ready again",
+        WAIT,
+        || agent.log(),
+        async || (agent.get("/readyz").0 == 200).then_some(()),
+    )
+    .await;
 
     // A new DeviceClass, applied from git: picked up live, without a restart.
     let repo = tempfile::tempdir().unwrap();
@@ -715,28 +724,34 @@ async fn a_pod_bound_token_writes_only_its_own_gateways_report_and_deletes_none(
                "metadata": {"name": name}, "spec": {"heartbeat": "2026-11-28T10:00:00Z", "devices": []}})
     };
     // Policies reach the API server's informers shortly after they are created.
-    let started = Instant::now();
-    loop {
-        match reports
-            .patch("gw-hospital-1", &ssa, &Patch::Apply(body("gw-hospital-1")))
-            .await
-        {
-            Err(kube::Error::Api(s)) if s.message.contains("named after its own node") => {
-                assert_eq!(s.code, 403);
-                break;
-            }
-            other => {
-                // Let a write that slipped through before the policy was active be undone.
-                if other.is_ok() {
-                    let _ = Api::<GatewayReport>::all(client.clone())
-                        .delete("gw-hospital-1", &DeleteParams::default())
-                        .await;
+    let last = std::sync::Mutex::new(String::new());
+    eventually(
+        "another node's report denied",
+        WAIT,
+        || last.lock().unwrap().clone(),
+        async || {
+            let written = reports
+                .patch("gw-hospital-1", &ssa, &Patch::Apply(body("gw-hospital-1")))
+                .await;
+            match written {
+                Err(kube::Error::Api(s)) if s.message.contains("named after its own node") => {
+                    assert_eq!(s.code, 403);
+                    Some(())
                 }
-                assert!(started.elapsed() < WAIT, "never denied: {other:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                other => {
+                    // Let a write that slipped through before the policy was active be undone.
+                    if other.is_ok() {
+                        let _ = Api::<GatewayReport>::all(client.clone())
+                            .delete("gw-hospital-1", &DeleteParams::default())
+                            .await;
+                    }
+                    *last.lock().unwrap() = format!("never denied: {other:?}");
+                    None
+                }
             }
-        }
-    }
+        },
+    )
+    .await;
     reports
         .patch("gw-home-1", &ssa, &Patch::Apply(body("gw-home-1")))
         .await
@@ -770,16 +785,19 @@ async fn a_pod_bound_token_writes_only_its_own_gateways_report_and_deletes_none(
         "subjects": [{"kind": "ServiceAccount", "name": AGENT, "namespace": SYSTEM_NAMESPACE}]
     });
     kubectl_apply(&cp, &[widen, bind]).await;
-    let started = Instant::now();
-    loop {
-        match reports.delete("gw-home-1", &DeleteParams::default()).await {
-            Err(kube::Error::Api(s)) if s.message.contains("may not delete") => break,
-            Err(kube::Error::Api(s)) if s.code == 403 => {} // RBAC not widened yet
-            other => panic!("delete with widened RBAC: {other:?}"),
-        }
-        assert!(started.elapsed() < WAIT, "the policy never spoke");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the policy refuses the delete",
+        WAIT,
+        String::new,
+        async || {
+            match reports.delete("gw-home-1", &DeleteParams::default()).await {
+                Err(kube::Error::Api(s)) if s.message.contains("may not delete") => Some(()),
+                Err(kube::Error::Api(s)) if s.code == 403 => None, // RBAC not widened yet
+                other => panic!("delete with widened RBAC: {other:?}"),
+            }
+        },
+    )
+    .await;
     assert!(report(&client, "gw-home-1").await.is_some());
     assert!(report(&client, "gw-hospital-1").await.is_some());
 
@@ -798,19 +816,16 @@ async fn a_pod_bound_token_writes_only_its_own_gateways_report_and_deletes_none(
     .await;
     // With the gw-home-1 token, an agent claiming to be gw-hospital-1 gets nowhere.
     let impostor = Agent::start("gw-hospital-1", kubeconfig.path(), &bluez, &[]);
-    let started = Instant::now();
-    loop {
-        let (code, body) = impostor.get("/readyz");
-        if code == 503 && body.contains("named after its own node") {
-            break;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "{code} {body}\n{}",
-            impostor.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually(
+        "the impostor is refused",
+        WAIT,
+        || format!("{:?}\n{}", impostor.get("/readyz"), impostor.log()),
+        async || {
+            let (code, body) = impostor.get("/readyz");
+            (code == 503 && body.contains("named after its own node")).then_some(())
+        },
+    )
+    .await;
     assert!(
         report(&client, "gw-hospital-1")
             .await

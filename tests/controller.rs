@@ -24,7 +24,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use support::repos::{CLOUD_POLICY, CONSOLIDATOR_FN, DEVICE_CLASS, cloud_function, roaming_policy};
 use support::{
-    ControlPlane, KubeletStandIn, Options, free_port, seen, two_sites, world, write_report,
+    ControlPlane, KubeletStandIn, Options, eventually, free_port, seen, two_sites, world,
+    write_report,
 };
 
 const NS: &str = "cloud4iot-functions";
@@ -115,24 +116,6 @@ async fn settled_at_home(cp: &ControlPlane, dir: &Path) -> (GitRepo, Controller)
     (repo, ctl)
 }
 
-/// Polls `probe` until it returns Some, or panics with `what` (and `context()`) after WAIT.
-async fn eventually<T>(
-    what: &str,
-    context: impl Fn() -> String,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(t) = probe().await {
-            return t;
-        }
-        if started.elapsed() > WAIT {
-            panic!("{what}: not after {WAIT:?}\n{}", context());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn deployment(client: &Client, name: &str) -> Option<Deployment> {
     Api::<Deployment>::namespaced(client.clone(), NS)
         .get_opt(name)
@@ -180,6 +163,7 @@ async fn wait_deployment(
 ) -> Deployment {
     eventually(
         what,
+        WAIT,
         || ctl.log(),
         async || deployment(client, name).await.filter(|d| ok(d)),
     )
@@ -214,7 +198,13 @@ async fn status_until<T>(
     client: &Client,
     probe: impl Fn(Option<ReconcilerStatus>) -> Option<T>,
 ) -> T {
-    eventually(what, || ctl.log(), async || probe(status(client).await)).await
+    eventually(
+        what,
+        WAIT,
+        || ctl.log(),
+        async || probe(status(client).await),
+    )
+    .await
 }
 
 fn condition<'a>(s: &'a ReconcilerStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
@@ -359,6 +349,7 @@ impl Controller {
     async fn wait_ready(&self) {
         eventually(
             "/readyz answers 200",
+            WAIT,
             || self.log(),
             async || {
                 matches!(self.http("GET", "/readyz", &[], b"").await, Some((200, _))).then_some(())
@@ -521,6 +512,7 @@ async fn a_pushed_commit_is_applied_at_once_on_a_webhook_and_a_bracelet_is_follo
     // An Event on the Deployment says why; the status and the metrics agree.
     let roamed = eventually(
         "a Roamed Event",
+        WAIT,
         || ctl.log(),
         async || {
             events_for(&client, CONSOLIDATOR)
@@ -591,9 +583,12 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
         }))
         .unwrap();
         // The namespace's default ServiceAccount comes from the controller-manager.
-        eventually(&format!("Pod {name} created"), String::new, async || {
-            pods.create(&Default::default(), &pod).await.ok()
-        })
+        eventually(
+            &format!("Pod {name} created"),
+            WAIT,
+            String::new,
+            async || pods.create(&Default::default(), &pod).await.ok(),
+        )
         .await;
     }
     let pod_env = |name| [("POD_NAME", name), ("POD_NAMESPACE", SYSTEM_NS)];
@@ -607,6 +602,7 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     .await;
     let first = eventually(
         "a Lease holder",
+        WAIT,
         || a.log(),
         async || lease_holder(&client).await,
     )
@@ -633,6 +629,7 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     };
     eventually(
         "the leader's Pod labelled for the webhook Service",
+        WAIT,
         || leader.log(),
         async || (labelled(&leader_pod).await.as_deref() == Some("true")).then_some(()),
     )
@@ -670,6 +667,7 @@ async fn of_two_controllers_one_acts_the_other_takes_over_and_with_both_stopped_
     // replica removes the label at start.)
     eventually(
         "the new leader's Pod labelled",
+        WAIT,
         || standby.log(),
         async || (labelled(&standby_pod).await.as_deref() == Some("true")).then_some(()),
     )
@@ -912,6 +910,7 @@ async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_s
     .await;
     eventually(
         "fleet-stats pruned",
+        WAIT,
         || ctl.log(),
         async || {
             deployment(&client, "fleet-stats-0")
@@ -1021,6 +1020,7 @@ async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gate
     for kind in ["Offloaded", "Recalled"] {
         eventually(
             &format!("an {kind} Event"),
+            WAIT,
             || ctl.log(),
             async || {
                 events_for(&client, CONSOLIDATOR)
@@ -1035,6 +1035,7 @@ async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gate
     // A full resync later (every 3 s here) the user's Deployment is exactly as it was.
     eventually(
         "a full resync",
+        WAIT,
         || ctl.log(),
         async || {
             let text = ctl.metrics().await;

@@ -13,12 +13,14 @@
 
 pub mod assets;
 pub mod control_plane;
+mod eventually;
 pub mod nodes;
 mod pki;
 pub mod repos;
 pub mod world;
 
 pub use control_plane::{ControlPlane, Options, free_port};
+pub use eventually::eventually;
 pub use nodes::{Tier, cloud_node, create_node, edge_node, gateway_node};
 pub use world::{
     FUNCTIONS_NS, KubeletStandIn, apply_report, seen, two_sites, wait_bound_only_to, world,
