@@ -13,8 +13,11 @@ use std::sync::OnceLock;
 
 use cloud4iot_source::signature::{self, AllowedSigners, AllowedSignersError};
 
+/// A harness: its name and the function that takes the fuzzer's bytes.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The harnesses by name; the names are fuzz/fuzz_targets/ and fuzz/corpus/ directories.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [Target; 4] = [
     ("repository_loader", repository_loader),
     ("snapshot_reader", snapshot_reader),
     ("allowed_signers", allowed_signers),

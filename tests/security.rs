@@ -722,8 +722,11 @@ mod fuzzing {
         }
     }
 
-    /// Each target's corpus, file name and bytes, in name order.
-    static CORPUS: LazyLock<Vec<(&'static str, Vec<(String, Vec<u8>)>)>> = LazyLock::new(|| {
+    /// A corpus file: its name and bytes.
+    type Input = (String, Vec<u8>);
+
+    /// Each target's corpus, in name order.
+    static CORPUS: LazyLock<Vec<(&'static str, Vec<Input>)>> = LazyLock::new(|| {
         TARGETS
             .iter()
             .map(|(target, _)| {

@@ -199,7 +199,7 @@ impl ControlPlane {
             processes
                 .start_controller(
                     "kube-scheduler",
-                    &assets,
+                    assets,
                     &url,
                     &pki.ca_cert,
                     ("system:kube-scheduler", &pki.scheduler_token),
@@ -212,7 +212,7 @@ impl ControlPlane {
             processes
                 .start_controller(
                     "kube-controller-manager",
-                    &assets,
+                    assets,
                     &url,
                     &pki.ca_cert,
                     (

@@ -110,6 +110,31 @@ pub fn world_size(repo: &Repo, inv: &Inventory) -> String {
     )
 }
 
+/// Adds what `from` has and `into` lacks, recursively (lists element by element): the
+/// rendered fields win, the server's additions are filled in. Dresses rendered objects as
+/// the API server returns them, for benchmarks and generated snapshots.
+pub fn fill(into: &mut serde_json::Value, from: &serde_json::Value) {
+    use serde_json::Value;
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                match into.get_mut(k) {
+                    Some(mine) => fill(mine, v),
+                    None => {
+                        into.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(into), Value::Array(from)) => {
+            for (mine, theirs) in into.iter_mut().zip(from) {
+                fill(mine, theirs);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,30 +167,5 @@ mod tests {
 
         let p = placement("f", "f-0");
         assert_eq!((p.tier, p.reason.to_string().as_str()), (None, ""));
-    }
-}
-
-/// Adds what `from` has and `into` lacks, recursively (lists element by element): the
-/// rendered fields win, the server's additions are filled in. Dresses rendered objects as
-/// the API server returns them, for benchmarks and generated snapshots.
-pub fn fill(into: &mut serde_json::Value, from: &serde_json::Value) {
-    use serde_json::Value;
-    match (into, from) {
-        (Value::Object(into), Value::Object(from)) => {
-            for (k, v) in from {
-                match into.get_mut(k) {
-                    Some(mine) => fill(mine, v),
-                    None => {
-                        into.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (Value::Array(into), Value::Array(from)) => {
-            for (mine, theirs) in into.iter_mut().zip(from) {
-                fill(mine, theirs);
-            }
-        }
-        _ => {}
     }
 }

@@ -28,6 +28,7 @@ pub(crate) enum Parsed {
 }
 
 /// One YAML document or JSON value of a snapshot.
+#[allow(clippy::large_enum_variant)] // nearly every document is an Item: boxing would allocate once more per item
 pub(crate) enum Doc {
     Empty,
     Item(Parsed),
