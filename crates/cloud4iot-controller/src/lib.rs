@@ -749,6 +749,9 @@ impl Controller {
                     } = &w
                     {
                         let name = object.metadata.name.clone().unwrap_or_default();
+                        if let Some(rv) = &r.resource_version {
+                            self.world.wrote(&name, rv);
+                        }
                         self.migrated(before.as_ref(), after, &name);
                     }
                 }

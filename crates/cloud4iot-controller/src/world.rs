@@ -11,6 +11,11 @@
 //!   rules (a hand edit) or that was deleted while still desired becomes dirty, so the
 //!   next write takes it back. Our own writes come back through the watch equal to what we
 //!   desire, and are no-ops.
+//! - Except an event older than a write of ours that the watch has not brought yet
+//!   ([`World::wrote`]): a watch brings an object's changes in order, so such an event
+//!   shows a state our write already replaced (a full reconcile's write overtaken by a
+//!   move decided after it). It is cached but not judged: judged, it looked like a change
+//!   outside git and cost one no-op write.
 //! - A dirty instance is written only when its desired object differs from the live one
 //!   ([`World::needs_write`]); a different `cloud4iot.io/revision` annotation alone is no
 //!   difference, so in controller mode that annotation is "the revision that last changed
@@ -143,6 +148,9 @@ pub struct World {
     pub dirty: BTreeSet<String>,
     /// Deletions held by the gateway-dropout guard, re-decided when it clears.
     pub held: BTreeSet<String>,
+    /// Per object, the resourceVersion our latest write left it at, until the watch
+    /// brings that version ([`World::wrote`]).
+    awaited: BTreeMap<String, String>,
     /// Why a full reconcile is due, if one is.
     pub full: Option<Trigger>,
     /// Why the dirty instances are dirty (for the duration metric).
@@ -168,6 +176,7 @@ impl World {
             synced: [false; 3],
             dirty: BTreeSet::new(),
             held: BTreeSet::new(),
+            awaited: BTreeMap::new(),
             full: None,
             dirty_trigger: None,
         }
@@ -367,6 +376,38 @@ impl World {
         }
     }
 
+    /// Our own write left `name` at `resource_version` (the write's answer). Called before
+    /// the watches are read again, so the watch has not brought that version yet unless
+    /// the write changed nothing and the cache holds it already. Until it comes, the events
+    /// the watch brings for `name` are older than our write and are not judged as drift.
+    ///
+    /// Only for writes whose answer is taken in before the watches are read again (the
+    /// incremental writes): a full reconcile's answers come after it read its own events.
+    pub fn wrote(&mut self, name: &str, resource_version: &str) {
+        if self
+            .live
+            .get(name)
+            .is_some_and(|l| l.resource_version == resource_version)
+        {
+            return;
+        }
+        self.awaited
+            .insert(name.to_owned(), resource_version.to_owned());
+    }
+
+    /// Whether an event for `name` at `resource_version` is older than a write of ours the
+    /// watch has not brought yet (and, when it is that write, stop waiting for it).
+    fn overtaken(&mut self, name: &str, resource_version: &str) -> bool {
+        match self.awaited.get(name) {
+            Some(ours) if ours == resource_version => {
+                self.awaited.remove(name);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     fn on_deployment(&mut self, e: Event<Deployment>) {
         match e {
             Event::Init => self.live_buf = Some(BTreeMap::new()),
@@ -377,6 +418,8 @@ impl World {
             }
             Event::InitDone => {
                 let fresh = self.live_buf.take().unwrap_or_default();
+                // A re-list may skip versions (ours too): judge what comes after it.
+                self.awaited.clear();
                 if self.synced[2] {
                     // Deletions and edits missed while the watch was down: look at all.
                     self.want_full(Trigger::Relist);
@@ -387,7 +430,9 @@ impl World {
             Event::Apply(d) => {
                 let name = d.metadata.name.clone().unwrap_or_default();
                 let live = Live::new(&d);
-                if self.planner.is_some() && self.drifted(&name, &live) {
+                if self.overtaken(&name, live.resource_version()) {
+                    tracing::debug!(deployment = %name, "an older version than our write");
+                } else if self.planner.is_some() && self.drifted(&name, &live) {
                     tracing::info!(deployment = %name, "changed outside git: taking it back");
                     self.mark(name.clone(), Trigger::Drift);
                 }
@@ -396,7 +441,11 @@ impl World {
             Event::Delete(d) => {
                 let name = d.metadata.name.clone().unwrap_or_default();
                 self.live.remove(&name);
-                if self.desired.get(&name).is_some_and(|p| p.tier.is_some()) {
+                let rv = d.metadata.resource_version.as_deref().unwrap_or_default();
+                // Deleted before our write (which created it again): nothing to recreate.
+                if self.overtaken(&name, rv) {
+                    tracing::debug!(deployment = %name, "deleted before our write");
+                } else if self.desired.get(&name).is_some_and(|p| p.tier.is_some()) {
                     tracing::info!(deployment = %name, "deleted while desired: recreating it");
                     self.mark(name, Trigger::Drift);
                 }
@@ -501,6 +550,9 @@ impl World {
         self.planner = Some(planner);
         self.dirty.clear();
         self.dirty_trigger = None;
+        // Bounds a wait that never ends (a version the watch never brings) to one full
+        // reconcile, which compares every object anyway.
+        self.awaited.clear();
     }
 
     /// Placed instances per tier, and the unplaced ones.
@@ -597,6 +649,113 @@ mod tests {
         served.metadata.uid = Some("u-1".into());
         served.status = Some(Default::default());
         assert!(!differs(&served, Some(&live)));
+    }
+
+    /// A world planned from a real repository: one cloud function, one cloud node.
+    fn planned_world() -> World {
+        let yaml = "\
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {name: cloud-only}
+spec: {tiers: [cloud], followDevice: false}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: stats}
+spec:
+  image: registry.example.com/stats:1
+  resources: {cpu: 100m, memory: 64Mi}
+  instances: {replicas: 1}
+  policy: cloud-only
+";
+        let repo = cloud4iot_core::load::load_str(std::path::Path::new("repo.yaml"), yaml)
+            .expect("a valid repository");
+        let mut world = World::new("fns");
+        world.nodes.insert(
+            "cloud-1".to_owned(),
+            NodeInfo {
+                name: "cloud-1".to_owned(),
+                tier: Tier::Cloud,
+                site: Some("cloud".to_owned()),
+                arch: Arch::Amd64,
+                allocatable: Resources::new(64_000, 256 << 30),
+                gateway_taint: false,
+                blocked: None,
+            },
+        );
+        world.set_revision(None, Arc::new(repo));
+        world.replan(Timestamp::now());
+        world
+    }
+
+    #[test]
+    fn events_older_than_our_own_write_are_cached_but_not_taken_for_drift() {
+        let mut world = planned_world();
+        let (desired, _) = world.desired_object("stats-0").expect("placed");
+        let at = |d: &Deployment, rv: &str| {
+            let mut d = d.clone();
+            d.metadata.resource_version = Some(rv.to_owned());
+            d.metadata.uid = Some("u-1".to_owned());
+            d
+        };
+        // What an older plan wrote (another image), as the watch brings it.
+        let mut older = desired.clone();
+        let pod = older.spec.template.spec.as_mut().expect("a pod spec");
+        pod.containers[0].image = Some("registry.example.com/stats:0".to_owned());
+        let apply = |world: &mut World, d: Deployment| {
+            world.on_change(Change::Deployment(Event::Apply(d)), Timestamp::now());
+        };
+
+        // Judged as before when no write of ours is awaited: a change outside git.
+        apply(&mut world, at(&desired, "10"));
+        assert!(world.dirty.is_empty(), "our own object is no drift");
+        apply(&mut world, at(&older, "11"));
+        assert!(world.dirty.contains("stats-0"), "{:?}", world.dirty);
+        world.dirty.clear();
+
+        // Our write left it at 20; the watch still brings 15 (older) before it.
+        world.wrote("stats-0", "20");
+        apply(&mut world, at(&older, "15"));
+        assert!(
+            world.dirty.is_empty(),
+            "older than our write: {:?}",
+            world.dirty
+        );
+        assert_eq!(
+            world.live["stats-0"].resource_version(),
+            "15",
+            "still cached"
+        );
+        let deleted = Change::Deployment(Event::Delete(at(&older, "16")));
+        world.on_change(deleted, Timestamp::now());
+        assert!(
+            world.dirty.is_empty(),
+            "deleted before our write made it again"
+        );
+        apply(&mut world, at(&desired, "20"));
+        assert!(world.dirty.is_empty());
+        // From our write on, every change is judged again.
+        apply(&mut world, at(&older, "21"));
+        assert!(world.dirty.contains("stats-0"), "a later edit is drift");
+        world.dirty.clear();
+
+        // A write that changed nothing waits for nothing: the cache holds its version.
+        world.wrote("stats-0", "21");
+        apply(&mut world, at(&older, "22"));
+        assert!(world.dirty.contains("stats-0"));
+        world.dirty.clear();
+
+        // A re-list may skip versions: it ends the wait.
+        world.wrote("stats-0", "30");
+        world.on_change(Change::Deployment(Event::Init), Timestamp::now());
+        world.on_change(
+            Change::Deployment(Event::InitApply(at(&desired, "30"))),
+            Timestamp::now(),
+        );
+        world.on_change(Change::Deployment(Event::InitDone), Timestamp::now());
+        world.full = None;
+        apply(&mut world, at(&older, "31"));
+        assert!(world.dirty.contains("stats-0"), "judged after a re-list");
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct ObjectResult {
     /// Why it failed, or a note (a field taken back from an imperative edit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The object's resourceVersion as the apply left it (not in reports: for a caller
+    /// that keeps its own cache, to know its own write when the watch brings it).
+    #[serde(skip)]
+    pub resource_version: Option<String>,
 }
 
 impl fmt::Display for ObjectResult {
@@ -451,6 +455,7 @@ fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> Obje
         name: name.to_owned(),
         action,
         message,
+        resource_version: None,
     }
 }
 
@@ -773,7 +778,10 @@ async fn apply_one(
         Some(b) if b.meta.resource_version == stored.metadata.resource_version => Action::Unchanged,
         Some(_) => Action::Configured,
     };
-    result(ns, &name, action, note)
+    ObjectResult {
+        resource_version: stored.metadata.resource_version,
+        ..result(ns, &name, action, note)
+    }
 }
 
 /// Server-side applies one object, for a caller that keeps its own cache of the live side
