@@ -1145,22 +1145,26 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
     let client = cp.client();
     let opts = ApplyOptions {
         namespace: NS.to_owned(),
+        // Not the point here (and it would hide the old code's prunes of 3 of 4).
+        max_prune_ratio: 1.0,
         ..ApplyOptions::default()
     };
     // What runs when the full reconcile lists: moves already wrote `moved-1` (image 2)
-    // and placed `back-0` again; `gone-0` is left from an older revision.
+    // and placed `back-0` again; `gone-0` and `late-0` are left from an older revision.
     let live = [
         managed("moved-1", "registry.example.com/f:2"),
         managed("back-0", "registry.example.com/f:2"),
         managed("gone-0", "registry.example.com/f:1"),
+        managed("late-0", "registry.example.com/f:1"),
     ];
     let seeded = apply::apply(&client, &live, &opts, &|_| {}).await.unwrap();
-    assert_eq!(seeded.summary.created, 3, "{seeded:?}");
+    assert_eq!(seeded.summary.created, 4, "{seeded:?}");
 
     // The full reconcile's plan, older than the moves: `fresh-0` and `moved-0` do not
-    // exist yet, `moved-1` on image 1; `back-0` and `gone-0` are not wanted. Since it
-    // planned, moves re-decided `moved-0` (unplaced it: nothing to create), `moved-1` and
-    // `back-0`.
+    // exist yet, `moved-1` on image 1; `back-0`, `gone-0` and `late-0` are not wanted.
+    // Since it planned, moves re-decided `moved-0` (unplaced it: nothing to create),
+    // `moved-1` and `back-0`; one re-decides `late-0` just after the prune candidates are
+    // chosen, before its deletion starts.
     let plan = [
         managed("fresh-0", "registry.example.com/f:1"),
         managed("moved-0", "registry.example.com/f:1"),
@@ -1175,7 +1179,13 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
             .collect(),
         superseded,
     };
-    let keeps = |name: &str| rule.keeps(name);
+    let keeps = |name: &str| {
+        let kept = rule.keeps(name);
+        if name == "late-0" {
+            rule.superseded.extend(["late-0".to_owned()]);
+        }
+        kept
+    };
     let desired = Desired {
         wanted: &keeps,
         empty: false,
@@ -1203,6 +1213,7 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
             ("moved-0", Action::Unchanged),
             ("moved-1", Action::Unchanged),
             ("gone-0", Action::Pruned),
+            ("late-0", Action::Unchanged),
         ],
         "{report:?}"
     );
@@ -1225,6 +1236,10 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
         "a move placed it again: the older plan must not prune it"
     );
     assert!(deployment(&client, "gone-0").await.is_none());
+    assert!(
+        deployment(&client, "late-0").await.is_some(),
+        "re-decided before its deletion started: not pruned"
+    );
 }
 
 /// A control plane with the demo Nodes, held until Ctrl-C, for following README's "Run it
