@@ -69,10 +69,10 @@ pub fn decide(
     let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
     let theirs = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
     let ours = holder == Some(me);
-    if let Some(_other) = holder.filter(|_| !ours) {
-        if observed_at + theirs > now_mono {
-            return Step::Wait;
-        }
+    if let Some(_other) = holder.filter(|_| !ours)
+        && observed_at + theirs > now_mono
+    {
+        return Step::Wait;
     }
     let mut next = spec.clone();
     next.holder_identity = Some(me.to_owned());

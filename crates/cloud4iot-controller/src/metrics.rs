@@ -142,10 +142,9 @@ impl Metrics {
                 .get_or_create(&TierLabels {
                     tier: tier.to_owned(),
                 })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                .set(n);
         }
-        self.unplaced
-            .set(i64::try_from(unplaced).unwrap_or(i64::MAX));
+        self.unplaced.set(unplaced);
     }
 
     pub fn source_error(&self) {

@@ -19,6 +19,7 @@ use cloud4iot_core::model::{GatewayReport, labels};
 
 /// One change from one of the watches.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // each is moved once, from its watch to the loop: boxing would only add an allocation
 pub enum Change {
     Node(Event<Node>),
     Report(Event<GatewayReport>),
