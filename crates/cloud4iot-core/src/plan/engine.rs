@@ -161,15 +161,34 @@ type Room = (Resources, Resources);
 
 /// What a re-plan records of the nodes it charges or releases, to know which of them had
 /// more room at some point than before it began (only those can take a waiting instance
-/// it did not re-plan: before it, no waiting instance fit anywhere it could move to).
+/// it did not re-plan: before it, no waiting instance fit anywhere it could move to), and
+/// how much at each turn of the placing pass.
 #[derive(Default)]
 struct Watch {
     /// Each node's room before the re-plan first touched it.
     base: HashMap<u32, Room>,
-    /// The most room each touched node had since the placing pass (pass 2) of the
-    /// current `place_all` began (`None` before that pass).
-    peak: Option<HashMap<u32, Room>>,
+    /// The placing pass (pass 2) of the current `place_all`, once it began.
+    pass: Option<Pass>,
 }
+
+/// The room of the nodes a re-plan touched, turn by turn through one placing pass, so a
+/// waiting instance it did not re-plan is checked against the room a full plan would
+/// offer it at its own turn (what was taken before its turn is not offered to it).
+#[derive(Default)]
+struct Pass {
+    /// The turn being decided: 1 + its position in the placing order, or [`LATE`].
+    turn: u32,
+    /// Per node: (turn, its room after that turn's change), in turn order; the first
+    /// entry (turn 0) is its room when the pass began.
+    rooms: HashMap<u32, Vec<(u32, Room)>>,
+    /// The decided candidates in placing order: (turn, slot, new: it was not running).
+    ranked: Vec<(u32, u32, bool)>,
+    /// Whether the retry loop after an upgrade ran (every waiting one had more turns).
+    late: bool,
+}
+
+/// The turn of the retry loop of `place_all` (after every turn of the placing order).
+const LATE: u32 = u32::MAX;
 
 /// Indexes over one repository revision and one inventory, and the plan they give.
 pub struct Planner {
@@ -816,11 +835,15 @@ impl Planner {
         // Release what is re-planned and place it again. A node that had more room at some
         // point of that placing than before the re-plan may take a waiting instance
         // (below its policy's first tier, or unplaced) that was not released, as a full
-        // plan would: if one fits there, undo the placing, release it too and place again.
-        // Only such nodes matter (before the re-plan no waiting instance fit anywhere it
-        // could move to), and releasing one that then stays changes nothing, so this is a
-        // full plan's result without re-planning every waiting instance that could use
-        // some freed room (that cascade released about half of a large world).
+        // plan would: if one fits the room that node has at its turn in the placing order,
+        // undo the placing, release it too and place again. Only such nodes matter (before
+        // the re-plan no waiting instance fit anywhere it could move to); until one that
+        // was not released would move, every one of them stays at its turn in a full plan
+        // too, so the room at each turn is a full plan's; and releasing one that then
+        // stays changes nothing. So this is a full plan's result without re-planning every
+        // waiting instance that could use some freed room (that cascade released about
+        // half of a large world), nor all of those waiting for one freed gateway slot: the
+        // first in order takes it, and the others then find it taken at their turn.
         let mut watch = Watch::default();
         for &g in gateways {
             watch.base.insert(g, self.room(g));
@@ -828,6 +851,7 @@ impl Planner {
         self.watch = Some(watch);
         let mut released: HashMap<String, Inst> = HashMap::default();
         let mut release = affected;
+        let mut round = 0u32;
         let placed = loop {
             for i in release.drain(..) {
                 let inst = self.remove_inst(i);
@@ -836,32 +860,33 @@ impl Planner {
             let cands = self.released_candidates(&affected_devices, &released);
             let placed = self.place_all(cands);
             let watch = self.watch.as_mut().expect("watching");
-            let peak = watch.peak.take().unwrap_or_default();
-            let mut grown: Vec<(u32, Room)> = peak
-                .into_iter()
-                .filter(|(n, (free, kept))| {
+            let pass = watch.pass.take().unwrap_or_default();
+            let mut grown: Vec<u32> = pass
+                .rooms
+                .iter()
+                .filter(|(n, rooms)| {
                     let (bf, bk) = watch.base[n];
                     gateways.contains(n)
-                        || free.cpu_millis > bf.cpu_millis
-                        || free.memory_bytes > bf.memory_bytes
-                        || kept.cpu_millis < bk.cpu_millis
-                        || kept.memory_bytes < bk.memory_bytes
+                        || rooms.iter().any(|(_, (free, kept))| {
+                            free.cpu_millis > bf.cpu_millis
+                                || free.memory_bytes > bf.memory_bytes
+                                || kept.cpu_millis < bk.cpu_millis
+                                || kept.memory_bytes < bk.memory_bytes
+                        })
                 })
+                .map(|(&n, _)| n)
                 .collect();
-            grown.sort_unstable_by_key(|g| g.0);
+            grown.sort_unstable();
             // (What this placing made is a candidate already.)
             let just: HashSet<u32> = placed.iter().copied().collect();
             let mut more: BTreeSet<u32> = BTreeSet::new();
-            for (n, room) in grown {
-                for j in self.waiting_near(n) {
-                    if !just.contains(&j) && self.fits_at(j, n, room) {
-                        more.insert(j);
-                    }
-                }
+            for n in grown {
+                self.takers(&pass, n, &just, round, &mut more);
             }
             if more.is_empty() {
                 break placed;
             }
+            round += 1;
             // Undo the placing: the state is again the released one.
             for i in placed {
                 self.remove_inst(i);
@@ -991,6 +1016,83 @@ impl Planner {
             Resources::ZERO
         };
         res.fits_in(&(free - keep))
+    }
+
+    /// The waiting instances not re-planned (not in `just`) that a full plan could let
+    /// take room on node `n` in `pass`, to re-plan next, into `more`: those that fit the
+    /// room `n` has at their turn (and, if the retry loop ran, at any of its turns). Not
+    /// all of them: in placing order, the first `2^round` that fit, then only those that
+    /// still fit once the ones before them took their share (the first takes a freed gateway
+    /// slot: re-planning the hundreds behind it would only show that they stay). If one
+    /// taken does not move after all (a gateway it has not seen the device for the dwell),
+    /// the next round takes the next ones, twice as many.
+    fn takers(
+        &self,
+        pass: &Pass,
+        n: u32,
+        just: &HashSet<u32>,
+        round: u32,
+        more: &mut BTreeSet<u32>,
+    ) {
+        let Some(rooms) = pass.rooms.get(&n) else {
+            return;
+        };
+        let end_of_order = rooms.partition_point(|e| e.0 < LATE);
+        let mut fit: Vec<(u32, Vec<Room>)> = Vec::new();
+        let mut near = self.waiting_near(n);
+        near.sort_unstable();
+        near.dedup();
+        for j in near {
+            if just.contains(&j) {
+                continue;
+            }
+            // Its turn comes before the first decided candidate that follows it in order.
+            let key = self.order_key(j, None);
+            let at = pass
+                .ranked
+                .partition_point(|&(_, s, new)| self.order_key(s, Some(new)) < key);
+            let turn = pass.ranked.get(at).map_or(LATE, |r| r.0);
+            let mut seen = vec![rooms[rooms.partition_point(|e| e.0 < turn) - 1].1];
+            if pass.late {
+                seen.extend(rooms[end_of_order - 1..].iter().map(|e| e.1));
+            }
+            if seen.iter().any(|&room| self.fits_at(j, n, room)) {
+                fit.push((j, seen));
+            }
+        }
+        fit.sort_by(|a, b| self.order_key(a.0, None).cmp(&self.order_key(b.0, None)));
+        let budget = 1usize.checked_shl(round).unwrap_or(usize::MAX);
+        let mut claimed = Resources::ZERO;
+        for (k, (j, seen)) in fit.into_iter().enumerate() {
+            let left = seen
+                .iter()
+                .any(|&(free, kept)| self.fits_at(j, n, (free - claimed, kept)));
+            if left || k < budget {
+                more.insert(j);
+                let f =
+                    &self.fns[self.insts[j as usize].as_ref().expect("waiting").function as usize];
+                claimed += f.res.clone().unwrap_or_default();
+            }
+        }
+    }
+
+    /// Instance `i`'s position in `place_all`'s placing order: priority (highest first),
+    /// running before new (`new`; `None`: as it is now, not running if unplaced), function,
+    /// instance name, device id.
+    #[allow(clippy::type_complexity)]
+    fn order_key(
+        &self,
+        i: u32,
+        new: Option<bool>,
+    ) -> (std::cmp::Reverse<i32>, bool, u32, &str, Option<&str>) {
+        let inst = self.insts[i as usize].as_ref().expect("live slot");
+        (
+            std::cmp::Reverse(self.priority(inst.function)),
+            new.unwrap_or(inst.placement.tier.is_none()),
+            inst.function,
+            inst.placement.instance.as_str(),
+            inst.device.map(|d| self.devices[d as usize].id.as_str()),
+        )
     }
 
     /// Where waiting instance `inst` could take room, as keys of `waiting_for`.
@@ -1338,18 +1440,25 @@ impl Planner {
                 holds[i as usize] = Some((node, k));
             }
         }
-        // A re-plan watches the room of the nodes it touched from here on.
+        // A re-plan watches the room of the nodes it touched from here on, turn by turn.
         if let Some(nodes) = self
             .watch
             .as_ref()
             .map(|w| w.base.keys().copied().collect::<Vec<_>>())
         {
-            let peak = nodes.into_iter().map(|n| (n, self.room(n))).collect();
-            self.watch.as_mut().expect("watching").peak = Some(peak);
+            let rooms = nodes
+                .into_iter()
+                .map(|n| (n, vec![(0, self.room(n))]))
+                .collect();
+            self.watch.as_mut().expect("watching").pass = Some(Pass {
+                rooms,
+                ..Pass::default()
+            });
         }
         let mut decided: Vec<Option<(Placement, Option<u32>)>> = vec![None; cands.len()];
         let mut freed_late = false;
-        for &(_, _, _, i) in &order {
+        for (turn, &(_, _, _, i)) in order.iter().enumerate() {
+            self.set_turn(turn as u32 + 1);
             let iu = i as usize;
             if skip[iu] {
                 continue;
@@ -1412,6 +1521,9 @@ impl Planner {
         // Room an upgrade left behind after others' turns: the waiting ones (below their
         // first tier, or unplaced) try again, in the same order, until nothing moves. This
         // makes the plan a fixed point: planning it again with it running changes nothing.
+        if freed_late {
+            self.set_turn(LATE);
+        }
         while freed_late {
             freed_late = false;
             for &(_, _, _, i) in &order {
@@ -1443,7 +1555,8 @@ impl Planner {
             }
         }
         let mut out = Vec::with_capacity(cands.len());
-        for (c, d) in cands.into_iter().zip(decided) {
+        let mut slots: Vec<Option<u32>> = vec![None; cands.len()];
+        for (k, (c, d)) in cands.into_iter().zip(decided).enumerate() {
             let Some((placement, account)) = d else {
                 continue;
             };
@@ -1454,9 +1567,28 @@ impl Planner {
                 account,
                 placement,
             };
-            out.push(self.insert_inst(inst));
+            let slot = self.insert_inst(inst);
+            slots[k] = Some(slot);
+            out.push(slot);
+        }
+        if let Some(pass) = self.watch.as_mut().and_then(|w| w.pass.as_mut()) {
+            pass.ranked = order
+                .iter()
+                .enumerate()
+                .filter_map(|(turn, &(_, new, _, i))| {
+                    slots[i as usize].map(|s| (turn as u32 + 1, s, new))
+                })
+                .collect();
         }
         out
+    }
+
+    /// During a re-plan's placing pass: the turn whose changes of room follow.
+    fn set_turn(&mut self, turn: u32) {
+        if let Some(pass) = self.watch.as_mut().and_then(|w| w.pass.as_mut()) {
+            pass.turn = turn;
+            pass.late |= turn == LATE;
+        }
     }
 
     /// A running per-device instance that its kept home leaves unplaced is placed as a new
@@ -1648,8 +1780,8 @@ impl Planner {
             let room = self.room(node);
             let watch = self.watch.as_mut().expect("watching");
             watch.base.entry(node).or_insert(room);
-            if let Some(peak) = watch.peak.as_mut() {
-                peak.entry(node).or_insert(room);
+            if let Some(pass) = watch.pass.as_mut() {
+                pass.rooms.entry(node).or_insert_with(|| vec![(0, room)]);
             }
         }
         self.pool_remove(node);
@@ -1667,18 +1799,18 @@ impl Planner {
             slot.free + res
         };
         self.pool_insert(node);
-        if !take && self.watch.as_ref().is_some_and(|w| w.peak.is_some()) {
-            let (free, kept) = self.room(node);
-            let peak = self.watch.as_mut().and_then(|w| w.peak.as_mut());
-            let (pf, pk) = peak.expect("peak").get_mut(&node).expect("recorded");
-            *pf = Resources::new(
-                pf.cpu_millis.max(free.cpu_millis),
-                pf.memory_bytes.max(free.memory_bytes),
-            );
-            *pk = Resources::new(
-                pk.cpu_millis.min(kept.cpu_millis),
-                pk.memory_bytes.min(kept.memory_bytes),
-            );
+        if self.watch.as_ref().is_some_and(|w| w.pass.is_some()) {
+            let room = self.room(node);
+            let pass = self
+                .watch
+                .as_mut()
+                .and_then(|w| w.pass.as_mut())
+                .expect("pass");
+            let turn = pass.turn;
+            pass.rooms
+                .get_mut(&node)
+                .expect("recorded")
+                .push((turn, room));
         }
     }
 

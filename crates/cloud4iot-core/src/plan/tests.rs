@@ -975,3 +975,58 @@ fn duplicates_do_not_depend_on_order_and_snapshots_reject_them() {
         "{err}"
     );
 }
+
+/// Eight bracelets at home, room on gw-home-1 for five (its own use 500m of 1 cpu, 100m
+/// each); the sixth, already running at the edge, has been seen by gw-home-1 for 2s only
+/// (dwell 5s). One of the five leaves: its slot goes to the first offloaded instance in
+/// placing order that may take it (the seventh: the sixth owes the dwell), as in a full
+/// plan; the re-plan does not re-plan every offloaded one to find that out.
+#[test]
+fn a_freed_gateway_slot_goes_to_the_first_waiting_instance_that_may_take_it() {
+    let r = repo(OMH);
+    let id = |k: usize| format!("C4:7C:00:00:00:{k:02}");
+    let first_seen = |k: usize| if k == 6 { 2 } else { 3600 };
+    let devices = |skip: usize| -> Vec<(String, i64)> {
+        (1..=8)
+            .filter(|&k| k != skip)
+            .map(|k| (id(k), first_seen(k)))
+            .collect()
+    };
+    let doc = |skip: usize| {
+        let ds = devices(skip);
+        let list: Vec<(&str, i32, i64, i64)> = ds
+            .iter()
+            .map(|(d, first)| (d.as_str(), -55, *first, 1))
+            .collect();
+        report("gw-home-1", "500m", &list)
+    };
+    let inst = |k: usize| device_instance_name("omh-consolidator", &id(k));
+    let sixth = running_at("omh-consolidator", &inst(6), "edge", "home");
+    let mut planner = Planner::new(&r, &inventory(&world(&[doc(0), sixth])), now());
+    let tier_of = |p: &Plan, k: usize| {
+        let x = p.get("omh-consolidator", &inst(k)).unwrap();
+        (x.tier, x.node.clone())
+    };
+    let gw = (Some(Tier::Gateway), Some("gw-home-1".to_string()));
+    let edge = (Some(Tier::Edge), None);
+    let before = planner.plan();
+    for k in 1..=5 {
+        assert_eq!(tier_of(&before, k), gw, "{k}");
+    }
+    for k in 6..=8 {
+        assert_eq!(tier_of(&before, k), edge, "{k}");
+    }
+    let after: crate::model::GatewayReport = serde_norway::from_str(&doc(2)).unwrap();
+    let full = planner.rebuild(&r, &inventory(&world(&[doc(2)])), now());
+    let delta = planner.update_report(after, now());
+    planner.check_accounting().unwrap();
+    let p = planner.plan();
+    assert_eq!(p, full.plan());
+    assert!(p.get("omh-consolidator", &inst(2)).is_none());
+    assert_eq!(
+        (tier_of(&p, 6), tier_of(&p, 7), tier_of(&p, 8)),
+        (edge.clone(), gw, edge)
+    );
+    assert_eq!(delta.upserted.len(), 1, "{delta:#?}");
+    assert_eq!(delta.removed.len(), 1, "{delta:#?}");
+}
