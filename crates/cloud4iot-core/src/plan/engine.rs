@@ -1038,12 +1038,25 @@ impl Planner {
             return;
         };
         let end_of_order = rooms.partition_point(|e| e.0 < LATE);
+        // The most room it had: what fits no turn's room is left out cheaply first.
+        let peak = rooms
+            .iter()
+            .skip(1)
+            .fold(rooms[0].1, |(pf, pk), &(_, (f, k))| {
+                (
+                    Resources::new(
+                        pf.cpu_millis.max(f.cpu_millis),
+                        pf.memory_bytes.max(f.memory_bytes),
+                    ),
+                    Resources::new(
+                        pk.cpu_millis.min(k.cpu_millis),
+                        pk.memory_bytes.min(k.memory_bytes),
+                    ),
+                )
+            });
         let mut fit: Vec<(u32, Vec<Room>)> = Vec::new();
-        let mut near = self.waiting_near(n);
-        near.sort_unstable();
-        near.dedup();
-        for j in near {
-            if just.contains(&j) {
+        for j in self.waiting_near(n) {
+            if just.contains(&j) || !self.fits_at(j, n, peak) {
                 continue;
             }
             // Its turn comes before the first decided candidate that follows it in order.
@@ -1060,7 +1073,9 @@ impl Planner {
                 fit.push((j, seen));
             }
         }
+        // (Sorted, one found twice is adjacent: `waiting_near` may list it twice.)
         fit.sort_by(|a, b| self.order_key(a.0, None).cmp(&self.order_key(b.0, None)));
+        fit.dedup_by_key(|f| f.0);
         let budget = 1usize.checked_shl(round).unwrap_or(usize::MAX);
         let mut claimed = Resources::ZERO;
         for (k, (j, seen)) in fit.into_iter().enumerate() {
