@@ -1483,19 +1483,19 @@ impl Planner {
             decided[iu] = Some(match holds[iu] {
                 None => {
                     let (mut p, mut a) = self.decide(c, usize::MAX);
-                    if a.is_none() {
-                        if let Some(home) = self.home_as_new(c) {
-                            let again = Cand {
-                                function: c.function,
-                                name: c.name.clone(),
-                                device: c.device,
-                                home: Some(home),
-                                current: c.current.clone(),
-                                account: c.account,
-                            };
-                            (p, a) = self.decide(&again, usize::MAX);
-                            rehomed = again.home;
-                        }
+                    if a.is_none()
+                        && let Some(home) = self.home_as_new(c)
+                    {
+                        let again = Cand {
+                            function: c.function,
+                            name: c.name.clone(),
+                            device: c.device,
+                            home: Some(home),
+                            current: c.current.clone(),
+                            account: c.account,
+                        };
+                        (p, a) = self.decide(&again, usize::MAX);
+                        rehomed = again.home;
                     }
                     match a {
                         Some(a) => self.charge(a, c.function, true),
@@ -1636,6 +1636,9 @@ impl Planner {
             Tier::Gateway => {
                 let g = self.gateway_index(cur.node.as_deref()?)?;
                 let follow = pol.follow || pol.locality == DataLocality::Gateway;
+                // The checks sit in the arms, not in their guards: with `follow`, a gateway that
+                // passes must not fall through to the site check.
+                #[allow(clippy::collapsible_match)]
                 match home {
                     Some(h) if follow => {
                         if h.gw != g || h.why.is_err() {
@@ -1791,9 +1794,8 @@ impl Planner {
             Ok(p) => self.policies[p].reserve.clone().unwrap_or_default(),
             Err(_) => Resources::ZERO,
         };
-        if self.watch.is_some() {
-            let room = self.room(node);
-            let watch = self.watch.as_mut().expect("watching");
+        let room = self.watch.is_some().then(|| self.room(node));
+        if let (Some(room), Some(watch)) = (room, self.watch.as_mut()) {
             watch.base.entry(node).or_insert(room);
             if let Some(pass) = watch.pass.as_mut() {
                 pass.rooms.entry(node).or_insert_with(|| vec![(0, room)]);

@@ -909,7 +909,7 @@ fn cordoned_and_foreign_tainted_gateways_take_nothing_the_gateway_taint_is_toler
             "gw-home-1 has taint dedicated:NoExecute",
         ),
     ] {
-        let mut docs = world(&[dev.clone()]);
+        let mut docs = world(std::slice::from_ref(&dev));
         docs[0] = with_spec(spec);
         let p = plan(&repo(OMH), &inventory(&docs), now());
         assert_eq!(
