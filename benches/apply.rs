@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cloud4iot_core::model::{Arch, Inventory, NodeInfo, Resources, Tier};
+use cloud4iot_core::model::{Inventory, Tier};
 use cloud4iot_core::render::{self, RenderOptions};
 use cloud4iot_kube::apply::{self, ApplyOptions, Report};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -82,15 +82,14 @@ spec:
 fn rendered(n: usize, namespace: &str) -> Vec<Deployment> {
     let repo = cloud4iot_core::load::load_str(Path::new("bench.yaml"), &repo_yaml(n))
         .unwrap_or_else(|d| panic!("the bench repository is invalid: {d:?}"));
-    let cloud = NodeInfo {
-        name: "cloud-1".to_owned(),
-        tier: Tier::Cloud,
-        site: Some("cloud".to_owned()),
-        arch: Arch::Amd64,
-        allocatable: Resources::new(1_000_000_000, 1 << 50),
-        gateway_taint: false,
-        blocked: None,
-    };
+    let cloud = cloud4iot_core::testing::node_info(
+        Tier::Cloud,
+        "cloud-1",
+        "cloud",
+        "amd64",
+        "1000000",
+        "1Pi",
+    );
     let inventory = Inventory::new(vec![cloud], Vec::new(), Vec::new());
     let plan = cloud4iot_core::plan::plan(&repo, &inventory, NOW.parse().expect("a timestamp"));
     let opts = RenderOptions {

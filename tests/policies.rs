@@ -89,8 +89,7 @@ const PER_DEVICE: &str = "{perDevice: {deviceClass: tag}}";
 /// The core's fixture Node with `cpu_millis` and 2Gi allocatable, as the planner reads it.
 fn node(name: &str, tier: Tier, site: &str, arch: Arch, cpu_millis: i64) -> NodeInfo {
     let cpu = format!("{cpu_millis}m");
-    let node = cloud4iot_core::testing::node(tier, name, site, arch.as_str(), &cpu, "2Gi");
-    NodeInfo::from_node(&node).expect("a fixture node reads")
+    cloud4iot_core::testing::node_info(tier, name, site, arch.as_str(), &cpu, "2Gi")
 }
 
 /// What the world looks like: how much CPU other workloads use on each gateway, and how

@@ -146,18 +146,11 @@ async fn pruning_is_skipped_after_a_failed_object_even_with_something_to_prune()
 
 /// The Deployments cloud4iot renders for `repo_yaml` in the functions namespace.
 fn rendered(repo_yaml: &str) -> Vec<Deployment> {
-    use cloud4iot_core::model::{Arch, Inventory, NodeInfo, Resources, Tier};
+    use cloud4iot_core::model::{Inventory, Tier};
     let repo = cloud4iot_core::load::load_str(Path::new("repo.yaml"), repo_yaml)
         .unwrap_or_else(|d| panic!("invalid test repository: {d:?}"));
-    let cloud = NodeInfo {
-        name: "cloud-1".to_owned(),
-        tier: Tier::Cloud,
-        site: Some("cloud".to_owned()),
-        arch: Arch::Amd64,
-        allocatable: Resources::new(64_000, 1 << 40),
-        gateway_taint: false,
-        blocked: None,
-    };
+    let cloud =
+        cloud4iot_core::testing::node_info(Tier::Cloud, "cloud-1", "cloud", "amd64", "64", "1Ti");
     let inventory = Inventory::new(vec![cloud], Vec::new(), Vec::new());
     let plan = cloud4iot_core::plan::plan(&repo, &inventory, NOW.parse().unwrap());
     cloud4iot_core::render::render(&repo, &plan, &Default::default())

@@ -671,18 +671,15 @@ spec:
         let repo = cloud4iot_core::load::load_str(std::path::Path::new("repo.yaml"), yaml)
             .expect("a valid repository");
         let mut world = World::new("fns");
-        world.nodes.insert(
-            "cloud-1".to_owned(),
-            NodeInfo {
-                name: "cloud-1".to_owned(),
-                tier: Tier::Cloud,
-                site: Some("cloud".to_owned()),
-                arch: Arch::Amd64,
-                allocatable: Resources::new(64_000, 256 << 30),
-                gateway_taint: false,
-                blocked: None,
-            },
+        let cloud = cloud4iot_core::testing::node_info(
+            Tier::Cloud,
+            "cloud-1",
+            "cloud",
+            "amd64",
+            "64",
+            "256Gi",
         );
+        world.nodes.insert("cloud-1".to_owned(), cloud);
         world.set_revision(None, Arc::new(repo));
         world.replan(Timestamp::now());
         world

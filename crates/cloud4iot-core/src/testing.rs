@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Tain
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::{Inventory, Repo, Tier, labels};
+use crate::model::{Inventory, NodeInfo, Repo, Tier, labels};
 use crate::plan::Placement;
 
 /// Repository documents (Function, PlacementPolicy, DeviceClass) read straight into a
@@ -100,6 +100,18 @@ pub fn node(tier: Tier, name: &str, site: &str, arch: &str, cpu: &str, memory: &
 
 /// A generated world's size, as the benches and generators print it: "N nodes, N reports,
 /// N sightings, N functions".
+/// [`node`] as the planner reads it.
+pub fn node_info(
+    tier: Tier,
+    name: &str,
+    site: &str,
+    arch: &str,
+    cpu: &str,
+    memory: &str,
+) -> NodeInfo {
+    NodeInfo::from_node(&node(tier, name, site, arch, cpu, memory)).expect("a fixture node reads")
+}
+
 pub fn world_size(repo: &Repo, inv: &Inventory) -> String {
     let sightings: usize = inv.reports.iter().map(|r| r.spec.devices.len()).sum();
     format!(
@@ -138,7 +150,6 @@ pub fn fill(into: &mut serde_json::Value, from: &serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NodeInfo;
 
     #[test]
     fn fixtures_read_back_as_the_model_reads_them() {
@@ -156,8 +167,7 @@ mod tests {
             "0 nodes, 0 reports, 0 sightings, 1 functions"
         );
 
-        let info =
-            NodeInfo::from_node(&node(Tier::Gateway, "gw", "home", "arm64", "2", "1Gi")).unwrap();
+        let info = node_info(Tier::Gateway, "gw", "home", "arm64", "2", "1Gi");
         assert_eq!(
             (info.tier, info.site.as_deref(), info.gateway_taint),
             (Tier::Gateway, Some("home"), true)
