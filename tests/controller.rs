@@ -1242,10 +1242,10 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
     );
 }
 
-/// A control plane with the demo Nodes, held until Ctrl-C, for following README's "Run it
+/// A control plane with the demo Nodes, held until Ctrl-C, for following the guide's "Run it
 /// in a cluster" by hand: prints the admin kubeconfig's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "interactive: holds a control plane for the README walk-through until interrupted"]
+#[ignore = "interactive: holds a control plane for the walk-through of docs/src/cluster.md until interrupted"]
 async fn hold_a_control_plane_for_the_readme() {
     let cp = ControlPlane::start(Options::with_scheduling()).await;
     for node in two_sites() {

@@ -1,6 +1,6 @@
 //! The reference scenarios of `examples-repo/` do what its README says: the bracelet's
 //! consolidator on the home gateway, then on the hospital gateway, then offloaded to the
-//! hospital's edge when that gateway is full; the commands of the README exit as documented.
+//! hospital's edge when that gateway is full; the commands of the guide exit as documented.
 //! And the snapshots themselves come from a real API server after a real `cloud4iot apply`
 //! (`UPDATE_GOLDEN=1` rewrites them).
 

@@ -1,4 +1,4 @@
-//! Promises of the README that had no test of their own, each checked against the real
+//! Promises of the user guide (docs/) that had no test of their own, each checked against the real
 //! thing rather than a stand-in:
 //! - pruning: skipped after a failed object (with something to prune), and the uid and
 //!   resourceVersion preconditions when an object is relabelled or replaced between the

@@ -695,7 +695,7 @@ mod cluster {
 /// checked-in corpus, then over generated inputs: arbitrary bytes and text, mutations of
 /// the corpus, and structure-aware YAML built from the corpus's own keys and values. The
 /// budget is fixed and seeded, so every run tries the same inputs; set
-/// `CLOUD4IOT_FUZZ_CASES` and `CLOUD4IOT_FUZZ_SEED` to search further (README, Security).
+/// `CLOUD4IOT_FUZZ_CASES` and `CLOUD4IOT_FUZZ_SEED` to search further (docs/src/security.md).
 /// A failing input found here or by `cargo fuzz` goes into fuzz/corpus/TARGET/.
 mod fuzzing {
     use std::path::Path;

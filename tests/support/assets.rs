@@ -60,7 +60,7 @@ fn find() -> Result<PathBuf, String> {
     let help = "the integration tests need a real Kubernetes control plane: set \
                 KUBEBUILDER_ASSETS to a directory holding etcd, kube-apiserver, \
                 kube-scheduler, kube-controller-manager and kubectl, or install Go >= 1.26 so \
-                tests/control-plane/build can build them (see README.md)";
+                tests/control-plane/build can build them (see docs/src/testing.md)";
     let output = Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())

@@ -297,7 +297,7 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                         }],
                         "volumes": [
                             {"name": "cache", "emptyDir": {}},
-                            // Created by the user (README "Run it in a cluster"), never
+                            // Created by the user (docs/src/cluster.md), never
                             // printed here: a secret in install YAML would be shared by
                             // every installation. Optional: without it /hook answers 503.
                             {"name": "webhook-secret", "secret": {"secretName": WEBHOOK_SECRET, "optional": true}}
