@@ -252,6 +252,15 @@ impl fmt::Display for Reason {
                 Cpu(*cpu_millis),
                 Memory(*memory_bytes)
             ),
+            _ => self.fmt_where(f),
+        }
+    }
+}
+
+impl Reason {
+    /// The reasons that name a tier or a target rather than what a gateway sees.
+    fn fmt_where(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Reason::Prefers {
                 policy,
                 mode,
@@ -287,6 +296,7 @@ impl fmt::Display for Reason {
                 joined(f, because, " and ")
             }
             Reason::Text(s) => f.write_str(s),
+            _ => unreachable!("fmt handles the other reasons"),
         }
     }
 }
@@ -304,32 +314,7 @@ impl fmt::Display for Refusal {
             Refusal::NoImageForArch { node, arch } => {
                 write!(f, "no image for {node}'s arch {arch}")
             }
-            Refusal::Full { node, cpu, memory } => {
-                write!(f, "{node} full (")?;
-                if let Some(c) = cpu {
-                    write!(f, "cpu {}m of {}m", c.used, c.allocatable - c.reserve)?;
-                    if c.reserve > 0 {
-                        write!(f, " after the {}m reserve", c.reserve)?;
-                    }
-                    write!(f, ", needs {}m", c.needs)?;
-                }
-                if let Some(m) = memory {
-                    if cpu.is_some() {
-                        f.write_str("; ")?;
-                    }
-                    write!(
-                        f,
-                        "memory {} of {}",
-                        Memory(m.used),
-                        Memory(m.allocatable - m.reserve)
-                    )?;
-                    if m.reserve > 0 {
-                        write!(f, " after the {} reserve", Memory(m.reserve))?;
-                    }
-                    write!(f, ", needs {}", Memory(m.needs))?;
-                }
-                f.write_str(")")
-            }
+            Refusal::Full { node, cpu, memory } => full(f, node, cpu, memory),
             Refusal::NoTier { tier, site } => write!(f, "no {tier}{}", at(site)),
             Refusal::NoArch {
                 tier,
@@ -386,6 +371,39 @@ impl fmt::Display for Refusal {
             Refusal::NoTiers { policy } => write!(f, "policy {policy} allows no tier"),
         }
     }
+}
+
+/// "gw-a full (cpu 900m of 1000m, needs 200m; memory ...)": what is short, per resource.
+fn full(
+    f: &mut fmt::Formatter<'_>,
+    node: &str,
+    cpu: &Option<Shortage>,
+    memory: &Option<Shortage>,
+) -> fmt::Result {
+    write!(f, "{node} full (")?;
+    if let Some(c) = cpu {
+        write!(f, "cpu {}m of {}m", c.used, c.allocatable - c.reserve)?;
+        if c.reserve > 0 {
+            write!(f, " after the {}m reserve", c.reserve)?;
+        }
+        write!(f, ", needs {}m", c.needs)?;
+    }
+    if let Some(m) = memory {
+        if cpu.is_some() {
+            f.write_str("; ")?;
+        }
+        write!(
+            f,
+            "memory {} of {}",
+            Memory(m.used),
+            Memory(m.allocatable - m.reserve)
+        )?;
+        if m.reserve > 0 {
+            write!(f, " after the {} reserve", Memory(m.reserve))?;
+        }
+        write!(f, ", needs {}", Memory(m.needs))?;
+    }
+    f.write_str(")")
 }
 
 impl Default for Reason {

@@ -142,33 +142,61 @@ fn quantities(cpu_m: i64, mem_mi: i64) -> ResourceQuantities {
     }
 }
 
-fn policies() -> Vec<PlacementPolicy> {
-    let p = |name: &str,
-             tiers: &[Tier],
-             locality,
-             priority,
-             reserve: Option<ResourceQuantities>,
-             min_rssi| {
-        obj(
-            "PlacementPolicy",
-            name.to_string(),
-            PlacementPolicySpec {
-                tiers: tiers.to_vec(),
-                follow_device: true,
-                data_locality: locality,
-                presence: Presence {
-                    min_rssi,
-                    ..Presence::default()
-                },
-                gateway_reserve: reserve,
-                priority,
-                modes: BTreeMap::new(),
-                mode: None,
+/// One fixture policy: followDevice, the default presence but `min_rssi`.
+fn policy(
+    name: &str,
+    tiers: &[Tier],
+    locality: DataLocality,
+    priority: i32,
+    reserve: Option<ResourceQuantities>,
+    min_rssi: Option<i32>,
+) -> PlacementPolicy {
+    obj(
+        "PlacementPolicy",
+        name.to_string(),
+        PlacementPolicySpec {
+            tiers: tiers.to_vec(),
+            follow_device: true,
+            data_locality: locality,
+            presence: Presence {
+                min_rssi,
+                ..Presence::default()
             },
-        )
-    };
+            gateway_reserve: reserve,
+            priority,
+            modes: BTreeMap::new(),
+            mode: None,
+        },
+    )
+}
+
+/// The fixture policies, in the order [`vary`] draws for them.
+fn policies() -> Vec<PlacementPolicy> {
+    use DataLocality::{Gateway as AtGateway, None as Anywhere, Site};
     use Tier::*;
-    let mut modes = p("test-normal", &[], DataLocality::None, 0, None, None);
+    let mut out = vec![
+        policy("roaming", &[Gateway, Edge, Cloud], Anywhere, 0, None, None),
+        policy(
+            "roaming-site",
+            &[Gateway, Edge, Cloud],
+            Site,
+            10,
+            Some(quantities(100, 64)),
+            Some(-85),
+        ),
+        policy("gateway-only", &[Gateway], AtGateway, 20, None, None),
+        policy("edge-first", &[Edge, Cloud], Site, 5, None, None),
+        policy("cloud-only", &[Cloud], Anywhere, 0, None, None),
+        policy(
+            "offload",
+            &[Gateway, Cloud],
+            Anywhere,
+            -5,
+            Some(quantities(50, 32)),
+            None,
+        ),
+    ];
+    let mut modes = policy("test-normal", &[], Anywhere, 0, None, None);
     modes.spec.modes.insert(
         "normal".into(),
         Mode {
@@ -182,50 +210,8 @@ fn policies() -> Vec<PlacementPolicy> {
         },
     );
     modes.spec.mode = Some("normal".into());
-    vec![
-        p(
-            "roaming",
-            &[Gateway, Edge, Cloud],
-            DataLocality::None,
-            0,
-            None,
-            None,
-        ),
-        p(
-            "roaming-site",
-            &[Gateway, Edge, Cloud],
-            DataLocality::Site,
-            10,
-            Some(quantities(100, 64)),
-            Some(-85),
-        ),
-        p(
-            "gateway-only",
-            &[Gateway],
-            DataLocality::Gateway,
-            20,
-            None,
-            None,
-        ),
-        p(
-            "edge-first",
-            &[Edge, Cloud],
-            DataLocality::Site,
-            5,
-            None,
-            None,
-        ),
-        p("cloud-only", &[Cloud], DataLocality::None, 0, None, None),
-        p(
-            "offload",
-            &[Gateway, Cloud],
-            DataLocality::None,
-            -5,
-            Some(quantities(50, 32)),
-            None,
-        ),
-        modes,
-    ]
+    out.push(modes);
+    out
 }
 
 /// Scatters a policy's followDevice, dwell, lossGrace, dataLocality and priority (its
@@ -249,7 +235,6 @@ fn vary(spec: &mut PlacementPolicySpec, r: &mut XorShift) {
 /// Builds the repository and inventory of `cfg`; the clock is [`now`].
 pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
     let mut r = XorShift::new(cfg.seed);
-    let site = |s: usize| format!("site-{s:03}");
     let mut repo = Repo::default();
     for c in 0..cfg.classes {
         let name = format!("class-{c:02}");
@@ -265,7 +250,29 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
             obj::<DeviceClassSpec>("DeviceClass", name, spec),
         );
     }
-    let pols = policies();
+    for mut p in policies() {
+        if cfg.vary_policies {
+            vary(&mut p.spec, &mut r);
+        }
+        repo.policies.insert(p.name().to_string(), p);
+    }
+    for f in 0..cfg.functions {
+        let (name, spec) = function(cfg, f, &mut r);
+        repo.functions
+            .insert(name.clone(), obj::<FunctionSpec>("Function", name, spec));
+    }
+    let (nodes, gateways_of_site) = nodes(cfg, &mut r);
+    let reports = reports(cfg, &gateways_of_site, &mut r);
+    (repo, Inventory::new(nodes, reports, Vec::new()))
+}
+
+fn site(s: usize) -> String {
+    format!("site-{s:03}")
+}
+
+/// Function number `f`: per device (of class `f % classes`) for the first
+/// `per_device_functions`, else 1 to 3 replicas; a random policy, images and resources.
+fn function(cfg: &SynthConfig, f: usize, r: &mut XorShift) -> (String, FunctionSpec) {
     let per_device_policies = [
         "roaming",
         "roaming-site",
@@ -280,80 +287,76 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
         "test-normal",
         "gateway-only",
     ];
-    for mut p in pols {
-        if cfg.vary_policies {
-            vary(&mut p.spec, &mut r);
-        }
-        repo.policies.insert(p.name().to_string(), p);
-    }
-    for f in 0..cfg.functions {
-        let per_device = f < cfg.per_device_functions && cfg.classes > 0;
-        let (instances, policy) = if per_device {
-            let class = format!("class-{:02}", f % cfg.classes);
-            (
-                Instances {
-                    per_device: Some(PerDevice {
-                        device_class: class,
-                    }),
-                    replicas: None,
-                },
-                per_device_policies[r.below(per_device_policies.len())],
-            )
-        } else {
-            (
-                Instances {
-                    per_device: None,
-                    replicas: Some(1 + r.below(3) as u32),
-                },
-                replica_policies[r.below(replica_policies.len())],
-            )
-        };
-        let (image, arch_images) = match r.below(4) {
-            0 | 1 => (Some(format!("example.org/f{f}:1")), BTreeMap::new()),
-            2 => (
-                None,
-                BTreeMap::from([
-                    (Arch::Arm64, format!("example.org/f{f}:1-arm64")),
-                    (Arch::Amd64, format!("example.org/f{f}:1-amd64")),
-                ]),
-            ),
-            _ => (
-                None,
-                BTreeMap::from([(Arch::Amd64, format!("example.org/f{f}:1-amd64"))]),
-            ),
-        };
-        let name = format!("fn-{f:04}");
-        let spec = FunctionSpec {
-            image,
-            arch_images,
-            resources: quantities(r.range(20, 200), r.range(16, 128)),
-            instances,
-            policy: policy.to_string(),
-            env: Vec::new(),
-            ports: Vec::new(),
-        };
-        repo.functions
-            .insert(name.clone(), obj::<FunctionSpec>("Function", name, spec));
-    }
-
-    let mut nodes = Vec::new();
-    let node = |name: String,
-                tier,
-                site: Option<String>,
-                arch,
-                cpu: i64,
-                mem_mi: i64,
-                schedulable: bool| {
-        NodeInfo {
-            name,
-            tier,
-            site,
-            arch,
-            allocatable: Resources::new(cpu, mem_mi << 20),
-            gateway_taint: tier == Tier::Gateway,
-            blocked: (!schedulable).then_some(crate::model::NodeBlock::NotReady),
-        }
+    let per_device = f < cfg.per_device_functions && cfg.classes > 0;
+    let (instances, policy) = if per_device {
+        let class = format!("class-{:02}", f % cfg.classes);
+        (
+            Instances {
+                per_device: Some(PerDevice {
+                    device_class: class,
+                }),
+                replicas: None,
+            },
+            per_device_policies[r.below(per_device_policies.len())],
+        )
+    } else {
+        (
+            Instances {
+                per_device: None,
+                replicas: Some(1 + r.below(3) as u32),
+            },
+            replica_policies[r.below(replica_policies.len())],
+        )
     };
+    let (image, arch_images) = match r.below(4) {
+        0 | 1 => (Some(format!("example.org/f{f}:1")), BTreeMap::new()),
+        2 => (
+            None,
+            BTreeMap::from([
+                (Arch::Arm64, format!("example.org/f{f}:1-arm64")),
+                (Arch::Amd64, format!("example.org/f{f}:1-amd64")),
+            ]),
+        ),
+        _ => (
+            None,
+            BTreeMap::from([(Arch::Amd64, format!("example.org/f{f}:1-amd64"))]),
+        ),
+    };
+    let spec = FunctionSpec {
+        image,
+        arch_images,
+        resources: quantities(r.range(20, 200), r.range(16, 128)),
+        instances,
+        policy: policy.to_string(),
+        env: Vec::new(),
+        ports: Vec::new(),
+    };
+    (format!("fn-{f:04}"), spec)
+}
+
+fn node_info(
+    name: String,
+    tier: Tier,
+    site: Option<String>,
+    arch: Arch,
+    (cpu, mem_mi): (i64, i64),
+    schedulable: bool,
+) -> NodeInfo {
+    NodeInfo {
+        name,
+        tier,
+        site,
+        arch,
+        allocatable: Resources::new(cpu, mem_mi << 20),
+        gateway_taint: tier == Tier::Gateway,
+        blocked: (!schedulable).then_some(crate::model::NodeBlock::NotReady),
+    }
+}
+
+/// The gateways (one in 50 not ready), the edge nodes of each site and the cloud nodes;
+/// and the gateways of each site.
+fn nodes(cfg: &SynthConfig, r: &mut XorShift) -> (Vec<NodeInfo>, Vec<Vec<usize>>) {
+    let mut nodes = Vec::new();
     let sites = cfg.sites.max(1);
     let mut gateways_of_site: Vec<Vec<usize>> = vec![Vec::new(); sites];
     for g in 0..cfg.gateways {
@@ -361,41 +364,54 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
         gateways_of_site[s].push(g);
         let arch = if g % 10 == 9 { Arch::Arm } else { Arch::Arm64 };
         let ready = r.below(50) != 0;
-        nodes.push(node(
-            gateway_name(g, sites),
+        let room = (r.range(1, 4) * 1000, r.range(1, 4) * 1024);
+        let name = gateway_name(g, sites);
+        nodes.push(node_info(
+            name,
             Tier::Gateway,
             Some(site(s)),
             arch,
-            r.range(1, 4) * 1000,
-            r.range(1, 4) * 1024,
+            room,
             ready,
         ));
     }
     for s in 0..cfg.sites {
         for e in 0..cfg.edges_per_site {
-            nodes.push(node(
-                format!("edge-{}-{e}", site(s)),
+            let name = format!("edge-{}-{e}", site(s));
+            let room = (8000, 16384);
+            nodes.push(node_info(
+                name,
                 Tier::Edge,
                 Some(site(s)),
                 Arch::Amd64,
-                8000,
-                16384,
+                room,
                 true,
             ));
         }
     }
     for c in 0..cfg.clouds {
-        nodes.push(node(
-            format!("cloud-{c:02}"),
+        let name = format!("cloud-{c:02}");
+        let central = Some("central".into());
+        nodes.push(node_info(
+            name,
             Tier::Cloud,
-            Some("central".into()),
+            central,
             Arch::Amd64,
-            32000,
-            131072,
+            (32000, 131072),
             true,
         ));
     }
+    (nodes, gateways_of_site)
+}
 
+/// Each gateway's report: the devices of its site it sees (each device at 1 to 3
+/// gateways of a random site), a fresh heartbeat and some use of its own.
+fn reports(
+    cfg: &SynthConfig,
+    gateways_of_site: &[Vec<usize>],
+    r: &mut XorShift,
+) -> Vec<GatewayReport> {
+    let sites = cfg.sites.max(1);
     let now = now();
     let ago = |secs: i64| {
         now.checked_sub(SignedDuration::from_secs(secs))
@@ -425,8 +441,7 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
             });
         }
     }
-    let reports = seen
-        .into_iter()
+    seen.into_iter()
         .enumerate()
         .map(|(g, devices)| {
             let spec = GatewayReportSpec {
@@ -436,8 +451,7 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
             };
             GatewayReport::new(&gateway_name(g, sites), spec)
         })
-        .collect();
-    (repo, Inventory::new(nodes, reports, Vec::new()))
+        .collect()
 }
 
 /// Name of gateway number `g`: `gw-site-007-0042`.

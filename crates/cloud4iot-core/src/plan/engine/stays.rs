@@ -4,7 +4,9 @@
 //! so its annotation is not rewritten on RSSI jitter), and it may change with every
 //! report or second ("has seen the device for 3s < dwell 5s").
 
-use super::{Cand, Inst, Kind, Planner, Sighting};
+use super::catalog::InstanceKind;
+use super::presence::Sighting;
+use super::{Candidate, Instance, Planner};
 use crate::model::{DataLocality, Tier};
 use crate::plan::{Plan, Reason, Refusal, Staying, Target};
 
@@ -38,14 +40,14 @@ impl Planner {
         out
     }
 
-    fn why_stays(&self, inst: &Inst) -> Option<Reason> {
+    fn why_stays(&self, inst: &Instance) -> Option<Reason> {
         let f = &self.fns[inst.function as usize];
         let pol = &self.policies[*f.policy.as_ref().ok()?];
         let p = &inst.placement;
         let tier = p.tier?;
         let k = pol.tiers.iter().position(|&t| t == tier)?;
         let home = match (inst.device, &f.kind) {
-            (Some(d), Kind::PerDevice(class)) => {
+            (Some(d), InstanceKind::PerDevice(class)) => {
                 self.home(inst.function, *class, &self.devices[d as usize], Some(p))
             }
             _ => None,
@@ -69,7 +71,7 @@ impl Planner {
                 },
                 Ok(Reason::StaysWhilePresent { rssi, .. }) => {
                     // The strongest other fresh gateway where the device is present, if any.
-                    let Kind::PerDevice(class) = f.kind else {
+                    let InstanceKind::PerDevice(class) = f.kind else {
                         return None;
                     };
                     let (_, grace) = self.presence_times(inst.function);
@@ -103,7 +105,7 @@ impl Planner {
             return None;
         }
         // Below its first tier: why each tier before its own is refused now.
-        let c = Cand {
+        let c = Candidate {
             function: inst.function,
             name: p.instance.clone(),
             device: inst.device,
