@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of the release CLI on a fleet-sized world (issue 13):
+# End-to-end benchmark of the release CLI on a fleet-sized world:
 # 10,000 gateways, 100,000 devices, 100 functions, with the managed Deployments of the
 # steady state in the snapshot. Times `plan -o json` and `diff` on the same objects as a
 # YAML List, a YAML `---` stream and JSON, with wall time and peak RSS (/usr/bin/time -v).

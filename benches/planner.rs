@@ -1,4 +1,4 @@
-//! Planner at the scale of DESIGN.md: 10,000 gateways over 100 sites (+ edge and cloud
+//! Planner at fleet scale: 10,000 gateways over 100 sites (+ edge and cloud
 //! nodes), devices in 20 classes (as many as it takes for the plan to hold 100,000
 //! per-device instances, ~115,000), 1,000 functions (20 per-device, 980 replicated).
 //! `full_plan`: indexes + every decision from scratch. `one_device_moves`: the device

@@ -1,4 +1,4 @@
-//! Render and diff at fleet scale (DESIGN.md target: render + diff of 100,000 objects
+//! Render and diff at fleet scale (target: render + diff of 100,000 objects
 //! under 2 s): 100,000 per-device instances across 10,000 gateways rendered, then diffed
 //! against live objects as the API server returns them, 1% of which sit on another gateway.
 //!

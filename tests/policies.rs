@@ -1038,8 +1038,8 @@ fn cli_a_stale_gateway_gets_nothing() {
 
 /// A gateway that is stale (or cordoned) holds nothing: a `dataLocality: gateway` instance
 /// running there follows its device at once to the gateway a new instance would take, with
-/// no dwell owed (before, it was unplaced, then placed as new on the next pass); planning
-/// again with that plan running changes nothing.
+/// no dwell owed (not left unplaced for a pass); planning again with that plan running
+/// changes nothing.
 #[test]
 fn cli_a_gateway_instance_follows_its_device_at_once_off_a_stale_gateway() {
     let r = repo_dir(

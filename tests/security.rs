@@ -1,4 +1,4 @@
-//! Trust nothing (issue 11): the source cache, revisions, credentials, files, input limits,
+//! Trust nothing (docs/src/security.md): the source cache, revisions, credentials, files, input limits,
 //! the snapshot clock, ownership and the proportional prune guards. Real git repositories
 //! made with git2, real `git rev-parse`, the real binary, and a real kube-apiserver
 //! (tests/support) wherever Kubernetes is involved. And the fuzz harnesses of fuzz/ over
@@ -266,7 +266,7 @@ fn symlinks_inside_are_followed_links_outside_refused_on_disk_and_in_git() {
     assert_eq!(on_disk.code, 0, "{on_disk:?}");
     let at_rev = validate(&cache, &s(&g.dir), &["--rev", "main"]);
     assert_eq!(at_rev.code, 0, "{at_rev:?}");
-    // The linked function is read (it was skipped without a word before).
+    // The linked function is read, not skipped.
     let plain = TempDir::new().unwrap();
     copy_dir(Path::new(EXAMPLES), plain.path(), &["state"]);
     let reference = validate(&cache, &s(plain.path()), &[]);

@@ -1,5 +1,5 @@
-//! Gateway, edge and cloud Nodes as cloud4iot expects them (DESIGN.md: "Kinds in the
-//! cluster"), created through the API since there is no kubelet: tier and site
+//! Gateway, edge and cloud Nodes as cloud4iot expects them (docs/src/concepts.md),
+//! created through the API since there is no kubelet: tier and site
 //! labels, `kubernetes.io/arch`, `kubernetes.io/hostname`, `kubernetes.io/os`, the
 //! gateway taint, allocatable and capacity, and a Ready condition. Without a kubelet
 //! nothing runs on them: the scheduler binds Pods (sets `spec.nodeName`), and that

@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics, and the small HTTP server for `/healthz`, `/readyz` and
-//! `/metrics` (three fixed GET routes: a hand-written HTTP/1.1 responder is enough and
-//! keeps a web framework out of the gateway binary).
+//! `/metrics`: three fixed GET routes without bodies, answered by a hand-written HTTP/1.1
+//! responder. (It does not keep hyper off the gateways: the agent runs from the same
+//! `cloud4iot` binary as the controller, which serves its endpoints with hyper.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,10 +1,12 @@
 //! The one composition of the pure steps: a repository and a live inventory, at a moment,
 //! become a plan, the objects it calls for, and the diff against what runs.
 //!
-//! Every command runs this (`plan` stops after the plan; `render`, `diff`, `diff --base`
-//! and `apply`'s reconcile go on to the objects); they differ only in what they print or
-//! send to the cluster. Where `now` comes from is the caller's decision (the clock, a
-//! `--now` flag, or the moment a snapshot describes: [`crate::clock::snapshot_time`]).
+//! `plan` runs it up to the plan; `render`, `diff`, `diff --base` and `apply`
+//! (`cloud4iot_kube::apply::reconcile`) go on to the objects; they differ only in what they
+//! print or send to the cluster. The controller and `simulate` do not run it: they keep a
+//! [`Planner`] between events and re-plan only what each event touches. Where
+//! `now` comes from is the caller's decision (the clock, a `--now` flag, or the moment a
+//! snapshot describes: [`crate::clock::snapshot_time`]).
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;

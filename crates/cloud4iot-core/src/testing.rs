@@ -50,7 +50,7 @@ pub fn placement(function: &str, instance: &str) -> Placement {
     }
 }
 
-/// A Ready, schedulable Node as cloud4iot expects it (DESIGN.md "Kinds in the cluster"):
+/// A Ready, schedulable Node as cloud4iot expects it (docs/src/concepts.md):
 /// tier and site labels, `kubernetes.io/arch`, `kubernetes.io/hostname`,
 /// `kubernetes.io/os`, the gateway taint on gateways, and `cpu`/`memory` (Kubernetes
 /// quantities) allocatable and capacity, with room for 110 pods.

@@ -1,7 +1,8 @@
 //! The kinds users write in the git repository, the kinds that live in the cluster, and the
 //! conventions (labels, names) that tie rendered objects back to placements.
 //!
-//! Field names and shapes here are the user-facing contract of DESIGN.md; extend additively.
+//! Field names and shapes here are the user-facing contract (docs/src/concepts.md): extend
+//! them additively.
 
 mod duration;
 mod inventory;
