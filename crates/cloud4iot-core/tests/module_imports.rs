@@ -1,5 +1,5 @@
-//! No two modules of the core import each other (issue 8): each step of the pipeline
-//! depends only on the ones before it, so a module can be read, tested and moved alone.
+//! No import cycle among the modules of the core: each step of the pipeline depends only on
+//! the ones before it, so a module can be read, tested and moved alone.
 //!
 //! Reads every `.rs` file under `src/`, finds each `crate::…` and `super::…` path in the
 //! code (comments and string literals left out; `use` groups `{a, b}` opened), resolves it
@@ -7,9 +7,10 @@
 //! `plan` and `model` for `crate::model::Tier` written in `plan/engine.rs`, between
 //! `load::validate` and `load::schema` for `super::schema::x` in `load/validate.rs`. A
 //! parent using its child, or a child its parent, is not an edge (that is how a module
-//! re-exports its parts). Fails if two siblings have an edge each way, naming both places.
+//! re-exports its parts). Fails if sibling modules form a cycle (`a` uses `b` and `b` uses
+//! `a`, or `a` -> `b` -> `c` -> `a`), naming the place of each edge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
 /// A reference from one module to another: where it is written and the path as written.
@@ -329,8 +330,9 @@ fn edge(
     Some((from[..=common].to_vec(), to_module[..=common].to_vec()))
 }
 
-/// Sibling modules that import each other, with one place for each direction.
-fn mutual(files: &[(String, String)]) -> Vec<(Use, Use)> {
+/// Import cycles among sibling modules, each as the places that make its edges, in order
+/// (`a` -> `b` -> `a` is two places). Each module is reported in one cycle at most.
+fn cycles(files: &[(String, String)]) -> Vec<Vec<Use>> {
     let mut known: Vec<Vec<String>> = files.iter().map(|(rel, _)| module_of(rel)).collect();
     let mut refs = Vec::new();
     for (rel, text) in files {
@@ -344,14 +346,47 @@ fn mutual(files: &[(String, String)]) -> Vec<(Use, Use)> {
             edges.entry(e).or_insert(at);
         }
     }
-    edges
-        .iter()
-        .filter(|((a, b), _)| a < b)
-        .filter_map(|((a, b), there)| {
-            let back = edges.get(&(b.clone(), a.clone()))?;
-            Some((there.clone(), back.clone()))
-        })
-        .collect()
+    let mut reported = BTreeSet::new();
+    let mut out = Vec::new();
+    for (start, _) in edges.keys() {
+        if reported.contains(start) {
+            continue;
+        }
+        if let Some(path) = shortest_cycle(&edges, start) {
+            reported.extend(path.iter().cloned());
+            let places = path
+                .iter()
+                .zip(path.iter().cycle().skip(1))
+                .map(|(a, b)| edges[&(a.clone(), b.clone())].clone())
+                .collect();
+            out.push(places);
+        }
+    }
+    out
+}
+
+/// The modules of the shortest cycle through `start` (breadth first), `start` first.
+fn shortest_cycle(edges: &Edges, start: &[String]) -> Option<Vec<Vec<String>>> {
+    let mut came_from: BTreeMap<&[String], &[String]> = BTreeMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(at) = queue.pop_front() {
+        for (from, to) in edges.keys().filter(|(from, _)| from.as_slice() == at) {
+            if to.as_slice() == start {
+                let mut path = vec![from.clone()];
+                while path.last().map(Vec::as_slice) != Some(start) {
+                    let before = came_from[path.last().unwrap().as_slice()];
+                    path.push(before.to_vec());
+                }
+                path.reverse();
+                return Some(path);
+            }
+            if !came_from.contains_key(to.as_slice()) {
+                came_from.insert(to, from);
+                queue.push_back(to);
+            }
+        }
+    }
+    None
 }
 
 fn read_tree(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
@@ -370,33 +405,42 @@ fn read_tree(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
     }
 }
 
-#[test]
-fn no_two_modules_of_the_core_import_each_other() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The cycles among the modules under `src`, one line each; `what` names the crate.
+fn cycles_in(src: &Path, what: &str) -> Vec<String> {
     let mut files = Vec::new();
-    read_tree(&src, &src, &mut files);
+    read_tree(src, src, &mut files);
     files.sort();
     assert!(files.len() > 10, "read {} files under {src:?}", files.len());
-    let found: Vec<String> = mutual(&files)
+    cycles(&files)
         .iter()
-        .map(|(a, b)| {
-            format!(
-                "{} uses {} ({}:{}), and {} uses {} ({}:{})",
-                module_of(&a.file["src/".len()..]).join("::"),
-                a.path,
-                a.file,
-                a.line,
-                module_of(&b.file["src/".len()..]).join("::"),
-                b.path,
-                b.file,
-                b.line
-            )
+        .map(|places| {
+            let steps: Vec<String> = places
+                .iter()
+                .map(|u| {
+                    format!(
+                        "{} uses {} ({}:{})",
+                        module_of(&u.file["src/".len()..]).join("::"),
+                        u.path,
+                        u.file,
+                        u.line
+                    )
+                })
+                .collect();
+            format!("{what}: {}", steps.join(", and "))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn no_import_cycle_among_the_modules_of_the_core() {
+    let found = cycles_in(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        "cloud4iot-core",
+    );
     assert!(
         found.is_empty(),
-        "modules of cloud4iot-core import each other (move the shared part to the module \
-         both can depend on):\n{}",
+        "modules of cloud4iot-core import each other (move the shared part to a module \
+         all of them can depend on):\n{}",
         found.join("\n")
     );
 }
@@ -418,7 +462,7 @@ fn the_check_finds_a_mutual_import_and_nothing_else() {
             ("model.rs".to_owned(), String::new()),
         ]
     };
-    let found = mutual(&files(
+    let found = cycles(&files(
         "pub struct Thing;\nfn f() -> String { \"crate::a::x\".into() }\n",
     ));
     assert!(found.is_empty(), "{found:?}");
@@ -427,10 +471,18 @@ fn the_check_finds_a_mutual_import_and_nothing_else() {
         "mod inner {\n    use super::super::a;\n}\n",
         "use super::{c, a::Other};\n",
     ] {
-        let found = mutual(&files(back));
+        let found = cycles(&files(back));
         assert_eq!(found.len(), 1, "{back}: {found:?}");
-        assert_eq!(found[0].0.file, "src/a.rs");
-        assert_eq!(found[0].0.path, "crate::b::Thing");
-        assert_eq!(found[0].1.file, "src/b.rs");
+        assert_eq!(found[0].len(), 2, "{back}: {found:?}");
+        assert_eq!(found[0][0].file, "src/a.rs");
+        assert_eq!(found[0][0].path, "crate::b::Thing");
+        assert_eq!(found[0][1].file, "src/b.rs");
     }
+    // A longer cycle: a -> b -> c -> a.
+    let mut three = files("use crate::c::x;\n");
+    three[3].1 = "use crate::a::Other;\npub fn x() {}\n".to_owned();
+    let found = cycles(&three);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let order: Vec<&str> = found[0].iter().map(|u| u.file.as_str()).collect();
+    assert_eq!(order, ["src/a.rs", "src/b.rs", "src/c.rs"]);
 }
