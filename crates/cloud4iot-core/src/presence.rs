@@ -14,10 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::model::SeenDevice;
+use crate::model::{RSSI_RANGE, SeenDevice};
 
 /// Readings kept per device at most (memory bound, whatever the advertising rate).
 const MAX_READINGS: usize = 64;
+
+/// The most devices an agent tracks, so the most one report lists: also the `maxItems`
+/// of `spec.devices` in `schema/gatewayreport.json` (a test checks the two agree).
+pub const MAX_DEVICES: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrackerOptions {
@@ -42,7 +46,7 @@ impl Default for TrackerOptions {
             forget_after: SignedDuration::from_secs(300),
             rssi_step: 3,
             refresh: SignedDuration::from_secs(10),
-            max_devices: 10_000,
+            max_devices: MAX_DEVICES,
         }
     }
 }
@@ -105,6 +109,8 @@ impl Tracker {
         rssi: i32,
         at: Timestamp,
     ) {
+        // A radio outside BLE's range would make a report beyond the schema's bounds.
+        let rssi = rssi.clamp(*RSSI_RANGE.start(), *RSSI_RANGE.end());
         let forget = self.opts.forget_after;
         if let Some(t) = self.devices.get_mut(id) {
             self.timers.remove(&(t.due, id.to_string()));
@@ -302,6 +308,15 @@ mod tests {
         );
         assert_eq!(d[0].rssi, -60);
         assert_eq!((d[0].first_seen, d[0].last_seen), (t(0), t(4)));
+    }
+
+    #[test]
+    fn a_reading_outside_what_ble_reports_is_clamped_to_it() {
+        let mut tr = Tracker::new(TrackerOptions::default());
+        tr.observe(BR, "omh-bracelet", None, 90, t(0));
+        tr.observe("AA:00:00:00:00:01", "omh-bracelet", None, -300, t(0));
+        let rssi: Vec<i32> = tr.devices(t(0)).iter().map(|d| d.rssi).collect();
+        assert_eq!(rssi, [20, -127]);
     }
 
     #[test]

@@ -225,7 +225,18 @@ impl Accumulator {
                     });
                 }
             },
-            Parsed::Report(report) => self.reports.push(report),
+            Parsed::Report(report) => {
+                if let Some(e) = crate::load::schema::check_gateway_report(&report).first() {
+                    let name = report.metadata.name.as_deref().unwrap_or_default();
+                    return Err(StateError::Item {
+                        file: file.to_path_buf(),
+                        item: Box::new(at.item_ref("GatewayReport", name)),
+                        field: crate::load::field_of_pointer(&e.pointer),
+                        message: e.message.clone(),
+                    });
+                }
+                self.reports.push(report)
+            }
             Parsed::Deployment(d) => {
                 if d.is_managed() {
                     self.live.push(d);
@@ -469,6 +480,38 @@ spec:
             "s.yaml",
             "s.yaml:34: document 2 (Deployment omh-consolidator-c4-7c-8d-6a-12-34): spec.selector: ",
         );
+    }
+
+    #[test]
+    fn a_report_beyond_the_schemas_bounds_is_refused_with_its_field() {
+        let item = "s.yaml:18: document 1, item 3 (GatewayReport gw-home-1): ";
+        let loud = LIST.replace("rssi: -55", "rssi: 300");
+        assert_eq!(
+            error_of(&loud, "s.yaml"),
+            format!("{item}spec.devices[0].rssi: 300 is greater than the maximum of 20")
+        );
+        let long = LIST.replace("C4:7C:8D:6A:12:34", &"C4".repeat(33));
+        assert_eq!(
+            error_of(&long, "s.yaml"),
+            format!("{item}spec.devices[0].id: 66 characters long, more than the 64 allowed")
+        );
+        let odd = LIST.replace("C4:7C:8D:6A:12:34", "C4 7C/../x");
+        fails_with(
+            &odd,
+            "s.yaml",
+            &format!("{item}spec.devices[0].id: \"C4 7C/../x\": must be a device id such as"),
+        );
+        let class = LIST.replace("class: omh-bracelet", &format!("class: {}", "c".repeat(64)));
+        fails_with(
+            &class,
+            "s.yaml",
+            &format!("{item}spec.devices[0].class: 64 characters"),
+        );
+        // Both spellings of a BLE address are ids.
+        for id in ["C4-7C-8D-6A-12-34", "c4:7c:8d:6a:12:34", "bracelet_7.a"] {
+            parse_snapshot(&LIST.replace("C4:7C:8D:6A:12:34", id), Path::new("s.yaml"))
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::position::escape;
 use super::source::{Kind, Source, json_type};
 use crate::diag::Diagnostic;
+use crate::model::GatewayReport;
 
 pub const FUNCTION: &str = include_str!("../../../../schema/function.json");
 pub const PLACEMENT_POLICY: &str = include_str!("../../../../schema/placementpolicy.json");
@@ -60,6 +61,16 @@ pub fn gateway_report_validator() -> &'static Validator {
     &COMPILED[3].validator
 }
 
+/// How `report` breaks `schema/gatewayreport.json` (its bounds: the most devices, id and
+/// class lengths, the id pattern, the RSSI range): a report in a snapshot is held to what
+/// an agent can write.
+pub fn check_gateway_report(report: &GatewayReport) -> Vec<SchemaError> {
+    match serde_json::to_value(report) {
+        Ok(instance) => errors(&COMPILED[3], &instance),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// One schema violation: where (a JSON pointer into the document) and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchemaError {
@@ -81,7 +92,10 @@ impl SchemaError {
 
 /// Checks a document of `kind` against its schema.
 pub fn check(kind: Kind, instance: &Value) -> Vec<SchemaError> {
-    let c = compiled(kind);
+    errors(compiled(kind), instance)
+}
+
+fn errors(c: &Compiled, instance: &Value) -> Vec<SchemaError> {
     let mut out: Vec<SchemaError> = Vec::new();
     for err in c.validator.iter_errors(instance) {
         explain(&c.schema, &err, &mut out);
@@ -201,6 +215,22 @@ fn explain(schema: &Value, err: &ValidationError<'_>, out: &mut Vec<SchemaError>
                 "give exactly one of `perDevice` or `replicas`".to_string(),
             );
         }
+        ValidationErrorKind::MaxItems { limit } => push(
+            pointer,
+            false,
+            format!(
+                "lists {} entries, more than the {limit} allowed",
+                instance.as_array().map_or(0, Vec::len)
+            ),
+        ),
+        ValidationErrorKind::MaxLength { limit } => push(
+            pointer,
+            false,
+            format!(
+                "{} characters long, more than the {limit} allowed",
+                instance.as_str().map_or(0, |s| s.chars().count())
+            ),
+        ),
         ValidationErrorKind::UniqueItems => push(
             pointer,
             false,
@@ -404,6 +434,23 @@ mod tests {
             diffs.is_empty(),
             "schema/ and src/model disagree:\n{}",
             diffs.join("\n")
+        );
+    }
+
+    #[test]
+    fn report_bounds_are_the_agents() {
+        let schema: Value = serde_json::from_str(GATEWAY_REPORT).unwrap();
+        let devices = &schema["properties"]["spec"]["properties"]["devices"];
+        assert_eq!(
+            devices["maxItems"],
+            json!(crate::presence::MAX_DEVICES),
+            "an agent never lists more devices than the API server takes"
+        );
+        let rssi = &devices["items"]["properties"]["rssi"];
+        let range = crate::model::RSSI_RANGE;
+        assert_eq!(
+            (&rssi["minimum"], &rssi["maximum"]),
+            (&json!(range.start()), &json!(range.end()))
         );
     }
 

@@ -408,6 +408,10 @@ crate::kind! {
     }
 }
 
+/// The signal strengths (dBm) BLE can report: the `minimum` and `maximum` of `rssi` in
+/// `schema/gatewayreport.json`; the agent clamps what its radio says to it.
+pub const RSSI_RANGE: std::ops::RangeInclusive<i32> = -127..=20;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeenDevice {
