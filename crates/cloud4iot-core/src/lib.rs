@@ -6,6 +6,7 @@
 //! the live side. Nothing here starts a runtime, opens a socket or reads the clock: time is
 //! an input. Feature `testing`: the fixture builders of the tests and benches.
 
+pub mod claims;
 pub mod clock;
 pub mod diag;
 pub mod diff;

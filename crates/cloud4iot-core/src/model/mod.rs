@@ -8,6 +8,7 @@ mod duration;
 mod inventory;
 mod live;
 mod quantity;
+mod selector;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,9 @@ pub(crate) use live::{Fields, LiveMeta, Spec as LiveSpec};
 pub use quantity::{
     Cpu, Memory, QuantityError, ResourceQuantities, Resources, format_cpu, format_memory,
     number_as_quantity, parse_cpu_millis, parse_memory_bytes,
+};
+pub use selector::{
+    LabelSelector, SelectorOperator, SelectorRequirement, label_key_error, label_value_error,
 };
 
 /// The API group of every cloud4iot kind. [`kind!`](crate::kind) writes it as a literal (kube's
