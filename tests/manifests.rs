@@ -98,6 +98,65 @@ fn the_stream_parses_back_into_typed_objects() {
     assert!(stream(&[]).contains(&format!("image: {default_image}")));
 }
 
+#[test]
+fn another_namespace_and_a_digest_reach_every_workload() {
+    let digest = format!("registry.example/cloud4iot@sha256:{}", "0f".repeat(32));
+    let docs = documents(&stream(&["--image", &digest, "--namespace", "iot-edge"]));
+    let workloads: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet")
+        .collect();
+    assert_eq!(workloads.len(), 2);
+    for w in workloads {
+        let pod = &w["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().unwrap() {
+            assert_eq!(c["image"], digest.as_str(), "{}", w["kind"]);
+            // A kubelet checks runAsNonRoot only against a numeric user: the image's.
+            let sc = &c["securityContext"];
+            assert_eq!(sc["runAsNonRoot"], true, "{}", w["kind"]);
+            assert_eq!(sc["runAsUser"], 65532, "{}", w["kind"]);
+            assert_eq!(
+                sc["capabilities"],
+                json!({"drop": ["ALL"]}),
+                "{}",
+                w["kind"]
+            );
+        }
+    }
+    let agent = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert_eq!(args[3..], [json!("--namespace"), json!("iot-edge")]);
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" && d["rules"][0]["resources"][0] == "configmaps")
+        .collect();
+    assert!(
+        roles.len() == 2
+            && roles
+                .iter()
+                .all(|r| r["metadata"]["namespace"] == "iot-edge"),
+        "the DeviceClasses' Roles follow --namespace: {roles:?}"
+    );
+}
+
+#[test]
+fn a_malformed_digest_is_refused_before_anything_is_printed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args([
+            "manifests",
+            "--image",
+            "registry.example/cloud4iot@sha256:abc",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("64 lowercase hex digits"), "{stderr}");
+}
+
 fn rules(objects: &[InstallObject], kind: &str, name: &str) -> (Option<String>, Vec<PolicyRule>) {
     for o in objects {
         match o {
@@ -254,7 +313,16 @@ fn the_agent_daemonset_runs_on_gateways_with_its_node_name() {
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["serviceAccountName"], AGENT);
     let c = &pod["containers"][0];
-    assert_eq!(c["args"], json!(["agent", "--node", "$(NODE_NAME)"]));
+    assert_eq!(
+        c["args"],
+        json!([
+            "agent",
+            "--node",
+            "$(NODE_NAME)",
+            "--namespace",
+            "cloud4iot-system"
+        ])
+    );
     assert_eq!(
         c["env"][0],
         json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})

@@ -38,6 +38,10 @@ pub struct ApplyArgs {
     /// Prune even when --max-prune-ratio would hold it (after checking the inventory).
     #[arg(long)]
     pub force_prune: bool,
+    /// Where cloud4iot is installed (`manifests --namespace`): the DeviceClasses
+    /// ConfigMap the agents read goes there.
+    #[arg(long, value_name = "NS", default_value = cloud4iot_kube::install::SYSTEM_NAMESPACE)]
+    pub install_namespace: String,
     /// Requests to the API server in flight at once.
     #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY,
           value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
@@ -69,6 +73,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         dry_run: args.dry_run,
         max_prune_ratio: args.max_prune_ratio,
         force_prune: args.force_prune,
+        install_namespace: args.install_namespace.clone(),
     };
     let now = args.now.unwrap_or_else(jiff::Timestamp::now);
     let indicator = ProgressLine::new(std::io::stderr().is_terminal());

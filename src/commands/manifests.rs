@@ -6,7 +6,9 @@ use clap::Args;
 
 use crate::cli::Outcome;
 use cloud4iot_core::render::to_yaml_stream;
-use cloud4iot_kube::install::{InstallOptions, SYSTEM_NAMESPACE, default_image, objects};
+use cloud4iot_kube::install::{
+    InstallOptions, SYSTEM_NAMESPACE, check_image, default_image, objects,
+};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -19,8 +21,9 @@ each gateway's agent write only its own GatewayReport, the controller Deployment
     after_help = "Example:\n  cloud4iot manifests --repo-url https://git.example/iot/fleet.git | kubectl apply --server-side -f -"
 )]
 pub struct ManifestsArgs {
-    /// The cloud4iot image of the controller and the agents.
-    #[arg(long, value_name = "IMAGE", default_value_t = default_image())]
+    /// The cloud4iot image of the controller and the agents: a tag, or a digest
+    /// (`REPO@sha256:...`) to pin what every node runs. `image/build` builds one.
+    #[arg(long, value_name = "IMAGE", default_value_t = default_image(), value_parser = image)]
     pub image: String,
     /// The namespace of the controller and the agents.
     #[arg(long, short = 'n', value_name = "NS", default_value = SYSTEM_NAMESPACE)]
@@ -31,6 +34,10 @@ pub struct ManifestsArgs {
     /// The IaC repository the controller follows (its `CLOUD4IOT_REPO`).
     #[arg(long, value_name = "URL")]
     pub repo_url: Option<String>,
+}
+
+fn image(s: &str) -> Result<String, String> {
+    check_image(s).map(|()| s.to_owned())
 }
 
 pub fn run(args: &ManifestsArgs) -> anyhow::Result<Outcome> {

@@ -53,9 +53,13 @@ pub struct RunArgs {
     /// without this option /hook answers 404.
     #[arg(long, value_name = "FILE", env = "CLOUD4IOT_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Namespace of the leader-election Lease.
+    /// Where cloud4iot is installed (in a cluster: the controller's own namespace): the
+    /// DeviceClasses ConfigMap the agents read goes there, and the Lease by default.
     #[arg(long, value_name = "NS", env = "POD_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
-    pub lease_namespace: String,
+    pub install_namespace: String,
+    /// Namespace of the leader-election Lease [default: --install-namespace].
+    #[arg(long, value_name = "NS")]
+    pub lease_namespace: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, value_name = "NAME", default_value = "cloud4iot-controller")]
     pub lease_name: String,
@@ -127,13 +131,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         source: args.target.repo.source(),
         client: args.target.cluster.client(),
         namespace: args.target.namespace.clone(),
+        install_namespace: args.install_namespace.clone(),
         interval: args.interval,
         resync: args.resync,
         listen: args.listen,
         webhook_secret,
         lease: LeaseConfig {
             name: args.lease_name.clone(),
-            namespace: args.lease_namespace.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| args.install_namespace.clone()),
             identity: default_identity(),
             lease_duration: args.lease_duration,
             renew_deadline: args.lease_renew_deadline,

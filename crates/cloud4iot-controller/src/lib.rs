@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub client: ClientOptions,
     /// The functions namespace: where Deployments are applied and pruned.
     pub namespace: String,
+    /// The controller's own namespace: the agents read the DeviceClasses there.
+    pub install_namespace: String,
     /// Git poll period (jittered by +-10 %).
     pub interval: Duration,
     /// Full resync period.
@@ -412,6 +414,7 @@ impl Controller {
             dry_run: false,
             max_prune_ratio: self.opts.max_prune_ratio,
             force_prune: self.opts.force_prune,
+            install_namespace: self.opts.install_namespace.clone(),
         }
     }
 
@@ -446,12 +449,9 @@ impl Controller {
         // The gateway agents read the DeviceClasses from a ConfigMap that follows the
         // repository, as `cloud4iot apply` writes it.
         if let Some(repo) = self.world.repo.clone()
-            && let Err(e) = apply::publish_device_classes(
-                &self.client,
-                &repo,
-                cloud4iot_kube::install::SYSTEM_NAMESPACE,
-            )
-            .await
+            && let Err(e) =
+                apply::publish_device_classes(&self.client, &repo, &self.opts.install_namespace)
+                    .await
         {
             tracing::warn!(error = %e, "the agents' device classes were not written");
         }

@@ -61,6 +61,9 @@ pub struct ApplyOptions {
     pub max_prune_ratio: f64,
     /// Prune even when the proportional guards would hold it.
     pub force_prune: bool,
+    /// Where cloud4iot is installed: the agents read the DeviceClasses from a ConfigMap
+    /// there.
+    pub install_namespace: String,
 }
 
 /// The default of [`ApplyOptions::max_prune_ratio`]: more than half is not a routine change.
@@ -80,6 +83,7 @@ impl Default for ApplyOptions {
             dry_run: false,
             max_prune_ratio: DEFAULT_MAX_PRUNE_RATIO,
             force_prune: false,
+            install_namespace: crate::install::SYSTEM_NAMESPACE.to_owned(),
         }
     }
 }
@@ -899,7 +903,7 @@ pub async fn reconcile(
 ) -> Result<Reconciled, ReconcileError> {
     let repo = cloud4iot_core::load::load_dir(dir).map_err(ReconcileError::Invalid)?;
     if !opts.dry_run {
-        publish_device_classes(client, &repo, crate::install::SYSTEM_NAMESPACE).await?;
+        publish_device_classes(client, &repo, &opts.install_namespace).await?;
     }
     let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
     let render_opts = RenderOptions {

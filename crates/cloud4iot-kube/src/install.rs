@@ -34,10 +34,42 @@ pub const LEADER_LABEL: &str = "cloud4iot.io/leader";
 /// The claim the API server adds to a pod-bound service account token: the node the pod
 /// runs on. The admission policy compares it with the report's name.
 pub const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
+/// The user (and group) the containers run as: the image's numeric `USER`. A kubelet can
+/// enforce `runAsNonRoot` only for a numeric user, so the manifests name it too.
+pub const RUN_AS_USER: i64 = 65532;
 
 /// `ghcr.io/cloud4iot/cloud4iot:<this crate's version>`.
 pub fn default_image() -> String {
     format!("ghcr.io/cloud4iot/cloud4iot:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Checks the shape of an image reference for `manifests --image`: `name[:tag]` or
+/// `name[:tag]@sha256:<64 hex digits>` (a digest pins what every node runs). The
+/// registry is the judge of the name; this catches what would fail only at pull time.
+pub fn check_image(reference: &str) -> Result<(), String> {
+    if reference.is_empty()
+        || reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{reference:?}: not an image reference"));
+    }
+    let Some((name, digest)) = reference.split_once('@') else {
+        return Ok(());
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    let valid = !name.is_empty()
+        && hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{reference:?}: a digest is @sha256: and 64 lowercase hex digits"
+        ))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +176,8 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
     // Containers run as an unprivileged user on a read-only root filesystem.
     let restricted = json!({
         "runAsNonRoot": true,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
         "capabilities": {"drop": ["ALL"]},
@@ -336,14 +370,14 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                         "serviceAccountName": AGENT,
                         "nodeSelector": {labels::TIER: "gateway"},
                         "tolerations": [{"key": labels::GATEWAY_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-                        // BLE: the host's Bluetooth adapter is reached through the host
-                        // network namespace (HCI sockets) and BlueZ on the system D-Bus.
+                        // /healthz, /readyz and /metrics on the gateway's own address.
                         "hostNetwork": true,
                         "dnsPolicy": "ClusterFirstWithHostNet",
                         "containers": [{
                             "name": "agent",
                             "image": opts.image,
-                            "args": ["agent", "--node", "$(NODE_NAME)"],
+                            // --namespace: where the controller writes the DeviceClasses.
+                            "args": ["agent", "--node", "$(NODE_NAME)", "--namespace", ns],
                             "env": [
                                 {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                                 {"name": "CLOUD4IOT_LOG", "value": "info"}
@@ -352,11 +386,11 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                             // `agent --listen` (default 0.0.0.0:9104, on the host network).
                             "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9104}},
                             "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9104}},
-                            "securityContext": {
-                                "allowPrivilegeEscalation": false,
-                                "readOnlyRootFilesystem": true,
-                                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
-                            },
+                            // BLE is BlueZ's D-Bus API, no raw Bluetooth socket: the
+                            // unprivileged user needs no capability, only the system bus,
+                            // whose policy decides what it may call (docs/src/cluster.md,
+                            // "The agent's user").
+                            "securityContext": restricted,
                             "volumeMounts": [{"name": "dbus", "mountPath": "/run/dbus", "readOnly": true}]
                         }],
                         "volumes": [{"name": "dbus", "hostPath": {"path": "/run/dbus", "type": "Directory"}}]
