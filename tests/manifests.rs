@@ -111,10 +111,15 @@ fn another_namespace_and_a_digest_reach_every_workload() {
         let pod = &w["spec"]["template"]["spec"];
         for c in pod["containers"].as_array().unwrap() {
             assert_eq!(c["image"], digest.as_str(), "{}", w["kind"]);
-            // A kubelet checks runAsNonRoot only against a numeric user: the image's.
+            // A kubelet checks runAsNonRoot only against a numeric user.
             let sc = &c["securityContext"];
             assert_eq!(sc["runAsNonRoot"], true, "{}", w["kind"]);
-            assert_eq!(sc["runAsUser"], 65532, "{}", w["kind"]);
+            let user = if w["kind"] == "DaemonSet" {
+                65534
+            } else {
+                65532
+            };
+            assert_eq!(sc["runAsUser"], user, "{}", w["kind"]);
             assert_eq!(
                 sc["capabilities"],
                 json!({"drop": ["ALL"]}),

@@ -34,9 +34,13 @@ pub const LEADER_LABEL: &str = "cloud4iot.io/leader";
 /// The claim the API server adds to a pod-bound service account token: the node the pod
 /// runs on. The admission policy compares it with the report's name.
 pub const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
-/// The user (and group) the containers run as: the image's numeric `USER`. A kubelet can
+/// The user (and group) the controller runs as: the image's numeric `USER`. A kubelet can
 /// enforce `runAsNonRoot` only for a numeric user, so the manifests name it too.
 pub const RUN_AS_USER: i64 = 65532;
+/// The user (and group) the agent runs as: `nobody`. The gateway's system bus admits only
+/// users its host can resolve (dbus-daemon looks up the connecting UID's groups), and
+/// every Debian-family host knows 65534; BlueZ's bus policy then decides what it may call.
+pub const AGENT_RUN_AS_USER: i64 = 65534;
 
 /// `ghcr.io/cloud4iot/cloud4iot:<this crate's version>`.
 pub fn default_image() -> String {
@@ -183,6 +187,9 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"}
     });
+    let mut agent_restricted = restricted.clone();
+    agent_restricted["runAsUser"] = json!(AGENT_RUN_AS_USER);
+    agent_restricted["runAsGroup"] = json!(AGENT_RUN_AS_USER);
     let mut controller_env = vec![
         json!({"name": "CLOUD4IOT_LOG", "value": "info"}),
         json!({"name": "XDG_CACHE_HOME", "value": "/cache"}),
@@ -390,7 +397,7 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                             // unprivileged user needs no capability, only the system bus,
                             // whose policy decides what it may call (docs/src/cluster.md,
                             // "The agent's user").
-                            "securityContext": restricted,
+                            "securityContext": agent_restricted,
                             "volumeMounts": [{"name": "dbus", "mountPath": "/run/dbus", "readOnly": true}]
                         }],
                         "volumes": [{"name": "dbus", "hostPath": {"path": "/run/dbus", "type": "Directory"}}]
