@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod commands;
+pub mod flags;
 pub mod output;
 pub mod watch;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(cloud4iot::cli::EXIT_ERROR);
+            return ExitCode::from(cloud4iot::flags::EXIT_ERROR);
         }
     };
     ExitCode::from(runtime.block_on(cloud4iot::cli::run(cli)))

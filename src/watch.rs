@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 
-use crate::cli::{Outcome, RepoArgs};
+use crate::flags::{Outcome, RepoArgs};
 
 /// Quiet time after the last change before re-running.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::Outcome;
+use crate::flags::Outcome;
 use cloud4iot_agent::AgentOptions;
 use cloud4iot_core::presence::TrackerOptions;
 

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
-use crate::cli::{Outcome, TargetArgs};
+use crate::flags::{Outcome, TargetArgs};
 use cloud4iot_kube::apply::{self, ApplyOptions, Progress, Prune, ReconcileError};
 use cloud4iot_kube::cluster;
 

@@ -2,16 +2,13 @@
 //! where, and why), then the object diff. Exit codes as `kubectl diff`: 0 no change,
 //! 1 changes (or an invalid repository), 2 error.
 
-use std::io::Write;
-
-use anyhow::Context;
 use clap::Args;
 use jiff::Timestamp;
 
+use super::diff_base::{self, BaseDiff};
 use super::inputs::{Live, Loaded};
-use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
-use crate::output::diff::{DiffFormat, DiffOutput};
-use cloud4iot_core::diff::DiffReport;
+use crate::flags::{ColorChoice, Outcome, RepoArgs, StateArgs};
+use crate::output::diff::{self, DiffFormat};
 use cloud4iot_core::pipeline::Pipeline;
 
 #[derive(Debug, Clone, Args)]
@@ -47,7 +44,7 @@ pub struct DiffArgs {
     pub namespace: String,
     /// Compare two revisions instead of the repository with the live objects: plan the
     /// base (e.g. `main`) and the head (--rev, or the files on disk) against the same
-    /// state and show what merging the head changes (see diff_base.rs).
+    /// state and show what merging the head changes.
     #[arg(long, value_name = "REV")]
     pub base: Option<String>,
     /// Re-run whenever a file under --repo (a local directory) or --state changes.
@@ -61,7 +58,14 @@ pub struct DiffArgs {
 /// admission never shows as drift. `--base`: see diff_base.rs.
 pub async fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome> {
     if let Some(base) = &args.base {
-        return super::diff_base::run(args, base, color).await;
+        let compare = BaseDiff {
+            repo: &args.repo,
+            base,
+            state: &args.state,
+            namespace: &args.namespace,
+            now: args.now,
+        };
+        return diff_base::run(compare, args.output, color).await;
     }
     let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing compared")? else {
         return Ok(Outcome::Changes);
@@ -76,22 +80,5 @@ pub async fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome>
             desired.diff_live_as(&served, &live.inventory)?
         }
     };
-    print(&report, args.output, color)
-}
-
-/// Prints `report` and turns it into the exit status.
-pub fn print(
-    report: &DiffReport,
-    format: DiffFormat,
-    color: ColorChoice,
-) -> anyhow::Result<Outcome> {
-    let text = report
-        .render(format, format == DiffFormat::Text && color.enabled())
-        .context("encoding the diff")?;
-    std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(if report.has_changes() {
-        Outcome::Changes
-    } else {
-        Outcome::Clean
-    })
+    diff::print(&report, args.output, color, None)
 }

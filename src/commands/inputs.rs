@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::Context;
 use jiff::Timestamp;
 
-use crate::cli::{Outcome, RepoArgs, StateArgs};
+use crate::flags::{Outcome, RepoArgs, StateArgs};
 use cloud4iot_core::diag::Diagnostics;
 use cloud4iot_core::model::{Inventory, Repo};
 use cloud4iot_core::render::RenderOptions;

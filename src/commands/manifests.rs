@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use crate::cli::Outcome;
+use crate::flags::Outcome;
 use cloud4iot_core::render::to_yaml_stream;
 use cloud4iot_kube::install::{
     InstallOptions, SYSTEM_NAMESPACE, check_image, default_image, objects,

@@ -1,4 +1,5 @@
-//! One module per subcommand: argument parsing lives in `crate::cli`, the work here.
+//! One module per subcommand: its arguments (a clap `Args` struct) and the work. The flags
+//! several of them share are in [`crate::flags`]; [`crate::cli`] lists them and dispatches.
 
 pub mod agent;
 pub mod apply;

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use jiff::Timestamp;
 
 use super::inputs::{Live, Loaded};
-use crate::cli::{ColorChoice, Outcome, RepoArgs, StateArgs};
+use crate::flags::{ColorChoice, Outcome, RepoArgs, StateArgs};
 use cloud4iot_core::model::Tier;
 use cloud4iot_core::pipeline::Pipeline;
 use cloud4iot_core::plan::{Placement, Plan, Staying};

@@ -8,7 +8,7 @@ use clap::Args;
 use jiff::Timestamp;
 
 use super::inputs::{Live, Loaded};
-use crate::cli::{Outcome, RepoArgs, StateArgs};
+use crate::flags::{Outcome, RepoArgs, StateArgs};
 use cloud4iot_core::pipeline::Pipeline;
 use cloud4iot_core::render::to_yaml_stream;
 

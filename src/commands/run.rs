@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::{Outcome, TargetArgs};
+use crate::flags::{Outcome, TargetArgs};
 use cloud4iot_controller::lease::LeaseConfig;
 use cloud4iot_controller::{RunOptions, STATUS_NAME, default_identity};
 use cloud4iot_kube::cluster;

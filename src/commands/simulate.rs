@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::cli::{Outcome, RepoArgs};
+use crate::flags::{Outcome, RepoArgs};
 use cloud4iot_core::model::{Repo, Tier};
 use cloud4iot_core::simulate::{self, SimOptions, Simulation};
 

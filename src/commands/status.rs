@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kube::api::Api;
 
-use crate::cli::{ClusterArgs, Outcome};
+use crate::flags::{ClusterArgs, Outcome};
 use cloud4iot_kube::cluster;
 use cloud4iot_kube::reconciler::{NAME, Reconciler, ReconcilerStatus};
 

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::{Outcome, RepoArgs};
+use crate::flags::{Outcome, RepoArgs};
 use cloud4iot_core::model::Repo;
 
 /// The long help of `cloud4iot validate --help`.

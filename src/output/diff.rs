@@ -3,8 +3,12 @@
 //! what a reviewer decides on; the object diffs are the evidence.
 
 use std::fmt::Write;
+use std::io::Write as _;
 
 use anstyle::{AnsiColor, Style};
+use anyhow::Context;
+
+use crate::flags::{ColorChoice, Outcome};
 
 use cloud4iot_core::diff::{
     Action, DiffReport, ObjectChange, PlacementChange, PlacementChangeKind,
@@ -16,6 +20,70 @@ pub enum DiffFormat {
     Text,
     Markdown,
     Json,
+}
+
+/// The two revisions `diff --base` compares, named in its output.
+pub struct Revisions<'a> {
+    pub base: &'a str,
+    pub head: &'a str,
+}
+
+/// Prints `report` on stdout in `format` (naming the two revisions compared, if any) and
+/// turns it into the exit status: 1 when anything changes, as `kubectl diff`.
+pub fn print(
+    report: &DiffReport,
+    format: DiffFormat,
+    color: ColorChoice,
+    revisions: Option<Revisions>,
+) -> anyhow::Result<Outcome> {
+    let body = report
+        .render(format, format == DiffFormat::Text && color.enabled())
+        .context("encoding the diff")?;
+    let text = match revisions {
+        Some(r) => with_revisions(&body, format, r.base, r.head)?,
+        None => body,
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the diff")?;
+    Ok(if report.has_changes() {
+        Outcome::Changes
+    } else {
+        Outcome::Clean
+    })
+}
+
+/// Names the two revisions compared: a line under the markdown heading (the pull-request
+/// comment says what it is about), a first line of text; JSON gains `base` and `head`.
+/// A JSON body that is not an object is an error, not passed through unnamed.
+pub fn with_revisions(
+    body: &str,
+    format: DiffFormat,
+    base: &str,
+    head: &str,
+) -> anyhow::Result<String> {
+    Ok(match format {
+        DiffFormat::Text => format!("Comparing base {base} with head {head}\n\n{body}"),
+        DiffFormat::Markdown => {
+            let line = format!("Merging `{head}` into `{base}`\n\n");
+            match body.split_once("\n\n") {
+                Some((heading, rest)) if heading.starts_with('#') => {
+                    format!("{heading}\n\n{line}{rest}")
+                }
+                _ => format!("{line}{body}"),
+            }
+        }
+        DiffFormat::Json => {
+            let mut map = match serde_json::from_str(body).context("the JSON diff")? {
+                serde_json::Value::Object(map) => map,
+                _ => anyhow::bail!("the JSON diff is not an object"),
+            };
+            map.insert("base".into(), base.into());
+            map.insert("head".into(), head.into());
+            serde_json::to_string_pretty(&map).context("encoding the JSON diff")? + "\n"
+        }
+    })
 }
 
 /// The output formats of a [`DiffReport`] (the report itself is the core's; how it reads
@@ -244,4 +312,40 @@ fn html_escape(s: &str) -> String {
 
 fn longest_backtick_run(s: &str) -> usize {
     s.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_go_where_each_format_shows_them() {
+        let md = with_revisions(
+            "### cloud4iot diff\n\nNo changes.\n",
+            DiffFormat::Markdown,
+            "main@sha1:a",
+            "pr@sha1:b",
+        )
+        .unwrap();
+        assert_eq!(
+            md,
+            "### cloud4iot diff\n\nMerging `pr@sha1:b` into `main@sha1:a`\n\nNo changes.\n"
+        );
+        let text = with_revisions(
+            "No changes.\n",
+            DiffFormat::Text,
+            "main@sha1:a",
+            "pr@sha1:b",
+        )
+        .unwrap();
+        assert!(text.starts_with("Comparing base main@sha1:a with head pr@sha1:b\n\n"));
+        let json =
+            with_revisions("{\"placementChanges\": []}", DiffFormat::Json, "b", "h").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (v["base"].as_str(), v["head"].as_str()),
+            (Some("b"), Some("h"))
+        );
+        assert!(v["placementChanges"].is_array());
+    }
 }

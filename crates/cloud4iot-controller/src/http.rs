@@ -131,3 +131,73 @@ pub async fn serve(
         _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status of a GitLab push delivery with `token` to the server at `addr` (a plain
+    /// blocking client on the blocking pool, so the server's runtime keeps serving).
+    async fn deliver(addr: std::net::SocketAddr, token: &str) -> u16 {
+        use std::io::{Read, Write};
+        let request = format!(
+            "POST /hook HTTP/1.1\r\nHost: x\r\nX-Gitlab-Event: Push Hook\r\n\
+             X-Gitlab-Token: {token}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let response = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        })
+        .await
+        .unwrap();
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+    }
+
+    /// The secret is read at each delivery: `/hook` answers 503 while the file is missing
+    /// (an optional Secret not created yet) or empty, accepts the secret once it exists,
+    /// and a rotated secret applies at the next delivery, with no restart.
+    #[tokio::test]
+    async fn the_hook_answers_503_until_the_secret_exists_and_follows_its_rotation() {
+        let dir = std::env::temp_dir().join(format!("cloud4iot-hook-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        let _ = std::fs::remove_file(&secret);
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(true),
+            webhook_secret: Some(secret.clone()),
+            fetch_now: Arc::new(Notify::new()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, shared.clone(), stopped));
+
+        assert_eq!(deliver(addr, "first").await, 503, "no secret file yet");
+        std::fs::write(&secret, "\n").unwrap();
+        assert_eq!(deliver(addr, "first").await, 503, "an empty secret");
+        std::fs::write(&secret, "first\n").unwrap();
+        let woken = shared.fetch_now.notified();
+        assert_eq!(deliver(addr, "first").await, 202, "the secret now exists");
+        woken.await;
+        assert_eq!(deliver(addr, "second").await, 401, "not yet rotated");
+        std::fs::write(&secret, "second").unwrap();
+        assert_eq!(deliver(addr, "second").await, 202, "rotated, no restart");
+        assert_eq!(
+            deliver(addr, "first").await,
+            401,
+            "the old secret no longer"
+        );
+
+        stop.send(true).unwrap();
+        server.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

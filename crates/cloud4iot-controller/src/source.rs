@@ -153,3 +153,26 @@ pub async fn poll(
 fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + 0.2 * crate::lease::rand_unit())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The poll interval is jittered within +-10 %, so replicas and installations do not
+    /// poll the git host in step: never outside the bounds, and not one fixed value.
+    #[test]
+    fn the_poll_interval_is_jittered_within_ten_percent() {
+        let interval = Duration::from_secs(60);
+        let draws: Vec<Duration> = (0..1000).map(|_| jittered(interval)).collect();
+        let (low, high) = (interval.mul_f64(0.9), interval.mul_f64(1.1));
+        for d in &draws {
+            assert!(*d >= low && *d <= high, "{d:?} outside {low:?}..={high:?}");
+        }
+        let distinct: std::collections::BTreeSet<&Duration> = draws.iter().collect();
+        assert!(
+            distinct.len() > 10,
+            "only {} distinct intervals",
+            distinct.len()
+        );
+    }
+}

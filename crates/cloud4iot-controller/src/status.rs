@@ -198,4 +198,35 @@ mod tests {
         let again = conditions(&stalled, &bad, ts("2026-11-28T10:09:00Z"));
         assert_eq!(again[0].last_transition_time, Time(t1));
     }
+
+    /// A held prune shows as Ready False, reason `PruneRefused`, with the gateways named
+    /// in the message; when the gateways are back and the loop clears it, Ready again.
+    #[test]
+    fn a_refused_prune_is_ready_false_until_it_is_cleared() {
+        let t0 = ts("2026-11-28T10:00:00Z");
+        let mut facts = Facts {
+            reconciled: true,
+            applied_revision: Some("main@sha1:aaa".into()),
+            apply: Some(Problem {
+                reason: "PruneRefused".into(),
+                message: "prune refused: 2 of 3 gateways dropped out: gw-a, gw-b".into(),
+            }),
+            ..Facts::default()
+        };
+        let refused = conditions(&[], &facts, t0);
+        assert_eq!(
+            (refused[0].type_.as_str(), refused[0].status.as_str()),
+            ("Ready", "False")
+        );
+        assert_eq!(refused[0].reason, "PruneRefused");
+        assert!(refused[0].message.contains("gw-a, gw-b"), "{refused:?}");
+        facts.clear_apply("ApplyFailed");
+        assert_eq!(conditions(&refused, &facts, t0)[0].reason, "PruneRefused");
+        facts.clear_apply("PruneRefused");
+        let ready = conditions(&refused, &facts, t0);
+        assert_eq!(
+            (ready[0].status.as_str(), ready[0].reason.as_str()),
+            ("True", "ReconciliationSucceeded")
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! No import cycle among the modules of the core: each step of the pipeline depends only on
-//! the ones before it, so a module can be read, tested and moved alone.
+//! No import cycle among the modules of the core, nor among those of the `cloud4iot`
+//! binary: each step of the pipeline depends only on the ones before it, each command only
+//! on the shared flags and helpers below it, so a module can be read, tested and moved alone.
 //!
 //! Reads every `.rs` file under `src/`, finds each `crate::…` and `super::…` path in the
 //! code (comments and string literals left out; `use` groups `{a, b}` opened), resolves it
@@ -441,6 +442,20 @@ fn no_import_cycle_among_the_modules_of_the_core() {
         found.is_empty(),
         "modules of cloud4iot-core import each other (move the shared part to a module \
          all of them can depend on):\n{}",
+        found.join("\n")
+    );
+}
+
+/// The binary's sources (`src/` at the repository root) are checked from here, so the check
+/// builds in seconds rather than with the binary's whole dependency tree.
+#[test]
+fn no_import_cycle_among_the_modules_of_the_binary() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../src");
+    let found = cycles_in(&src, "cloud4iot");
+    assert!(
+        found.is_empty(),
+        "modules of the cloud4iot binary import each other (shared flags go in `flags`, \
+         shared output in `output`; only `cli` lists the commands):\n{}",
         found.join("\n")
     );
 }
