@@ -222,3 +222,53 @@ async fn reading(p: &impl btleplug::api::Peripheral) -> Option<Reading> {
         at: Timestamp::now(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(rssi: i32) -> Reading {
+        Reading {
+            adv: Advertisement {
+                address: "C4:7C:8D:6A:12:34".into(),
+                local_name: Some("OMH-BR-1".into()),
+                services: Vec::new(),
+                rssi,
+            },
+            at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    /// The readings queue is bounded: a reading that finds it full is dropped and counted
+    /// in `cloud4iot_agent_dropped_readings_total`, the scanner goes on (the next listing
+    /// reads the device again), and what was queued is kept; a closed queue stops it.
+    #[test]
+    fn a_full_queue_drops_and_counts_the_reading_and_scanning_goes_on() {
+        let metrics = Metrics::default();
+        let (tx, mut rx) = mpsc::channel(2);
+        for rssi in [-50, -51, -52, -53] {
+            assert!(send(&tx, reading(rssi), &metrics), "scanning goes on");
+        }
+        assert_eq!(metrics.dropped_readings.get(), 2);
+        assert!(
+            metrics
+                .encode()
+                .contains("cloud4iot_agent_dropped_readings_total 2"),
+            "{}",
+            metrics.encode()
+        );
+        assert_eq!(rx.try_recv().unwrap().adv.rssi, -50);
+        assert_eq!(rx.try_recv().unwrap().adv.rssi, -51);
+        assert!(rx.try_recv().is_err(), "the dropped readings are gone");
+        drop(rx);
+        assert!(
+            !send(&tx, reading(-54), &metrics),
+            "the receiver is gone: stop"
+        );
+        assert_eq!(
+            metrics.dropped_readings.get(),
+            2,
+            "a closed queue is not an overflow"
+        );
+    }
+}

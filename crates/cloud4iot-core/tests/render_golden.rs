@@ -1,6 +1,7 @@
 //! Render golden files: the rendered YAML of a fixed plan, compared byte for byte with
 //! `tests/golden/*.yaml`. After an intended change, rewrite them with
-//! `UPDATE_GOLDEN=1 cargo test --test render_golden` and review the diff in git.
+//! `UPDATE_GOLDEN=1 cargo test -p cloud4iot-core --features testing --test render_golden`
+//! and review the diff in git.
 
 use std::path::PathBuf;
 
