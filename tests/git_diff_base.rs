@@ -322,3 +322,71 @@ fn plan_and_render_take_rev() {
         "{line}"
     );
 }
+
+/// `simulate --base`: the same trace replayed under the base revision and the head, each
+/// with its own avoided counts. The head drops the consolidator's dwell to 0s: the corridor
+/// at 09:10 then moves it to the hospital and back (2 moves more than the base), and dwell
+/// avoids nothing more there; the base, as written, avoids those 2.
+#[test]
+fn simulate_base_replays_the_trace_under_both_revisions_with_their_avoided_counts() {
+    let tmp = TempDir::new().unwrap();
+    let mut g = GitRepo::with_examples(&tmp.path().join("work"));
+    let base = g.commit("examples");
+    g.edit("policies/ehealth-roaming.yaml", "dwell: 30s", "dwell: 0s");
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.args(["simulate", "--repo"])
+        .arg(&g.dir)
+        .args(["--base", "main", "--state"])
+        .arg(home_state())
+        .arg("--trace")
+        .arg(std::path::Path::new(EXAMPLES).join("traces/roaming-morning.csv"))
+        .args(["-o", "json"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["base"]["revision"], format!("main@sha1:{base}"));
+    let (b, h) = (&v["base"]["simulation"], &v["head"]["simulation"]);
+    let moves = |s: &serde_json::Value| {
+        s["totals"]["moves"]["omh-consolidator"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (
+            b["avoidedByDwell"].as_i64(),
+            b["avoidedByLossGrace"].as_i64()
+        ),
+        (Some(2), Some(2)),
+        "{b}"
+    );
+    assert_eq!(moves(b), 1, "{b}");
+    assert_eq!(h["avoidedByDwell"].as_i64(), Some(0), "{h}");
+    assert_eq!(moves(h), 3, "{h}");
+
+    // The text names both revisions, base first.
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.args(["simulate", "--repo"])
+        .arg(&g.dir)
+        .args(["--base", "main", "--state"])
+        .arg(home_state())
+        .arg("--trace")
+        .arg(std::path::Path::new(EXAMPLES).join("traces/roaming-morning.csv"));
+    let out = run(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    let base_at = out
+        .stdout
+        .find(&format!("== base main@sha1:{base}"))
+        .expect("the base section");
+    let head_at = out.stdout.find("\n== head ").expect("the head section");
+    assert!(base_at < head_at, "{}", out.stdout);
+    assert!(
+        out.stdout[..head_at].contains("avoided by dwell: 2, by lossGrace: 2"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout[head_at..].contains("avoided by dwell: 0,"),
+        "{}",
+        out.stdout
+    );
+}
