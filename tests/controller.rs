@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use cloud4iot_core::model::GatewayReport;
 use cloud4iot_kube::reconciler::{Reconciler, ReconcilerStatus};
 use git_support::GitRepo;
 use hmac::{Hmac, Mac};
@@ -1240,6 +1241,190 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
         deployment(&client, "late-0").await.is_some(),
         "re-decided before its deletion started: not pruned"
     );
+}
+
+// ---------------------------------------------------------------- outages and the queue
+
+/// The `n`th bracelet of the outage scenarios.
+fn bracelet(n: usize) -> String {
+    format!("C4:7C:8D:6A:{:02X}:{:02X}", n / 256, n % 256)
+}
+
+/// The sum of the samples of `name` with `labels` among them in a /metrics text.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How many full reconciles ran (a new revision, a new leader, a re-list, a resync).
+fn full_reconciles(text: &str) -> f64 {
+    ["git", "leader", "relist", "resync"]
+        .iter()
+        .map(|t| {
+            let label = format!("trigger=\"{t}\"");
+            metric(
+                text,
+                "cloud4iot_reconcile_duration_seconds_count",
+                &[&label],
+            )
+        })
+        .sum()
+}
+
+/// The consolidators (one per bracelet), by name, with the gateway each runs on.
+async fn consolidators(client: &Client) -> std::collections::BTreeMap<String, String> {
+    Api::<Deployment>::namespaced(client.clone(), NS)
+        .list(&ListParams::default().labels("cloud4iot.io/function=omh-consolidator"))
+        .await
+        .expect("list Deployments")
+        .items
+        .into_iter()
+        .map(|d| {
+            (
+                d.metadata.name.clone().unwrap_or_default(),
+                node_label(&d).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Gateway `node`'s report as its agent writes it, seeing `devices` (seen for half an
+/// hour), without a heartbeat: these scenarios must not go stale on a slow machine.
+async fn sees(client: &Client, node: &str, devices: &[String]) {
+    let now = jiff::Timestamp::now();
+    let devices: Vec<_> = devices
+        .iter()
+        .map(|d| seen(d, "omh-bracelet", -58, ago(1800), now))
+        .collect();
+    let spec = cloud4iot_core::model::GatewayReportSpec {
+        heartbeat: None,
+        devices,
+        resources: None,
+    };
+    support::apply_report(client, node, &spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_dropping_out_one_after_another_hold_deletions_and_a_roam_still_goes_through() {
+    // Six gateways of one site, two bracelets each, the roaming bracelet on gw-5 too:
+    // 13 consolidators.
+    let gateways: Vec<String> = (1..=6).map(|i| format!("gw-{i}")).collect();
+    let mut nodes: Vec<_> = gateways
+        .iter()
+        .map(|g| support::gateway_node(g, "ward", "arm64", "2", "2Gi"))
+        .collect();
+    nodes.push(support::cloud_node(
+        "cloud-1", "cloud", "amd64", "64", "256Gi",
+    ));
+    let cp = world(Options::api_only(), nodes).await;
+    cp.create_namespace(SYSTEM_NS).await;
+    let client = cp.client();
+    let own = |i: usize| vec![bracelet(2 * i), bracelet(2 * i + 1)];
+    for (i, g) in gateways.iter().enumerate() {
+        let mut devices = own(i);
+        if g == "gw-5" {
+            devices.push(BRACELET.to_owned());
+        }
+        sees(&client, g, &devices).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    let ctl = Controller::start(&cp, dir.path(), &[]);
+    ctl.wait_ready().await;
+    eventually(
+        "13 consolidators",
+        WAIT,
+        || ctl.log(),
+        async || (consolidators(&client).await.len() == 13).then_some(()),
+    )
+    .await;
+    status_until("Ready", &ctl, &client, |s| {
+        (condition(&s?, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+    let full_before = full_reconciles(&ctl.metrics().await);
+
+    // Four of the six reports go, one after another (an agent rollout gone wrong). Each
+    // deletion that lands shrinks the live Deployments, yet the guard judges against the
+    // gateways in use before: at most three gateways' consolidators are deleted.
+    for g in &gateways[..4] {
+        Api::<GatewayReport>::all(client.clone())
+            .delete(g, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let message = status_until("Ready False, PruneRefused", &ctl, &client, |s| {
+        let s = s?;
+        let (status, reason, message) = condition(&s, "Ready")?;
+        (status == "False" && reason == "PruneRefused").then(|| message.to_owned())
+    })
+    .await;
+    assert!(
+        message.contains("of the 6 gateways") && message.contains("no GatewayReport: gw-"),
+        "{message}"
+    );
+    let running = consolidators(&client).await;
+    assert!(
+        running.values().any(|g| g == "gw-4") && running.len() >= 7,
+        "gw-4's are held: {running:?}"
+    );
+
+    // The roaming bracelet moves from gw-5 to gw-6 while the deletions are held.
+    let mut six = own(5);
+    six.push(BRACELET.to_owned());
+    sees(&client, "gw-6", &six).await;
+    sees(&client, "gw-5", &own(4)).await;
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "roamed to gw-6", |d| {
+        node_label(d).as_deref() == Some("gw-6")
+    })
+    .await;
+    // Nor does a held prune start full reconciles over again (the old loop re-planned
+    // everything with a backoff from 0.5 s): a few seconds more show none.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let text = ctl.metrics().await;
+    assert_eq!(full_reconciles(&text), full_before, "{text}");
+    assert!(metric(&text, "cloud4iot_held_writes", &[]) >= 2.0, "{text}");
+    assert_eq!(consolidators(&client).await, {
+        let mut r = running.clone();
+        r.insert(CONSOLIDATOR.to_owned(), "gw-6".to_owned());
+        r
+    });
+    let warnings: Vec<Event> = Api::<Event>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PruneRefused"))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|e| e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Reconciler")),
+        "{warnings:?}"
+    );
+
+    // The reports come back: nothing is held any more, and every consolidator runs.
+    for (i, g) in gateways[..4].iter().enumerate() {
+        sees(&client, g, &own(i)).await;
+    }
+    status_until("Ready again", &ctl, &client, |s| {
+        (condition(&s?, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+    eventually(
+        "13 consolidators again",
+        WAIT,
+        || ctl.log(),
+        async || (consolidators(&client).await.len() == 13).then_some(()),
+    )
+    .await;
+    let text = ctl.metrics().await;
+    assert_eq!(metric(&text, "cloud4iot_held_writes", &[]), 0.0, "{text}");
 }
 
 /// A control plane with the demo Nodes, held until Ctrl-C, for following the guide's "Run it

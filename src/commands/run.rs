@@ -83,11 +83,13 @@ pub struct RunArgs {
     /// Allow pruning every managed Deployment when the repository desires none.
     #[arg(long)]
     pub allow_empty: bool,
-    /// Hold deletions when a full reconcile would prune more than this share (0 to 1) of
-    /// the managed Deployments, or when more than this share of the gateways they run on
-    /// dropped out of the watches at once (no Node or no GatewayReport: an outage looks
-    /// like every device leaving). Held deletions are re-decided when the gateways are
-    /// back; the status says Ready False, PruneRefused, meanwhile.
+    /// Hold deletions when more than this share (0 to 1) of the managed Deployments would
+    /// be deleted (by one full reconcile, or by the watches within 5 minutes), or when more
+    /// than this share of the gateways in use in the last 5 minutes dropped out (no Node,
+    /// no GatewayReport, a stale heartbeat, an emptied report: an outage looks like every
+    /// device leaving); then moves off those gateways are held too. Held writes are decided
+    /// again when a Node or GatewayReport changes; the status says Ready False,
+    /// PruneRefused, meanwhile.
     #[arg(long, value_name = "RATIO", default_value_t = cloud4iot_kube::apply::DEFAULT_MAX_PRUNE_RATIO,
           value_parser = super::apply::parse_ratio)]
     pub max_prune_ratio: f64,

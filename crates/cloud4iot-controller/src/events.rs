@@ -1,7 +1,8 @@
 //! Kubernetes Events (events.k8s.io/v1) for every migration, on the Deployment that moved:
 //! `Roamed` (another gateway, or another site of the same tier), `Offloaded` (up a tier:
 //! gateway -> edge -> cloud), `Recalled` (back down) and `Unplaced` (Warning), each with
-//! the planner's reason as its note.
+//! the planner's reason as its note; and `PruneRefused` (Warning) on the Reconciler when
+//! the prune guard holds deletions.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -65,9 +66,43 @@ pub fn migration(before: Option<&Placement>, after: &Placement) -> Option<Migrat
 /// One Event to publish.
 #[derive(Clone, Debug)]
 pub struct Note {
-    pub migration: Migration,
-    pub reason: String,
+    /// The Event's reason (`Roamed`, `PruneRefused`, ...).
+    pub reason: &'static str,
+    pub warning: bool,
+    /// `Place` for a migration, `Prune` for a held deletion.
+    pub action: &'static str,
+    /// The human text.
+    pub note: String,
     pub reference: ObjectReference,
+}
+
+impl Note {
+    /// The Event of a migration, with the planner's reason as its text.
+    pub fn migrated(migration: Migration, reason: String, reference: ObjectReference) -> Note {
+        Note {
+            reason: migration.as_str(),
+            warning: migration == Migration::Unplaced,
+            action: "Place",
+            note: reason,
+            reference,
+        }
+    }
+
+    /// The Warning that the prune guard held deletions, on the Reconciler `name`.
+    pub fn prune_refused(name: &str, why: String) -> Note {
+        Note {
+            reason: "PruneRefused",
+            warning: true,
+            action: "Prune",
+            note: why,
+            reference: ObjectReference {
+                api_version: Some("cloud4iot.io/v1alpha1".into()),
+                kind: Some("Reconciler".into()),
+                name: Some(name.into()),
+                ..ObjectReference::default()
+            },
+        }
+    }
 }
 
 /// The Deployment's reference without reading it.
@@ -95,7 +130,7 @@ pub fn publisher(client: Client, identity: String) -> mpsc::Sender<Note> {
     );
     tokio::spawn(async move {
         while let Some(note) = rx.recv().await {
-            let mut text = note.reason.clone();
+            let mut text = note.note.clone();
             if text.len() > 1024 {
                 let mut end = 1024;
                 while !text.is_char_boundary(end) {
@@ -104,14 +139,14 @@ pub fn publisher(client: Client, identity: String) -> mpsc::Sender<Note> {
                 text.truncate(end);
             }
             let event = Event {
-                type_: if note.migration == Migration::Unplaced {
+                type_: if note.warning {
                     EventType::Warning
                 } else {
                     EventType::Normal
                 },
-                reason: note.migration.as_str().into(),
+                reason: note.reason.into(),
                 note: Some(text),
-                action: "Place".into(),
+                action: note.action.into(),
                 secondary: None,
             };
             if let Err(e) = recorder.publish(&event, &note.reference).await {

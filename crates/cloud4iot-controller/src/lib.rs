@@ -32,7 +32,7 @@ pub mod watches;
 pub mod webhook;
 pub mod world;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -62,6 +62,7 @@ use crate::source::Fetched;
 use crate::status::{Facts, Problem};
 use crate::superseded::{FullRule, Superseded};
 use crate::world::{Work, World};
+use cloud4iot_core::guard::{self, Hold};
 
 /// Everything `cloud4iot run` is told.
 #[derive(Clone, Debug)]
@@ -239,6 +240,8 @@ pub async fn run(
         status_ensured: false,
         status_pending: false,
         backoff: Backoff::new(),
+        announced: BTreeSet::new(),
+        hold_message: None,
     };
     controller.run(changes, source_rx, leader_rx, stop_rx).await;
 
@@ -267,6 +270,10 @@ struct Controller {
     /// A changed status waits for the once-a-second slot.
     status_pending: bool,
     backoff: Backoff,
+    /// The held writes an Event has told of already (one Warning per newly held name).
+    announced: BTreeSet<String>,
+    /// Why the guard holds the held writes.
+    hold_message: Option<String>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -365,6 +372,7 @@ impl Controller {
             } else if !self.world.dirty.is_empty() {
                 self.incremental(fence, stop.clone()).await;
             }
+            self.report_held();
             self.write_status().await;
         }
     }
@@ -455,13 +463,13 @@ impl Controller {
         {
             tracing::warn!(error = %e, "the agents' device classes were not written");
         }
-        let ratio = self.opts.max_prune_ratio;
+        let ratio = (!self.opts.force_prune).then_some(self.opts.max_prune_ratio);
         let world = &mut self.world;
         let plan = tokio::task::block_in_place(|| {
             world.replan(now);
-            // The held deletions are part of this full prune, under the same guard.
+            // The held writes are part of this full reconcile, under the same guard.
             world.held.clear();
-            FullPlan::of(world, ratio)
+            FullPlan::of(world, now, ratio)
         });
         tracing::info!(
             instances = self.world.desired.len(),
@@ -474,8 +482,13 @@ impl Controller {
             wanted,
             writes,
             moves,
-            hold,
+            gateways,
+            held_moves,
         } = plan;
+        if let Some(why) = &held_moves {
+            let names: Vec<String> = why.1.clone();
+            self.hold(names, &why.0.to_string());
+        }
         let opts = self.apply_options();
         let client = self.client.clone();
         let superseded = Superseded::default();
@@ -497,8 +510,15 @@ impl Controller {
                 // Unreachable (it rendered when planned); a nameless object fails alone.
                 .unwrap_or_default()
         });
-        let applying =
-            apply::apply_streamed(&client, objects, &write, desired, &opts, hold, &|_| {});
+        let applying = apply::apply_streamed(
+            &client,
+            objects,
+            &write,
+            desired,
+            &opts,
+            Some(gateways),
+            &|_| {},
+        );
         let mut applying = std::pin::pin!(applying);
         let (fence_rx, stop_rx) = (fence.clone(), stop.clone());
         let outcome = loop {
@@ -560,24 +580,29 @@ impl Controller {
                 self.migrated(before.as_ref(), after, &o.name);
             }
         }
-        if report.succeeded() {
+        // A refused prune is no failure: what it refused is held (and said), and decided
+        // again when the gateways change, while everything else keeps flowing.
+        if let Prune::Refused(refusal) = &report.prune {
+            let refused: Vec<String> = self
+                .world
+                .live
+                .keys()
+                .filter(|name| !rule.keeps(name))
+                .cloned()
+                .collect();
+            self.hold(refused, refusal);
+        }
+        if report.summary.failed == 0 {
             self.facts.apply = None;
             self.backoff.ok();
         } else {
-            let (reason, message) = match &report.prune {
-                Prune::Refused(why) => ("PruneRefused", why.clone()),
-                _ => (
-                    "ApplyFailed",
-                    format!(
-                        "{} of {} object(s) failed to apply",
-                        report.summary.failed,
-                        writes.len()
-                    ),
-                ),
-            };
             self.facts.apply = Some(Problem {
-                reason: reason.into(),
-                message,
+                reason: "ApplyFailed".into(),
+                message: format!(
+                    "{} of {} object(s) failed to apply",
+                    report.summary.failed,
+                    writes.len()
+                ),
             });
             self.world.full.get_or_insert(why);
             self.backoff.fail();
@@ -614,6 +639,10 @@ impl Controller {
         let (applies, deletes): (Vec<Work>, Vec<Work>) = work
             .into_iter()
             .partition(|w| matches!(w, Work::Apply { .. }));
+        let (applies, deletes) = self.guard(applies, deletes, jiff::Timestamp::now());
+        if applies.is_empty() && deletes.is_empty() {
+            return;
+        }
         let writing = async {
             let results: Vec<(Work, apply::ObjectResult)> = futures::stream::iter(applies)
                 .map(|w| {
@@ -658,33 +687,17 @@ impl Controller {
                     }
                 }
             }
-        } else if !placed && deletes.len() >= self.world.live.len() && !self.opts.allow_empty {
-            tracing::warn!("refusing to delete every managed Deployment (pass --allow-empty)");
-            self.facts.apply = Some(Problem {
-                reason: "PruneRefused".into(),
-                message: "the desired set is empty: refusing to delete every managed Deployment"
-                    .into(),
-            });
-        } else if let Some(why) = (!deletes.is_empty() && !self.opts.force_prune)
-            .then(|| self.world.gateways_dropped_out(self.opts.max_prune_ratio))
-            .flatten()
+        } else if !placed
+            && !deletes.is_empty()
+            && deletes.len() >= self.world.live.len()
+            && !self.opts.allow_empty
         {
-            // An outage looks like every device leaving: hold the deletions (and say so)
-            // until the gateways are back, as `apply` does.
-            tracing::warn!(held = deletes.len(), "deletions held: {why}");
-            for d in &deletes {
-                if let Work::Delete { name, .. } = d {
-                    self.world.held.insert(name.clone());
-                }
-            }
-            self.facts.apply = Some(Problem {
-                reason: "PruneRefused".into(),
-                message: format!(
-                    "{why}; {} deletion(s) held until the gateways are back (--force-prune \
-                     deletes anyway)",
-                    self.world.held.len()
-                ),
-            });
+            let names = deletes.iter().map(|w| w.name().to_owned()).collect();
+            self.hold(
+                names,
+                "the desired set is empty: refusing to delete every managed Deployment (pass \
+                 --allow-empty)",
+            );
         } else if !deletes.is_empty() {
             let deleting = futures::stream::iter(deletes)
                 .map(|w| {
@@ -708,7 +721,11 @@ impl Controller {
                 .buffer_unordered(opts.concurrency.max(1))
                 .collect::<Vec<_>>();
             match fenced(deleting, &mut fence, &mut stop).await {
-                Some(r) => results.extend(r),
+                Some(r) => {
+                    let pruned = r.iter().filter(|(_, r)| r.action == Action::Pruned).count();
+                    self.world.deleted(pruned, jiff::Timestamp::now());
+                    results.extend(r);
+                }
                 None => return,
             }
         }
@@ -773,25 +790,109 @@ impl Controller {
             .observe(why, started.elapsed().as_secs_f64());
     }
 
-    /// Held deletions go ahead once the gateways are back (or were pruned by a full
-    /// reconcile): they become dirty again and the next write re-decides them.
+    /// The prune guard over one batch of incremental writes (unless `--force-prune`):
+    /// deletions are judged with those of the last minutes against the gateways in use
+    /// over them; when too many gateways dropped out, moves off them (offloads) are held
+    /// too. What it holds is taken out of the batch, held and reported; the rest goes on.
+    fn guard(
+        &mut self,
+        applies: Vec<Work>,
+        deletes: Vec<Work>,
+        now: jiff::Timestamp,
+    ) -> (Vec<Work>, Vec<Work>) {
+        if self.opts.force_prune {
+            return (applies, deletes);
+        }
+        let ratio = self.opts.max_prune_ratio;
+        let hold = if !deletes.is_empty() {
+            self.world.judge(now, deletes.len(), ratio)
+        } else if applies
+            .iter()
+            .filter_map(moves_off)
+            .any(|g| self.world.lost(g, now))
+        {
+            self.world.gateways_lost(now, ratio)
+        } else {
+            None
+        };
+        let Some(hold) = hold else {
+            return (applies, deletes);
+        };
+        let (held, applies): (Vec<Work>, Vec<Work>) = applies
+            .into_iter()
+            .partition(|w| moves_off(w).is_some_and(|g| hold.holds_moves_off(g)));
+        let names = deletes.iter().chain(&held).map(|w| w.name().to_owned());
+        self.hold(names.collect(), &hold.to_string());
+        (applies, Vec::new())
+    }
+
+    /// Holds `names` (writes the guard refused, for `why`) until the gateways change.
+    fn hold(&mut self, names: Vec<String>, why: &str) {
+        if names.is_empty() {
+            return;
+        }
+        self.world.held.extend(names);
+        let message = format!(
+            "{why}; {} deletion(s) or move(s) held until the gateways change (--force-prune \
+             lets them go)",
+            self.world.held.len()
+        );
+        let fresh = self.world.held.iter().any(|n| !self.announced.contains(n));
+        if fresh {
+            tracing::warn!(held = self.world.held.len(), "writes held: {why}");
+            let note = Note::prune_refused(&self.opts.status_name, message.clone());
+            if self.events.try_send(note).is_err() {
+                tracing::warn!("Event queue full: PruneRefused Event dropped");
+            }
+            self.announced.extend(self.world.held.iter().cloned());
+        }
+        self.facts.apply = Some(Problem {
+            reason: "PruneRefused".into(),
+            message: message.clone(),
+        });
+        self.hold_message = Some(message);
+    }
+
+    /// Held writes are decided again when a Node or GatewayReport changed, when the
+    /// guard's gateway rule lets them go (a deletion may still be held by the count of
+    /// recent deletions, and is then held again, without a new Event).
     fn release_held(&mut self) {
-        if self.world.held.is_empty()
-            || self
+        if !self.world.take_gateways_changed() || self.world.held.is_empty() {
+            return;
+        }
+        let now = jiff::Timestamp::now();
+        if !self.opts.force_prune
+            && self
                 .world
-                .gateways_dropped_out(self.opts.max_prune_ratio)
+                .gateways_lost(now, self.opts.max_prune_ratio)
                 .is_some()
         {
             return;
         }
         tracing::info!(
             count = self.world.held.len(),
-            "the gateways are back: held deletions re-decided"
+            "the gateways changed: held writes decided again"
         );
-        let held = std::mem::take(&mut self.world.held);
-        self.world.dirty.extend(held);
-        self.world.dirty_trigger.get_or_insert(Trigger::Presence);
-        self.facts.clear_apply("PruneRefused");
+        let held: Vec<String> = self.world.held.iter().cloned().collect();
+        self.world.mark_all(held, Trigger::Presence);
+    }
+
+    /// The held writes in the status and the metrics: Ready False, `PruneRefused`, while
+    /// any is held (a write failure, more urgent, takes the condition over meanwhile).
+    fn report_held(&mut self) {
+        self.shared.metrics.set_held(self.world.held.len());
+        if self.world.held.is_empty() {
+            self.announced.clear();
+            self.hold_message = None;
+            self.facts.clear_apply("PruneRefused");
+        } else if self.facts.apply.is_none()
+            && let Some(message) = &self.hold_message
+        {
+            self.facts.apply = Some(Problem {
+                reason: "PruneRefused".into(),
+                message: message.clone(),
+            });
+        }
     }
 
     /// Counts and publishes a migration Event, if `before` -> `after` is one.
@@ -812,11 +913,11 @@ impl Controller {
             .get(name)
             .map(|l| l.uid().to_owned())
             .filter(|u| !u.is_empty() && kind != Migration::Unplaced);
-        let note = Note {
-            migration: kind,
-            reason: after.reason.to_string(),
-            reference: deployment_ref(&self.opts.namespace, name, uid),
-        };
+        let note = Note::migrated(
+            kind,
+            after.reason.to_string(),
+            deployment_ref(&self.opts.namespace, name, uid),
+        );
         if self.events.try_send(note).is_err() {
             tracing::warn!(deployment = name, "Event queue full: Event dropped");
         }
@@ -918,30 +1019,44 @@ impl Controller {
 
 /// What a full reconcile decided before writing, kept slim: the names still desired (for
 /// pruning), the placements of the objects that differ from the live ones (rendered again
-/// one at a time as they are written), and the migration each write or deletion is.
+/// one at a time as they are written), and the migration each write or deletion is; the
+/// prune guard's view of the gateways, and the moves off lost gateways it holds.
 struct FullPlan {
     wanted: HashSet<String>,
     writes: Vec<Placement>,
     moves: HashMap<String, (Option<Placement>, Placement)>,
-    hold: Option<String>,
+    gateways: guard::Census,
+    held_moves: Option<(Hold, Vec<String>)>,
 }
 
 impl FullPlan {
-    fn of(world: &World, ratio: f64) -> FullPlan {
+    /// `ratio`: the guard's (`None`: `--force-prune`, nothing held).
+    fn of(world: &mut World, now: jiff::Timestamp, ratio: Option<f64>) -> FullPlan {
+        let gateways = world.census(now, 0);
+        let hold = ratio.and_then(|r| guard::gateways_lost(&gateways, r));
         let mut plan = FullPlan {
             wanted: HashSet::new(),
             writes: Vec::new(),
             moves: HashMap::new(),
-            hold: world.gateways_dropped_out(ratio),
+            gateways,
+            held_moves: None,
         };
+        let mut held = Vec::new();
         for (name, after) in &world.desired {
             let before = || world.live.get(name).and_then(|l| l.placement.clone());
             match world.desired_object(name) {
                 Some((object, _)) => {
                     plan.wanted.insert(name.clone());
                     if world.needs_write(&object) {
+                        let b = before();
+                        let off = b.as_ref().and_then(|b| gateway_left(b, after));
+                        if off.is_some_and(|g| hold.as_ref().is_some_and(|h| h.holds_moves_off(g)))
+                        {
+                            held.push(name.clone());
+                            continue;
+                        }
                         plan.writes.push(after.clone());
-                        plan.moves.insert(name.clone(), (before(), after.clone()));
+                        plan.moves.insert(name.clone(), (b, after.clone()));
                     }
                 }
                 // Unplaced: its Deployment is pruned, an `Unplaced` migration.
@@ -951,8 +1066,30 @@ impl FullPlan {
                 None => {}
             }
         }
+        if let Some(hold) = hold.filter(|_| !held.is_empty()) {
+            plan.held_moves = Some((hold, held));
+        }
         plan
     }
+}
+
+/// The gateway a write moves an instance off, if it does.
+fn moves_off(w: &Work) -> Option<&str> {
+    match w {
+        Work::Apply {
+            before: Some(b),
+            after,
+            ..
+        } => gateway_left(b, after),
+        _ => None,
+    }
+}
+
+/// The gateway `before` ran on, if `after` leaves it.
+fn gateway_left<'a>(before: &'a Placement, after: &Placement) -> Option<&'a str> {
+    let g = before.node.as_deref()?;
+    (before.tier == Some(cloud4iot_core::model::Tier::Gateway) && after.node.as_deref() != Some(g))
+        .then_some(g)
 }
 
 /// This process's resident memory now and at its peak (`/proc/self/status`), for the

@@ -72,6 +72,7 @@ pub struct Metrics {
     applied_revision: Family<RevisionLabels, Gauge>,
     leader: Gauge,
     writes: Family<KindLabels, Counter>,
+    held: Gauge,
 }
 
 impl Default for Metrics {
@@ -104,6 +105,10 @@ impl Default for Metrics {
             writes: r.family(
                 "object_writes",
                 "Deployment writes by action (applied, deleted, failed)",
+            ),
+            held: r.gauge(
+                "held_writes",
+                "Deletions (and moves off lost gateways) the prune guard holds",
             ),
             registry: r.finish(),
         }
@@ -162,6 +167,10 @@ impl Metrics {
                 revision: new.to_owned(),
             })
             .set(1);
+    }
+
+    pub fn set_held(&self, count: usize) {
+        self.held.set(count as i64);
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -29,6 +29,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
+use cloud4iot_core::guard::{self, Census, Hold, Window};
 use cloud4iot_core::model::Tier;
 use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo};
 use cloud4iot_core::plan::{PendingMove, Placement, Plan, PlanDelta, Planner, current_placements};
@@ -146,8 +147,18 @@ pub struct World {
     pub synced: [bool; 3],
     /// Instances whose object may need a write.
     pub dirty: BTreeSet<String>,
-    /// Deletions held by the gateway-dropout guard, re-decided when it clears.
+    /// Writes the prune guard held (deletions, and moves off lost gateways), re-decided
+    /// when the watched gateways change.
     pub held: BTreeSet<String>,
+    /// A Node or GatewayReport changed since the held writes were last re-decided.
+    gateways_changed: bool,
+    /// How many managed Deployments are pinned to each gateway.
+    gateway_use: BTreeMap<String, usize>,
+    /// The prune guard's memory of the last minutes ([`guard::WINDOW`]).
+    guard: Window,
+    /// How many reports list each device (the guard asks whether an emptied gateway's
+    /// devices are seen elsewhere).
+    sightings: std::collections::HashMap<String, usize>,
     /// Per object, the resourceVersion our latest write left it at, until the watch
     /// brings that version ([`World::wrote`]).
     awaited: BTreeMap<String, String>,
@@ -176,6 +187,10 @@ impl World {
             synced: [false; 3],
             dirty: BTreeSet::new(),
             held: BTreeSet::new(),
+            gateways_changed: false,
+            gateway_use: BTreeMap::new(),
+            guard: Window::default(),
+            sightings: std::collections::HashMap::new(),
             awaited: BTreeMap::new(),
             full: None,
             dirty_trigger: None,
@@ -204,6 +219,13 @@ impl World {
         }
     }
 
+    /// Marks `names` dirty (held writes to decide again).
+    pub fn mark_all(&mut self, names: impl IntoIterator<Item = String>, why: Trigger) {
+        for name in names {
+            self.mark(name, why);
+        }
+    }
+
     /// A new good revision: replaces the repository and asks for a full reconcile.
     pub fn set_revision(&mut self, revision: Option<String>, repo: Arc<Repo>) {
         self.render.revision = revision;
@@ -214,9 +236,62 @@ impl World {
     /// Takes one change from the watches in.
     pub fn on_change(&mut self, change: Change, now: Timestamp) {
         match change {
-            Change::Node(e) => self.on_node(e),
-            Change::Report(e) => self.on_report(e, now),
-            Change::Deployment(e) => self.on_deployment(e),
+            Change::Node(e) => {
+                self.gateways_changed = true;
+                self.on_node(e);
+            }
+            Change::Report(e) => {
+                self.gateways_changed = true;
+                self.on_report(e, now);
+            }
+            Change::Deployment(e) => self.on_deployment(e, now),
+        }
+    }
+
+    /// Whether the watched gateways changed since the last call (then the held writes
+    /// are worth deciding again).
+    pub fn take_gateways_changed(&mut self) -> bool {
+        std::mem::take(&mut self.gateways_changed)
+    }
+
+    /// Caches `live` as `name` (`None`: removes it), keeping the count of Deployments
+    /// per gateway; a gateway whose last one goes is remembered by the prune guard.
+    fn set_live(&mut self, name: String, live: Option<Live>, now: Timestamp) {
+        let old = match live {
+            Some(l) => {
+                if let Some(g) = gateway_of(&l) {
+                    *self.gateway_use.entry(g.to_owned()).or_default() += 1;
+                }
+                self.live.insert(name, l)
+            }
+            None => self.live.remove(&name),
+        };
+        if let Some(g) = old.as_ref().and_then(gateway_of) {
+            self.unuse(g.to_owned(), now);
+        }
+    }
+
+    fn unuse(&mut self, gateway: String, now: Timestamp) {
+        if let Some(n) = self.gateway_use.get_mut(&gateway) {
+            *n -= 1;
+            if *n == 0 {
+                self.gateway_use.remove(&gateway);
+                self.guard.left_use(&gateway, now);
+            }
+        }
+    }
+
+    /// Replaces the whole cache of live Deployments (a re-list).
+    fn relist_live(&mut self, fresh: BTreeMap<String, Live>, now: Timestamp) {
+        let old = std::mem::take(&mut self.gateway_use);
+        self.live = BTreeMap::new();
+        for (name, l) in fresh {
+            self.set_live(name, Some(l), now);
+        }
+        for g in old.into_keys() {
+            if !self.gateway_use.contains_key(&g) {
+                self.guard.left_use(&g, now);
+            }
         }
     }
 
@@ -282,28 +357,60 @@ impl World {
                     self.want_full(Trigger::Relist);
                 }
                 self.reports = fresh;
+                self.sightings.clear();
+                let all: Vec<String> = self
+                    .reports
+                    .values()
+                    .flat_map(|r| r.spec.devices.iter().map(|d| d.id.clone()))
+                    .collect();
+                self.count_sightings(&all, 1);
                 self.synced[1] = true;
             }
             Event::Apply(r) => {
                 let name = r.metadata.name.clone().unwrap_or_default();
-                if self
-                    .reports
-                    .get(&name)
-                    .is_some_and(|old| old.spec == r.spec)
-                {
+                let old = self.reports.get(&name).map(|old| &old.spec);
+                if old == Some(&r.spec) {
                     return;
                 }
+                let had: Vec<String> = old
+                    .map(|s| s.devices.iter().map(|d| d.id.clone()).collect())
+                    .unwrap_or_default();
+                self.guard
+                    .report_changed(&name, &had, r.spec.devices.len(), now);
+                let has: Vec<&str> = r.spec.devices.iter().map(|d| d.id.as_str()).collect();
+                self.count_sightings(&had, -1);
+                self.count_sightings(&has, 1);
                 self.reports.insert(name, r.clone());
                 self.replan_report(r, now);
             }
             Event::Delete(r) => {
                 let name = r.metadata.name.clone().unwrap_or_default();
-                if self.reports.remove(&name).is_some() && self.full.is_none() {
+                let gone = self.reports.remove(&name);
+                if let Some(old) = &gone {
+                    let had: Vec<&str> = old.spec.devices.iter().map(|d| d.id.as_str()).collect();
+                    self.count_sightings(&had, -1);
+                }
+                if gone.is_some() && self.full.is_none() {
                     // A gateway without a report sees nothing and runs nothing of others.
                     if let Some(planner) = self.planner.as_mut() {
                         let delta = planner.remove_report(&name, now);
                         self.absorb(delta, Trigger::Presence);
                     }
+                }
+            }
+        }
+    }
+
+    /// Counts (`by` 1) or uncounts (-1) one report's sightings of `devices`.
+    fn count_sightings<D: AsRef<str>>(&mut self, devices: &[D], by: isize) {
+        for d in devices {
+            let d = d.as_ref();
+            if by > 0 {
+                *self.sightings.entry(d.to_owned()).or_default() += 1;
+            } else if let Some(n) = self.sightings.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sightings.remove(d);
                 }
             }
         }
@@ -334,22 +441,47 @@ impl World {
         }
     }
 
-    /// Why deletions should be held: more than `ratio` of the gateways the managed
-    /// Deployments run on have no Node or no GatewayReport in the caches (`apply`'s
-    /// gateway-dropout guard, read from the watches instead of a fresh list).
-    pub fn gateways_dropped_out(&self, ratio: f64) -> Option<String> {
-        let in_use: BTreeSet<String> = self
-            .live
-            .values()
-            .filter_map(|l| l.placement.as_ref())
-            .filter(|p| p.tier == Some(Tier::Gateway))
-            .filter_map(|p| p.node.clone())
-            .collect();
-        cloud4iot_kube::apply::gateways_gone(
-            &in_use,
-            |g| self.nodes.contains_key(g) && self.reports.contains_key(g),
-            ratio,
+    /// Whether gateway `g` dropped out of the caches at `now` by its Node and report
+    /// alone (no Node, no report, a stale heartbeat).
+    pub fn lost(&self, g: &str, now: Timestamp) -> bool {
+        guard::loss(
+            self.nodes.contains_key(g),
+            self.reports.get(g).map(|r| &r.spec),
+            now,
         )
+        .is_some()
+            || self.guard.emptied(g, |d| self.sightings.contains_key(d))
+    }
+
+    /// The prune guard's census at `now`, judging `deleting` more deletions: the gateways
+    /// in use over the window (not only those the live Deployments run on now, which
+    /// shrink as deletions land), those that dropped out, the deletions made in it.
+    pub fn census(&mut self, now: Timestamp, deleting: usize) -> Census {
+        let (nodes, reports, sightings) = (&self.nodes, &self.reports, &self.sightings);
+        self.guard.census(
+            now,
+            self.gateway_use.keys().map(String::as_str),
+            |g| guard::loss(nodes.contains_key(g), reports.get(g).map(|r| &r.spec), now),
+            |d| sightings.contains_key(d),
+            self.live.len(),
+            deleting,
+        )
+    }
+
+    /// The prune guard's decision on `deleting` deletions at `now` (the incremental
+    /// path's: deletions add up over the window).
+    pub fn judge(&mut self, now: Timestamp, deleting: usize, ratio: f64) -> Option<Hold> {
+        guard::judge(&self.census(now, deleting), ratio)
+    }
+
+    /// The guard's gateway rule alone at `now`: whether moves off lost gateways are held.
+    pub fn gateways_lost(&mut self, now: Timestamp, ratio: f64) -> Option<Hold> {
+        guard::gateways_lost(&self.census(now, 0), ratio)
+    }
+
+    /// `count` deletions were made at `now` (the guard counts them over its window).
+    pub fn deleted(&mut self, count: usize, now: Timestamp) {
+        self.guard.deleted(count, now);
     }
 
     /// Re-plans what time alone changed by `now` (the timer fired).
@@ -408,7 +540,7 @@ impl World {
         }
     }
 
-    fn on_deployment(&mut self, e: Event<Deployment>) {
+    fn on_deployment(&mut self, e: Event<Deployment>, now: Timestamp) {
         match e {
             Event::Init => self.live_buf = Some(BTreeMap::new()),
             Event::InitApply(d) => {
@@ -424,7 +556,7 @@ impl World {
                     // Deletions and edits missed while the watch was down: look at all.
                     self.want_full(Trigger::Relist);
                 }
-                self.live = fresh;
+                self.relist_live(fresh, now);
                 self.synced[2] = true;
             }
             Event::Apply(d) => {
@@ -436,11 +568,11 @@ impl World {
                     tracing::info!(deployment = %name, "changed outside git: taking it back");
                     self.mark(name.clone(), Trigger::Drift);
                 }
-                self.live.insert(name, live);
+                self.set_live(name, Some(live), now);
             }
             Event::Delete(d) => {
                 let name = d.metadata.name.clone().unwrap_or_default();
-                self.live.remove(&name);
+                self.set_live(name.clone(), None, now);
                 let rv = d.metadata.resource_version.as_deref().unwrap_or_default();
                 // Deleted before our write (which created it again): nothing to recreate.
                 if self.overtaken(&name, rv) {
@@ -477,9 +609,13 @@ impl World {
 
     /// Takes the dirty set and turns it into writes: applies for desired objects that
     /// differ from the live ones, deletes for live objects no longer desired (or unplaced).
+    ///
+    /// Held writes among them are decided anew: they leave the held set, and the caller
+    /// holds again those the guard still refuses.
     pub fn take_work(&mut self) -> (Vec<Work>, Option<Trigger>) {
         let dirty = std::mem::take(&mut self.dirty);
         let why = self.dirty_trigger.take();
+        self.held.retain(|n| !dirty.contains(n));
         let mut work = Vec::new();
         for name in dirty {
             let live = self.live.get(&name);
@@ -567,6 +703,14 @@ impl World {
         }
         (tiers, unplaced)
     }
+}
+
+/// The gateway a managed Deployment is pinned to, if it runs on one.
+fn gateway_of(l: &Live) -> Option<&str> {
+    l.placement
+        .as_ref()
+        .filter(|p| p.tier == Some(Tier::Gateway))
+        .and_then(|p| p.node.as_deref())
 }
 
 /// Whether `want` differs from `live` (`None`: missing), by their fingerprints.
@@ -755,42 +899,69 @@ spec:
         assert!(world.dirty.contains("stats-0"), "judged after a re-list");
     }
 
+    fn gateway(g: &str) -> NodeInfo {
+        NodeInfo {
+            name: g.to_owned(),
+            tier: Tier::Gateway,
+            site: None,
+            arch: Arch::Arm64,
+            allocatable: Resources::ZERO,
+            gateway_taint: true,
+            blocked: None,
+        }
+    }
+
     #[test]
     fn deletions_are_held_when_most_gateways_in_use_drop_out_of_the_caches() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
         let mut world = World::new("fns");
         for g in ["gw-1", "gw-2", "gw-3", "gw-4"] {
-            world
-                .live
-                .insert(format!("f-{g}"), on_gateway(&format!("f-{g}"), g));
-            world.nodes.insert(
-                g.to_owned(),
-                NodeInfo {
-                    name: g.to_owned(),
-                    tier: Tier::Gateway,
-                    site: None,
-                    arch: Arch::Arm64,
-                    allocatable: Resources::ZERO,
-                    gateway_taint: true,
-                    blocked: None,
-                },
-            );
+            let name = format!("f-{g}");
+            world.set_live(name.clone(), Some(on_gateway(&name, g)), now);
+            world.nodes.insert(g.to_owned(), gateway(g));
             world.reports.insert(
                 g.to_owned(),
                 GatewayReport::new(g, GatewayReportSpec::default()),
             );
         }
-        assert_eq!(world.gateways_dropped_out(0.5), None);
+        assert_eq!(world.judge(now, 1, 0.5), None);
         // One gateway gone is a device leaving, not an outage.
         world.reports.remove("gw-1");
-        assert_eq!(world.gateways_dropped_out(0.5), None);
+        assert_eq!(world.judge(now, 1, 0.5), None);
+        assert!(world.lost("gw-1", now) && !world.lost("gw-2", now));
+        // Its instance deleted, gw-1 is no longer in use, but still counts as one that was.
+        world.set_live("f-gw-1".to_owned(), None, now);
+        world.deleted(1, now);
         // Three of four (reports or Nodes gone): hold, and say which.
         world.reports.remove("gw-2");
         world.nodes.remove("gw-3");
-        let why = world.gateways_dropped_out(0.5).expect("held");
+        let why = world.judge(now, 2, 0.5).expect("held").to_string();
         assert!(
-            why.starts_with("3 of the 4 gateways") && why.contains("gw-1, gw-2, gw-3"),
+            why.starts_with("3 of the 4 gateways")
+                && why.contains("no Node: gw-3; no GatewayReport: gw-1, gw-2"),
             "{why}"
         );
-        assert_eq!(world.gateways_dropped_out(0.8), None, "within the ratio");
+        assert!(world.gateways_lost(now, 0.5).is_some());
+        assert_eq!(world.judge(now, 2, 0.8), None, "within the ratio");
+        assert_eq!(world.judge(now, 0, 0.5), None, "nothing to delete");
+    }
+
+    #[test]
+    fn a_relist_keeps_the_gateways_in_use_counted() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut world = World::new("fns");
+        for (name, g) in [("a", "gw-1"), ("b", "gw-1"), ("c", "gw-2"), ("d", "gw-3")] {
+            world.set_live(name.to_owned(), Some(on_gateway(name, g)), now);
+        }
+        world.set_live("a".to_owned(), None, now);
+        let fresh = [("b", "gw-1")]
+            .into_iter()
+            .map(|(n, g)| (n.to_owned(), on_gateway(n, g)))
+            .collect();
+        world.relist_live(fresh, now);
+        // gw-2 and gw-3 left use in the re-list; every gateway is lost (no Node): 3 of 3.
+        let census = world.census(now, 1);
+        assert_eq!((census.gateways, census.lost.len()), (3, 3), "{census:?}");
+        assert_eq!(world.gateway_use.get("gw-1"), Some(&1));
     }
 }

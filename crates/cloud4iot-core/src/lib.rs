@@ -10,6 +10,7 @@ pub mod claims;
 pub mod clock;
 pub mod diag;
 pub mod diff;
+pub mod guard;
 pub mod load;
 pub mod matching;
 pub mod model;

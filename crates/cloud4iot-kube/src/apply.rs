@@ -14,9 +14,10 @@
 //! - a run never prunes more than `max_prune_ratio` of the managed Deployments (at least
 //!   [`PRUNE_GUARD_MIN`] of them) unless `force_prune`, and holds pruning when more than
 //!   that share of the gateways the managed Deployments run on dropped out of the
-//!   inventory (no Node or no GatewayReport) at once: an outage, a lost CRD or a broken
-//!   agent rollout looks like "every device left", and must not delete everything
-//!   (what Argo CD users asked for after losing applications, argo-cd#3473).
+//!   inventory (no Node, no GatewayReport or a stale heartbeat): an outage, a lost CRD or
+//!   a broken agent rollout looks like "every device left", and must not delete
+//!   everything (what Argo CD users asked for after losing applications, argo-cd#3473).
+//!   The decision is the core's ([`cloud4iot_core::guard`]), shared with the controller.
 //!
 //! Conflicts: a field another manager *applied* (another declarative tool) is a conflict,
 //! reported per object, and taken over only with `force`. A field changed imperatively
@@ -38,6 +39,7 @@ use serde::Serialize;
 
 use crate::cluster::{self, ClusterError, FIELD_MANAGER};
 use cloud4iot_core::diag::Diagnostics;
+use cloud4iot_core::guard::{self, Census};
 use cloud4iot_core::model::labels;
 use cloud4iot_core::pipeline::Pipeline;
 use cloud4iot_core::plan::Plan;
@@ -66,12 +68,7 @@ pub struct ApplyOptions {
     pub install_namespace: String,
 }
 
-/// The default of [`ApplyOptions::max_prune_ratio`]: more than half is not a routine change.
-pub const DEFAULT_MAX_PRUNE_RATIO: f64 = 0.5;
-
-/// The proportional guards hold pruning only when at least this many objects (or
-/// gateways) are involved: removing one function of a small repository is routine.
-pub const PRUNE_GUARD_MIN: usize = 3;
+pub use cloud4iot_core::guard::{DEFAULT_MAX_PRUNE_RATIO, PRUNE_GUARD_MIN};
 
 impl Default for ApplyOptions {
     fn default() -> Self {
@@ -261,15 +258,16 @@ pub async fn apply_selected(
     apply_selected_held(client, desired, write, opts, None, progress).await
 }
 
-/// [`apply_selected`], with pruning held for `hold` (a reason found before applying, e.g.
-/// by [`gateways_dropped_out`]) unless `opts.force_prune`.
+/// [`apply_selected`], with the prune guard judging against `gateways` (the gateways in
+/// use and those that dropped out, e.g. from [`gateways_census`]; `None`: not judged by
+/// gateways) unless `opts.force_prune`.
 #[tracing::instrument(skip_all, fields(namespace = %opts.namespace, objects = desired.len(), dry_run = opts.dry_run))]
 pub async fn apply_selected_held(
     client: &Client,
     desired: &[Deployment],
     write: &(dyn Fn(&Deployment) -> bool + Sync),
     opts: &ApplyOptions,
-    hold: Option<String>,
+    gateways: Option<Census>,
     progress: ProgressFn<'_>,
 ) -> Result<Report, ClusterError> {
     let wanted: BTreeSet<&str> = desired
@@ -286,7 +284,7 @@ pub async fn apply_selected_held(
         write,
         desired_set,
         opts,
-        hold,
+        gateways,
         progress,
     )
     .await
@@ -314,13 +312,16 @@ pub struct Desired<'a> {
 ///   pruned (it counts as unchanged, "wanted again").
 ///
 /// A request already sent when an answer changes is not recalled.
+///
+/// `gateways` gives the prune guard the gateways in use and those that dropped out (its
+/// `managed` and `deleting` are counted here, from the namespace as read).
 pub async fn apply_streamed<D>(
     client: &Client,
     objects: impl ExactSizeIterator<Item = D>,
     write: &(dyn Fn(&Deployment) -> bool + Sync),
     desired: Desired<'_>,
     opts: &ApplyOptions,
-    hold: Option<String>,
+    gateways: Option<Census>,
     progress: ProgressFn<'_>,
 ) -> Result<Report, ClusterError>
 where
@@ -376,17 +377,12 @@ where
         })
         .collect();
     let everything_meant = desired.empty && opts.allow_empty;
-    let hold = hold.filter(|_| !candidates.is_empty()).or_else(|| {
-        too_many(candidates.len(), managed, opts.max_prune_ratio).then(|| {
-            format!(
-                "it would delete {} of the {managed} managed Deployments in {ns} ({:.0}%), \
-                 more than --max-prune-ratio {}",
-                candidates.len(),
-                100.0 * candidates.len() as f64 / managed.max(1) as f64,
-                opts.max_prune_ratio
-            )
-        })
-    });
+    let census = Census {
+        managed,
+        deleting: candidates.len(),
+        ..gateways.unwrap_or_default()
+    };
+    let hold = guard::judge(&census, opts.max_prune_ratio).map(|h| h.to_string());
     let prune = if failed_applies > 0 {
         Prune::Skipped(format!(
             "{failed_applies} object(s) failed to apply; nothing is pruned after a failure"
@@ -463,64 +459,40 @@ fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> Obje
     }
 }
 
-/// Whether `part` of `whole` is more than the guard allows: over `ratio`, and at least
-/// [`PRUNE_GUARD_MIN`].
-fn too_many(part: usize, whole: usize, ratio: f64) -> bool {
-    part >= PRUNE_GUARD_MIN && part as f64 > ratio * whole as f64
-}
-
-/// Why pruning should be held: more than `ratio` of the gateways that managed Deployments
-/// are pinned to (at least [`PRUNE_GUARD_MIN`]) have no Node or no GatewayReport now.
-pub fn gateways_dropped_out(
+/// The prune guard's view of the gateways in one snapshot: those the managed Deployments
+/// are pinned to, and which of them dropped out at `now` (no Node, no GatewayReport, a
+/// stale heartbeat).
+pub fn gateways_census(
     inventory: &cloud4iot_core::model::Inventory,
-    ratio: f64,
-) -> Option<String> {
+    now: jiff::Timestamp,
+) -> Census {
     let in_use: BTreeSet<String> = cloud4iot_core::plan::current_placements(&inventory.live)
         .placements
         .into_iter()
         .filter(|p| p.tier == Some(cloud4iot_core::model::Tier::Gateway))
         .filter_map(|p| p.node)
         .collect();
-    let reported: BTreeSet<&str> = inventory
+    let reports: BTreeMap<&str, &cloud4iot_core::model::GatewayReportSpec> = inventory
         .reports
         .iter()
-        .filter_map(|r| r.metadata.name.as_deref())
+        .filter_map(|r| Some((r.metadata.name.as_deref()?, &r.spec)))
         .collect();
-    gateways_gone(
-        &in_use,
-        |g| inventory.node(g).is_some() && reported.contains(g),
-        ratio,
-    )
-}
-
-/// [`gateways_dropped_out`] over any cache: `in_use` are the gateways managed Deployments
-/// are pinned to, `present(g)` says whether `g` has a Node and a GatewayReport (the
-/// controller asks its watch caches).
-pub fn gateways_gone(
-    in_use: &BTreeSet<String>,
-    present: impl Fn(&str) -> bool,
-    ratio: f64,
-) -> Option<String> {
-    let gone: Vec<&str> = in_use
+    let lost = in_use
         .iter()
-        .map(String::as_str)
-        .filter(|g| !present(g))
+        .filter_map(|g| {
+            let why = guard::loss(
+                inventory.node(g).is_some(),
+                reports.get(g.as_str()).copied(),
+                now,
+            )?;
+            Some((g.clone(), why))
+        })
         .collect();
-    too_many(gone.len(), in_use.len(), ratio).then(|| {
-        let shown: Vec<&str> = gone.iter().copied().take(5).collect();
-        format!(
-            "{} of the {} gateways the managed Deployments run on dropped out of the inventory \
-             at once (no Node or no GatewayReport: {}{}), more than --max-prune-ratio {ratio}",
-            gone.len(),
-            in_use.len(),
-            shown.join(", "),
-            if gone.len() > shown.len() {
-                ", ..."
-            } else {
-                ""
-            }
-        )
-    })
+    Census {
+        gateways: in_use.len(),
+        lost,
+        ..Census::default()
+    }
 }
 
 /// Every Deployment in the namespace, managed or not (a desired name may already exist
@@ -911,9 +883,16 @@ pub async fn reconcile(
         revision: revision.map(str::to_owned),
     };
     let desired = Pipeline::new(&repo, &inventory, now).run(&render_opts);
-    let hold = gateways_dropped_out(&inventory, opts.max_prune_ratio);
-    let mut report =
-        apply_selected_held(client, &desired.objects, &|_| true, opts, hold, progress).await?;
+    let gateways = gateways_census(&inventory, now);
+    let mut report = apply_selected_held(
+        client,
+        &desired.objects,
+        &|_| true,
+        opts,
+        Some(gateways),
+        progress,
+    )
+    .await?;
     report.revision = revision.map(str::to_owned);
     Ok(Reconciled {
         plan: desired.plan,
