@@ -1427,6 +1427,200 @@ async fn gateways_dropping_out_one_after_another_hold_deletions_and_a_roam_still
     assert_eq!(metric(&text, "cloud4iot_held_writes", &[]), 0.0, "{text}");
 }
 
+/// Three gateways of one site (gw-a, gw-b, gw-c) and a cloud node, the controller's
+/// namespace, no scheduler (a write is what these scenarios look at).
+async fn ward() -> ControlPlane {
+    let mut nodes: Vec<_> = ["gw-a", "gw-b", "gw-c"]
+        .iter()
+        .map(|g| support::gateway_node(g, "ward", "arm64", "2", "2Gi"))
+        .collect();
+    nodes.push(support::cloud_node(
+        "cloud-1", "cloud", "amd64", "64", "256Gi",
+    ));
+    let cp = world(Options::api_only(), nodes).await;
+    cp.create_namespace(SYSTEM_NS).await;
+    cp
+}
+
+/// An admission policy that denies every create and update of the Deployment `name`.
+async fn deny_writes_of(client: &Client, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "deny-one"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["apps"], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["deployments"],
+            }]},
+            "validations": [{
+                "expression": format!("object.metadata.name != '{name}'"),
+                "message": "this Deployment may not be written",
+            }],
+        },
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "deny-one"},
+        "spec": {"policyName": "deny-one", "validationActions": ["Deny"]},
+    }))
+    .unwrap();
+    let pp = kube::api::PostParams::default();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .create(&pp, &policy)
+        .await
+        .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    // In force once a dry-run write of it is denied.
+    let api = Api::<Deployment>::namespaced(client.clone(), NS);
+    let patch = serde_json::json!({"metadata": {"labels": {"probe": "1"}}});
+    let dry = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    eventually(
+        "the admission policy in force",
+        WAIT,
+        String::new,
+        async || {
+            api.patch(name, &dry, &Patch::Merge(&patch))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_that_fails_every_write_backs_off_alone_and_another_roam_goes_through() {
+    let cp = ward().await;
+    let client = cp.client();
+    let (stuck, free) = (bracelet(1), bracelet(2));
+    let stuck_name = format!(
+        "omh-consolidator-{}",
+        stuck.to_lowercase().replace(':', "-")
+    );
+    let free_name = format!("omh-consolidator-{}", free.to_lowercase().replace(':', "-"));
+    sees(&client, "gw-a", &[stuck.clone(), free.clone()]).await;
+    sees(&client, "gw-b", &[]).await;
+    sees(&client, "gw-c", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    let ctl = Controller::start(&cp, dir.path(), &[]);
+    ctl.wait_ready().await;
+    for name in [&stuck_name, &free_name] {
+        wait_deployment(&client, &ctl, name, "on gw-a", |d| {
+            node_label(d).as_deref() == Some("gw-a")
+        })
+        .await;
+    }
+    deny_writes_of(&client, &stuck_name).await;
+
+    // The stuck bracelet roams to gw-b: its write is denied, again and again, with a
+    // backoff that doubles (0.5 s, 1 s, 2 s, 4 s, 8 s ...).
+    sees(&client, "gw-b", std::slice::from_ref(&stuck)).await;
+    sees(&client, "gw-a", std::slice::from_ref(&free)).await;
+    let failed = async || {
+        metric(
+            &ctl.metrics().await,
+            "cloud4iot_object_writes_total",
+            &["kind=\"failed\""],
+        )
+    };
+    eventually(
+        "four failed writes",
+        WAIT,
+        || ctl.log(),
+        async || (failed().await >= 4.0).then_some(()),
+    )
+    .await;
+    let before = failed().await;
+    // The other bracelet roams to gw-c now, seconds before the stuck one's next try: it
+    // is written at once, not with that retry (one global backoff held every write).
+    sees(&client, "gw-c", std::slice::from_ref(&free)).await;
+    sees(&client, "gw-a", &[]).await;
+    wait_deployment(&client, &ctl, &free_name, "roamed to gw-c", |d| {
+        node_label(d).as_deref() == Some("gw-c")
+    })
+    .await;
+    assert_eq!(
+        failed().await,
+        before,
+        "written before the stuck one's retry\n{}",
+        ctl.log()
+    );
+    let stuck_now = deployment(&client, &stuck_name).await.unwrap();
+    assert_eq!(node_label(&stuck_now).as_deref(), Some("gw-a"), "denied");
+    let s = status(&client).await.unwrap();
+    let (ready, reason, message) = condition(&s, "Ready").unwrap();
+    assert_eq!((ready, reason), ("False", "ApplyFailed"), "{message}");
+    assert!(message.contains("backoff of its own"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resync_fires_under_a_steady_stream_of_report_updates() {
+    let cp = ward().await;
+    let client = cp.client();
+    sees(&client, "gw-a", &[bracelet(1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    let ctl = Controller::start(&cp, dir.path(), &["--resync", "2s"]);
+    ctl.wait_ready().await;
+    let resyncs = async || {
+        let text = ctl.metrics().await;
+        metric(
+            &text,
+            "cloud4iot_reconcile_duration_seconds_count",
+            &["trigger=\"resync\""],
+        )
+    };
+    let start = resyncs().await;
+    // Three agents write as fast as the API server takes it (every write a new signal
+    // strength, so every one is an event the loop plans).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = ["gw-a", "gw-b", "gw-c"]
+        .into_iter()
+        .map(|g| {
+            let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
+            tokio::spawn(async move {
+                let mut rssi = -60;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    rssi = if rssi == -60 { -61 } else { -60 };
+                    let now = jiff::Timestamp::now();
+                    let spec = cloud4iot_core::model::GatewayReportSpec {
+                        heartbeat: None,
+                        devices: vec![seen(&bracelet(1), "omh-bracelet", rssi, ago(1800), now)],
+                        resources: None,
+                    };
+                    support::apply_report(&client, g, &spec).await;
+                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let during = written.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(
+        "two resyncs while the reports stream",
+        WAIT,
+        || ctl.log(),
+        async || (resyncs().await >= start + 2.0).then_some(()),
+    )
+    .await;
+    let streamed = written.load(std::sync::atomic::Ordering::Relaxed) - during;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(streamed >= 20, "the reports kept coming: {streamed}");
+}
+
 /// A control plane with the demo Nodes, held until Ctrl-C, for following the guide's "Run it
 /// in a cluster" by hand: prints the admin kubeconfig's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,8 +118,13 @@ pub fn deployment_ref(namespace: &str, name: &str, uid: Option<String>) -> Objec
 }
 
 /// Publishes Events from a bounded queue in a task of its own, so that Events never slow
-/// the roaming path; when the queue is full, Events are dropped (and logged).
-pub fn publisher(client: Client, identity: String) -> mpsc::Sender<Note> {
+/// the roaming path; when the queue is full, Events are dropped (and logged). Only while
+/// `leading`: a replica that lost the Lease drops what it still had queued.
+pub fn publisher(
+    client: Client,
+    identity: String,
+    leading: tokio::sync::watch::Receiver<bool>,
+) -> mpsc::Sender<Note> {
     let (tx, mut rx) = mpsc::channel::<Note>(1024);
     let recorder = Recorder::new(
         client,
@@ -130,6 +135,10 @@ pub fn publisher(client: Client, identity: String) -> mpsc::Sender<Note> {
     );
     tokio::spawn(async move {
         while let Some(note) = rx.recv().await {
+            if !*leading.borrow() {
+                tracing::debug!(reason = note.reason, "not the leader: Event dropped");
+                continue;
+            }
             let mut text = note.note.clone();
             if text.len() > 1024 {
                 let mut end = 1024;

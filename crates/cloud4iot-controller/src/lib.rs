@@ -25,6 +25,7 @@ pub mod http;
 pub mod leader_label;
 pub mod lease;
 pub mod metrics;
+pub mod requeue;
 pub mod source;
 pub mod status;
 pub mod superseded;
@@ -58,6 +59,7 @@ use cloud4iot_source::SourceOptions;
 use crate::events::{Migration, Note, deployment_ref, migration};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Metrics, Trigger};
+use crate::requeue::Requeue;
 use crate::source::Fetched;
 use crate::status::{Facts, Problem};
 use crate::superseded::{FullRule, Superseded};
@@ -224,7 +226,11 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    let events = events::publisher(client.clone(), opts.lease.identity.clone());
+    let events = events::publisher(
+        client.clone(),
+        opts.lease.identity.clone(),
+        leader_rx.clone(),
+    );
     let changes = watches::changes(client.clone(), &opts.namespace);
     let mut controller = Controller {
         world: World::new(&opts.namespace),
@@ -242,6 +248,9 @@ pub async fn run(
         backoff: Backoff::new(),
         announced: BTreeSet::new(),
         hold_message: None,
+        requeue: Requeue::default(),
+        prune_after: BTreeSet::new(),
+        leading: leader_rx.clone(),
     };
     controller.run(changes, source_rx, leader_rx, stop_rx).await;
 
@@ -274,6 +283,14 @@ struct Controller {
     announced: BTreeSet<String>,
     /// Why the guard holds the held writes.
     hold_message: Option<String>,
+    /// Instances whose write failed, each retried after a backoff of its own.
+    requeue: Requeue,
+    /// What a full reconcile did not prune because some of its writes failed: decided
+    /// again once no failed write waits for a retry ("prune only after every apply
+    /// succeeded", per instance instead of per reconcile).
+    prune_after: BTreeSet<String>,
+    /// Leadership, for the writes outside the loop's fenced ones (status, ConfigMap).
+    leading: watch::Receiver<bool>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -296,6 +313,7 @@ impl Controller {
             let mut wake = next_resync;
             for at in [
                 self.backoff.until,
+                self.requeue.next_due(),
                 self.status_pending
                     .then(|| self.status_at.map(|t| t + STATUS_EVERY))
                     .flatten(),
@@ -335,20 +353,24 @@ impl Controller {
                     self.on_source(fetched);
                 }
                 Some(change) = changes.next() => self.on_change(change),
-                _ = tokio::time::sleep_until(wake) => {
-                    if timer.is_some_and(|t| Instant::now() >= t) {
-                        self.world.advance(jiff::Timestamp::now());
-                    }
-                    if Instant::now() >= next_resync {
-                        self.world.full.get_or_insert(Trigger::Resync);
-                        next_resync = Instant::now() + self.opts.resync;
-                    }
-                }
+                _ = tokio::time::sleep_until(wake) => {}
             }
             // Coalesce: everything already queued joins this turn.
             while let Some(Some(change)) = changes.next().now_or_never() {
                 self.on_change(change);
             }
+            // What fell due, whichever input woke the loop: under steady watch traffic the
+            // sleep above may never be the branch taken, and the timers must still fire.
+            let now = Instant::now();
+            if timer.is_some_and(|t| now >= t) {
+                self.world.advance(jiff::Timestamp::now());
+            }
+            if now >= next_resync {
+                self.world.full.get_or_insert(Trigger::Resync);
+                next_resync = now + self.opts.resync;
+            }
+            let retries = self.requeue.take_due(now);
+            self.world.mark_all(retries, Trigger::Retry);
             let ready = self.world.caches_synced() && seen_source;
             self.shared.ready.store(ready, Ordering::Release);
             if !self.world.can_plan() {
@@ -366,6 +388,10 @@ impl Controller {
                 continue;
             }
             self.release_held();
+            if self.requeue.is_empty() && !self.prune_after.is_empty() {
+                let names = std::mem::take(&mut self.prune_after);
+                self.world.mark_all(names, Trigger::Retry);
+            }
             let fence = leader_rx.clone();
             if let Some(why) = self.world.full.take() {
                 self.full(why, &mut changes, fence, stop.clone()).await;
@@ -457,9 +483,11 @@ impl Controller {
         // The gateway agents read the DeviceClasses from a ConfigMap that follows the
         // repository, as `cloud4iot apply` writes it.
         if let Some(repo) = self.world.repo.clone()
-            && let Err(e) =
-                apply::publish_device_classes(&self.client, &repo, &self.opts.install_namespace)
-                    .await
+            && let Some(Err(e)) = while_leading(
+                &self.leading,
+                apply::publish_device_classes(&self.client, &repo, &self.opts.install_namespace),
+            )
+            .await
         {
             tracing::warn!(error = %e, "the agents' device classes were not written");
         }
@@ -592,21 +620,22 @@ impl Controller {
                 .collect();
             self.hold(refused, refusal);
         }
-        if report.summary.failed == 0 {
-            self.facts.apply = None;
-            self.backoff.ok();
-        } else {
-            self.facts.apply = Some(Problem {
-                reason: "ApplyFailed".into(),
-                message: format!(
-                    "{} of {} object(s) failed to apply",
-                    report.summary.failed,
-                    writes.len()
-                ),
-            });
-            self.world.full.get_or_insert(why);
-            self.backoff.fail();
+        // A failed write is retried alone, with its own backoff; the deletions a failure
+        // held back wait for the retries to succeed.
+        self.backoff.ok();
+        let at = Instant::now();
+        for o in &report.objects {
+            match o.action {
+                Action::Failed => self.requeue.failed(&o.name, at),
+                Action::Unchanged => {}
+                _ => self.requeue.forget(&o.name),
+            }
         }
+        if let Prune::Skipped(_) = &report.prune {
+            let skipped = self.world.live.keys().filter(|name| !rule.keeps(name));
+            self.prune_after.extend(skipped.cloned());
+        }
+        self.failures_said();
         let old = self.facts.applied_revision.take();
         if let Some(rev) = &self.world.render.revision
             && old.as_ref() != Some(rev)
@@ -640,6 +669,18 @@ impl Controller {
             .into_iter()
             .partition(|w| matches!(w, Work::Apply { .. }));
         let (applies, deletes) = self.guard(applies, deletes, jiff::Timestamp::now());
+        // One backing off after a failure is written when its retry falls due, not sooner.
+        let at = Instant::now();
+        let (applies, deletes): (Vec<Work>, Vec<Work>) = (
+            applies
+                .into_iter()
+                .filter(|w| !self.requeue.waiting(w.name(), at))
+                .collect(),
+            deletes
+                .into_iter()
+                .filter(|w| !self.requeue.waiting(w.name(), at))
+                .collect(),
+        );
         if applies.is_empty() && deletes.is_empty() {
             return;
         }
@@ -729,22 +770,16 @@ impl Controller {
                 None => return,
             }
         }
-        let mut any_failed = false;
+        let at = Instant::now();
         for (w, r) in results {
             match r.action {
                 Action::Failed => {
-                    any_failed = true;
                     self.shared.metrics.wrote("failed");
                     tracing::warn!("{r}");
-                    let name = match &w {
-                        Work::Apply { object, .. } => {
-                            object.metadata.name.clone().unwrap_or_default()
-                        }
-                        Work::Delete { name, .. } => name.clone(),
-                    };
-                    self.world.dirty.insert(name);
+                    self.requeue.failed(w.name(), at);
                 }
                 Action::Pruned => {
+                    self.requeue.forget(w.name());
                     self.shared.metrics.wrote("deleted");
                     if let Work::Delete {
                         name,
@@ -757,6 +792,7 @@ impl Controller {
                     }
                 }
                 _ => {
+                    self.requeue.forget(w.name());
                     self.shared.metrics.wrote("applied");
                     if let Work::Apply {
                         object,
@@ -774,20 +810,27 @@ impl Controller {
                 }
             }
         }
-        if any_failed {
-            self.world.dirty_trigger.get_or_insert(why);
-            self.facts.apply = Some(Problem {
-                reason: "ApplyFailed".into(),
-                message: "some writes failed; retrying with backoff".into(),
-            });
-            self.backoff.fail();
-        } else {
-            self.facts.clear_apply("ApplyFailed");
-            self.backoff.ok();
-        }
+        self.failures_said();
         self.shared
             .metrics
             .observe(why, started.elapsed().as_secs_f64());
+    }
+
+    /// The status follows the failed writes: Ready False, `ApplyFailed`, while any waits
+    /// for its retry.
+    fn failures_said(&mut self) {
+        if self.requeue.is_empty() {
+            self.facts.clear_apply("ApplyFailed");
+        } else {
+            self.facts.apply = Some(Problem {
+                reason: "ApplyFailed".into(),
+                message: format!(
+                    "{} object(s) failed to write; each is retried with a backoff of its own \
+                     (0.5 s doubling to 30 s)",
+                    self.requeue.len()
+                ),
+            });
+        }
     }
 
     /// The prune guard over one batch of incremental writes (unless `--force-prune`):
@@ -1000,9 +1043,11 @@ impl Controller {
                 source: Some(self.opts.source.repo.clone()),
                 namespace: Some(self.opts.namespace.clone()),
             };
-            match status::ensure(&self.client, &self.opts.status_name, spec).await {
-                Ok(()) => self.status_ensured = true,
-                Err(e) => {
+            let ensure = status::ensure(&self.client, &self.opts.status_name, spec);
+            match while_leading(&self.leading, ensure).await {
+                None => return,
+                Some(Ok(())) => self.status_ensured = true,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "creating the Reconciler {}", self.opts.status_name);
                     self.status_at = Some(Instant::now());
                     return;
@@ -1010,9 +1055,11 @@ impl Controller {
             }
         }
         self.status_at = Some(Instant::now());
-        match status::write(&self.client, &self.opts.status_name, &status).await {
-            Ok(()) => self.status_written = Some(status),
-            Err(e) => tracing::warn!(error = %e, "writing the status"),
+        let write = status::write(&self.client, &self.opts.status_name, &status);
+        match while_leading(&self.leading, write).await {
+            None => {}
+            Some(Ok(())) => self.status_written = Some(status),
+            Some(Err(e)) => tracing::warn!(error = %e, "writing the status"),
         }
     }
 }
@@ -1109,6 +1156,22 @@ pub fn status_kib(status: &str, key: &str) -> Option<u64> {
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// Runs `work` only while this replica leads: not at all when it does not, abandoned
+/// when it loses the Lease first (the fence of the writes outside the loop's own).
+async fn while_leading<T>(
+    leading: &watch::Receiver<bool>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut fence = leading.clone();
+    if !*fence.borrow_and_update() {
+        return None;
+    }
+    tokio::select! {
+        r = work => Some(r),
+        _ = fence.wait_for(|l| !*l) => None,
+    }
 }
 
 /// Runs `work` unless leadership is lost or the process is stopping first.

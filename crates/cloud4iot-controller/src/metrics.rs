@@ -26,6 +26,8 @@ pub enum Trigger {
     Leader,
     /// The watches re-listed (after an API server restart, say).
     Relist,
+    /// A failed write's retry fell due.
+    Retry,
 }
 
 impl Trigger {
@@ -38,6 +40,7 @@ impl Trigger {
             Trigger::Resync => "resync",
             Trigger::Leader => "leader",
             Trigger::Relist => "relist",
+            Trigger::Retry => "retry",
         }
     }
 }

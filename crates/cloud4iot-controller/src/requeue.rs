@@ -117,7 +117,11 @@ mod tests {
             [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
         );
         q.failed("flaky", now);
-        assert_eq!(q.next_due(), Some(now + s(500)), "its own backoff, from the start");
+        assert_eq!(
+            q.next_due(),
+            Some(now + s(500)),
+            "its own backoff, from the start"
+        );
         assert_eq!(q.len(), 2);
         q.forget("bad");
         q.forget("flaky");
