@@ -30,6 +30,9 @@ const ENV_SENSING: &str = "0000181a-0000-1000-8000-00805f9b34fb";
 const CONSOLIDATOR: &str = "omh-consolidator-c4-7c-8d-6a-12-34";
 /// Generous bounds for a loaded 2-core machine; the waits end as soon as the condition holds.
 const WAIT: Duration = Duration::from_secs(60);
+/// "Within seconds": how long the controller may take to write the ConfigMap back.
+const RESTORE: Duration = Duration::from_secs(15);
+const CLASSES: &str = "cloud4iot-device-classes";
 
 // ---------------------------------------------------------------- the BlueZ mock
 
@@ -98,6 +101,17 @@ struct Agent {
 
 impl Agent {
     fn start(node: &str, kubeconfig: &Path, bluez: &Bluez, extra: &[&str]) -> Agent {
+        Agent::start_env(node, kubeconfig, bluez, extra, &[])
+    }
+
+    /// [`Agent::start`] with more environment (the test-only clock offset).
+    fn start_env(
+        node: &str,
+        kubeconfig: &Path,
+        bluez: &Bluez,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let port = free_port();
@@ -114,6 +128,7 @@ impl Agent {
             .args(extra)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bluez.address())
             .env_remove("KUBECONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -164,6 +179,14 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Agent {
+    /// SIGKILL (an OOM kill, a power cut): no chance to clean up.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -386,7 +409,7 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
     };
     let r = wait_report(&client, "gw-home-1", "the bracelet", &agent, |r| {
         no_thermometer(r);
-        device(r, BRACELET).is_some() && r.spec.resources.is_some()
+        device(r, BRACELET).is_some()
     })
     .await;
     let b = device(&r, BRACELET).unwrap();
@@ -697,6 +720,420 @@ async fn the_bracelet_roams_from_home_to_hospital_and_its_consolidator_follows()
     }
 }
 
+/// An agent restarted with SIGTERM (a rollout) and with SIGKILL (an OOM kill) while the
+/// bracelet stays in range: every version of the report written across both restarts
+/// lists the bracelet with its first firstSeen (etcd's history of the report), and the
+/// controller's consolidator is never moved nor recreated (same uid, same generation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restarts_by_sigterm_and_sigkill_keep_the_present_bracelet_in_every_report() {
+    let cp = world(Options::api_only(), two_sites()).await;
+    let client = cp.client();
+    let repo = tempfile::tempdir().unwrap();
+    copy_examples(repo.path());
+    let policy = repo.path().join("policies/ehealth-roaming.yaml");
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("dwell: 30s", "dwell: 1s");
+    std::fs::write(&policy, text).unwrap();
+    apply(&cp, repo.path()).await;
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    let key = "/registry/cloud4iot.io/gatewayreports/gw-home-1";
+    let agent = Agent::start("gw-home-1", cp.kubeconfig(), &bluez, &[]);
+    let first = wait_report(&client, "gw-home-1", "the bracelet", &agent, |r| {
+        device(r, BRACELET).is_some()
+    })
+    .await;
+    let first_seen = device(&first, BRACELET).unwrap().first_seen;
+
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args([
+            "run",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--kubeconfig",
+        ])
+        .arg(cp.kubeconfig())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1h"])
+        .args(["--lease-namespace", SYSTEM_NAMESPACE])
+        .env("CLOUD4IOT_LOG", "info,kube=warn")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cloud4iot run");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), support::FUNCTIONS_NS);
+    let on_home = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        serde_json::to_string(&d.spec)
+            .unwrap()
+            .contains("gw-home-1")
+    };
+    let placed = eventually(
+        "the consolidator on gw-home-1",
+        WAIT,
+        || std::fs::read_to_string(log.path()).unwrap_or_default(),
+        async || {
+            let d = deployments.get_opt(CONSOLIDATOR).await.ok()??;
+            on_home(&d).then_some(d)
+        },
+    )
+    .await;
+    let (rv_start, _) = etcd_report(cp.etcd_url(), key, 0).expect("the report is in etcd");
+
+    // Each restart: wait for two writes of the new agent (its first and a heartbeat).
+    let mut agent = agent;
+    for how in ["SIGTERM", "SIGKILL"] {
+        let (before, _) = etcd_report(cp.etcd_url(), key, 0).unwrap();
+        match how {
+            "SIGTERM" => assert_eq!(agent.terminate().0, Some(0)),
+            _ => agent.kill(),
+        }
+        agent = Agent::start("gw-home-1", cp.kubeconfig(), &bluez, &[]);
+        eventually(
+            &format!("two reports written after the {how} restart"),
+            WAIT,
+            || agent.log(),
+            async || (etcd_versions(cp.etcd_url(), key, before).len() >= 2).then_some(()),
+        )
+        .await;
+    }
+    let versions = etcd_versions(cp.etcd_url(), key, rv_start);
+    assert!(versions.len() >= 4, "{versions:?}");
+    for (rev, r) in &versions {
+        let b = device(r, BRACELET);
+        assert!(
+            b.is_some_and(|b| b.first_seen == first_seen),
+            "version {rev} of the report forgets the bracelet or its firstSeen {first_seen}: {:?}\n{}",
+            r.spec,
+            agent.log()
+        );
+    }
+    let now = deployments.get(CONSOLIDATOR).await.unwrap();
+    assert!(on_home(&now));
+    assert_eq!(
+        (now.metadata.uid, now.metadata.generation),
+        (placed.metadata.uid, placed.metadata.generation),
+        "the consolidator was recreated or changed\n{}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+}
+
+/// Zero is refused, with the flag and the value named, where it makes no sense (it used to
+/// panic: a zero-period timer); `--min-interval 0s` (no rate limit) stays valid.
+#[tokio::test]
+async fn duration_flags_refuse_zero_with_a_clear_error() {
+    for args in [
+        &["agent", "--node", "gw", "--poll", "0s"][..],
+        &["agent", "--node", "gw", "--heartbeat", "0s"],
+        &["agent", "--node", "gw", "--forget-after", "0s"],
+        &["run", "--repo", ".", "--interval", "0s"],
+        &["run", "--repo", ".", "--resync", "0s"],
+        &["run", "--repo", ".", "--lease-retry", "0s"],
+    ] {
+        let (code, out) = cloud4iot(args).await;
+        let flag = args[args.len() - 2];
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(
+            out.contains(&format!("invalid value '0s' for '{flag} <DURATION>'"))
+                && out.contains("must be more than zero"),
+            "{args:?}: {out}"
+        );
+    }
+    let (code, out) = cloud4iot(&["agent", "--node", "gw", "--record-max-size", "0"]).await;
+    assert!(code == 2 && out.contains("must be more than zero"), "{out}");
+    // Valid: parsing goes on (and stops later, at the missing BlueZ or cluster).
+    let (_, out) = cloud4iot(&[
+        "agent",
+        "--node",
+        "gw",
+        "--min-interval",
+        "0s",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    assert!(!out.contains("invalid value"), "{out}");
+}
+
+/// The DeviceClasses ConfigMap deleted, then edited: the agent keeps the classes it read
+/// last and says so (`/readyz`, `cloud4iot_agent_classes_missing`, its log) while no one
+/// restores it; with the controller running it is written back within seconds, every
+/// report version meanwhile lists the bracelet, and the consolidator never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_classes_configmap_deleted_or_edited_is_restored_and_nothing_moves() {
+    let cp = world(Options::api_only(), two_sites()).await;
+    let client = cp.client();
+    let repo = tempfile::tempdir().unwrap();
+    copy_examples(repo.path());
+    let policy = repo.path().join("policies/ehealth-roaming.yaml");
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("dwell: 30s", "dwell: 1s");
+    std::fs::write(&policy, text).unwrap();
+    apply(&cp, repo.path()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let classes = cms.get(CLASSES).await.unwrap().data.unwrap()["deviceclasses.yaml"].clone();
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    let key = "/registry/cloud4iot.io/gatewayreports/gw-home-1";
+    let agent = Agent::start("gw-home-1", cp.kubeconfig(), &bluez, &[]);
+    wait_report(&client, "gw-home-1", "the bracelet", &agent, |r| {
+        device(r, BRACELET).is_some()
+    })
+    .await;
+    let (rv_start, _) = etcd_report(cp.etcd_url(), key, 0).unwrap();
+
+    // Nobody restores it yet: the agent keeps its classes and says so.
+    cms.delete(CLASSES, &DeleteParams::default()).await.unwrap();
+    wait_metric(&agent, "cloud4iot_agent_classes_missing 1").await;
+    let (code, body) = agent.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains(&format!("no ConfigMap {SYSTEM_NAMESPACE}/{CLASSES}")),
+        "{body}"
+    );
+    assert!(
+        body.contains("keeping the 1 device class(es) read before"),
+        "{body}"
+    );
+    assert!(agent.log().contains("keeping the"), "{}", agent.log());
+    let (before, _) = etcd_report(cp.etcd_url(), key, 0).unwrap();
+    eventually(
+        "two reports written without the ConfigMap",
+        WAIT,
+        || agent.log(),
+        async || (etcd_versions(cp.etcd_url(), key, before).len() >= 2).then_some(()),
+    )
+    .await;
+
+    // The controller restores it, and keeps restoring it.
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args([
+            "run",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--kubeconfig",
+        ])
+        .arg(cp.kubeconfig())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1h"])
+        .args(["--lease-namespace", SYSTEM_NAMESPACE])
+        .env("CLOUD4IOT_LOG", "info,kube=warn")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cloud4iot run");
+    let controller_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), support::FUNCTIONS_NS);
+    let placed = eventually(
+        "the consolidator on gw-home-1",
+        WAIT,
+        controller_log,
+        async || {
+            let d = deployments.get_opt(CONSOLIDATOR).await.ok()??;
+            serde_json::to_string(&d.spec)
+                .unwrap()
+                .contains("gw-home-1")
+                .then_some(d)
+        },
+    )
+    .await;
+    wait_metric(&agent, "cloud4iot_agent_classes_missing 0").await;
+    let restored = |what: &'static str| {
+        let cms = cms.clone();
+        let classes = classes.clone();
+        async move {
+            eventually(
+                &format!("the ConfigMap restored after it was {what}"),
+                RESTORE,
+                controller_log,
+                async || {
+                    let cm = cms.get_opt(CLASSES).await.ok()??;
+                    (cm.data?.get("deviceclasses.yaml")? == &classes).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    cms.delete(CLASSES, &DeleteParams::default()).await.unwrap();
+    restored("deleted").await;
+    let edited = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CLASSES, "namespace": SYSTEM_NAMESPACE},
+        "data": {"deviceclasses.yaml": "[]\n"}});
+    cms.patch(
+        CLASSES,
+        &PatchParams::apply("someone").force(),
+        &Patch::Apply(&edited),
+    )
+    .await
+    .unwrap();
+    restored("edited").await;
+    assert!(
+        controller_log().contains("restored"),
+        "{}",
+        controller_log()
+    );
+
+    let versions = etcd_versions(cp.etcd_url(), key, rv_start);
+    for (rev, r) in &versions {
+        assert!(
+            device(r, BRACELET).is_some(),
+            "version {rev} forgets the bracelet: {:?}",
+            r.spec
+        );
+    }
+    let now = deployments.get(CONSOLIDATOR).await.unwrap();
+    assert_eq!(
+        (now.metadata.uid, now.metadata.generation),
+        (placed.metadata.uid, placed.metadata.generation),
+        "the consolidator moved\n{}",
+        controller_log()
+    );
+}
+
+/// Gateway clocks 2 and 10 minutes behind and 2 minutes ahead (the agent's test-only
+/// clock hook, `CLOUD4IOT_TEST_CLOCK_OFFSET`: the machine's clock is not touched) change
+/// nothing while the agent reports: the controller reads report times on the API server's
+/// clock, so the consolidator stays where it runs (same uid, same generation). Then the
+/// agent dies: its report is judged by when the API server last accepted it, so `plan`
+/// sees the gateway stale once 90 s have passed since then, even though the agent's last
+/// heartbeat claimed a time 2 minutes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_clocks_minutes_off_change_nothing_and_a_silent_gateway_goes_stale() {
+    let cp = world(Options::api_only(), two_sites()).await;
+    let client = cp.client();
+    let repo = tempfile::tempdir().unwrap();
+    copy_examples(repo.path());
+    let policy = repo.path().join("policies/ehealth-roaming.yaml");
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("dwell: 30s", "dwell: 1s");
+    std::fs::write(&policy, text).unwrap();
+    apply(&cp, repo.path()).await;
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    // Clock jumps between runs must not make the agent forget the bracelet on restore.
+    let flags = ["--forget-after", "30m"];
+    let offset = |o: &'static str| [("CLOUD4IOT_TEST_CLOCK_OFFSET", o)];
+    let mut agent = Agent::start_env("gw-home-1", cp.kubeconfig(), &bluez, &flags, &offset("-2m"));
+    wait_report(&client, "gw-home-1", "the bracelet", &agent, |r| {
+        device(r, BRACELET).is_some()
+    })
+    .await;
+
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .args([
+            "run",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--kubeconfig",
+        ])
+        .arg(cp.kubeconfig())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1h"])
+        .args(["--lease-namespace", SYSTEM_NAMESPACE])
+        .env("CLOUD4IOT_LOG", "info,kube=warn")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cloud4iot run");
+    let controller_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), support::FUNCTIONS_NS);
+    let on_home = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        serde_json::to_string(&d.spec)
+            .unwrap()
+            .contains("gw-home-1")
+    };
+    let placed = eventually(
+        "the consolidator on gw-home-1",
+        WAIT,
+        controller_log,
+        async || {
+            let d = deployments.get_opt(CONSOLIDATOR).await.ok()??;
+            on_home(&d).then_some(d)
+        },
+    )
+    .await;
+    let key = "/registry/cloud4iot.io/gatewayreports/gw-home-1";
+    for skew in ["-10m", "2m"] {
+        assert_eq!(agent.terminate().0, Some(0));
+        agent = Agent::start_env("gw-home-1", cp.kubeconfig(), &bluez, &flags, &offset(skew));
+        let (before, _) = etcd_report(cp.etcd_url(), key, 0).unwrap();
+        // Three writes at the new skew (3 s heartbeats): the controller has seen them.
+        eventually(
+            &format!("three reports with the clock {skew}"),
+            WAIT,
+            || agent.log(),
+            async || (etcd_versions(cp.etcd_url(), key, before).len() >= 3).then_some(()),
+        )
+        .await;
+        let now = deployments.get(CONSOLIDATOR).await.unwrap();
+        assert_eq!(
+            (&now.metadata.uid, &now.metadata.generation),
+            (&placed.metadata.uid, &placed.metadata.generation),
+            "the consolidator moved with the gateway's clock {skew}\n{}",
+            controller_log()
+        );
+    }
+
+    // The agent dies (its clock 2 minutes ahead): stale 90 s after its last accepted write.
+    agent.kill();
+    let last = report(&client, "gw-home-1").await.unwrap();
+    let accepted =
+        cloud4iot_core::sightings::accepted(&last).expect("the agent's managedFields time");
+    assert!(
+        last.spec.heartbeat.unwrap() > accepted,
+        "the heartbeat claims the gateway's clock, ahead: {:?} vs {accepted}",
+        last.spec.heartbeat
+    );
+    // Where `plan` puts the consolidator, and why.
+    let plan = || async {
+        let (_, out) = cloud4iot(&[
+            "plan",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--kubeconfig",
+            cp.kubeconfig().to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .await;
+        let rows: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let row = rows
+            .into_iter()
+            .find(|r| r["instance"] == CONSOLIDATOR)
+            .expect("the consolidator");
+        (
+            row["node"].as_str().unwrap_or("-").to_owned(),
+            row["reason"].to_string(),
+        )
+    };
+    let (node, why) = plan().await;
+    assert_eq!(node, "gw-home-1", "fresh right after its last write: {why}");
+    let stale_at = accepted + jiff::SignedDuration::from_secs(91);
+    let wait = stale_at.duration_since(jiff::Timestamp::now());
+    if wait.is_positive() {
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+    let (node, why) = plan().await;
+    assert!(
+        node != "gw-home-1" && why.contains("stale"),
+        "stale 90 s after its last accepted write: on {node}: {why}"
+    );
+}
+
 /// A service-account token bound to a Pod on gw-home-1 (as the kubelet gives the agent)
 /// carries the node-name claim: with it the agent writes gw-home-1's report, is denied
 /// gw-hospital-1's, and can delete neither, even when RBAC is widened to allow deletes.
@@ -801,7 +1238,25 @@ async fn a_pod_bound_token_writes_only_its_own_gateways_report_and_deletes_none(
     assert!(report(&client, "gw-home-1").await.is_some());
     assert!(report(&client, "gw-hospital-1").await.is_some());
 
-    // The agent binary itself, with that token: its own report, and the Pods of its node.
+    // It reads no Pods, of another node or of its own: a compromised gateway does not see
+    // the Pod specs of the cluster (the controller counts what runs on each gateway).
+    let pods: Api<Pod> = Api::all(as_agent.clone());
+    for node in ["gw-hospital-1", "gw-home-1"] {
+        let listed = pods
+            .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await;
+        match listed {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{node}: {s:?}"),
+            other => panic!("the agent listed the Pods of {node}: {other:?}"),
+        }
+    }
+    let in_ns: Api<Pod> = Api::namespaced(as_agent.clone(), SYSTEM_NAMESPACE);
+    assert!(
+        matches!(in_ns.list(&Default::default()).await, Err(kube::Error::Api(s)) if s.code == 403),
+        "nor the Pods of its own namespace"
+    );
+
+    // The agent binary itself, with that token: its own report.
     let bluez = Bluez::start();
     bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
     apply(&cp, &examples_repo()).await; // the DeviceClasses ConfigMap

@@ -21,7 +21,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use support::repos::{
     CLOUD_POLICY, CONSOLIDATOR_FN, DEVICE_CLASS, cloud_function, roaming_policy, write_repo,
 };
-use support::{ControlPlane, KubeletStandIn, Options, seen, two_sites, world, write_report};
+use support::{
+    ControlPlane, KubeletStandIn, Options, foreign_pod, remove_foreign_pod, seen, two_sites, world,
+    write_report,
+};
 
 const NS: &str = "cloud4iot-functions";
 const BRACELET: &str = "C4:7C:8D:6A:12:34";
@@ -264,15 +267,18 @@ async fn a_full_gateway_offloads_to_the_edge_of_its_site_and_takes_it_back_when_
     roaming_repo(repo.path());
     let seen_since = Some("2026-11-28T09:30:00Z");
 
-    // The home gateway (1 CPU, 250m reserved) has 800m in use by others: no room for 250m.
+    // The home gateway (1 CPU, 250m reserved) has 800m in use by others (a Pod bound to
+    // it that cloud4iot did not place): no room for 250m. The report says nothing about
+    // it: `apply` counts the Pods and writes the report's resources.
     report(
         &client,
         "gw-home-1",
         "2026-11-28T09:59:55Z",
         seen_since,
-        "800m",
+        "0",
     )
     .await;
+    foreign_pod(&client, "gw-home-1", "backup-agent", "800m").await;
     let run = apply(&cp, repo.path(), "2026-11-28T10:00:00Z", &[]).await;
     assert_eq!(run.code, 0, "{run}");
     let pods = wait_bound_only_to(&cp, CONSOLIDATOR, "edge-home-1").await;
@@ -282,7 +288,18 @@ async fn a_full_gateway_offloads_to_the_edge_of_its_site_and_takes_it_back_when_
         .unwrap_or_default();
     assert!(image.ends_with("-amd64"), "the edge node is amd64: {image}");
 
+    let written = Api::<cloud4iot_core::model::GatewayReport>::all(client.clone())
+        .get("gw-home-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        written.spec.resources.and_then(|r| r.cpu).as_deref(),
+        Some("800m"),
+        "apply wrote what runs on the gateway into its report"
+    );
+
     // Room returns: the instance comes back to the gateway that sees the bracelet.
+    remove_foreign_pod(&client, "backup-agent").await;
     report(
         &client,
         "gw-home-1",
@@ -485,6 +502,170 @@ async fn pruning_deletes_only_managed_deployments_no_longer_desired_and_never_af
         deployment(&client, "hand-made").await.is_some(),
         "never prune an unlabelled object"
     );
+}
+
+/// A user's own Deployments that have the names of instances cloud4iot wants (one without
+/// the managed-by label, one that copied the label but was never written by cloud4iot)
+/// are never written: both instances are reported blocked with the clash named, the rest
+/// of the revision applies and prunes, and `apply` exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deployment_with_an_instance_name_is_never_written_and_the_rest_applies() {
+    let cp = world(Options::api_only(), two_sites()).await;
+    let client = cp.client();
+    let repo = tempfile::tempdir().expect("a temporary directory");
+    let a = cloud_function("fleet-stats", "registry.example.com/fleet-stats:1", 1);
+    let b = cloud_function("engine-report", "registry.example.com/engine-report:1", 2);
+    let old = cloud_function("old-report", "registry.example.com/old-report:1", 1);
+    let now = "2026-11-28T10:00:00Z";
+    write_repo(
+        repo.path(),
+        &[("policy.yaml", CLOUD_POLICY), ("old.yaml", &old)],
+    );
+    let run = apply(&cp, repo.path(), now, &[]).await;
+    assert_eq!(run.code, 0, "{run}");
+
+    let api = Api::<Deployment>::namespaced(client.clone(), NS);
+    let users = |name: &str, labels: serde_json::Value| -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.example.com/mine:1"}]}
+                }
+            }
+        }))
+        .expect("a Deployment")
+    };
+    let mut before = BTreeMap::new();
+    for (name, labels) in [
+        ("fleet-stats-0", serde_json::json!({"team": "data"})),
+        (
+            "engine-report-1",
+            serde_json::json!({"app.kubernetes.io/managed-by": "cloud4iot"}),
+        ),
+    ] {
+        let params = PostParams {
+            field_manager: Some("my-team".into()),
+            ..PostParams::default()
+        };
+        let d = api
+            .create(&params, &users(name, labels))
+            .await
+            .expect("create the user's Deployment");
+        before.insert(name, d.metadata.resource_version.unwrap());
+    }
+
+    write_repo(
+        repo.path(),
+        &[
+            ("policy.yaml", CLOUD_POLICY),
+            ("a.yaml", &a),
+            ("b.yaml", &b),
+        ],
+    );
+    // `diff` and `plan` say so before anything is written.
+    let d = diff(&cp, repo.path(), now).await;
+    assert!(d.stdout.contains("Blocked (2):"), "{d}");
+    assert!(d.stdout.contains("fleet-stats-0: name clash"), "{d}");
+    assert!(
+        !d.stdout
+            .contains(&format!("create Deployment {NS}/fleet-stats-0")),
+        "{d}"
+    );
+    assert!(
+        d.stdout
+            .contains(&format!("create Deployment {NS}/engine-report-0")),
+        "{d}"
+    );
+    let kubeconfig = cp.kubeconfig().to_str().unwrap();
+    let p = cloud4iot(&[
+        "plan",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig,
+        "--now",
+        now,
+    ])
+    .await;
+    assert_eq!(p.code, 1, "{p}");
+    assert!(
+        p.stderr
+            .contains("warning: fleet-stats-0 (fleet-stats) is blocked: name clash"),
+        "{p}"
+    );
+
+    let run = apply(&cp, repo.path(), now, &[]).await;
+    assert_eq!(run.code, 2, "{run}");
+    assert_eq!(
+        summary(&run),
+        "1 created, 0 configured, 0 unchanged, 1 pruned, 0 failed, 2 blocked",
+        "{run}"
+    );
+    for name in ["fleet-stats-0", "engine-report-1"] {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("deployment.apps/{name} blocked: name clash")))
+            .unwrap_or_else(|| panic!("{name} reported blocked: {run}"));
+        assert!(
+            line.contains("is not cloud4iot's") && line.contains("\"my-team\""),
+            "{line}"
+        );
+        let now = deployment(&client, name).await.expect("still there");
+        assert_eq!(
+            now.metadata.resource_version.as_ref(),
+            before.get(name),
+            "{name} was written"
+        );
+        assert_eq!(image_of(&now), "registry.example.com/mine:1");
+    }
+    assert!(
+        run.stdout
+            .contains("no app.kubernetes.io/managed-by=cloud4iot label"),
+        "{run}"
+    );
+    assert!(run.stdout.contains("never written by cloud4iot"), "{run}");
+    assert!(
+        run.stderr.contains("2 blocked")
+            && run.stderr.contains("fleet-stats-0")
+            && run.stderr.contains("engine-report-1"),
+        "the error names the clashes: {run}"
+    );
+    assert!(
+        deployment(&client, "engine-report-0").await.is_some(),
+        "the rest applies"
+    );
+    assert!(
+        deployment(&client, "old-report-0").await.is_none(),
+        "and prunes"
+    );
+
+    // The JSON report says the same, per object.
+    let json = cloud4iot(&[
+        "apply",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig,
+        "--now",
+        now,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert_eq!(json.code, 2, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let blocked: Vec<&str> = v["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["action"] == "blocked")
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(blocked, ["engine-report-1", "fleet-stats-0"], "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,9 +220,11 @@ fn rbac_is_least_privilege() {
         grants(&controller),
         BTreeMap::from([
             (key("", "nodes"), set(&["get", "list", "watch"])),
+            // what else runs on each gateway, written into its report
+            (key("", "pods"), set(&["list", "watch"])),
             (
                 key("cloud4iot.io", "gatewayreports"),
-                set(&["get", "list", "watch"])
+                set(&["get", "list", "watch", "patch"])
             ),
             (
                 key("cloud4iot.io", "reconcilers"),
@@ -275,13 +277,11 @@ fn rbac_is_least_privilege() {
     let (_, agent) = rules(&objects, "ClusterRole", AGENT);
     assert_eq!(
         grants(&agent),
-        BTreeMap::from([
-            (
-                key("cloud4iot.io", "gatewayreports"),
-                set(&["get", "create", "patch", "update"])
-            ),
-            (key("", "pods"), set(&["list"])),
-        ])
+        BTreeMap::from([(
+            key("cloud4iot.io", "gatewayreports"),
+            set(&["get", "create", "patch", "update"])
+        ),]),
+        "an agent reads no Pods: a compromised gateway must not read other nodes' Pod specs"
     );
     // The DeviceClasses ConfigMap, in the install namespace only: written by the
     // controller, read by the agents.
@@ -295,7 +295,10 @@ fn rbac_is_least_privilege() {
     assert_eq!(namespace.as_deref(), Some("cloud4iot-system"));
     assert_eq!(
         grants(&classes),
-        BTreeMap::from([(key("", "configmaps"), set(&["get", "create", "patch"]))])
+        BTreeMap::from([(
+            key("", "configmaps"),
+            set(&["get", "list", "watch", "create", "patch"])
+        )])
     );
     let text = serde_json::to_string(&objects).unwrap();
     assert!(

@@ -49,7 +49,8 @@ pub struct ApplyArgs {
     /// Server-side dry run: print what would be created, configured and pruned.
     #[arg(long)]
     pub dry_run: bool,
-    /// The time presence and dwell are judged at (RFC 3339); default: now.
+    /// The time presence and dwell are judged at (RFC 3339), with the reports' times as
+    /// written. Default: now, with the reports' times on the API server's clock.
     #[arg(long, value_name = "TIMESTAMP")]
     pub now: Option<jiff::Timestamp>,
     #[arg(long, short = 'o', value_enum, default_value_t = ApplyFormat::Text)]
@@ -75,14 +76,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         force_prune: args.force_prune,
         install_namespace: args.install_namespace.clone(),
     };
-    let now = args.now.unwrap_or_else(jiff::Timestamp::now);
     let indicator = ProgressLine::new(std::io::stderr().is_terminal());
     let progress = |p: Progress| indicator.show(p);
     let outcome = apply::reconcile(
         &client,
         &checkout.dir,
         checkout.revision.as_deref(),
-        now,
+        args.now,
         &opts,
         &progress,
     )
@@ -141,10 +141,20 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<Outcome> {
         Prune::Refused(why) => eprintln!("prune refused: {why}"),
     }
     if !report.succeeded() {
+        let clashes: Vec<&str> = report.clashes().map(|o| o.name.as_str()).collect();
         anyhow::bail!(
-            "apply to namespace {} did not complete: {} failed{}",
+            "apply to namespace {} did not complete: {} failed{}{}",
             report.namespace,
             report.summary.failed,
+            if clashes.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} blocked by a Deployment of the same name that is not cloud4iot's ({})",
+                    clashes.len(),
+                    clashes.join(", ")
+                )
+            },
             if matches!(report.prune, Prune::Refused(_)) {
                 ", prune refused"
             } else {

@@ -70,13 +70,25 @@ pub async fn run(args: &DiffArgs, color: ColorChoice) -> anyhow::Result<Outcome>
     let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing compared")? else {
         return Ok(Outcome::Changes);
     };
-    let live = Live::read(&args.state, &args.namespace).await?;
+    let live = Live::read(&args.state, &args.namespace, args.now).await?;
     let desired = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now))
         .run(&loaded.render_options(&args.namespace));
     let report = match &live.client {
         None => desired.diff_live(&live.inventory)?,
         Some(client) => {
-            let served = cloud4iot_kube::cluster::dry_run_apply(client, &desired.objects).await?;
+            // A blocked object is never written, not even in a dry run.
+            let writable: Vec<_> = desired
+                .objects
+                .iter()
+                .filter(|o| {
+                    !desired
+                        .blocked
+                        .iter()
+                        .any(|b| o.metadata.name.as_deref() == Some(b.instance.as_str()))
+                })
+                .cloned()
+                .collect();
+            let served = cloud4iot_kube::cluster::dry_run_apply(client, &writable).await?;
             desired.diff_live_as(&served, &live.inventory)?
         }
     };

@@ -41,7 +41,7 @@ pub async fn run(
     let Some(base_loaded) = Loaded::load(base_checkout, name, invalid)? else {
         return Ok(Outcome::Changes);
     };
-    let live = Live::read(args.state, args.namespace).await?;
+    let live = Live::read(args.state, args.namespace, args.now).await?;
     let now = live.now(args.now);
     // No revision annotation on either side: it would mark every object as changed.
     let opts = RenderOptions {

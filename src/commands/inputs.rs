@@ -84,27 +84,43 @@ impl Live {
     /// Reads `--state FILE` when given (it takes precedence over a kubeconfig), else the
     /// cluster of `--kubeconfig`/`KUBECONFIG`/in-cluster. Either way only the managed
     /// Deployments of `namespace` are read: one elsewhere never steers placement.
-    pub async fn read(state: &StateArgs, namespace: &str) -> anyhow::Result<Live> {
-        if let Some(path) = &state.state {
+    ///
+    /// Without `explicit_now` (`--now`) the reports are read on the API server's clock
+    /// ([`cloud4iot_core::sightings::anchor`]: where they carry the agent's managedFields
+    /// time); with it, as written, so a replay at a chosen moment reads the times it was
+    /// written with.
+    pub async fn read(
+        state: &StateArgs,
+        namespace: &str,
+        explicit_now: Option<Timestamp>,
+    ) -> anyhow::Result<Live> {
+        let mut live = if let Some(path) = &state.state {
             let mut inventory = cloud4iot_core::state::read_snapshot(path)
                 .with_context(|| format!("reading state snapshot {}", path.display()))?;
             // Only the managed namespace counts, as in the cluster read below.
             inventory.keep_namespace(namespace);
-            return Ok(Live {
+            Live {
                 inventory,
                 client: None,
-            });
+            }
+        } else {
+            let client = cloud4iot_kube::cluster::client(&state.client())
+                .await
+                .context("connecting to the cluster")?;
+            let inventory = cloud4iot_kube::cluster::read_inventory_in(&client, namespace)
+                .await
+                .context("reading the live state")?;
+            Live {
+                inventory,
+                client: Some(client),
+            }
+        };
+        if explicit_now.is_none() {
+            for r in &mut live.inventory.reports {
+                cloud4iot_core::sightings::anchor(r);
+            }
         }
-        let client = cloud4iot_kube::cluster::client(&state.client())
-            .await
-            .context("connecting to the cluster")?;
-        let inventory = cloud4iot_kube::cluster::read_inventory_in(&client, namespace)
-            .await
-            .context("reading the live state")?;
-        Ok(Live {
-            inventory,
-            client: Some(client),
-        })
+        Ok(live)
     }
 
     /// The moment to plan at: `--now` when given; for a snapshot, the moment it describes

@@ -69,18 +69,25 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
     let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing planned")? else {
         return Ok(Outcome::Changes);
     };
-    let live = Live::read(&args.state, &args.namespace).await?;
+    let live = Live::read(&args.state, &args.namespace, args.now).await?;
     let (plan, stays) = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now)).explain();
+    let blocked = cloud4iot_core::pipeline::blocked(&plan, &live.inventory, &args.namespace);
     let out = match args.output {
         PlanFormat::Table => table(&plan, &stays, args.explain, color.enabled()),
-        PlanFormat::Json => serde_json::to_string_pretty(&rows(&plan, &stays))? + "\n",
-        PlanFormat::Yaml => serde_norway::to_string(&rows(&plan, &stays))?,
+        PlanFormat::Json => serde_json::to_string_pretty(&rows(&plan, &stays, &blocked))? + "\n",
+        PlanFormat::Yaml => serde_norway::to_string(&rows(&plan, &stays, &blocked))?,
     };
     std::io::stdout().lock().write_all(out.as_bytes())?;
+    for b in &blocked {
+        eprintln!(
+            "warning: {} ({}) is blocked: {}",
+            b.instance, b.function, b.reason
+        );
+    }
     if args.output == PlanFormat::Table {
         eprintln!("{}", summary(&plan));
     }
-    Ok(if plan.unplaced().next().is_some() {
+    Ok(if plan.unplaced().next().is_some() || !blocked.is_empty() {
         Outcome::Changes
     } else {
         Outcome::Clean
@@ -96,14 +103,25 @@ struct Row<'a> {
     placement: &'a Placement,
     #[serde(skip_serializing_if = "Option::is_none")]
     stays: Option<String>,
+    /// Why its Deployment is never written (a name clash), if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked: Option<String>,
 }
 
-fn rows<'a>(plan: &'a Plan, stays: &[Staying]) -> Vec<Row<'a>> {
+fn rows<'a>(
+    plan: &'a Plan,
+    stays: &[Staying],
+    blocked: &[cloud4iot_core::pipeline::Blocked],
+) -> Vec<Row<'a>> {
     plan.placements
         .iter()
         .map(|p| Row {
             placement: p,
             stays: stay_of(stays, p).map(|s| s.reason.to_string()),
+            blocked: blocked
+                .iter()
+                .find(|b| b.instance == p.instance)
+                .map(|b| b.reason.clone()),
         })
         .collect()
 }

@@ -39,7 +39,7 @@ pub async fn run(args: &RenderArgs) -> anyhow::Result<Outcome> {
     let Some(loaded) = Loaded::read(&args.repo, "invalid, nothing rendered")? else {
         return Ok(Outcome::Changes);
     };
-    let live = Live::read(&args.state, &args.namespace).await?;
+    let live = Live::read(&args.state, &args.namespace, args.now).await?;
     let desired = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now))
         .run(&loaded.render_options(&args.namespace));
     let yaml = to_yaml_stream(&desired.objects).context("encoding the objects as YAML")?;

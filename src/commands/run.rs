@@ -40,10 +40,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// How often to poll the repository (jittered by +-10 %).
-    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = super::nonzero_duration)]
     pub interval: Duration,
     /// How often to reconcile everything, as a safety net.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = super::nonzero_duration)]
     pub resync: Duration,
     /// Address of /metrics, /healthz, /readyz and /hook.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
@@ -65,14 +65,14 @@ pub struct RunArgs {
     pub lease_name: String,
     /// How long a leader's Lease is valid without renewal: a standby takes over at most
     /// this long (plus --lease-retry) after the leader dies.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::nonzero_duration)]
     pub lease_duration: Duration,
     /// A leader that could not renew for this long stops writing (less than
     /// --lease-duration).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::nonzero_duration)]
     pub lease_renew_deadline: Duration,
     /// How often to renew, or to try to acquire.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::nonzero_duration)]
     pub lease_retry: Duration,
     /// The name of the Reconciler object that holds the status.
     #[arg(long, value_name = "NAME", default_value = STATUS_NAME)]
@@ -99,11 +99,6 @@ pub struct RunArgs {
     /// Requests to the API server in flight at once.
     #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    let d: cloud4iot_core::model::Duration = s.parse()?;
-    Duration::try_from(d.as_signed()).map_err(|e| format!("{s:?}: {e}"))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {

@@ -119,6 +119,13 @@ impl DiffOutput for DiffReport {
         let heading = |out: &mut String, text: String| {
             let _ = writeln!(out, "{}", paint(bold, &text));
         };
+        if !self.blocked.is_empty() {
+            heading(&mut out, format!("Blocked ({}):", self.blocked.len()));
+            for b in &self.blocked {
+                let _ = writeln!(out, "  {}: {}", paint(bold, &b.instance), b.reason);
+            }
+            out.push('\n');
+        }
         if !self.has_changes() {
             out.push_str("No changes.\n");
             if !self.stays.is_empty() {
@@ -176,6 +183,13 @@ impl DiffOutput for DiffReport {
     /// A summary table of placement changes and one collapsible diff per object.
     fn render_markdown(&self) -> String {
         let mut out = String::from("### cloud4iot diff\n\n");
+        if !self.blocked.is_empty() {
+            let _ = writeln!(out, "**Blocked** (never written):\n");
+            for b in &self.blocked {
+                let _ = writeln!(out, "- `{}`: {}", b.instance, cell(&b.reason));
+            }
+            out.push('\n');
+        }
         let stays = |out: &mut String| {
             if !self.stays.is_empty() {
                 let _ = writeln!(out, "**Staying** (a move was considered):\n");

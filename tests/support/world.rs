@@ -93,6 +93,39 @@ pub fn seen(
     }
 }
 
+/// Something on `node` that cloud4iot did not place (a system daemon, a user's workload):
+/// a Pod `name` in namespace `default` bound to it, requesting `cpu`. Nothing runs it (no
+/// kubelet); bound and not finished, it counts as in use on the gateway.
+pub async fn foreign_pod(client: &Client, node: &str, name: &str, cpu: &str) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap();
+    // Without kube-controller-manager nobody creates the namespace's default account.
+    let _ = Api::<ServiceAccount>::namespaced(client.clone(), "default")
+        .create(&Default::default(), &sa)
+        .await;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false, "containers": [
+            {"name": "app", "image": "registry.example.com/other:1",
+             "resources": {"requests": {"cpu": cpu, "memory": "0"}}}
+        ]}
+    }))
+    .expect("a Pod");
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&Default::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create Pod {name} on {node}: {e}"));
+}
+
+/// Removes a [`foreign_pod`] at once (no kubelet confirms a graceful deletion).
+pub async fn remove_foreign_pod(client: &Client, name: &str) {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap_or_else(|e| panic!("delete Pod {name}: {e}"));
+}
+
 /// Finishes the deletion of the functions' Pods that were deleted gracefully, as the
 /// kubelet would once their containers stopped (the Recreate rollout of a migration waits
 /// for it). Aborted on drop.

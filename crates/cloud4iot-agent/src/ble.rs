@@ -219,7 +219,7 @@ async fn reading(p: &impl btleplug::api::Peripheral) -> Option<Reading> {
             services: props.services.iter().map(|u| u.to_string()).collect(),
             rssi: i32::from(rssi),
         },
-        at: Timestamp::now(),
+        at: crate::clock::now(),
     })
 }
 

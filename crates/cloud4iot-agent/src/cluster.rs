@@ -1,39 +1,92 @@
-//! The Kubernetes edge of the agent: the DeviceClasses it watches, the Pods on its node it
-//! accounts for, and the one object it writes, its own GatewayReport.
+//! The Kubernetes edge of the agent: the DeviceClasses it watches, and the one object it
+//! reads back at start and writes, its own GatewayReport. It reads no Pods: what else runs
+//! on the gateway is the controller's to write into the report (cloud4iot_kube::usage).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cloud4iot_core::matching::{self, CLASSES_CONFIGMAP, CLASSES_KEY};
-use cloud4iot_core::model::{
-    DeviceClass, GatewayReport, GatewayReportSpec, ResourceQuantities, Resources, SeenDevice,
-    format_cpu, format_memory, labels,
-};
+use cloud4iot_core::model::{DeviceClass, GatewayReport, GatewayReportSpec, SeenDevice};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
 /// The field manager of the agent's writes (the controller's is `cloud4iot`).
-pub const FIELD_MANAGER: &str = "cloud4iot-agent";
+pub const FIELD_MANAGER: &str = cloud4iot_core::sightings::AGENT_FIELD_MANAGER;
 
 /// What the next report says, apart from its heartbeat.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
-    pub devices: Vec<SeenDevice>,
-    pub resources: Option<ResourceQuantities>,
+    /// `None` until the agent knows its devices (its last report read back, the classes
+    /// known, BlueZ listed once): nothing is written before, not even a heartbeat, so a
+    /// starting agent never writes a report that forgets a device.
+    pub devices: Option<Vec<SeenDevice>>,
 }
 
-/// Watches the DeviceClasses ConfigMap in `namespace`; sends `Some(classes)` once read
-/// (empty when the ConfigMap does not exist yet) and on every change.
+/// Longest wait for one API request of the agent.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The devices the GatewayReport named `node` lists now (none when there is no report),
+/// retried with backoff until the API server answers: what an earlier run of this agent
+/// saw, to be kept across the restart.
+pub async fn last_report(client: &Client, node: &str) -> Vec<SeenDevice> {
+    let api: Api<GatewayReport> = Api::all(client.clone());
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let why = match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(node)).await {
+            Ok(Ok(r)) => {
+                let devices = r.map(|r| r.spec.devices).unwrap_or_default();
+                tracing::info!(
+                    devices = devices.len(),
+                    "GatewayReport {node} read: its devices are kept until the radio confirms \
+                     them or they are not heard for --forget-after"
+                );
+                return devices;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {CALL_TIMEOUT:?}"),
+        };
+        tracing::warn!(error = %why, retry_in = ?backoff, "reading GatewayReport {node} failed; nothing is written until it is read");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The field managers other than cloud4iot's that own part of the ConfigMap's `data`
+/// (`kubectl edit`, someone's apply): classes that cloud4iot did not write are not
+/// trusted. Without managedFields nothing can be told, and nothing is refused.
+fn data_writers_other_than_cloud4iot(cm: &ConfigMap) -> Vec<String> {
+    cm.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.manager.as_deref() != Some(cloud4iot_core::model::labels::MANAGER))
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:data").is_some())
+        })
+        .map(|e| format!("{:?}", e.manager.as_deref().unwrap_or("?")))
+        .collect()
+}
+
+/// Watches the DeviceClasses ConfigMap in `namespace`; sends `Some(classes)` once read and
+/// on every change. A ConfigMap that disappears, loses its key, cannot be read or was
+/// edited by another field manager than cloud4iot's does not take the classes away: the last ones read are kept (a gateway must not report nothing
+/// because an object was deleted), and `problem` says why until it is back (readyz, the
+/// `cloud4iot_agent_classes_missing` gauge, a log line). With no ConfigMap from the start
+/// there are no classes: nothing is published, so nothing is written.
 pub async fn watch_classes(
     client: Client,
     namespace: String,
     tx: watch::Sender<Option<Arc<Vec<DeviceClass>>>>,
+    problem: watch::Sender<Option<String>>,
+    metrics: Metrics,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={CLASSES_CONFIGMAP}"));
@@ -43,18 +96,42 @@ pub async fn watch_classes(
         let text = cm
             .and_then(|c| c.data.as_ref())
             .and_then(|d| d.get(CLASSES_KEY))
-            .map(String::as_str)
-            .unwrap_or("");
-        match matching::decode_classes(text) {
-            Ok(classes) => {
+            .map(String::as_str);
+        let outsiders = cm
+            .map(data_writers_other_than_cloud4iot)
+            .unwrap_or_default();
+        let why = match text.map(matching::decode_classes) {
+            Some(_) if !outsiders.is_empty() => format!(
+                "ConfigMap {namespace}/{CLASSES_CONFIGMAP} was edited outside cloud4iot (by {})",
+                outsiders.join(", ")
+            ),
+            Some(Ok(classes)) => {
                 let names: Vec<&str> = classes.iter().map(|c| c.name()).collect();
                 tracing::info!(classes = ?names, "device classes");
                 tx.send_replace(Some(Arc::new(classes)));
+                if problem.send_replace(None).is_some() {
+                    tracing::info!("ConfigMap {namespace}/{CLASSES_CONFIGMAP} is back");
+                }
+                metrics.classes_missing.set(0);
+                return;
             }
-            Err(e) => tracing::error!(
-                "ConfigMap {namespace}/{CLASSES_CONFIGMAP}: {e}; keeping the classes read before"
+            Some(Err(e)) => format!("ConfigMap {namespace}/{CLASSES_CONFIGMAP}: {e}"),
+            None if cm.is_some() => {
+                format!("ConfigMap {namespace}/{CLASSES_CONFIGMAP} has no key {CLASSES_KEY}")
+            }
+            None => format!("no ConfigMap {namespace}/{CLASSES_CONFIGMAP}"),
+        };
+        let kept = tx.borrow().as_ref().map(|c| c.len());
+        let why = match kept {
+            Some(n) => format!("{why}: keeping the {n} device class(es) read before"),
+            None => format!(
+                "{why}: no device classes yet (`cloud4iot apply` or the controller writes it), \
+                 nothing is reported"
             ),
-        }
+        };
+        tracing::warn!("{why}");
+        metrics.classes_missing.set(1);
+        problem.send_replace(Some(why));
     };
     while let Some(event) = stream.next().await {
         match event {
@@ -63,79 +140,12 @@ pub async fn watch_classes(
                 seen_in_init = true;
                 publish(Some(&cm));
             }
-            Ok(watcher::Event::InitDone) if !seen_in_init => {
-                tracing::warn!(
-                    "no ConfigMap {namespace}/{CLASSES_CONFIGMAP}: no device classes yet \
-                     (`cloud4iot apply` or the controller writes it), nothing is reported"
-                );
-                publish(None);
-            }
+            Ok(watcher::Event::InitDone) if !seen_in_init => publish(None),
             Ok(watcher::Event::InitDone) => {}
             Ok(watcher::Event::Apply(cm)) => publish(Some(&cm)),
             Ok(watcher::Event::Delete(_)) => publish(None),
             Err(e) => tracing::warn!(error = %e, "watching the device classes (retrying)"),
         }
-    }
-}
-
-/// What runs on `node` that cloud4iot did not place: the requests of its Pods that are
-/// not labelled managed-by cloud4iot and have not finished.
-pub async fn foreign_usage(client: &Client, node: &str) -> Result<Resources, kube::Error> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let params = ListParams::default()
-        .fields(&format!("spec.nodeName={node}"))
-        .labels(&format!("{}!={}", labels::MANAGED_BY, labels::MANAGER));
-    let list = pods.list(&params).await?;
-    let mut total = Resources::ZERO;
-    for pod in list.items {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) {
-            continue;
-        }
-        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-            let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-            let get = |k: &str| requests.and_then(|r| r.get(k)).map(|q| q.0.as_str());
-            match Resources::parse(get("cpu"), get("memory")) {
-                Ok(r) => total += r,
-                Err(e) => tracing::warn!(
-                    pod = pod.metadata.name.as_deref().unwrap_or(""),
-                    "unreadable resource request: {e}"
-                ),
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// Refreshes `resources` in the desired report every `every`.
-pub async fn watch_usage(
-    client: Client,
-    node: String,
-    tx: watch::Sender<Desired>,
-    every: Duration,
-) {
-    let mut warned = false;
-    loop {
-        match foreign_usage(&client, &node).await {
-            Ok(r) => {
-                warned = false;
-                let q = ResourceQuantities {
-                    cpu: Some(format_cpu(r.cpu_millis)),
-                    memory: Some(format_memory(r.memory_bytes)),
-                };
-                tx.send_if_modified(|d| {
-                    let changed = d.resources.as_ref() != Some(&q);
-                    d.resources = Some(q);
-                    changed
-                });
-            }
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!(error = %e, "cannot list the Pods on {node}: resources in use not reported");
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(every).await;
     }
 }
 
@@ -175,13 +185,21 @@ pub async fn write_reports(
             tokio::time::sleep_until(t + min_interval).await;
         }
         let desired = rx.borrow_and_update().clone();
+        let Some(devices) = desired.devices else {
+            // Not known yet: wait for the first published state.
+            pending = false;
+            next_heartbeat = tokio::time::Instant::now() + heartbeat;
+            continue;
+        };
         last_attempt = Some(tokio::time::Instant::now());
         let mut report = GatewayReport::new(
             &node,
             GatewayReportSpec {
-                heartbeat: Some(jiff::Timestamp::now()),
-                devices: desired.devices,
-                resources: desired.resources,
+                heartbeat: Some(crate::clock::now()),
+                devices,
+                // Not the agent's to say: listing the Pods of its node would take a
+                // cluster-wide grant (see cloud4iot_kube::usage).
+                resources: None,
             },
         );
         report.metadata.labels = Some(
@@ -192,7 +210,7 @@ pub async fn write_reports(
             .into(),
         );
         let result = tokio::time::timeout(
-            Duration::from_secs(10),
+            CALL_TIMEOUT,
             api.patch(&node, &params, &Patch::Apply(&report)),
         )
         .await;
@@ -210,7 +228,7 @@ pub async fn write_reports(
             failed => {
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
-                    _ => "no answer within 10s".to_string(),
+                    _ => format!("no answer within {CALL_TIMEOUT:?}"),
                 };
                 metrics.report_errors.inc();
                 tracing::warn!(error = %why, retry_in = ?backoff, "writing GatewayReport {node} failed; scanning goes on");

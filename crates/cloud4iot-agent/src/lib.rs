@@ -8,15 +8,15 @@
 //! - `ble::scan` -> readings (a bounded queue; overflow is dropped and counted);
 //! - `cluster::watch_classes` -> the classes;
 //! - the loop in [`run`]: classify -> [`Tracker`] -> the desired report when significant;
-//! - `cluster::watch_usage` -> the report's `resources`;
 //! - `cluster::write_reports` -> the API server, rate-limited, heartbeat, retries;
 //! - `metrics::serve` -> `/healthz`, `/readyz`, `/metrics`.
 
 pub mod ble;
+pub mod clock;
 pub mod cluster;
 pub mod metrics;
+pub mod record;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use cloud4iot_core::matching::{self, Advertisement};
 use cloud4iot_core::model::DeviceClass;
 use cloud4iot_core::presence::{Tracker, TrackerOptions, significant};
-use cloud4iot_core::simulate::{CSV_HEADER, Sighting};
+use cloud4iot_core::simulate::Sighting;
 use cloud4iot_kube::cluster::ClientOptions;
 use tokio::sync::{mpsc, watch};
 
@@ -54,7 +54,12 @@ pub struct AgentOptions {
     /// Append every reading of a device of a known class to this CSV trace
     /// (`cloud4iot simulate --trace`).
     pub record: Option<PathBuf>,
+    /// The trace's size cap: at it, `FILE` is rotated to `FILE.1` (see [`record`]).
+    pub record_max_bytes: u64,
 }
+
+/// The default `--record-max-size`: 64 MiB (about a million readings).
+pub const DEFAULT_RECORD_MAX_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -68,6 +73,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Options(String),
     #[error("record trace {path}: {source}")]
     Record {
         path: PathBuf,
@@ -91,21 +98,34 @@ impl Drop for Tasks {
 /// adapter, no cluster configuration, or the listen address is taken; after that it only
 /// logs, retries and reports itself not ready.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    for (flag, d) in [("--poll", opts.poll), ("--heartbeat", opts.heartbeat)] {
+        if d.is_zero() {
+            return Err(AgentError::Options(format!(
+                "{flag} must be more than zero"
+            )));
+        }
+    }
     let adapter = ble::probe().await?;
     tracing::info!(%adapter, node = %opts.node, "Bluetooth adapter found");
     let client = cloud4iot_kube::cluster::client(&opts.client).await?;
+    let watch_client = cloud4iot_kube::cluster::watch_client(&opts.client).await?;
     let metrics = Metrics::default();
     let mut record = match &opts.record {
-        Some(path) => Some(open_record(path).map_err(|source| AgentError::Record {
-            path: path.clone(),
-            source,
-        })?),
+        Some(path) => Some(
+            record::Recorder::open(path, opts.record_max_bytes, metrics.clone()).map_err(
+                |source| AgentError::Record {
+                    path: path.clone(),
+                    source,
+                },
+            )?,
+        ),
         None => None,
     };
 
     let (readings_tx, mut readings) = mpsc::channel(4096);
     let (ble_status_tx, ble_status) = watch::channel(BleStatus::Starting);
     let (classes_tx, mut classes_rx) = watch::channel::<Option<Arc<Vec<DeviceClass>>>>(None);
+    let (classes_problem_tx, classes_problem) = watch::channel::<Option<String>>(None);
     let (desired_tx, desired_rx) = watch::channel(Desired::default());
     let (write_ok_tx, write_ok) =
         watch::channel::<Option<String>>(Some("no report written yet".into()));
@@ -116,8 +136,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             .await
             .map_err(|source| AgentError::Listen { addr, source })?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /healthz, /readyz, /metrics");
-        let (ble_status, classes, write_ok) =
-            (ble_status.clone(), classes_rx.clone(), write_ok.clone());
+        let (ble_status, classes, write_ok, classes_problem) = (
+            ble_status.clone(),
+            classes_rx.clone(),
+            write_ok.clone(),
+            classes_problem.clone(),
+        );
         let ready: metrics::Readiness = Arc::new(move || {
             let mut why = Vec::new();
             match &*ble_status.borrow() {
@@ -125,7 +149,9 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 BleStatus::Starting => why.push("BLE scanning not started yet".to_string()),
                 BleStatus::Down { reason } => why.push(format!("BLE down: {reason}")),
             }
-            if classes.borrow().is_none() {
+            if let Some(p) = &*classes_problem.borrow() {
+                why.push(p.clone());
+            } else if classes.borrow().is_none() {
                 why.push("device classes not read yet".to_string());
             }
             if let Some(w) = &*write_ok.borrow() {
@@ -146,16 +172,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         opts.poll,
     )));
     tasks.0.push(tokio::spawn(cluster::watch_classes(
-        client.clone(),
+        watch_client,
         opts.namespace.clone(),
         classes_tx,
+        classes_problem_tx,
+        metrics.clone(),
     )));
-    tasks.0.push(tokio::spawn(cluster::watch_usage(
-        client.clone(),
-        opts.node.clone(),
-        desired_tx.clone(),
-        opts.heartbeat,
-    )));
+    let client_for_restore = client.clone();
     tasks.0.push(tokio::spawn(cluster::write_reports(
         client,
         opts.node.clone(),
@@ -166,13 +189,25 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         metrics.clone(),
     )));
 
+    // What this gateway's report lists now: kept across the restart (see `Tracker::restore`).
+    let (restored_tx, mut restored_rx) = tokio::sync::oneshot::channel();
+    {
+        let (client, node) = (client_for_restore, opts.node.clone());
+        tasks.0.push(tokio::spawn(async move {
+            let _ = restored_tx.send(cluster::last_report(&client, &node).await);
+        }));
+    }
+    let mut restored = false;
+
     let mut tracker = Tracker::new(opts.tracker);
     let mut classes: Arc<Vec<DeviceClass>> = Arc::new(Vec::new());
+    let mut classes_known = false;
     // Last advertisement of each tracked device, to re-classify when the classes change.
     let mut ads: std::collections::HashMap<String, Advertisement> = Default::default();
     let mut published: Option<Vec<cloud4iot_core::model::SeenDevice>> = None;
-    // Nothing is published before the classes are known and BlueZ has been listed once:
-    // a restarted agent must not overwrite its report with an empty device list.
+    // Nothing is published before the last report was read back, the classes are known and
+    // BlueZ has been listed once: a restarted agent must not write a report that forgets
+    // a device it has not forgotten.
     let warm_up = tokio::time::Instant::now() + opts.poll + Duration::from_millis(500);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
@@ -184,38 +219,48 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 let at = r.at;
                 tracker.observe(&r.adv.address, class.name(), class.spec.min_rssi, r.adv.rssi, at);
                 if let Some(w) = record.as_mut() {
-                    let line = Sighting {
+                    w.record(&Sighting {
                         time: at,
                         gateway: opts.node.clone(),
                         device: r.adv.address.clone(),
                         class: class.name().to_string(),
                         rssi: r.adv.rssi,
-                    };
-                    if let Err(e) = writeln!(w, "{}", line.to_csv()) {
-                        tracing::warn!(error = %e, "recording the trace failed; recording stops");
-                        record = None;
-                    }
+                    });
                 }
                 if tracker.contains(&r.adv.address) {
                     ads.insert(r.adv.address.clone(), r.adv);
                 }
             }
+            devices = &mut restored_rx, if !restored => {
+                restored = true;
+                let devices = devices.unwrap_or_default();
+                let known: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+                tracing::info!(devices = ?known, "devices of the last report kept");
+                let now = crate::clock::now();
+                for d in &devices {
+                    if !classes_known || classes.iter().any(|c| c.name() == d.class) {
+                        tracker.restore(d, now);
+                    }
+                }
+            }
             Ok(()) = classes_rx.changed() => {
                 if let Some(c) = classes_rx.borrow_and_update().clone() {
                     classes = c;
-                    // A device that no longer matches any class leaves at once.
-                    tracker.retain(|id, _| ads.get(id).is_some_and(|a| matching::match_class(classes.iter(), a).is_some()));
+                    classes_known = true;
+                    // A device that no longer matches any class leaves at once (one taken
+                    // back from the last report, not heard since, by its class's name).
+                    tracker.retain(|id, class| match ads.get(id) {
+                        Some(a) => matching::match_class(classes.iter(), a).is_some(),
+                        None => classes.iter().any(|c| c.name() == class),
+                    });
                     ads.retain(|id, _| tracker.contains(id));
                 }
             }
             _ = tick.tick() => {
-                if let Some(w) = record.as_mut() {
-                    let _ = w.flush();
-                }
-                if classes_rx.borrow().is_none() || tokio::time::Instant::now() < warm_up {
+                if !restored || !classes_known || tokio::time::Instant::now() < warm_up {
                     continue;
                 }
-                let now = jiff::Timestamp::now();
+                let now = crate::clock::now();
                 tracker.expire(now);
                 ads.retain(|id, _| tracker.contains(id));
                 let devices = tracker.devices(now);
@@ -226,28 +271,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                     metrics.devices.set(devices.len() as i64);
                     tracing::debug!(devices = devices.len(), "report changed");
                     published = Some(devices.clone());
-                    desired_tx.send_modify(|d| d.devices = devices);
+                    desired_tx.send_modify(|d| d.devices = Some(devices));
                 }
             }
         }
     }
     tracing::info!("stopping");
-    if let Some(mut w) = record {
-        let _ = w.flush();
-    }
+    drop(record); // the writer flushes what it holds
     drop(tasks);
     Ok(())
-}
-
-fn open_record(path: &std::path::Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let empty = file.metadata()?.len() == 0;
-    let mut w = std::io::BufWriter::new(file);
-    if empty {
-        writeln!(w, "{CSV_HEADER}")?;
-    }
-    Ok(w)
 }

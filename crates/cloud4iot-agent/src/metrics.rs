@@ -29,6 +29,11 @@ pub struct Metrics {
     pub dropped_readings: Counter,
     /// 1 while scanning.
     pub ble_up: Gauge,
+    /// `--record` lines dropped because the trace writer fell behind.
+    pub dropped_records: Counter,
+    /// 1 while the DeviceClasses ConfigMap is missing or unreadable (the last classes read
+    /// are kept meanwhile).
+    pub classes_missing: Gauge,
 }
 
 impl Default for Metrics {
@@ -50,6 +55,14 @@ impl Default for Metrics {
                 "BLE readings dropped because the queue was full",
             ),
             ble_up: r.gauge("ble_up", "1 while BLE scanning runs"),
+            classes_missing: r.gauge(
+                "classes_missing",
+                "1 while the DeviceClasses ConfigMap is missing or unreadable (the last classes read are kept)",
+            ),
+            dropped_records: r.counter(
+                "dropped_records",
+                "--record trace lines dropped because the trace writer fell behind",
+            ),
             registry: Arc::new(r.finish()),
         }
     }

@@ -1,8 +1,9 @@
 //! Kubernetes Events (events.k8s.io/v1) for every migration, on the Deployment that moved:
 //! `Roamed` (another gateway, or another site of the same tier), `Offloaded` (up a tier:
 //! gateway -> edge -> cloud), `Recalled` (back down) and `Unplaced` (Warning), each with
-//! the planner's reason as its note; and `PruneRefused` (Warning) on the Reconciler when
-//! the prune guard holds deletions.
+//! the planner's reason as its note; `PruneRefused` (Warning) on the Reconciler when
+//! the prune guard holds deletions; and `NameClash` (Warning) on a Deployment that is in
+//! the way of an instance and is not cloud4iot's.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -84,6 +85,18 @@ impl Note {
             warning: migration == Migration::Unplaced,
             action: "Place",
             note: reason,
+            reference,
+        }
+    }
+
+    /// The Warning that an instance's Deployment name is taken by an object that is not
+    /// cloud4iot's (never written), on that object.
+    pub fn name_clash(reference: ObjectReference, why: String) -> Note {
+        Note {
+            reason: "NameClash",
+            warning: true,
+            action: "Apply",
+            note: why,
             reference,
         }
     }

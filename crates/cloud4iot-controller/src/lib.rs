@@ -20,6 +20,7 @@
 //! validate or verify is not applied and prunes nothing: the last good one keeps being
 //! reconciled against presence changes, and the status says Stalled.
 
+pub mod device_classes;
 pub mod events;
 pub mod http;
 pub mod leader_label;
@@ -29,6 +30,7 @@ pub mod requeue;
 pub mod source;
 pub mod status;
 pub mod superseded;
+pub mod usage;
 pub mod watches;
 pub mod webhook;
 pub mod world;
@@ -165,6 +167,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let client = cluster::client(&opts.client).await?;
+    let watch_client = cluster::watch_client(&opts.client).await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -201,6 +204,25 @@ pub async fn run(
         .clone()
         .map(|pod| tokio::spawn(leader_label::follow(client.clone(), pod, leader_rx.clone())));
 
+    let (classes_tx, classes_rx) = watch::channel(None);
+    {
+        let shared = shared.clone();
+        tokio::spawn(device_classes::guard(
+            client.clone(),
+            watch_client.clone(),
+            cloud4iot_kube::install::SYSTEM_NAMESPACE.to_owned(),
+            classes_rx,
+            leader_rx.clone(),
+            stop_rx.clone(),
+            move |_| shared.metrics.wrote("restored"),
+        ));
+    }
+    tokio::spawn(usage::follow(
+        client.clone(),
+        watch_client.clone(),
+        leader_rx.clone(),
+        stop_rx.clone(),
+    ));
     {
         // The gauge follows the elector itself, even while the loop is busy writing.
         let mut rx = leader_rx.clone();
@@ -231,7 +253,7 @@ pub async fn run(
         opts.lease.identity.clone(),
         leader_rx.clone(),
     );
-    let changes = watches::changes(client.clone(), &opts.namespace);
+    let changes = watches::changes(watch_client.clone(), &opts.namespace);
     let mut controller = Controller {
         world: World::new(&opts.namespace),
         client,
@@ -251,6 +273,7 @@ pub async fn run(
         requeue: Requeue::default(),
         prune_after: BTreeSet::new(),
         leading: leader_rx.clone(),
+        classes: classes_tx,
     };
     controller.run(changes, source_rx, leader_rx, stop_rx).await;
 
@@ -291,6 +314,8 @@ struct Controller {
     prune_after: BTreeSet<String>,
     /// Leadership, for the writes outside the loop's fenced ones (status, ConfigMap).
     leading: watch::Receiver<bool>,
+    /// The last good revision's repository, for the DeviceClasses ConfigMap's guard.
+    classes: watch::Sender<Option<Arc<cloud4iot_core::model::Repo>>>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -416,6 +441,7 @@ impl Controller {
             Fetched::Good { revision, repo } => {
                 self.attempted = revision.clone();
                 self.facts.source = None;
+                self.classes.send_replace(Some(repo.clone()));
                 self.world.set_revision(revision, repo);
             }
             Fetched::Bad {
@@ -595,9 +621,14 @@ impl Controller {
                 Action::Created | Action::Configured => "applied",
                 Action::Pruned => "deleted",
                 Action::Failed => "failed",
+                Action::Blocked => "blocked",
                 Action::Unchanged => continue,
             };
             self.shared.metrics.wrote(action);
+            if o.action == Action::Blocked {
+                self.clashed(o);
+                continue;
+            }
             if o.action == Action::Failed {
                 tracing::warn!("{o}");
                 continue;
@@ -636,6 +667,15 @@ impl Controller {
             self.prune_after.extend(skipped.cloned());
         }
         self.failures_said();
+        // A name clash is no failure to retry: reported until the object is moved away.
+        if report.summary.blocked == 0 {
+            self.facts.clear_apply("NameClash");
+        } else if self.facts.apply.is_none() {
+            self.facts.apply = Some(Problem {
+                reason: "NameClash".into(),
+                message: clash_message(&report),
+            });
+        }
         let old = self.facts.applied_revision.take();
         if let Some(rev) = &self.world.render.revision
             && old.as_ref() != Some(rev)
@@ -773,6 +813,14 @@ impl Controller {
         let at = Instant::now();
         for (w, r) in results {
             match r.action {
+                Action::Blocked => {
+                    self.shared.metrics.wrote("blocked");
+                    self.clashed(&r);
+                    self.facts.apply = Some(Problem {
+                        reason: "NameClash".into(),
+                        message: r.message.clone().unwrap_or_default(),
+                    });
+                }
                 Action::Failed => {
                     self.shared.metrics.wrote("failed");
                     tracing::warn!("{r}");
@@ -935,6 +983,18 @@ impl Controller {
                 reason: "PruneRefused".into(),
                 message: message.clone(),
             });
+        }
+    }
+
+    /// Logs a name clash and publishes a Warning Event on the object that is in the way.
+    fn clashed(&self, r: &apply::ObjectResult) {
+        tracing::warn!("{r}");
+        let note = Note::name_clash(
+            deployment_ref(&r.namespace, &r.name, None),
+            r.message.clone().unwrap_or_default(),
+        );
+        if self.events.try_send(note).is_err() {
+            tracing::warn!(deployment = %r.name, "Event queue full: Event dropped");
         }
     }
 
@@ -1189,3 +1249,18 @@ async fn fenced<T>(
 
 /// The default name of the status object.
 pub const STATUS_NAME: &str = reconciler::NAME;
+
+/// The status message for a full reconcile whose only problem is name clashes.
+fn clash_message(report: &apply::Report) -> String {
+    let names: Vec<&str> = report.clashes().map(|o| o.name.as_str()).take(5).collect();
+    format!(
+        "{} instance(s) blocked by a Deployment of the same name that is not cloud4iot's: {}{}",
+        report.summary.blocked,
+        names.join(", "),
+        if report.summary.blocked > names.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    )
+}

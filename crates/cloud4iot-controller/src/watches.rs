@@ -5,7 +5,8 @@
 //! `InitDone`), and retries with client-go's backoff in between.
 //!
 //! Objects are trimmed before anything keeps them: Nodes lose their images, addresses and
-//! managedFields; reports their managedFields. Deployments arrive whole (the drift check
+//! managedFields; reports their managedFields, once their times are anchored on the API
+//! server's clock ([`cloud4iot_core::sightings::anchor`]). Deployments arrive whole (the drift check
 //! reads their managedFields) and the loop keeps only a trimmed copy.
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -53,7 +54,12 @@ pub fn changes(
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(|r| r.managed_fields_mut().clear())
+    .modify(|r| {
+        // On the API server's clock (the agent's managedFields time), before the
+        // managedFields go.
+        cloud4iot_core::sightings::anchor(r);
+        r.managed_fields_mut().clear();
+    })
     .map_ok(Change::Report);
     let deployments = watcher(
         Api::<Deployment>::namespaced(client, namespace),

@@ -34,6 +34,7 @@ use cloud4iot_core::model::Tier;
 use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo};
 use cloud4iot_core::plan::{PendingMove, Placement, Plan, PlanDelta, Planner, current_placements};
 use cloud4iot_core::render::{RenderOptions, render_placement};
+use cloud4iot_core::sightings::Memory;
 
 use crate::metrics::Trigger;
 use crate::watches::Change;
@@ -138,7 +139,12 @@ pub struct World {
     /// The desired placement of every instance, by instance name.
     pub desired: BTreeMap<String, Placement>,
     pub nodes: BTreeMap<String, NodeInfo>,
+    /// Each gateway's report as the planner sees it: on the API server's clock, with the
+    /// devices it stopped listing still there while remembered ([`Memory`]), so the full
+    /// and the incremental plan read the same.
     pub reports: BTreeMap<String, GatewayReport>,
+    /// What the reports said, per (gateway, device).
+    memory: Memory,
     pub live: BTreeMap<String, Live>,
     node_buf: Buffer<NodeInfo>,
     report_buf: Buffer<GatewayReport>,
@@ -180,6 +186,7 @@ impl World {
             desired: BTreeMap::new(),
             nodes: BTreeMap::new(),
             reports: BTreeMap::new(),
+            memory: Memory::default(),
             live: BTreeMap::new(),
             node_buf: None,
             report_buf: None,
@@ -342,12 +349,14 @@ impl World {
         match e {
             Event::Init => self.report_buf = Some(BTreeMap::new()),
             Event::InitApply(r) => {
+                let r = self.memory.observe(&r, now);
                 if let Some(buf) = self.report_buf.as_mut() {
                     buf.insert(r.metadata.name.clone().unwrap_or_default(), r);
                 }
             }
             Event::InitDone => {
                 let fresh = self.report_buf.take().unwrap_or_default();
+                self.memory.retain(|g| fresh.contains_key(g));
                 let same = fresh.len() == self.reports.len()
                     && fresh
                         .iter()
@@ -367,6 +376,7 @@ impl World {
                 self.synced[1] = true;
             }
             Event::Apply(r) => {
+                let r = self.memory.observe(&r, now);
                 let name = r.metadata.name.clone().unwrap_or_default();
                 let old = self.reports.get(&name).map(|old| &old.spec);
                 if old == Some(&r.spec) {
@@ -385,6 +395,7 @@ impl World {
             }
             Event::Delete(r) => {
                 let name = r.metadata.name.clone().unwrap_or_default();
+                self.memory.forget(&name);
                 let gone = self.reports.remove(&name);
                 if let Some(old) = &gone {
                     let had: Vec<&str> = old.spec.devices.iter().map(|d| d.id.as_str()).collect();

@@ -578,6 +578,10 @@ pub struct DiffReport {
     /// (not a change: they do not count in [`DiffReport::has_changes`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stays: Vec<crate::plan::Staying>,
+    /// Instances not written because their Deployment's name is taken by one that is not
+    /// cloud4iot's (not a change).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<crate::pipeline::Blocked>,
 }
 
 impl DiffReport {
@@ -593,6 +597,7 @@ impl DiffReport {
             placement_changes: placement_changes(before, after),
             object_changes: object_diff(desired, live)?,
             stays: Vec::new(),
+            blocked: Vec::new(),
         })
     }
 

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod presence;
 pub mod render;
+pub mod sightings;
 pub mod simulate;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]

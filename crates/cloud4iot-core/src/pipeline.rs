@@ -38,6 +38,49 @@ pub struct Desired {
     /// Running instances that stay where they run although a move was considered, and
     /// why ([`Planner::stays`]): what `diff` says beside the changes.
     pub stays: Vec<Staying>,
+    /// Instances whose Deployment name is taken by one that is not cloud4iot's
+    /// ([`blocked`]): never written; `diff` lists them apart.
+    pub blocked: Vec<Blocked>,
+}
+
+/// A placed instance cloud4iot does not write: a Deployment of its name exists in the
+/// functions namespace and is not cloud4iot's (a name clash).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Blocked {
+    pub function: String,
+    pub instance: String,
+    pub namespace: String,
+    pub reason: String,
+}
+
+/// The placed instances of `plan` whose Deployment in `namespace` would take the name of
+/// one that is not cloud4iot's (see [`Inventory::foreign`]).
+pub fn blocked(plan: &Plan, inventory: &Inventory, namespace: &str) -> Vec<Blocked> {
+    if inventory.foreign.is_empty() {
+        return Vec::new();
+    }
+    plan.placements
+        .iter()
+        .filter(|p| p.tier.is_some())
+        .filter(|p| {
+            inventory
+                .foreign
+                .contains(&(namespace.to_owned(), p.instance.clone()))
+        })
+        .map(|p| Blocked {
+            function: p.function.clone(),
+            instance: p.instance.clone(),
+            namespace: namespace.to_owned(),
+            reason: format!(
+                "name clash: Deployment {namespace}/{} exists and is not cloud4iot's (no \
+                 {}={} label, or never written by cloud4iot); not touched: rename or remove \
+                 it to let cloud4iot place this instance",
+                p.instance,
+                crate::model::labels::MANAGED_BY,
+                crate::model::labels::MANAGER
+            ),
+        })
+        .collect()
 }
 
 impl<'a> Pipeline<'a> {
@@ -67,11 +110,13 @@ impl<'a> Pipeline<'a> {
     pub fn run(&self, opts: &RenderOptions) -> Desired {
         let (plan, stays) = self.explain();
         let objects = crate::render::render(self.repo, &plan, opts);
+        let blocked = blocked(&plan, self.inventory, &opts.namespace);
         Desired {
             plan,
             objects,
             namespace: Some(opts.namespace.clone()),
             stays,
+            blocked,
         }
     }
 }
@@ -103,6 +148,14 @@ impl Desired {
                 .retain(|c| c.action != crate::diff::Action::Delete || &c.namespace == ns);
         }
         report.stays = self.stays.clone();
+        // Never written, so not a change: listed apart.
+        report.object_changes.retain(|c| {
+            !self
+                .blocked
+                .iter()
+                .any(|b| b.instance == c.name && b.namespace == c.namespace)
+        });
+        report.blocked = self.blocked.clone();
         Ok(report)
     }
 

@@ -188,6 +188,40 @@ impl Tracker {
         self.devices.is_empty()
     }
 
+    /// Takes back a device from the report an earlier run of the agent wrote (an agent
+    /// restart must not make a present device vanish from the report). It is kept as that
+    /// report said (class, RSSI, firstSeen, lastSeen) until the radio hears it again, which
+    /// continues the same run, or until `forget_after` past its lastSeen. A device the
+    /// radio heard already keeps its readings and takes the earlier firstSeen when the two
+    /// runs touch. Times after `now` (the gateway's clock went back since) are taken as
+    /// `now`, so a sighting never outlives the device's departure.
+    pub fn restore(&mut self, d: &SeenDevice, now: Timestamp) {
+        let forget = self.opts.forget_after;
+        let last_seen = d.last_seen.min(now);
+        let first_seen = d.first_seen.min(last_seen);
+        if let Some(t) = self.devices.get_mut(&d.id) {
+            if t.first_seen.duration_since(last_seen) <= forget {
+                t.first_seen = t.first_seen.min(first_seen);
+            }
+            return;
+        }
+        if self.devices.len() >= self.opts.max_devices {
+            self.dropped += 1;
+            return;
+        }
+        let mut t = Tracked {
+            class: d.class.clone(),
+            min_rssi: None,
+            first_seen,
+            last_seen,
+            readings: VecDeque::from([(last_seen, d.rssi)]),
+            due: last_seen,
+        };
+        t.due = t.due(&self.opts);
+        self.timers.insert((t.due, d.id.clone()));
+        self.devices.insert(d.id.clone(), t);
+    }
+
     /// Forgets everything (e.g. the classes changed and a device no longer matches).
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         self.devices.retain(|id, t| keep(id, &t.class));
@@ -368,6 +402,47 @@ mod tests {
             tr.observe("AA:00:00:00:00:02", "c", None, -50, t(i));
         }
         assert!(tr.devices["AA:00:00:00:00:02"].readings.len() <= MAX_READINGS);
+    }
+
+    #[test]
+    fn a_restored_device_stays_until_heard_again_or_forgotten() {
+        let o = TrackerOptions::default();
+        let before = SeenDevice {
+            id: BR.into(),
+            class: "omh-bracelet".into(),
+            rssi: -61,
+            first_seen: t(0),
+            last_seen: t(100),
+        };
+        let mut tr = Tracker::new(o);
+        tr.restore(&before, t(110));
+        tr.expire(t(130));
+        assert_eq!(tr.devices(t(130)), [before.clone()], "as the report said");
+        tr.observe(BR, "omh-bracelet", Some(-90), -58, t(131));
+        let d = tr.seen(BR, t(131)).unwrap();
+        assert_eq!((d.first_seen, d.last_seen, d.rssi), (t(0), t(131), -58));
+
+        let mut tr = Tracker::new(o);
+        tr.restore(&before, t(110));
+        tr.expire(t(400));
+        assert_eq!(
+            tr.devices(t(400)).len(),
+            1,
+            "not yet forget_after past lastSeen"
+        );
+        tr.expire(t(401));
+        assert!(tr.is_empty(), "forgotten forget_after past its lastSeen");
+
+        // Heard before the old report was read: the run goes back to the old firstSeen.
+        let mut tr = Tracker::new(o);
+        tr.observe(BR, "omh-bracelet", None, -60, t(110));
+        tr.restore(&before, t(110));
+        assert_eq!(tr.seen(BR, t(110)).unwrap().first_seen, t(0));
+        // Heard long after: a new run.
+        let mut tr = Tracker::new(o);
+        tr.observe(BR, "omh-bracelet", None, -60, t(500));
+        tr.restore(&before, t(500));
+        assert_eq!(tr.seen(BR, t(500)).unwrap().first_seen, t(500));
     }
 
     #[test]

@@ -159,6 +159,7 @@ struct Accumulator {
     nodes: Vec<NodeInfo>,
     reports: Vec<GatewayReport>,
     live: Vec<LiveDeployment>,
+    foreign: std::collections::BTreeSet<(String, String)>,
     /// Where each Node and GatewayReport was first named: one named twice would make the
     /// answer depend on the order.
     named: std::collections::HashMap<(&'static str, String), At>,
@@ -241,7 +242,9 @@ impl Accumulator {
                 if d.is_managed() {
                     self.live.push(d);
                 } else {
-                    tracing::debug!(item = %at.item_ref("Deployment", d.name()), "deployment not managed by cloud4iot: skipped");
+                    tracing::debug!(item = %at.item_ref("Deployment", d.name()), "deployment not managed by cloud4iot: never written");
+                    self.foreign
+                        .insert((d.namespace().to_owned(), d.name().to_owned()));
                 }
             }
             Parsed::Other { kind, name } => {
@@ -252,7 +255,9 @@ impl Accumulator {
     }
 
     fn finish(self) -> Inventory {
-        Inventory::new(self.nodes, self.reports, self.live)
+        let mut inventory = Inventory::new(self.nodes, self.reports, self.live);
+        inventory.foreign = self.foreign;
+        inventory
     }
 }
 

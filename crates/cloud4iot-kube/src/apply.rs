@@ -19,6 +19,11 @@
 //!   everything (what Argo CD users asked for after losing applications, argo-cd#3473).
 //!   The decision is the core's ([`cloud4iot_core::guard`]), shared with the controller.
 //!
+//! Ownership: a Deployment cloud4iot would write that exists without cloud4iot's ownership
+//! (the managed-by label *and* the `cloud4iot` field manager) is never written: its
+//! instance is reported [`Action::Blocked`] with the reason, the rest applies and prunes
+//! as usual, and the run does not succeed (see [`clash`]).
+//!
 //! Conflicts: a field another manager *applied* (another declarative tool) is a conflict,
 //! reported per object, and taken over only with `force`. A field changed imperatively
 //! (`kubectl edit`, `kubectl set image`, `kubectl scale`: an Update operation in
@@ -94,6 +99,8 @@ pub enum Action {
     Unchanged,
     Pruned,
     Failed,
+    /// Not written: an object of that name exists and is not cloud4iot's (a name clash).
+    Blocked,
 }
 
 impl Action {
@@ -104,6 +111,7 @@ impl Action {
             Action::Unchanged => "unchanged",
             Action::Pruned => "pruned",
             Action::Failed => "failed",
+            Action::Blocked => "blocked",
         }
     }
 }
@@ -135,7 +143,9 @@ impl fmt::Display for ObjectResult {
             self.action.as_str()
         )?;
         match &self.message {
-            Some(m) if self.action == Action::Failed => write!(f, ": {m}"),
+            Some(m) if matches!(self.action, Action::Failed | Action::Blocked) => {
+                write!(f, ": {m}")
+            }
             Some(m) => write!(f, " ({m})"),
             None => Ok(()),
         }
@@ -149,6 +159,8 @@ pub struct Summary {
     pub unchanged: usize,
     pub pruned: usize,
     pub failed: usize,
+    /// Name clashes: objects not written because they are not cloud4iot's.
+    pub blocked: usize,
 }
 
 impl Summary {
@@ -159,6 +171,7 @@ impl Summary {
             Action::Unchanged => self.unchanged += 1,
             Action::Pruned => self.pruned += 1,
             Action::Failed => self.failed += 1,
+            Action::Blocked => self.blocked += 1,
         }
     }
 
@@ -174,7 +187,11 @@ impl fmt::Display for Summary {
             f,
             "{} created, {} configured, {} unchanged, {} pruned, {} failed",
             self.created, self.configured, self.unchanged, self.pruned, self.failed
-        )
+        )?;
+        if self.blocked > 0 {
+            write!(f, ", {} blocked", self.blocked)?;
+        }
+        Ok(())
     }
 }
 
@@ -207,7 +224,14 @@ pub struct Report {
 impl Report {
     /// Every object applied (or pruned) as desired, and pruning was not refused.
     pub fn succeeded(&self) -> bool {
-        self.summary.failed == 0 && !matches!(self.prune, Prune::Refused(_))
+        self.summary.failed == 0
+            && self.summary.blocked == 0
+            && !matches!(self.prune, Prune::Refused(_))
+    }
+
+    /// The objects not written because they are not cloud4iot's.
+    pub fn clashes(&self) -> impl Iterator<Item = &ObjectResult> {
+        self.objects.iter().filter(|o| o.action == Action::Blocked)
     }
 }
 
@@ -355,6 +379,9 @@ where
                 return result(ns, &name, Action::Unchanged, None);
             }
             let live = before.get(&name);
+            if let Some(why) = live.and_then(|b| clash(&b.meta)) {
+                return result(ns, &name, Action::Blocked, Some(why));
+            }
             apply_one(api, object, live, opts).await
         });
         run_all(applies, "apply", opts.concurrency, progress).await
@@ -707,6 +734,9 @@ async fn apply_one(
             _ => api.get_metadata_opt(&name).await.ok().flatten(),
         };
         let meta = fetched.as_ref().map(|m| &m.metadata);
+        if let Some(why) = meta.and_then(clash) {
+            return result(ns, &name, Action::Blocked, Some(why));
+        }
         if !all_imperative(&found, meta.or(before.map(|b| &b.meta))) {
             let message = if found.is_empty() {
                 format!("conflict: {}", status.message)
@@ -769,6 +799,11 @@ pub async fn apply_object(
     live_version: Option<&str>,
     opts: &ApplyOptions,
 ) -> ObjectResult {
+    if live_version.is_none()
+        && let Some(blocked) = clash_before_create(api, object, &opts.namespace).await
+    {
+        return blocked;
+    }
     let before = live_version.map(|rv| Before {
         meta: ObjectMeta {
             resource_version: Some(rv.to_owned()),
@@ -777,6 +812,101 @@ pub async fn apply_object(
         object: None,
     });
     apply_one(api, object, before.as_ref(), opts).await
+}
+
+/// Brings each report's `resources` up to date from the Pods on its gateway (see
+/// [`crate::usage`]): written to the cluster unless `dry_run`, and used by this plan
+/// either way. Without the right to list Pods the reports' values stay (with a warning).
+async fn refresh_usage(
+    client: &Client,
+    inventory: &mut cloud4iot_core::model::Inventory,
+    dry_run: bool,
+) {
+    let usage = match crate::usage::list(client).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list Pods: the resources in use on the gateways are those the reports say");
+            return;
+        }
+    };
+    if !dry_run {
+        crate::usage::publish(client, &usage, &inventory.reports).await;
+    }
+    for r in &mut inventory.reports {
+        let name = r.metadata.name.clone().unwrap_or_default();
+        r.spec.resources = Some(usage.quantities(&name));
+    }
+}
+
+/// Why the live object `meta` is not cloud4iot's to write, or `None` when it is (labelled
+/// managed-by cloud4iot, and written by the `cloud4iot` field manager when it lists any).
+pub fn clash(meta: &ObjectMeta) -> Option<String> {
+    if labels::is_managed(meta) {
+        return None;
+    }
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::MANAGED_BY))
+        .is_some_and(|v| v == labels::MANAGER);
+    let managers: BTreeSet<&str> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|e| e.manager.as_deref())
+        .collect();
+    let whose = if managers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", written by {}",
+            managers
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let missing = if labelled {
+        format!(
+            "labelled {}={} but never written by cloud4iot",
+            labels::MANAGED_BY,
+            labels::MANAGER
+        )
+    } else {
+        format!("no {}={} label", labels::MANAGED_BY, labels::MANAGER)
+    };
+    Some(format!(
+        "name clash: Deployment {}/{} exists and is not cloud4iot's ({missing}{whose}); not \
+         touched: rename or remove it to let cloud4iot place this instance",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    ))
+}
+
+/// For a caller that believes `object` does not exist (its cache holds only managed
+/// objects): reads the live object's metadata, and blocks the write when one that is not
+/// cloud4iot's has the name. `None`: go ahead.
+async fn clash_before_create(
+    api: &Api<Deployment>,
+    object: &Deployment,
+    ns: &str,
+) -> Option<ObjectResult> {
+    let name = object.metadata.name.as_deref()?;
+    match api.get_metadata_opt(name).await {
+        Ok(Some(live)) => {
+            clash(&live.metadata).map(|why| result(ns, name, Action::Blocked, Some(why)))
+        }
+        Ok(None) => None,
+        Err(e) => Some(result(
+            ns,
+            name,
+            Action::Failed,
+            Some(format!(
+                "cannot check that no other object has the name: {e}"
+            )),
+        )),
+    }
 }
 
 /// Deletes one managed Deployment with preconditions on the `uid` and `resource_version`
@@ -862,14 +992,15 @@ pub struct Reconciled {
 /// The whole pipeline after the source step, as the `apply` command and the controller
 /// run it: load + validate the checked-out `dir` -> publish its DeviceClasses to the
 /// agents (not in a dry run) -> read the live inventory -> plan at
-/// `now` -> render (with `revision`) -> apply -> prune. An invalid repository or an
+/// `now` (`None`: the clock, with the reports read on the API server's clock, see
+/// [`cloud4iot_core::sightings::anchor`]) -> render (with `revision`) -> apply -> prune. An invalid repository or an
 /// unreadable cluster stops it before anything is applied or pruned.
-#[tracing::instrument(skip_all, fields(revision = revision.unwrap_or("-"), %now))]
+#[tracing::instrument(skip_all, fields(revision = revision.unwrap_or("-"), now = ?now))]
 pub async fn reconcile(
     client: &Client,
     dir: &std::path::Path,
     revision: Option<&str>,
-    now: jiff::Timestamp,
+    now: Option<jiff::Timestamp>,
     opts: &ApplyOptions,
     progress: ProgressFn<'_>,
 ) -> Result<Reconciled, ReconcileError> {
@@ -877,7 +1008,18 @@ pub async fn reconcile(
     if !opts.dry_run {
         publish_device_classes(client, &repo, &opts.install_namespace).await?;
     }
-    let inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
+    let mut inventory = cluster::read_inventory_in(client, &opts.namespace).await?;
+    refresh_usage(client, &mut inventory, opts.dry_run).await;
+    // On the API server's clock, unless the caller chose the moment (then as written).
+    let now = match now {
+        Some(t) => t,
+        None => {
+            for r in &mut inventory.reports {
+                cloud4iot_core::sightings::anchor(r);
+            }
+            jiff::Timestamp::now()
+        }
+    };
     let render_opts = RenderOptions {
         namespace: opts.namespace.clone(),
         revision: revision.map(str::to_owned),

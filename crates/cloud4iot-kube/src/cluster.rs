@@ -6,6 +6,7 @@
 //! only places that talk to Kubernetes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -100,15 +101,46 @@ pub struct ClientOptions {
     pub context: Option<String>,
 }
 
+/// Longest silence of the API server while a call waits for (or reads) its answer: a
+/// half-open connection fails the call instead of stalling it (kube sets no read timeout
+/// by default). Every list is paged, so no legitimate answer is silent this long.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The same for the clients watches use: a watch is a long poll the API server ends after
+/// the `timeoutSeconds` kube asks for (290 s), silent in between when nothing changes;
+/// this bounds the watcher's lists and a dead watch connection without cutting it short.
+pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
 /// A client for the cluster `args` names: `--kubeconfig FILE` (or `KUBECONFIG`, which may
 /// list several files, merged as kubectl merges them) with `--context`; else
-/// `~/.kube/config`; else the in-cluster service account.
+/// `~/.kube/config`; else the in-cluster service account. Every call has a deadline
+/// ([`READ_TIMEOUT`]); use [`watch_client`] for watches.
 pub async fn client(args: &ClientOptions) -> Result<Client, ClusterError> {
     Client::try_from(config(args).await?).map_err(ClusterError::Client)
 }
 
-/// The client configuration [`client`] uses.
+/// A client for watches ([`WATCH_READ_TIMEOUT`]), to the same cluster as [`client`].
+pub async fn watch_client(args: &ClientOptions) -> Result<Client, ClusterError> {
+    let config = with_read_timeout(config(args).await?, WATCH_READ_TIMEOUT);
+    Client::try_from(config).map_err(ClusterError::Client)
+}
+
+/// `config` with `read` as its read timeout, counted from each request (not from when its
+/// pooled connection went idle).
+pub fn with_read_timeout(mut config: Config, read: Duration) -> Config {
+    config.read_timeout = Some(read);
+    config.reset_reader_on_write = true;
+    config
+}
+
+/// The client configuration [`client`] uses (with [`READ_TIMEOUT`]).
 pub async fn config(args: &ClientOptions) -> Result<Config, ClusterError> {
+    resolve(args)
+        .await
+        .map(|c| with_read_timeout(c, READ_TIMEOUT))
+}
+
+async fn resolve(args: &ClientOptions) -> Result<Config, ClusterError> {
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..KubeConfigOptions::default()
@@ -218,7 +250,33 @@ pub async fn read_inventory_in(
             }
         })
         .collect();
-    Ok(Inventory::new(nodes, reports, live))
+    // The names cloud4iot must not write: Deployments without the label, and labelled
+    // ones never written by cloud4iot.
+    let unlabelled = list_metadata_all(
+        &deployments,
+        ListParams::default().labels(&format!("{}!={}", labels::MANAGED_BY, labels::MANAGER)),
+    )
+    .await
+    .map_err(|source| ClusterError::List {
+        what: "Deployments",
+        source,
+    })?;
+    let copied: Vec<(String, String)> = live
+        .iter()
+        .filter(|d| !d.is_managed())
+        .map(|d| (namespace.to_owned(), d.name().to_owned()))
+        .collect();
+    let mut inventory = Inventory::new(nodes, reports, live);
+    inventory.foreign = copied
+        .into_iter()
+        .chain(
+            unlabelled
+                .iter()
+                .filter_map(|m| m.metadata.name.clone())
+                .map(|n| (namespace.to_owned(), n)),
+        )
+        .collect();
+    Ok(inventory)
 }
 
 /// Every object `api` lists under `params`, page by page.
@@ -376,6 +434,57 @@ pub fn without_server_fields(object: &Deployment) -> Result<Deployment, serde_js
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that accepts and reads but never answers (a half-open connection, as far
+    /// as the client can tell): a call fails on its read timeout instead of hanging.
+    #[tokio::test]
+    async fn a_silent_api_server_fails_the_call_instead_of_stalling_it() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                open.push(s); // kept open, never answered
+            }
+        });
+        let config = Config::new(format!("http://{addr}").parse().unwrap());
+        let config = with_read_timeout(config, Duration::from_millis(300));
+        let client = Client::try_from(config).unwrap();
+        let nodes: Api<Node> = Api::all(client);
+        let answer =
+            tokio::time::timeout(Duration::from_secs(60), nodes.list(&ListParams::default()))
+                .await
+                .expect("the read timeout ends the call");
+        assert!(answer.is_err(), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn every_client_from_a_kubeconfig_has_a_read_timeout() {
+        let dir = std::env::temp_dir().join(format!("c4i-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n\
+             users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n\
+             current-context: x\n",
+        )
+        .unwrap();
+        let opts = ClientOptions {
+            kubeconfig: Some(path),
+            context: None,
+        };
+        let c = config(&opts).await.unwrap();
+        assert_eq!(
+            (c.read_timeout, c.reset_reader_on_write),
+            (Some(READ_TIMEOUT), true)
+        );
+        assert!(c.connect_timeout.is_some() && c.write_timeout.is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn slim_metadata_keeps_identity_labels_and_managers_without_field_sets() {

@@ -215,7 +215,12 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             None,
             json!([
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [gatewayreports], "resources": ["gatewayreports"], "verbs": ["get", "list", "watch"]},
+                // `resources` of each report: what runs on the gateway that cloud4iot did not
+                // place, from a Pod watch here rather than in the agents (listing Pods is
+                // cluster-wide, and an agent is the likeliest component to be compromised);
+                // written into existing reports only (patch, no create).
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+                {"apiGroups": [gatewayreports], "resources": ["gatewayreports"], "verbs": ["get", "list", "watch", "patch"]},
                 // its status object (`cloud4iot status`), created and written by server-side apply
                 {"apiGroups": [gatewayreports], "resources": ["reconcilers"], "verbs": ["get", "create", "patch"]},
                 {"apiGroups": [gatewayreports], "resources": ["reconcilers/status"], "verbs": ["patch"]}
@@ -249,11 +254,12 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
         ),
         binding(CONTROLLER, Some(ns), CONTROLLER),
         // The DeviceClasses travel to the agents in a ConfigMap of this namespace: the
-        // controller writes it, the agents read it.
+        // controller writes it (and watches it, to restore it when deleted or edited), the
+        // agents read it.
         role(
             CLASSES_ROLE,
             Some(ns),
-            configmaps(&["get", "create", "patch"]),
+            configmaps(&["get", "list", "watch", "create", "patch"]),
         ),
         binding(CLASSES_ROLE, Some(ns), CONTROLLER),
         role(AGENT, Some(ns), configmaps(&["get", "list", "watch"])),
@@ -266,10 +272,9 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             None,
             json!([
                 {"apiGroups": [gatewayreports], "resources": ["gatewayreports"],
-                 "verbs": ["get", "create", "patch", "update"]},
-                // `resources` in the report: what runs on its node that cloud4iot did not
-                // place (listed with a spec.nodeName field selector).
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+                 "verbs": ["get", "create", "patch", "update"]}
+                // No Pods: a gateway reads no other node's Pod specs (the controller
+                // computes what else runs on each gateway).
             ]),
         ),
         binding(AGENT, None, AGENT),

@@ -8,3 +8,4 @@ pub mod crd;
 pub mod install;
 pub mod metrics;
 pub mod reconciler;
+pub mod usage;

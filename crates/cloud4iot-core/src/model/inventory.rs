@@ -161,6 +161,11 @@ pub struct Inventory {
     /// Deployments labelled `app.kubernetes.io/managed-by: cloud4iot`, projected to what
     /// placement and diff read ([`LiveDeployment`]).
     pub live: Vec<LiveDeployment>,
+    /// Deployments that are not cloud4iot's (no managed-by label, or never written by the
+    /// `cloud4iot` field manager), by (namespace, name): cloud4iot never writes them, so an
+    /// instance whose Deployment would take one's name is blocked
+    /// ([`crate::pipeline::blocked`]).
+    pub foreign: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Inventory {
@@ -176,6 +181,7 @@ impl Inventory {
             nodes,
             reports,
             live,
+            foreign: Default::default(),
         }
     }
 
@@ -188,6 +194,11 @@ impl Inventory {
     pub fn keep_namespace(&mut self, namespace: &str) {
         self.live
             .retain(|d| d.namespace().is_empty() || d.namespace() == namespace);
+        self.foreign = std::mem::take(&mut self.foreign)
+            .into_iter()
+            .filter(|(ns, _)| ns.is_empty() || ns == namespace)
+            .map(|(_, name)| (namespace.to_owned(), name))
+            .collect();
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
