@@ -11,6 +11,10 @@
 #   btmock.sh remove-adapter <dir> [hci0]        -> Mock.RemoveAdapterWithDevices
 #   btmock.sh kill-mock <dir> | start-mock <dir> -> stop / (re)start only the BlueZ mock (bus stays up)
 #   btmock.sh stop <dir>                         -> kill mock + bus, remove socket
+# BTMOCK_SYSTEM_BUS=1 at start: the bus admits every user the host knows, as a system bus
+# does (its policy then decides per destination), not only its owner, and listens at
+# <dir>/run-dbus/system_bus_socket too: a directory to mount where a container expects
+# the host's /run/dbus.
 set -euo pipefail
 PY=${BTMOCK_PYTHON:-/usr/bin/python3}          # Debian python3-dbusmock lives here (not pyenv's python)
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -37,7 +41,28 @@ kill_mock() {
 case $cmd in
   start)
     mkdir -p "$D"; rm -f "$D/bus"
-    dbus-daemon --session --address="unix:path=$D/bus" --nofork --nopidfile >"$D/daemon.log" 2>&1 &
+    if [ -n "${BTMOCK_SYSTEM_BUS:-}" ]; then
+      mkdir -p "$D/run-dbus"; chmod 0755 "$D" "$D/run-dbus"
+      cat >"$D/bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$D/bus</listen>
+  <listen>unix:path=$D/run-dbus/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+    <allow user="*"/>
+  </policy>
+</busconfig>
+CONF
+      dbus-daemon --config-file="$D/bus.conf" --nofork --nopidfile >"$D/daemon.log" 2>&1 &
+    else
+      dbus-daemon --session --address="unix:path=$D/bus" --nofork --nopidfile >"$D/daemon.log" 2>&1 &
+    fi
     echo $! >"$D/daemon.pid"
     for _ in $(seq 100); do [ -S "$D/bus" ] && break; sleep 0.05; done
     [ -S "$D/bus" ] || { echo "dbus-daemon did not start" >&2; exit 1; }
@@ -57,6 +82,6 @@ case $cmd in
   stop)
     kill_mock || true
     [ -f "$D/daemon.pid" ] && kill "$(cat "$D/daemon.pid")" 2>/dev/null || true
-    rm -f "$D/daemon.pid" "$D/bus" ;;
+    rm -f "$D/daemon.pid" "$D/bus" "$D/run-dbus/system_bus_socket" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
