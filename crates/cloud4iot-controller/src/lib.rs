@@ -1029,13 +1029,18 @@ impl Controller {
     fn status(&mut self) -> ReconcilerStatus {
         let (tiers, unplaced) = self.world.counts();
         self.shared.metrics.set_tiers(&tiers, unplaced.len() as i64);
+        let now = jiff::Timestamp::now();
+        let gateways = metrics::gateways(&self.world.nodes, &self.world.reports, now);
+        self.shared.metrics.set_gateways(&gateways);
         let prev = self
             .status_written
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
+        let conditions = status::conditions(&prev, &self.facts, now);
+        self.shared.metrics.set_ready(&conditions);
         ReconcilerStatus {
-            conditions: status::conditions(&prev, &self.facts, jiff::Timestamp::now()),
+            conditions,
             last_applied_revision: self.facts.applied_revision.clone(),
             last_attempted_revision: self.attempted.clone(),
             last_reconciled_at: self.reconciled_at.map(Time),

@@ -1,7 +1,12 @@
 //! Prometheus metrics (prometheus-client), served at `/metrics` in the OpenMetrics text
 //! format. Every name starts with `cloud4iot_`.
 
+use std::collections::BTreeMap;
+
+use cloud4iot_core::model::{GatewayReport, NodeBlock, NodeInfo, Tier};
+use cloud4iot_core::plan::STALE_AFTER;
 use cloud4iot_kube::metrics::Registrar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -65,6 +70,91 @@ struct RevisionLabels {
     revision: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabels {
+    gateway: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayStateLabels {
+    gateway: String,
+    state: String,
+}
+
+/// What the controller knows of a gateway node from its Node and its GatewayReport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GatewayState {
+    /// Ready, and its agent reported within [`STALE_AFTER`].
+    Fresh,
+    /// Ready, but no report or none within [`STALE_AFTER`]: its agent is not reporting.
+    Stale,
+    /// The Node's Ready condition is not True.
+    NotReady,
+}
+
+impl GatewayState {
+    pub const ALL: [GatewayState; 3] = [Self::Fresh, Self::Stale, Self::NotReady];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Stale => "stale",
+            Self::NotReady => "not_ready",
+        }
+    }
+}
+
+/// One gateway as the metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub name: String,
+    pub state: GatewayState,
+    /// Devices in its report (0 without one).
+    pub devices: i64,
+}
+
+/// Every gateway node with its state at `now` and the devices its report lists.
+pub fn gateways(
+    nodes: &BTreeMap<String, NodeInfo>,
+    reports: &BTreeMap<String, GatewayReport>,
+    now: jiff::Timestamp,
+) -> Vec<Gateway> {
+    nodes
+        .values()
+        .filter(|n| n.tier == Tier::Gateway)
+        .map(|n| {
+            let report = reports.get(&n.name);
+            let heard = report.is_some_and(|r| {
+                r.spec
+                    .heartbeat
+                    .is_none_or(|h| now.duration_since(h) <= STALE_AFTER)
+            });
+            let state = if n.blocked == Some(NodeBlock::NotReady) {
+                GatewayState::NotReady
+            } else if heard {
+                GatewayState::Fresh
+            } else {
+                GatewayState::Stale
+            };
+            Gateway {
+                name: n.name.clone(),
+                state,
+                devices: report.map_or(0, |r| r.spec.devices.len() as i64),
+            }
+        })
+        .collect()
+}
+
 pub struct Metrics {
     registry: Registry,
     reconcile_duration: Family<TriggerLabels, Histogram>,
@@ -76,6 +166,10 @@ pub struct Metrics {
     leader: Gauge,
     writes: Family<KindLabels, Counter>,
     held: Gauge,
+    ready: Family<ReasonLabels, Gauge>,
+    gateways: Family<StateLabels, Gauge>,
+    gateway_state: Family<GatewayStateLabels, Gauge>,
+    gateway_devices: Family<GatewayLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,6 +206,23 @@ impl Default for Metrics {
             held: r.gauge(
                 "held_writes",
                 "Deletions (and moves off lost gateways) the prune guard holds",
+            ),
+            ready: r.family(
+                "reconciler_ready",
+                "1 while the Reconciler's Ready condition is True, else 0; reason: the \
+                 condition's reason (set by the leader)",
+            ),
+            gateways: r.family(
+                "gateways",
+                "Gateway nodes by state: fresh, stale (its agent not reporting), not_ready",
+            ),
+            gateway_state: r.family(
+                "gateway_state",
+                "1 for the state (fresh, stale, not_ready) each gateway node is in",
+            ),
+            gateway_devices: r.family(
+                "gateway_devices",
+                "Devices of a known class in each gateway's report",
             ),
             registry: r.finish(),
         }
@@ -176,6 +287,47 @@ impl Metrics {
         self.held.set(count as i64);
     }
 
+    /// The Ready condition of `conditions` (absent: nothing is set).
+    pub fn set_ready(&self, conditions: &[Condition]) {
+        let Some(ready) = conditions.iter().find(|c| c.type_ == "Ready") else {
+            return;
+        };
+        // One series: the one for the previous reason goes.
+        self.ready.clear();
+        self.ready
+            .get_or_create(&ReasonLabels {
+                reason: ready.reason.clone(),
+            })
+            .set(i64::from(ready.status == "True"));
+    }
+
+    /// The gateways' states and device counts; gateways no longer listed are dropped.
+    pub fn set_gateways(&self, gateways: &[Gateway]) {
+        self.gateway_state.clear();
+        self.gateway_devices.clear();
+        for state in GatewayState::ALL {
+            let n = gateways.iter().filter(|g| g.state == state).count();
+            self.gateways
+                .get_or_create(&StateLabels {
+                    state: state.as_str().to_owned(),
+                })
+                .set(n as i64);
+        }
+        for g in gateways {
+            self.gateway_state
+                .get_or_create(&GatewayStateLabels {
+                    gateway: g.name.clone(),
+                    state: g.state.as_str().to_owned(),
+                })
+                .set(1);
+            self.gateway_devices
+                .get_or_create(&GatewayLabels {
+                    gateway: g.name.clone(),
+                })
+                .set(g.devices);
+        }
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
@@ -220,5 +372,98 @@ mod tests {
         );
         assert!(text.contains("cloud4iot_unplaced_instances 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn gateways_are_fresh_stale_or_not_ready_and_dropped_when_gone() {
+        use cloud4iot_core::model::{GatewayReportSpec, SeenDevice};
+        use cloud4iot_core::testing::node_info;
+        let now: jiff::Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        let gw = |name: &str| node_info(Tier::Gateway, name, "home", "arm64", "4", "4Gi");
+        let mut down = gw("gw-down");
+        down.blocked = Some(NodeBlock::NotReady);
+        let nodes: BTreeMap<String, NodeInfo> = [
+            gw("gw-fresh"),
+            gw("gw-late"),
+            gw("gw-silent"),
+            down,
+            node_info(Tier::Edge, "edge-1", "home", "amd64", "4", "4Gi"),
+        ]
+        .into_iter()
+        .map(|n| (n.name.clone(), n))
+        .collect();
+        let device = SeenDevice {
+            id: "aa:bb".into(),
+            class: "bracelet".into(),
+            rssi: -60,
+            first_seen: now,
+            last_seen: now,
+        };
+        let report = |name: &str, ago: i64, devices: usize| {
+            let spec = GatewayReportSpec {
+                heartbeat: Some(now - jiff::SignedDuration::from_secs(ago)),
+                devices: vec![device.clone(); devices],
+                resources: None,
+            };
+            (name.to_owned(), GatewayReport::new(name, spec))
+        };
+        let reports = [report("gw-fresh", 5, 2), report("gw-late", 91, 1)].into();
+        let got = gateways(&nodes, &reports, now);
+        let states: Vec<(&str, &str, i64)> = got
+            .iter()
+            .map(|g| (g.name.as_str(), g.state.as_str(), g.devices))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("gw-down", "not_ready", 0),
+                ("gw-fresh", "fresh", 2),
+                ("gw-late", "stale", 1),
+                ("gw-silent", "stale", 0),
+            ]
+        );
+
+        let m = Metrics::default();
+        m.set_gateways(&got);
+        let text = m.encode();
+        for line in [
+            "cloud4iot_gateways{state=\"fresh\"} 1",
+            "cloud4iot_gateways{state=\"stale\"} 2",
+            "cloud4iot_gateways{state=\"not_ready\"} 1",
+            "cloud4iot_gateway_state{gateway=\"gw-late\",state=\"stale\"} 1",
+            "cloud4iot_gateway_devices{gateway=\"gw-fresh\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        m.set_gateways(&got[1..2]);
+        let text = m.encode();
+        assert!(!text.contains("gw-late"), "{text}");
+        assert!(
+            text.contains("cloud4iot_gateways{state=\"stale\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ready_is_one_series_named_after_the_reason() {
+        let m = Metrics::default();
+        let ready = |status: &str, reason: &str| Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            ..Condition::default()
+        };
+        m.set_ready(&[ready("False", "FetchFailed")]);
+        assert!(
+            m.encode()
+                .contains("cloud4iot_reconciler_ready{reason=\"FetchFailed\"} 0")
+        );
+        m.set_ready(&[ready("True", "ReconciliationSucceeded")]);
+        let text = m.encode();
+        assert!(
+            text.contains("cloud4iot_reconciler_ready{reason=\"ReconciliationSucceeded\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("FetchFailed"), "{text}");
     }
 }
