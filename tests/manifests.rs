@@ -497,3 +497,47 @@ fn manifests_match_golden() {
             .header("golden", "actual")
     );
 }
+
+#[test]
+fn monitoring_prints_the_pod_monitors_the_rule_and_the_dashboard_in_the_namespace() {
+    let docs = documents(&stream(&["--monitoring", "-n", "ops"]));
+    let kinds: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("PodMonitor", CONTROLLER),
+            ("PodMonitor", AGENT),
+            ("PrometheusRule", "cloud4iot"),
+            ("ConfigMap", "cloud4iot-dashboard"),
+        ]
+    );
+    assert!(docs.iter().all(|d| d["metadata"]["namespace"] == "ops"));
+    // The Grafana sidecar's label; the dashboard is JSON Grafana reads.
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(docs[3].clone()).unwrap();
+    assert_eq!(
+        cm.metadata.labels.unwrap()["grafana_dashboard"],
+        "1",
+        "{:?}",
+        docs[3]
+    );
+    let dashboard: Value = serde_json::from_str(&cm.data.unwrap()["cloud4iot.json"]).unwrap();
+    assert_eq!(dashboard["uid"], "cloud4iot");
+    let alerts: Vec<&str> = docs[2]["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert!(alerts.contains(&"Cloud4iotGatewayStale"), "{alerts:?}");
+    // The install stream is unchanged by the flag's existence: no monitoring in it.
+    assert!(!stream(&[]).contains("PodMonitor"));
+}

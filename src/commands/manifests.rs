@@ -9,6 +9,7 @@ use cloud4iot_core::render::to_yaml_stream;
 use cloud4iot_kube::install::{
     InstallOptions, SYSTEM_NAMESPACE, check_image, default_image, objects,
 };
+use cloud4iot_kube::monitoring;
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -17,8 +18,13 @@ use cloud4iot_kube::install::{
 stream: the CustomResourceDefinitions, the namespaces (controller and agents; function \
 Deployments), service accounts, least-privilege RBAC, a ValidatingAdmissionPolicy that lets \
 each gateway's agent write only its own GatewayReport, the controller Deployment \
-(`cloud4iot run`) and the agent DaemonSet on gateway nodes (`cloud4iot agent`).",
-    after_help = "Example:\n  cloud4iot manifests --repo-url https://git.example/iot/fleet.git | kubectl apply --server-side -f -"
+(`cloud4iot run`) and the agent DaemonSet on gateway nodes (`cloud4iot agent`).\n\n\
+With --monitoring, print the monitoring for the Prometheus Operator instead (apply it once \
+its CRDs are installed, e.g. by kube-prometheus-stack): a PodMonitor each for the controller \
+replicas and the agents, a PrometheusRule with the alerts (each with a runbook link), and a \
+Grafana dashboard as a ConfigMap labelled grafana_dashboard: \"1\", which the Grafana \
+sidecar loads.",
+    after_help = "Examples:\n  cloud4iot manifests --repo-url https://git.example/iot/fleet.git | kubectl apply --server-side -f -\n  cloud4iot manifests --monitoring | kubectl apply --server-side -f -"
 )]
 pub struct ManifestsArgs {
     /// The cloud4iot image of the controller and the agents: a tag, or a digest
@@ -34,6 +40,11 @@ pub struct ManifestsArgs {
     /// The IaC repository the controller follows (its `CLOUD4IOT_REPO`).
     #[arg(long, value_name = "URL")]
     pub repo_url: Option<String>,
+    /// Print the monitoring instead, for the Prometheus Operator: PodMonitors for the
+    /// controller and the agents, the alerts as a PrometheusRule, the Grafana dashboard as
+    /// a ConfigMap labelled grafana_dashboard: "1".
+    #[arg(long)]
+    pub monitoring: bool,
 }
 
 fn image(s: &str) -> Result<String, String> {
@@ -47,7 +58,11 @@ pub fn run(args: &ManifestsArgs) -> anyhow::Result<Outcome> {
         functions_namespace: args.functions_namespace.clone(),
         repo: args.repo_url.clone(),
     };
-    let yaml = to_yaml_stream(&objects(&opts)?)?;
+    let yaml = if args.monitoring {
+        to_yaml_stream(&monitoring::objects(&opts)?)?
+    } else {
+        to_yaml_stream(&objects(&opts)?)?
+    };
     std::io::stdout().lock().write_all(yaml.as_bytes())?;
     Ok(Outcome::Clean)
 }

@@ -22,6 +22,11 @@ use cloud4iot_core::model::labels;
 pub const SYSTEM_NAMESPACE: &str = "cloud4iot-system";
 pub const CONTROLLER: &str = "cloud4iot-controller";
 pub const AGENT: &str = "cloud4iot-agent";
+/// The controller's port (`run --listen`): /metrics, /healthz, /readyz, /hook.
+pub const CONTROLLER_PORT_NAME: &str = "http";
+/// The agent's port (`agent --listen`): /metrics, /healthz, /readyz.
+pub const AGENT_METRICS_PORT: u16 = 9104;
+pub const AGENT_METRICS_PORT_NAME: &str = "metrics";
 /// The Role that lets the controller write the DeviceClasses ConfigMap for the agents.
 pub const CLASSES_ROLE: &str = "cloud4iot-device-classes";
 /// The Secret holding the webhook's HMAC secret (GitHub) or token (GitLab), under
@@ -330,7 +335,7 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                             "image": opts.image,
                             "args": ["run", "--namespace", fns, "--listen", "0.0.0.0:8080"],
                             "env": controller_env,
-                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                            "ports": [{"name": CONTROLLER_PORT_NAME, "containerPort": 8080, "protocol": "TCP"}],
                             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
                             "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
@@ -395,9 +400,11 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
                                 {"name": "CLOUD4IOT_LOG", "value": "info"}
                             ],
                             "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-                            // `agent --listen` (default 0.0.0.0:9104, on the host network).
-                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9104}},
-                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9104}},
+                            // `agent --listen` (default 0.0.0.0:9104, on the host network):
+                            // /metrics there, declared so that a PodMonitor finds it by name.
+                            "ports": [{"name": AGENT_METRICS_PORT_NAME, "containerPort": AGENT_METRICS_PORT, "protocol": "TCP"}],
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": AGENT_METRICS_PORT_NAME}},
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": AGENT_METRICS_PORT_NAME}},
                             // BLE is BlueZ's D-Bus API, no raw Bluetooth socket: the
                             // unprivileged user needs no capability, only the system bus,
                             // whose policy decides what it may call (docs/src/cluster.md,

@@ -7,5 +7,6 @@ pub mod cluster;
 pub mod crd;
 pub mod install;
 pub mod metrics;
+pub mod monitoring;
 pub mod reconciler;
 pub mod usage;
