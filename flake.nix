@@ -39,8 +39,10 @@
             pkgs.clippy
             pkgs.rustfmt
             pkgs.rust-analyzer
-            # builds the test control plane (tests/control-plane/build)
+            # builds the test control plane (tests/control-plane/build) and promtool and
+            # actionlint (monitoring/tools/build)
             pkgs.go
+            pkgs.shellcheck
             pkgs.pkg-config
             pkgs.openssl
             # BlueZ is reached over D-Bus: for the gateway BLE agent (not written yet)

@@ -461,6 +461,10 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
             && metrics.contains("cloud4iot_agent_scan_errors_total 0"),
         "{metrics}"
     );
+    // Every agent metric the alerts and the dashboard query (monitoring/) is served.
+    support::monitoring::assert_exposes_what_is_queried(&metrics, |m| {
+        m.starts_with("cloud4iot_agent_")
+    });
     assert_eq!(agent.get("/healthz").0, 200);
 
     // BlueZ crashes: not ready, with a clear log; it comes back: scanning again.

@@ -1047,6 +1047,21 @@ async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gate
         },
     )
     .await;
+    // Every controller metric the alerts and the dashboard query (monitoring/) is served,
+    // with the labels they select by, now that Deployments were written, an instance
+    // offloaded and recalled, and a resync ran (the agents' are in tests/agent.rs).
+    let text = ctl.metrics().await;
+    support::monitoring::assert_exposes_what_is_queried(&text, |m| {
+        !m.starts_with("cloud4iot_agent_")
+    });
+    assert!(
+        text.contains("cloud4iot_gateway_state{gateway=\"gw-home-1\",state=\"fresh\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cloud4iot_reconciler_ready{reason=\"ReconciliationSucceeded\"} 1"),
+        "{text}"
+    );
     let after = deployments.get("user-app").await.expect("never pruned");
     // (Its status moves on with the deployment controller; its spec and labels do not.)
     assert_eq!(after.metadata.generation, user.metadata.generation);

@@ -6,6 +6,7 @@
 //! - [`nodes`]: gateway, edge and cloud Nodes created through the API.
 //! - [`repos`]: the roaming scenario and cloud functions as repository files.
 //! - [`world`]: the two-site world, agents' GatewayReports, a kubelet's part for Pods.
+//! - [`monitoring`]: the metrics the alerts and the dashboard query.
 //!
 //! Only std, the crate's own dependencies and its dev-dependencies are used, so a
 //! bench can include this module as well as a test.
@@ -14,6 +15,7 @@
 pub mod assets;
 pub mod control_plane;
 mod eventually;
+pub mod monitoring;
 pub mod nodes;
 mod pki;
 pub mod repos;
