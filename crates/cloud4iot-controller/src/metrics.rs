@@ -407,7 +407,8 @@ mod tests {
             };
             (name.to_owned(), GatewayReport::new(name, spec))
         };
-        let reports = [report("gw-fresh", 5, 2), report("gw-late", 91, 1)].into();
+        let reports: BTreeMap<String, GatewayReport> =
+            [report("gw-fresh", 5, 2), report("gw-late", 91, 1)].into();
         let got = gateways(&nodes, &reports, now);
         let states: Vec<(&str, &str, i64)> = got
             .iter()
