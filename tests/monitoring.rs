@@ -129,7 +129,7 @@ fn every_alert_says_what_and_where_and_has_a_runbook_in_the_docs() {
         }
         // The object: a label of the alert (namespace, pod, gateway, node) in the text.
         assert!(
-            a["description"].as_str().unwrap().contains("{{ $labels."),
+            a["description"].as_str().unwrap().contains("$labels."),
             "{name}: the description names no object"
         );
         assert!(
