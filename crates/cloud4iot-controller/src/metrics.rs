@@ -452,7 +452,11 @@ mod tests {
             type_: "Ready".into(),
             status: status.into(),
             reason: reason.into(),
-            ..Condition::default()
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
         };
         m.set_ready(&[ready("False", "FetchFailed")]);
         assert!(
