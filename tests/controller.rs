@@ -94,13 +94,21 @@ async fn bracelet_at_home(client: &Client) {
     report(client, "gw-hospital-1", None, -58, "0").await;
 }
 
-/// The bracelet roams: `to` has seen it for 5 minutes (past a 30 s dwell), then `from`
-/// sees it no more. (`to` first: a device no gateway reports at all has no instance to
-/// move.)
+/// The bracelet roams: `to` sees it from now on, and `from` lost it: its agent still lists
+/// it, last heard [`LOST_FOR`] ago, past the policy's `lossGrace`. (`to` first: a device no
+/// gateway reports at all has no instance to move.) The instance moves once the controller
+/// has watched `to` see it for the dwell: a report's `firstSeen` buys no dwell.
 async fn roam(client: &Client, from: &str, to: &str) {
     report(client, to, Some(ago(300)), -58, "0").await;
-    report(client, from, None, -58, "0").await;
+    let now = jiff::Timestamp::now();
+    let lost = seen(BRACELET, "omh-bracelet", -58, ago(1800), ago(LOST_FOR));
+    write_report(client, from, now, vec![lost], Some("0")).await;
 }
+
+/// How long ago a gateway that lost a device last heard it: past the 2m `lossGrace` of
+/// the test policies. (A device that merely vanishes from a report is remembered for
+/// `lossGrace` after its last `lastSeen`, as if its agent still listed it.)
+const LOST_FOR: i64 = 150;
 
 /// The roaming repository (dwell 30s) in `dir`, the bracelet at home, and a controller
 /// started on it, ready, with the consolidator stored on gw-home-1.
@@ -1310,10 +1318,20 @@ async fn consolidators(client: &Client) -> std::collections::BTreeMap<String, St
 /// Gateway `node`'s report as its agent writes it, seeing `devices` (seen for half an
 /// hour), without a heartbeat: these scenarios must not go stale on a slow machine.
 async fn sees(client: &Client, node: &str, devices: &[String]) {
+    sees_and_lost(client, node, devices, &[]).await;
+}
+
+/// As [`sees`], and listing `lost` as its agent does for devices it no longer hears: last
+/// heard [`LOST_FOR`] ago, past `lossGrace`.
+async fn sees_and_lost(client: &Client, node: &str, devices: &[String], lost: &[String]) {
     let now = jiff::Timestamp::now();
     let devices: Vec<_> = devices
         .iter()
         .map(|d| seen(d, "omh-bracelet", -58, ago(1800), now))
+        .chain(
+            lost.iter()
+                .map(|d| seen(d, "omh-bracelet", -58, ago(1800), ago(LOST_FOR))),
+        )
         .collect();
     let spec = cloud4iot_core::model::GatewayReportSpec {
         heartbeat: None,
@@ -1347,7 +1365,8 @@ async fn gateways_dropping_out_one_after_another_hold_deletions_and_a_roam_still
         sees(&client, g, &devices).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let _repo = roaming_repo(dir.path(), "30s");
+    // No dwell: what these scenarios look at is the guard and the queue, not hysteresis.
+    let _repo = roaming_repo(dir.path(), "0s");
     let ctl = Controller::start(&cp, dir.path(), &[]);
     ctl.wait_ready().await;
     eventually(
@@ -1392,7 +1411,7 @@ async fn gateways_dropping_out_one_after_another_hold_deletions_and_a_roam_still
     let mut six = own(5);
     six.push(BRACELET.to_owned());
     sees(&client, "gw-6", &six).await;
-    sees(&client, "gw-5", &own(4)).await;
+    sees_and_lost(&client, "gw-5", &own(4), &[BRACELET.to_owned()]).await;
     wait_deployment(&client, &ctl, CONSOLIDATOR, "roamed to gw-6", |d| {
         node_label(d).as_deref() == Some("gw-6")
     })
@@ -1527,7 +1546,8 @@ async fn a_deployment_that_fails_every_write_backs_off_alone_and_another_roam_go
     sees(&client, "gw-b", &[]).await;
     sees(&client, "gw-c", &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let _repo = roaming_repo(dir.path(), "30s");
+    // No dwell: what these scenarios look at is the guard and the queue, not hysteresis.
+    let _repo = roaming_repo(dir.path(), "0s");
     let ctl = Controller::start(&cp, dir.path(), &[]);
     ctl.wait_ready().await;
     for name in [&stuck_name, &free_name] {
@@ -1541,7 +1561,13 @@ async fn a_deployment_that_fails_every_write_backs_off_alone_and_another_roam_go
     // The stuck bracelet roams to gw-b: its write is denied, again and again, with a
     // backoff that doubles (0.5 s, 1 s, 2 s, 4 s, 8 s ...).
     sees(&client, "gw-b", std::slice::from_ref(&stuck)).await;
-    sees(&client, "gw-a", std::slice::from_ref(&free)).await;
+    sees_and_lost(
+        &client,
+        "gw-a",
+        std::slice::from_ref(&free),
+        std::slice::from_ref(&stuck),
+    )
+    .await;
     let failed = async || {
         metric(
             &ctl.metrics().await,
@@ -1560,7 +1586,7 @@ async fn a_deployment_that_fails_every_write_backs_off_alone_and_another_roam_go
     // The other bracelet roams to gw-c now, seconds before the stuck one's next try: it
     // is written at once, not with that retry (one global backoff held every write).
     sees(&client, "gw-c", std::slice::from_ref(&free)).await;
-    sees(&client, "gw-a", &[]).await;
+    sees_and_lost(&client, "gw-a", &[], &[stuck.clone(), free.clone()]).await;
     wait_deployment(&client, &ctl, &free_name, "roamed to gw-c", |d| {
         node_label(d).as_deref() == Some("gw-c")
     })
