@@ -71,7 +71,7 @@ pub async fn run(args: &PlanArgs, color: ColorChoice) -> anyhow::Result<Outcome>
     };
     let live = Live::read(&args.state, &args.namespace, args.now).await?;
     let (plan, stays) = Pipeline::new(&loaded.repo, &live.inventory, live.now(args.now)).explain();
-    let blocked = cloud4iot_core::pipeline::blocked(&plan, &live.inventory, &args.namespace);
+    let blocked = cloud4iot_core::diff::blocked(&plan, &live.inventory, &args.namespace);
     let out = match args.output {
         PlanFormat::Table => table(&plan, &stays, args.explain, color.enabled()),
         PlanFormat::Json => serde_json::to_string_pretty(&rows(&plan, &stays, &blocked))? + "\n",
@@ -111,7 +111,7 @@ struct Row<'a> {
 fn rows<'a>(
     plan: &'a Plan,
     stays: &[Staying],
-    blocked: &[cloud4iot_core::pipeline::Blocked],
+    blocked: &[cloud4iot_core::diff::Blocked],
 ) -> Vec<Row<'a>> {
     plan.placements
         .iter()

@@ -568,6 +568,46 @@ fn prune_list(
     }
 }
 
+/// A placed instance cloud4iot does not write: a Deployment of its name exists in the
+/// functions namespace and is not cloud4iot's (a name clash).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Blocked {
+    pub function: String,
+    pub instance: String,
+    pub namespace: String,
+    pub reason: String,
+}
+
+/// The placed instances of `plan` whose Deployment in `namespace` would take the name of
+/// one that is not cloud4iot's (see [`crate::model::Inventory::foreign`]).
+pub fn blocked(plan: &Plan, inventory: &crate::model::Inventory, namespace: &str) -> Vec<Blocked> {
+    if inventory.foreign.is_empty() {
+        return Vec::new();
+    }
+    plan.placements
+        .iter()
+        .filter(|p| p.tier.is_some())
+        .filter(|p| {
+            inventory
+                .foreign
+                .contains(&(namespace.to_owned(), p.instance.clone()))
+        })
+        .map(|p| Blocked {
+            function: p.function.clone(),
+            instance: p.instance.clone(),
+            namespace: namespace.to_owned(),
+            reason: format!(
+                "name clash: Deployment {namespace}/{} exists and is not cloud4iot's (no \
+                 {}={} label, or never written by cloud4iot); not touched: rename or remove \
+                 it to let cloud4iot place this instance",
+                p.instance,
+                crate::model::labels::MANAGED_BY,
+                crate::model::labels::MANAGER
+            ),
+        })
+        .collect()
+}
+
 /// Both layers of a diff, ready to print.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -581,7 +621,7 @@ pub struct DiffReport {
     /// Instances not written because their Deployment's name is taken by one that is not
     /// cloud4iot's (not a change).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub blocked: Vec<crate::pipeline::Blocked>,
+    pub blocked: Vec<Blocked>,
 }
 
 impl DiffReport {

@@ -11,7 +11,7 @@
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 
-use crate::diff::{DiffError, DiffReport};
+use crate::diff::{Blocked, DiffError, DiffReport, blocked};
 use crate::model::{Inventory, LiveDeployment, Repo};
 use crate::plan::{Plan, Planner, Staying, current_placements};
 use crate::render::RenderOptions;
@@ -41,46 +41,6 @@ pub struct Desired {
     /// Instances whose Deployment name is taken by one that is not cloud4iot's
     /// ([`blocked`]): never written; `diff` lists them apart.
     pub blocked: Vec<Blocked>,
-}
-
-/// A placed instance cloud4iot does not write: a Deployment of its name exists in the
-/// functions namespace and is not cloud4iot's (a name clash).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Blocked {
-    pub function: String,
-    pub instance: String,
-    pub namespace: String,
-    pub reason: String,
-}
-
-/// The placed instances of `plan` whose Deployment in `namespace` would take the name of
-/// one that is not cloud4iot's (see [`Inventory::foreign`]).
-pub fn blocked(plan: &Plan, inventory: &Inventory, namespace: &str) -> Vec<Blocked> {
-    if inventory.foreign.is_empty() {
-        return Vec::new();
-    }
-    plan.placements
-        .iter()
-        .filter(|p| p.tier.is_some())
-        .filter(|p| {
-            inventory
-                .foreign
-                .contains(&(namespace.to_owned(), p.instance.clone()))
-        })
-        .map(|p| Blocked {
-            function: p.function.clone(),
-            instance: p.instance.clone(),
-            namespace: namespace.to_owned(),
-            reason: format!(
-                "name clash: Deployment {namespace}/{} exists and is not cloud4iot's (no \
-                 {}={} label, or never written by cloud4iot); not touched: rename or remove \
-                 it to let cloud4iot place this instance",
-                p.instance,
-                crate::model::labels::MANAGED_BY,
-                crate::model::labels::MANAGER
-            ),
-        })
-        .collect()
 }
 
 impl<'a> Pipeline<'a> {

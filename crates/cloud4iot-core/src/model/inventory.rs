@@ -164,7 +164,7 @@ pub struct Inventory {
     /// Deployments that are not cloud4iot's (no managed-by label, or never written by the
     /// `cloud4iot` field manager), by (namespace, name): cloud4iot never writes them, so an
     /// instance whose Deployment would take one's name is blocked
-    /// ([`crate::pipeline::blocked`]).
+    /// ([`crate::diff::blocked`]).
     pub foreign: std::collections::BTreeSet<(String, String)>,
 }
 
