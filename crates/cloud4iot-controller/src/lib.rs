@@ -210,7 +210,7 @@ pub async fn run(
         tokio::spawn(device_classes::guard(
             client.clone(),
             watch_client.clone(),
-            cloud4iot_kube::install::SYSTEM_NAMESPACE.to_owned(),
+            opts.install_namespace.clone(),
             classes_rx,
             leader_rx.clone(),
             stop_rx.clone(),
