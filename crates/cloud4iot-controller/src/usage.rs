@@ -25,7 +25,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(5);
 
 enum Change {
-    Pod(Event<Pod>),
+    // Boxed: a Pod is many times the size of a report.
+    Pod(Box<Event<Pod>>),
     Report(Event<GatewayReport>),
 }
 
@@ -42,7 +43,7 @@ pub async fn follow(
         watcher::Config::default().labels(&usage::foreign_selector()),
     )
     .default_backoff()
-    .map(|e| e.map(Change::Pod));
+    .map(|e| e.map(|p| Change::Pod(Box::new(p))));
     let reports = watcher(
         Api::<GatewayReport>::all(watch_client),
         watcher::Config::default(),
@@ -113,7 +114,7 @@ impl State {
     /// Takes one event in; true when a report may now need a write.
     fn take(&mut self, change: Change) -> bool {
         match change {
-            Change::Pod(e) => match e {
+            Change::Pod(e) => match *e {
                 Event::Init => self.pods_init = Some(NodeUsage::default()),
                 Event::InitApply(p) => {
                     if let Some(u) = self.pods_init.as_mut() {

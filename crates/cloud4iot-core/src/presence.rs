@@ -417,7 +417,11 @@ mod tests {
         let mut tr = Tracker::new(o);
         tr.restore(&before, t(110));
         tr.expire(t(130));
-        assert_eq!(tr.devices(t(130)), [before.clone()], "as the report said");
+        assert_eq!(
+            tr.devices(t(130)),
+            std::slice::from_ref(&before),
+            "as the report said"
+        );
         tr.observe(BR, "omh-bracelet", Some(-90), -58, t(131));
         let d = tr.seen(BR, t(131)).unwrap();
         assert_eq!((d.first_seen, d.last_seen, d.rssi), (t(0), t(131), -58));
