@@ -94,21 +94,10 @@ async fn bracelet_at_home(client: &Client) {
     report(client, "gw-hospital-1", None, -58, "0").await;
 }
 
-/// The bracelet roams: `to` sees it from now on, and `from` lost it: its agent still lists
-/// it, last heard [`LOST_FOR`] ago, past the policy's `lossGrace`. (`to` first: a device no
-/// gateway reports at all has no instance to move.) The instance moves once the controller
-/// has watched `to` see it for the dwell: a report's `firstSeen` buys no dwell.
+/// The bracelet roams from `from` to `to` ([`support::roam`]).
 async fn roam(client: &Client, from: &str, to: &str) {
-    report(client, to, Some(ago(300)), -58, "0").await;
-    let now = jiff::Timestamp::now();
-    let lost = seen(BRACELET, "omh-bracelet", -58, ago(1800), ago(LOST_FOR));
-    write_report(client, from, now, vec![lost], Some("0")).await;
+    support::roam(client, BRACELET, "omh-bracelet", from, to).await;
 }
-
-/// How long ago a gateway that lost a device last heard it: past the 2m `lossGrace` of
-/// the test policies. (A device that merely vanishes from a report is remembered for
-/// `lossGrace` after its last `lastSeen`, as if its agent still listed it.)
-const LOST_FOR: i64 = 150;
 
 /// The roaming repository (dwell 30s) in `dir`, the bracelet at home, and a controller
 /// started on it, ready, with the consolidator stored on gw-home-1.
@@ -1085,6 +1074,105 @@ async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gate
     );
 }
 
+/// A user's Deployment that has the name of an instance cloud4iot wants is never written:
+/// the controller reports the instance blocked (Ready False `NameClash`, a Warning Event on
+/// that Deployment), applies the rest, and creates its own once the user's is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_deployment_with_an_instance_name_is_reported_never_written_and_then_replaced() {
+    let cp = cluster().await;
+    let client = cp.client();
+    cp.create_namespace(NS).await;
+    let user: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "fleet-stats-0", "namespace": NS, "labels": {"app": "mine"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "mine"}},
+            "template": {"metadata": {"labels": {"app": "mine"}},
+                         "spec": {"containers": [{"name": "app", "image": "registry.example.com/mine:1"}]}}
+        }
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let user = deployments
+        .create(&kube::api::PostParams::default(), &user)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    bracelet_at_home(&client).await;
+    let ctl = Controller::start(&cp, dir.path(), &["--resync", "5s"]);
+    ctl.wait_ready().await;
+    // The rest of the revision applies.
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "the consolidator", |d| {
+        node_label(d).as_deref() == Some("gw-home-1")
+    })
+    .await;
+    let message = status_until("Ready False, NameClash", &ctl, &client, |s| {
+        let s = s?;
+        let (status, reason, message) = condition(&s, "Ready")?;
+        (status == "False" && reason == "NameClash").then(|| message.to_owned())
+    })
+    .await;
+    assert!(message.contains("fleet-stats-0"), "{message}");
+    let warning = eventually(
+        "a NameClash Event",
+        WAIT,
+        || ctl.log(),
+        async || {
+            events_for(&client, "fleet-stats-0")
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("NameClash"))
+        },
+    )
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"), "{warning:?}");
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("not cloud4iot's")),
+        "{warning:?}"
+    );
+    let after = deployments.get("fleet-stats-0").await.unwrap();
+    assert_eq!(after.metadata.uid, user.metadata.uid);
+    assert_eq!(after.metadata.generation, user.metadata.generation);
+    assert_eq!(after.metadata.labels, user.metadata.labels);
+    assert_eq!(image_of(&after), "registry.example.com/mine:1");
+    assert!(
+        after
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .all(|m| m.manager.as_deref() != Some("cloud4iot")),
+        "never written by cloud4iot"
+    );
+
+    // The user moves theirs away: a resync later the instance is cloud4iot's, and Ready.
+    deployments
+        .delete("fleet-stats-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let ours = wait_deployment(
+        &client,
+        &ctl,
+        "fleet-stats-0",
+        "fleet-stats-0 created",
+        |d| d.metadata.uid != user.metadata.uid,
+    )
+    .await;
+    assert_eq!(
+        ours.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "cloud4iot"
+    );
+    status_until("Ready again", &ctl, &client, |s| {
+        (condition(&s?, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_api_server_restart_the_controller_reconnects_and_converges() {
     let mut cp = cluster().await;
@@ -1322,7 +1410,7 @@ async fn sees(client: &Client, node: &str, devices: &[String]) {
 }
 
 /// As [`sees`], and listing `lost` as its agent does for devices it no longer hears: last
-/// heard [`LOST_FOR`] ago, past `lossGrace`.
+/// heard [`support::LOST_FOR`] ago, past `lossGrace`.
 async fn sees_and_lost(client: &Client, node: &str, devices: &[String], lost: &[String]) {
     let now = jiff::Timestamp::now();
     let devices: Vec<_> = devices
@@ -1330,7 +1418,7 @@ async fn sees_and_lost(client: &Client, node: &str, devices: &[String], lost: &[
         .map(|d| seen(d, "omh-bracelet", -58, ago(1800), now))
         .chain(
             lost.iter()
-                .map(|d| seen(d, "omh-bracelet", -58, ago(1800), ago(LOST_FOR))),
+                .map(|d| seen(d, "omh-bracelet", -58, ago(1800), ago(support::LOST_FOR))),
         )
         .collect();
     let spec = cloud4iot_core::model::GatewayReportSpec {

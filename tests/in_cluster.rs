@@ -510,9 +510,15 @@ async fn the_controller_image_runs_in_cluster_with_the_manifests_rbac() {
     )
     .await;
 
-    // The bracelet roams: the hospital has seen it past the dwell, home no longer does.
-    report(&client, "gw-hospital-1", Some(ago(300))).await;
-    report(&client, "gw-home-1", None).await;
+    // The bracelet roams: the hospital sees it, home lost it; the dwell is counted from now.
+    support::roam(
+        &client,
+        BRACELET,
+        "omh-bracelet",
+        "gw-home-1",
+        "gw-hospital-1",
+    )
+    .await;
     eventually(
         "the consolidator at the hospital",
         WAIT,
