@@ -1170,7 +1170,7 @@ async fn a_full_reconcile_neither_writes_nor_prunes_what_a_move_redecided_while_
     let client = cp.client();
     let opts = ApplyOptions {
         namespace: NS.to_owned(),
-        // Not the point here (and it would hide the old code's prunes of 3 of 4).
+        // Not the point here: the ratio guard would hold the very prunes this test checks.
         max_prune_ratio: 1.0,
         ..ApplyOptions::default()
     };
