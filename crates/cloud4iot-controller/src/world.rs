@@ -975,4 +975,104 @@ spec:
         assert_eq!((census.gateways, census.lost.len()), (3, 3), "{census:?}");
         assert_eq!(world.gateway_use.get("gw-1"), Some(&1));
     }
+
+    /// The roaming repository: a per-device function on the gateway tier, lossGrace 20s.
+    const ROAMING: &str = "\
+apiVersion: cloud4iot.io/v1alpha1
+kind: DeviceClass
+metadata: {name: omh-bracelet}
+spec: {match: {namePrefix: OMH-BR}, minRssi: -90}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {name: roaming}
+spec:
+  tiers: [gateway]
+  followDevice: true
+  presence: {minRssi: -80, dwell: 0s, lossGrace: 20s}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: consolidator}
+spec:
+  image: registry.example.com/c:1
+  resources: {cpu: 100m, memory: 64Mi}
+  instances: {perDevice: {deviceClass: omh-bracelet}}
+  policy: roaming
+";
+
+    fn sees(g: &str, heartbeat: Timestamp, devices: &[(Timestamp, Timestamp)]) -> GatewayReport {
+        let devices = devices
+            .iter()
+            .map(
+                |&(first_seen, last_seen)| cloud4iot_core::model::SeenDevice {
+                    id: "C4:7C:8D:6A:12:34".to_owned(),
+                    class: "omh-bracelet".to_owned(),
+                    rssi: -58,
+                    first_seen,
+                    last_seen,
+                },
+            )
+            .collect();
+        GatewayReport::new(
+            g,
+            GatewayReportSpec {
+                heartbeat: Some(heartbeat),
+                devices,
+                resources: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_device_that_vanishes_from_a_report_moves_when_its_loss_grace_runs_out() {
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let s = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
+        let repo = cloud4iot_core::load::load_str(std::path::Path::new("repo.yaml"), ROAMING)
+            .expect("a valid repository");
+        let mut world = World::new("fns");
+        for (g, site) in [("gw-home-1", "home"), ("gw-hospital-1", "hospital")] {
+            let node =
+                cloud4iot_core::testing::node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi");
+            world.nodes.insert(g.to_owned(), node);
+        }
+        world.set_revision(None, Arc::new(repo));
+        let report = |w: &mut World, r: GatewayReport, now| {
+            w.on_change(Change::Report(Event::Apply(r)), now);
+        };
+        report(&mut world, sees("gw-home-1", t0, &[(s(-1800), t0)]), t0);
+        report(&mut world, sees("gw-hospital-1", t0, &[]), t0);
+        world.replan(t0);
+        world.full = None;
+        let node = |w: &World| w.desired.values().next().and_then(|p| p.node.clone());
+        assert_eq!(node(&world).as_deref(), Some("gw-home-1"));
+        report(
+            &mut world,
+            sees("gw-home-1", s(1), &[(s(-1800), s(1))]),
+            s(1),
+        );
+        report(
+            &mut world,
+            sees("gw-hospital-1", s(1), &[(s(-60), s(1))]),
+            s(1),
+        );
+        report(&mut world, sees("gw-home-1", s(2), &[]), s(2));
+        assert_eq!(node(&world).as_deref(), Some("gw-home-1"), "remembered");
+        let due = world.next_due().expect("lossGrace falls due");
+        assert!(due > s(21) && due < s(22), "{due}");
+        // The hospital's agent keeps reporting it; home's memory of it runs out.
+        report(
+            &mut world,
+            sees("gw-hospital-1", s(15), &[(s(-60), s(15))]),
+            s(15),
+        );
+        assert_eq!(
+            node(&world).as_deref(),
+            Some("gw-home-1"),
+            "lossGrace not out"
+        );
+        assert_eq!(world.next_due(), Some(due), "still due");
+        world.advance(s(22));
+        assert_eq!(node(&world).as_deref(), Some("gw-hospital-1"));
+    }
 }
