@@ -273,6 +273,27 @@ async fn report_opt(client: &Client, node: &str) -> kube::Result<Option<GatewayR
 }
 
 /// Waits until the agent's /metrics has `line`.
+/// Waits until `agent` says `what`: `/readyz` answers 503 "BLE down", and its log says it
+/// is reconnecting to BlueZ.
+async fn ble_down(agent: &Agent, what: &str) {
+    let body = eventually(
+        what,
+        WAIT,
+        || agent.log(),
+        async || {
+            let (code, body) = agent.get("/readyz");
+            (code == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("BLE down"), "{body}");
+    assert!(
+        agent.log().contains("reconnecting to BlueZ"),
+        "{}",
+        agent.log()
+    );
+}
+
 async fn wait_metric(agent: &Agent, line: &str) {
     eventually(
         &format!("{line:?} in /metrics"),
@@ -469,22 +490,7 @@ async fn the_agent_reports_the_bracelet_never_the_thermometer_and_follows_change
 
     // BlueZ crashes: not ready, with a clear log; it comes back: scanning again.
     bluez.run(&["kill-mock"]);
-    let body = eventually(
-        "not ready without BlueZ",
-        WAIT,
-        || agent.log(),
-        async || {
-            let (code, body) = agent.get("/readyz");
-            (code == 503).then_some(body)
-        },
-    )
-    .await;
-    assert!(body.contains("BLE down"), "{body}");
-    assert!(
-        agent.log().contains("reconnecting to BlueZ"),
-        "{}",
-        agent.log()
-    );
+    ble_down(&agent, "not ready without BlueZ").await;
     bluez.run(&["start-mock"]);
     bluez.run(&["adapter"]);
     bluez.add(BRACELET, BRACELET_NAME, -50, HEART_RATE);
@@ -1459,22 +1465,7 @@ async fn when_the_adapter_goes_away_the_agent_is_not_ready_and_recovers_when_one
     .await;
 
     bluez.run(&["remove-adapter"]);
-    let body = eventually(
-        "not ready without an adapter",
-        WAIT,
-        || agent.log(),
-        async || {
-            let (code, body) = agent.get("/readyz");
-            (code == 503).then_some(body)
-        },
-    )
-    .await;
-    assert!(body.contains("BLE down"), "{body}");
-    assert!(
-        agent.log().contains("reconnecting to BlueZ"),
-        "{}",
-        agent.log()
-    );
+    ble_down(&agent, "not ready without an adapter").await;
 
     bluez.run(&["adapter"]);
     bluez.add(BRACELET, BRACELET_NAME, -50, HEART_RATE);

@@ -102,8 +102,14 @@ async fn roam(client: &Client, from: &str, to: &str) {
 /// The roaming repository (dwell 30s) in `dir`, the bracelet at home, and a controller
 /// started on it, ready, with the consolidator stored on gw-home-1.
 async fn settled_at_home(cp: &ControlPlane, dir: &Path) -> (GitRepo, Controller) {
-    let client = cp.client();
     let repo = roaming_repo(dir, "30s");
+    (repo, settled_on(cp, dir).await)
+}
+
+/// The bracelet at home, and a controller started on the repository in `dir`, ready, with
+/// the consolidator stored on gw-home-1.
+async fn settled_on(cp: &ControlPlane, dir: &Path) -> Controller {
+    let client = cp.client();
     bracelet_at_home(&client).await;
     let ctl = Controller::start(cp, dir, &[]);
     ctl.wait_ready().await;
@@ -111,7 +117,7 @@ async fn settled_at_home(cp: &ControlPlane, dir: &Path) -> (GitRepo, Controller)
         node_label(d).as_deref() == Some("gw-home-1")
     })
     .await;
-    (repo, ctl)
+    ctl
 }
 
 async fn deployment(client: &Client, name: &str) -> Option<Deployment> {
@@ -166,6 +172,58 @@ async fn wait_deployment(
         async || deployment(client, name).await.filter(|d| ok(d)),
     )
     .await
+}
+
+/// Creates a user's own Deployment `name` in the functions namespace: labelled `app: NAME`
+/// (no managed-by label), image `registry.example.com/NAME:1`.
+async fn users_deployment(client: &Client, name: &str) -> Deployment {
+    let user: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "app", "image": format!("registry.example.com/{name}:1")}]}}
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), NS)
+        .create(&kube::api::PostParams::default(), &user)
+        .await
+        .unwrap()
+}
+
+/// `after` is the user's Deployment `user` (see [`users_deployment`]) as it was: the same
+/// spec generation, labels and image, and no field ever written by cloud4iot. (Its status
+/// moves on with the deployment controller.)
+fn assert_untouched(after: &Deployment, user: &Deployment) {
+    assert_eq!(after.metadata.uid, user.metadata.uid);
+    assert_eq!(after.metadata.generation, user.metadata.generation);
+    assert_eq!(after.metadata.labels, user.metadata.labels);
+    assert_eq!(image_of(after), image_of(user));
+    assert!(
+        after
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .all(|m| m.manager.as_deref() != Some("cloud4iot")),
+        "never written by cloud4iot: {after:?}"
+    );
+}
+
+/// When cloud4iot last wrote `d`, on the API server's clock (its managedFields time, in
+/// whole seconds).
+fn written_at(d: &Deployment) -> jiff::Timestamp {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("cloud4iot"))
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max()
+        .expect("written by cloud4iot")
 }
 
 async fn status(client: &Client) -> Option<ReconcilerStatus> {
@@ -739,17 +797,7 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     let client = cp.client();
     let dir = tempfile::tempdir().unwrap();
     let _repo = roaming_repo(dir.path(), "20s");
-    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-    let ctl = Controller::start(&cp, dir.path(), &[]);
-    ctl.wait_ready().await;
-    wait_deployment(
-        &client,
-        &ctl,
-        CONSOLIDATOR,
-        "the consolidator at home",
-        |d| node_label(d).as_deref() == Some("gw-home-1"),
-    )
-    .await;
+    let ctl = settled_on(&cp, dir.path()).await;
 
     // The hospital hears the bracelet strongly from now on; home still hears it, weakly
     // (below minRssi). The last reports written in this test.
@@ -801,15 +849,7 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     // Not moved before the dwell: the API server's time of the write that moved it. (It
     // stamps in whole seconds, as it does a report's acceptance, on which dwell is judged:
     // to within that second.)
-    let moved_at = d
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.manager.as_deref() == Some("cloud4iot"))
-        .filter_map(|m| m.time.as_ref().map(|t| t.0))
-        .max()
-        .expect("written by cloud4iot");
+    let moved_at = written_at(&d);
     assert!(
         moved_at >= due - jiff::SignedDuration::from_secs(1),
         "moved at {moved_at}, due {due}\n{}",
@@ -843,17 +883,7 @@ async fn a_device_that_vanishes_from_a_report_keeps_its_instance_for_loss_grace_
         &roaming_policy("0s").replace("lossGrace: 2m", "lossGrace: 20s"),
     );
     repo.commit("lossGrace 20s");
-    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
-    let ctl = Controller::start(&cp, dir.path(), &[]);
-    ctl.wait_ready().await;
-    wait_deployment(
-        &client,
-        &ctl,
-        CONSOLIDATOR,
-        "the consolidator at home",
-        |d| node_label(d).as_deref() == Some("gw-home-1"),
-    )
-    .await;
+    let ctl = settled_on(&cp, dir.path()).await;
 
     // Home hears it once more, then the hospital hears it (no dwell here) and keeps
     // reporting it every 2 s as its agent would, and home's report no longer lists it.
@@ -878,15 +908,7 @@ async fn a_device_that_vanishes_from_a_report_keeps_its_instance_for_loss_grace_
         |d| node_label(d).as_deref() == Some("gw-hospital-1"),
     )
     .await;
-    let moved_at = d
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.manager.as_deref() == Some("cloud4iot"))
-        .filter_map(|m| m.time.as_ref().map(|t| t.0))
-        .max()
-        .expect("written by cloud4iot");
+    let moved_at = written_at(&d);
     // (Whole seconds on the API server's clock, as for dwell.)
     assert!(
         moved_at >= last_seen + jiff::SignedDuration::from_secs(19),
@@ -1041,22 +1063,8 @@ async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gate
     let _kubelet = KubeletStandIn::start(client.clone());
     cp.create_namespace(NS).await;
     // A user's own Deployment in the functions namespace (no managed-by label).
-    let user: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "user-app", "namespace": NS, "labels": {"app": "user-app"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "user-app"}},
-            "template": {"metadata": {"labels": {"app": "user-app"}},
-                         "spec": {"containers": [{"name": "app", "image": "registry.example.com/user:1"}]}}
-        }
-    }))
-    .unwrap();
+    let user = users_deployment(&client, "user-app").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let user = deployments
-        .create(&kube::api::PostParams::default(), &user)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _repo = roaming_repo(dir.path(), "30s");
     report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
@@ -1166,18 +1174,7 @@ async fn hand_edits_are_reverted_a_users_deployment_is_untouched_and_a_full_gate
     // (Ready's reason flips to Progressing during each 3 s resync here: not asserted.)
     let after = deployments.get("user-app").await.expect("never pruned");
     // (Its status moves on with the deployment controller; its spec and labels do not.)
-    assert_eq!(after.metadata.generation, user.metadata.generation);
-    assert_eq!(after.metadata.labels, user.metadata.labels);
-    assert_eq!(image_of(&after), "registry.example.com/user:1");
-    assert!(
-        after
-            .metadata
-            .managed_fields
-            .iter()
-            .flatten()
-            .all(|m| m.manager.as_deref() != Some("cloud4iot")),
-        "never written by cloud4iot"
-    );
+    assert_untouched(&after, &user);
 }
 
 /// A user's Deployment that has the name of an instance cloud4iot wants is never written:
@@ -1188,22 +1185,8 @@ async fn a_users_deployment_with_an_instance_name_is_reported_never_written_and_
     let cp = cluster().await;
     let client = cp.client();
     cp.create_namespace(NS).await;
-    let user: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "fleet-stats-0", "namespace": NS, "labels": {"app": "mine"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "mine"}},
-            "template": {"metadata": {"labels": {"app": "mine"}},
-                         "spec": {"containers": [{"name": "app", "image": "registry.example.com/mine:1"}]}}
-        }
-    }))
-    .unwrap();
+    let user = users_deployment(&client, "fleet-stats-0").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let user = deployments
-        .create(&kube::api::PostParams::default(), &user)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _repo = roaming_repo(dir.path(), "30s");
     bracelet_at_home(&client).await;
@@ -1242,19 +1225,7 @@ async fn a_users_deployment_with_an_instance_name_is_reported_never_written_and_
         "{warning:?}"
     );
     let after = deployments.get("fleet-stats-0").await.unwrap();
-    assert_eq!(after.metadata.uid, user.metadata.uid);
-    assert_eq!(after.metadata.generation, user.metadata.generation);
-    assert_eq!(after.metadata.labels, user.metadata.labels);
-    assert_eq!(image_of(&after), "registry.example.com/mine:1");
-    assert!(
-        after
-            .metadata
-            .managed_fields
-            .iter()
-            .flatten()
-            .all(|m| m.manager.as_deref() != Some("cloud4iot")),
-        "never written by cloud4iot"
-    );
+    assert_untouched(&after, &user);
 
     // The user moves theirs away: a resync later the instance is cloud4iot's, and Ready.
     deployments

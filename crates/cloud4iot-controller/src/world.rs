@@ -735,6 +735,7 @@ pub fn differs(want: &Deployment, live: Option<&Live>) -> bool {
 #[cfg(test)]
 mod tests {
     use cloud4iot_core::model::{Arch, GatewayReportSpec, Resources};
+    use cloud4iot_core::testing::node_info;
 
     use super::*;
 
@@ -823,20 +824,21 @@ spec:
   instances: {replicas: 1}
   policy: cloud-only
 ";
+        let cloud = node_info(Tier::Cloud, "cloud-1", "cloud", "amd64", "64", "256Gi");
+        let mut world = world_of(yaml, [cloud]);
+        world.replan(Timestamp::now());
+        world
+    }
+
+    /// A world of the repository `yaml` and `nodes`, with nothing planned yet.
+    fn world_of(yaml: &str, nodes: impl IntoIterator<Item = NodeInfo>) -> World {
         let repo = cloud4iot_core::load::load_str(std::path::Path::new("repo.yaml"), yaml)
             .expect("a valid repository");
         let mut world = World::new("fns");
-        let cloud = cloud4iot_core::testing::node_info(
-            Tier::Cloud,
-            "cloud-1",
-            "cloud",
-            "amd64",
-            "64",
-            "256Gi",
-        );
-        world.nodes.insert("cloud-1".to_owned(), cloud);
+        for n in nodes {
+            world.nodes.insert(n.name.clone(), n);
+        }
         world.set_revision(None, Arc::new(repo));
-        world.replan(Timestamp::now());
         world
     }
 
@@ -1028,15 +1030,9 @@ spec:
     fn a_device_that_vanishes_from_a_report_moves_when_its_loss_grace_runs_out() {
         let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         let s = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
-        let repo = cloud4iot_core::load::load_str(std::path::Path::new("repo.yaml"), ROAMING)
-            .expect("a valid repository");
-        let mut world = World::new("fns");
-        for (g, site) in [("gw-home-1", "home"), ("gw-hospital-1", "hospital")] {
-            let node =
-                cloud4iot_core::testing::node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi");
-            world.nodes.insert(g.to_owned(), node);
-        }
-        world.set_revision(None, Arc::new(repo));
+        let gateways = [("gw-home-1", "home"), ("gw-hospital-1", "hospital")]
+            .map(|(g, site)| node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi"));
+        let mut world = world_of(ROAMING, gateways);
         let report = |w: &mut World, r: GatewayReport, now| {
             w.on_change(Change::Report(Event::Apply(r)), now);
         };
