@@ -147,7 +147,8 @@ pub struct World {
     memory: Memory,
     pub live: BTreeMap<String, Live>,
     node_buf: Buffer<NodeInfo>,
-    report_buf: Buffer<GatewayReport>,
+    /// The reports of a re-list, each with the devices it lists itself.
+    report_buf: Buffer<(GatewayReport, Vec<String>)>,
     live_buf: Buffer<Live>,
     /// Each watch has listed at least once.
     pub synced: [bool; 3],
@@ -162,6 +163,9 @@ pub struct World {
     gateway_use: BTreeMap<String, usize>,
     /// The prune guard's memory of the last minutes ([`guard::WINDOW`]).
     guard: Window,
+    /// The devices each report lists itself, without the remembered ones: a report that
+    /// an agent emptied is one for the guard even while its devices are remembered.
+    listed: BTreeMap<String, Vec<String>>,
     /// How many reports list each device (the guard asks whether an emptied gateway's
     /// devices are seen elsewhere).
     sightings: std::collections::HashMap<String, usize>,
@@ -197,6 +201,7 @@ impl World {
             gateways_changed: false,
             gateway_use: BTreeMap::new(),
             guard: Window::default(),
+            listed: BTreeMap::new(),
             sightings: std::collections::HashMap::new(),
             awaited: BTreeMap::new(),
             full: None,
@@ -348,14 +353,21 @@ impl World {
     fn on_report(&mut self, e: Event<GatewayReport>, now: Timestamp) {
         match e {
             Event::Init => self.report_buf = Some(BTreeMap::new()),
-            Event::InitApply(r) => {
-                let r = self.memory.observe(&r, now);
+            Event::InitApply(raw) => {
+                let listed = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
+                let r = self.memory.observe(&raw, now);
                 if let Some(buf) = self.report_buf.as_mut() {
-                    buf.insert(r.metadata.name.clone().unwrap_or_default(), r);
+                    buf.insert(r.metadata.name.clone().unwrap_or_default(), (r, listed));
                 }
             }
             Event::InitDone => {
-                let fresh = self.report_buf.take().unwrap_or_default();
+                let (fresh, listed): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+                    .report_buf
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(g, (r, l))| ((g.clone(), r), (g, l)))
+                    .unzip();
                 self.memory.retain(|g| fresh.contains_key(g));
                 let same = fresh.len() == self.reports.len()
                     && fresh
@@ -367,40 +379,37 @@ impl World {
                 }
                 self.reports = fresh;
                 self.sightings.clear();
-                let all: Vec<String> = self
-                    .reports
-                    .values()
-                    .flat_map(|r| r.spec.devices.iter().map(|d| d.id.clone()))
-                    .collect();
+                self.listed = listed;
+                let all: Vec<String> = self.listed.values().flatten().cloned().collect();
                 self.count_sightings(&all, 1);
                 self.synced[1] = true;
             }
-            Event::Apply(r) => {
-                let r = self.memory.observe(&r, now);
-                let name = r.metadata.name.clone().unwrap_or_default();
-                let old = self.reports.get(&name).map(|old| &old.spec);
-                if old == Some(&r.spec) {
+            Event::Apply(raw) => {
+                let name = raw.metadata.name.clone().unwrap_or_default();
+                let has: Vec<String> = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
+                let had = self
+                    .listed
+                    .insert(name.clone(), has.clone())
+                    .unwrap_or_default();
+                if had != has {
+                    self.guard.report_changed(&name, &had, has.len(), now);
+                    self.count_sightings(&had, -1);
+                    self.count_sightings(&has, 1);
+                }
+                let r = self.memory.observe(&raw, now);
+                if self.reports.get(&name).map(|old| &old.spec) == Some(&r.spec) {
                     return;
                 }
-                let had: Vec<String> = old
-                    .map(|s| s.devices.iter().map(|d| d.id.clone()).collect())
-                    .unwrap_or_default();
-                self.guard
-                    .report_changed(&name, &had, r.spec.devices.len(), now);
-                let has: Vec<&str> = r.spec.devices.iter().map(|d| d.id.as_str()).collect();
-                self.count_sightings(&had, -1);
-                self.count_sightings(&has, 1);
                 self.reports.insert(name, r.clone());
                 self.replan_report(r, now);
             }
             Event::Delete(r) => {
                 let name = r.metadata.name.clone().unwrap_or_default();
                 self.memory.forget(&name);
-                let gone = self.reports.remove(&name);
-                if let Some(old) = &gone {
-                    let had: Vec<&str> = old.spec.devices.iter().map(|d| d.id.as_str()).collect();
+                if let Some(had) = self.listed.remove(&name) {
                     self.count_sightings(&had, -1);
                 }
+                let gone = self.reports.remove(&name);
                 if gone.is_some() && self.full.is_none() {
                     // A gateway without a report sees nothing and runs nothing of others.
                     if let Some(planner) = self.planner.as_mut() {
@@ -1070,5 +1079,38 @@ spec:
         assert_eq!(world.next_due(), Some(due), "still due");
         world.advance(s(22));
         assert_eq!(node(&world).as_deref(), Some("gw-hospital-1"));
+    }
+
+    #[test]
+    fn a_report_its_agent_emptied_is_lost_for_the_guard_while_its_devices_are_remembered() {
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let s = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
+        let gateways = [("gw-home-1", "home"), ("gw-hospital-1", "hospital")]
+            .map(|(g, site)| node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi"));
+        let mut world = world_of(ROAMING, gateways);
+        let report = |w: &mut World, r: GatewayReport, now| {
+            w.on_change(Change::Report(Event::Apply(r)), now);
+        };
+        report(&mut world, sees("gw-home-1", t0, &[(s(-1800), t0)]), t0);
+        report(&mut world, sees("gw-hospital-1", t0, &[]), t0);
+        world.replan(t0);
+        world.full = None;
+        assert!(!world.lost("gw-home-1", s(1)));
+        // Emptied by its agent: the planner still sees the device (remembered), the guard
+        // sees an emptied report whose device no gateway lists.
+        report(&mut world, sees("gw-home-1", s(1), &[]), s(1));
+        assert_eq!(
+            world.reports["gw-home-1"].spec.devices.len(),
+            1,
+            "remembered"
+        );
+        assert!(world.lost("gw-home-1", s(2)), "emptied");
+        // Listed by another gateway, it roamed: no outage.
+        report(
+            &mut world,
+            sees("gw-hospital-1", s(2), &[(s(2), s(2))]),
+            s(2),
+        );
+        assert!(!world.lost("gw-home-1", s(3)));
     }
 }
