@@ -45,7 +45,6 @@ impl Planner {
             device,
             home,
             current,
-            account: None,
         }
     }
 
