@@ -243,7 +243,8 @@ fn full_gateway_offloads_to_edge_at_the_device_site() {
     let p = only(&p);
     assert_eq!(
         (p.tier, p.node.as_deref(), p.site.as_deref()),
-        (Some(Tier::Edge), None, Some("home"))
+        (Some(Tier::Edge), Some("edge-home-1"), Some("home")),
+        "pinned to the edge node chosen"
     );
     assert_eq!(p.image.as_deref(), Some("example.org/omh:1.0-amd64"));
     assert_eq!(
@@ -400,7 +401,7 @@ fn replicas_follow_the_mode_and_spread_over_gateways_by_room() {
     for r in &p.placements {
         assert_eq!(
             (r.tier, r.device.as_deref(), r.node.as_deref()),
-            (Some(Tier::Cloud), None, None)
+            (Some(Tier::Cloud), None, Some("cloud-1"))
         );
         assert_eq!(
             r.reason,
@@ -1027,7 +1028,7 @@ fn a_freed_gateway_slot_goes_to_the_first_waiting_instance_that_may_take_it() {
         (x.tier, x.node.clone())
     };
     let gw = (Some(Tier::Gateway), Some("gw-home-1".to_string()));
-    let edge = (Some(Tier::Edge), None);
+    let edge = (Some(Tier::Edge), Some("edge-home-1".to_string()));
     let before = planner.plan();
     for k in 1..=5 {
         assert_eq!(tier_of(&before, k), gw, "{k}");
@@ -1048,4 +1049,72 @@ fn a_freed_gateway_slot_goes_to_the_first_waiting_instance_that_may_take_it() {
     );
     assert_eq!(delta.upserted.len(), 1, "{delta:#?}");
     assert_eq!(delta.removed.len(), 1, "{delta:#?}");
+}
+
+/// The live Deployments `render` writes for `plan`, as the cluster would return them;
+/// `pinned: false`: without the node (label and hostname affinity), as rendered before
+/// edge and cloud placements named it.
+fn rendered(
+    r: &crate::model::Repo,
+    plan: &Plan,
+    pinned: bool,
+) -> Vec<crate::model::LiveDeployment> {
+    let mut out = crate::render::render(r, plan, &crate::render::RenderOptions::default());
+    for d in out.iter_mut().filter(|_| !pinned) {
+        d.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("cloud4iot.io/node");
+        let pod = d.spec.template.spec.as_mut().unwrap();
+        let affinity = pod
+            .affinity
+            .as_mut()
+            .unwrap()
+            .node_affinity
+            .as_mut()
+            .unwrap();
+        let required = affinity
+            .required_during_scheduling_ignored_during_execution
+            .as_mut()
+            .unwrap();
+        for term in &mut required.node_selector_terms {
+            let exprs = term.match_expressions.as_mut().unwrap();
+            exprs.retain(|e| e.key != "kubernetes.io/hostname");
+        }
+    }
+    out.iter().map(crate::model::LiveDeployment::from).collect()
+}
+
+#[test]
+fn an_edge_instance_holds_the_node_it_is_pinned_to_and_one_rendered_without_takes_most_room() {
+    let r = repo(OMH);
+    let full_gateway = report("gw-home-1", "950m", &[(BRACELET, -55, 60, 1)]);
+    let roomy = node("edge-home-2", "edge", "home", "amd64", "8", "8Gi");
+    let first = plan(
+        &r,
+        &inventory(&world(&[roomy, full_gateway.clone()])),
+        now(),
+    );
+    assert_eq!(
+        only(&first).node.as_deref(),
+        Some("edge-home-2"),
+        "most room"
+    );
+
+    // edge-home-2 shrinks below edge-home-1: the running instance stays where it runs.
+    let small = node("edge-home-2", "edge", "home", "amd64", "2", "8Gi");
+    let mut inv = inventory(&world(&[small, full_gateway]));
+    inv.live = rendered(&r, &first, true);
+    assert_eq!(
+        plan(&r, &inv, now()),
+        first,
+        "held on its node, with its reason"
+    );
+
+    // Rendered before placements named their node: the node with most room, once.
+    inv.live = rendered(&r, &first, false);
+    assert_eq!(only(&crate::plan::current_placements(&inv.live)).node, None);
+    let repinned = plan(&r, &inv, now());
+    assert_eq!(only(&repinned).node.as_deref(), Some("edge-home-1"));
 }
