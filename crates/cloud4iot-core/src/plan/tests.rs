@@ -642,6 +642,15 @@ mod incremental {
         incremental_matches_full(7309367992300344490, 3, true).unwrap();
     }
 
+    /// Seed 2824008876094793279, 5 steps (varied policies): an instance kept on its
+    /// gateway while the device was still present there was offloaded when that gateway
+    /// filled up, and the next pass recalled it onto the stronger gateway that had seen
+    /// the device for the dwell. Now it is decided as an offloaded one in the same pass.
+    #[test]
+    fn kept_gateway_that_offloads_it_is_a_fixed_point() {
+        incremental_matches_full(2824008876094793279, 5, true).unwrap();
+    }
+
     /// One run of [`incremental_equals_full_plan`]'s steps, on varied policies or not.
     fn incremental_matches_full(
         seed: u64,

@@ -269,6 +269,30 @@ impl Planner {
         self.home(c.function, class, dev, None)
     }
 
+    /// A running per-device instance that the gateway it keeps sends to the edge or the
+    /// cloud (`p`: full, stale...) is decided as it would be once there: with the home an
+    /// offloaded instance has (the best-ranked gateway once it has seen the device for the
+    /// dwell, else one at the site it runs at). Offloaded now and recalled onto another
+    /// gateway on the next pass, planning twice would differ. `None`: not such an
+    /// instance, or that home is the one it has.
+    pub(super) fn home_once_offloaded(&self, c: &Candidate, p: &Placement) -> Option<HomeGateway> {
+        if c.current.as_ref()?.tier != Some(Tier::Gateway)
+            || !p.tier.is_some_and(|t| t != Tier::Gateway)
+        {
+            return None;
+        }
+        let InstanceKind::PerDevice(class) = self.fns[c.function as usize].kind else {
+            return None;
+        };
+        let dev = &self.devices[c.device? as usize];
+        let home = self.home(c.function, class, dev, Some(p))?;
+        let same = c
+            .home
+            .as_ref()
+            .is_some_and(|h| h.gw == home.gw && h.why == home.why);
+        (!same).then_some(home)
+    }
+
     /// The placement on `node` of `tier`: image and arch for the node, the reason (the
     /// refusals of earlier tiers make it "offloaded"), and the reason it was made for if
     /// the instance already runs exactly there.
