@@ -146,7 +146,12 @@ fn check_rules(
             p.instance
         );
         // A policy that does not follow the device puts it on the gateway with most room.
-        if let Some(node) = p.node.as_ref().filter(|_| follows(repo, &p.function)) {
+        let on_gateway = tier == Tier::Gateway;
+        if let Some(node) = p
+            .node
+            .as_ref()
+            .filter(|_| on_gateway && follows(repo, &p.function))
+        {
             let here = heard.get(node).copied();
             if strict {
                 prop_assert_eq!(
