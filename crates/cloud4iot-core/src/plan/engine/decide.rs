@@ -277,7 +277,7 @@ impl Planner {
     /// instance, or that home is the one it has.
     pub(super) fn home_once_offloaded(&self, c: &Candidate, p: &Placement) -> Option<HomeGateway> {
         if c.current.as_ref()?.tier != Some(Tier::Gateway)
-            || !p.tier.is_some_and(|t| t != Tier::Gateway)
+            || p.tier.is_none_or(|t| t == Tier::Gateway)
         {
             return None;
         }
