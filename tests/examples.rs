@@ -229,7 +229,7 @@ fn a_full_hospital_gateway_offloads_the_arriving_consolidator_to_the_hospital_ed
     let p = get(&plan, CONSOLIDATOR);
     assert_eq!(
         (p.tier, p.node.as_deref(), p.site.as_deref()),
-        (Some(Tier::Edge), None, Some("hospital")),
+        (Some(Tier::Edge), Some("edge-hospital"), Some("hospital")),
         "{p:#?}"
     );
     assert_eq!(p.arch, Some(Arch::Amd64));

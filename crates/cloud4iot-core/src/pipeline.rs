@@ -269,4 +269,74 @@ spec:
             only(&moved).reason
         );
     }
+
+    /// The live Deployments `render` writes for `plan`, as the cluster would return them;
+    /// `pinned: false`: without the node (label and hostname affinity), as rendered before
+    /// edge and cloud placements named it.
+    fn rendered(
+        r: &crate::model::Repo,
+        plan: &Plan,
+        pinned: bool,
+    ) -> Vec<crate::model::LiveDeployment> {
+        let mut out = crate::render::render(r, plan, &crate::render::RenderOptions::default());
+        for d in out.iter_mut().filter(|_| !pinned) {
+            d.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .remove("cloud4iot.io/node");
+            let pod = d.spec.template.spec.as_mut().unwrap();
+            let affinity = pod
+                .affinity
+                .as_mut()
+                .unwrap()
+                .node_affinity
+                .as_mut()
+                .unwrap();
+            let required = affinity
+                .required_during_scheduling_ignored_during_execution
+                .as_mut()
+                .unwrap();
+            for term in &mut required.node_selector_terms {
+                let exprs = term.match_expressions.as_mut().unwrap();
+                exprs.retain(|e| e.key != "kubernetes.io/hostname");
+            }
+        }
+        out.iter().map(crate::model::LiveDeployment::from).collect()
+    }
+
+    #[test]
+    fn an_edge_instance_holds_the_node_it_is_pinned_to_and_one_rendered_without_takes_most_room() {
+        use crate::plan::plan;
+        use crate::plan::tests::{BRACELET, OMH, inventory, node, now, only, repo, report, world};
+        let r = repo(OMH);
+        let full_gateway = report("gw-home-1", "950m", &[(BRACELET, -55, 60, 1)]);
+        let roomy = node("edge-home-2", "edge", "home", "amd64", "8", "8Gi");
+        let first = plan(
+            &r,
+            &inventory(&world(&[roomy, full_gateway.clone()])),
+            now(),
+        );
+        assert_eq!(
+            only(&first).node.as_deref(),
+            Some("edge-home-2"),
+            "most room"
+        );
+
+        // edge-home-2 shrinks below edge-home-1: the running instance stays where it runs.
+        let small = node("edge-home-2", "edge", "home", "amd64", "2", "8Gi");
+        let mut inv = inventory(&world(&[small, full_gateway]));
+        inv.live = rendered(&r, &first, true);
+        assert_eq!(
+            plan(&r, &inv, now()),
+            first,
+            "held on its node, with its reason"
+        );
+
+        // Rendered before placements named their node: the node with most room, once.
+        inv.live = rendered(&r, &first, false);
+        assert_eq!(only(&crate::plan::current_placements(&inv.live)).node, None);
+        let repinned = plan(&r, &inv, now());
+        assert_eq!(only(&repinned).node.as_deref(), Some("edge-home-1"));
+    }
 }

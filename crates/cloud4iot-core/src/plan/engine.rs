@@ -92,11 +92,6 @@ struct Candidate {
     device: Option<u32>,
     home: Option<HomeGateway>,
     current: Option<Placement>,
-    /// In a re-plan, the edge or cloud node a running instance was charged to: it stays
-    /// charged there while it fits (placements name a tier and site, not the node, so
-    /// holding it on the node with most room instead would move room around the pool and
-    /// make other nodes look freed).
-    account: Option<u32>,
 }
 
 /// Indexes over one repository revision and one inventory, and the plan they give.
@@ -208,9 +203,6 @@ impl Planner {
     /// Guarantee: the resulting [`Planner::plan`] equals a full plan of the new inputs at
     /// `now` in which the plan before this call runs ([`Planner::rebuild`]); the property
     /// test `incremental_equals_full_plan` checks it over random worlds and sequences.
-    /// Known exception (open): with several edge or cloud nodes in one pool, which node
-    /// holds an instance is not in the plan; a full plan re-packs them in its order, a
-    /// re-plan keeps each where it was charged, so what fits later can differ.
     /// A report of a node that is not a gateway (or unknown) only advances the clock.
     pub fn update_report(&mut self, report: GatewayReport, now: Timestamp) -> PlanDelta {
         let Some(g) = report

@@ -70,8 +70,9 @@ pub struct Placement {
     pub device: Option<String>,
     /// `None`: unplaced (the reason says why).
     pub tier: Option<Tier>,
-    /// The gateway chosen, on the gateway tier; edge and cloud instances are pinned to
-    /// their tier (and site/arch) only, so this is `None` there.
+    /// The node chosen, on every tier: the instance is pinned to it (required node
+    /// affinity on its hostname). `None` only for an unplaced instance, or one read back
+    /// from an edge or cloud Deployment rendered before placements named their node.
     pub node: Option<String>,
     /// The site the instance must stay at, where `dataLocality: site` demands it.
     pub site: Option<String>,

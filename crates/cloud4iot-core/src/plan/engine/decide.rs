@@ -19,67 +19,93 @@ impl Planner {
         let res = *f.res.as_ref().ok()?;
         let reserve = *pol.reserve.as_ref().ok()?;
         let k = pol.tiers.iter().position(|&t| t == tier)?;
+        let node = match tier {
+            Tier::Gateway => self.gateway_hold(c, cur, f, pol, res, reserve)?,
+            Tier::Edge | Tier::Cloud => self.pool_hold(c, cur, f, pol, tier, res)?,
+        };
+        Some((node, k))
+    }
+
+    /// The gateway a running instance (`cur`) stays on: its own, while its device is
+    /// there (where the policy follows the device) or at its device's site (under
+    /// `dataLocality: site`), and there is room above the reserves.
+    fn gateway_hold(
+        &self,
+        c: &Candidate,
+        cur: &Placement,
+        f: &FunctionEntry,
+        pol: &PolicyEntry,
+        res: Resources,
+        reserve: Resources,
+    ) -> Option<u32> {
+        let g = self.gateway_index(cur.node.as_deref()?)?;
+        let follow = pol.follow || pol.locality == DataLocality::Gateway;
         let home = c.home.as_ref();
         let home_site = home.and_then(|h| self.nodes[h.gw as usize].site);
-        match tier {
-            Tier::Gateway => {
-                let g = self.gateway_index(cur.node.as_deref()?)?;
-                let follow = pol.follow || pol.locality == DataLocality::Gateway;
-                // The checks sit in the arms, not in their guards: with `follow`, a gateway that
-                // passes must not fall through to the site check.
-                #[allow(clippy::collapsible_match)]
-                match home {
-                    Some(h) if follow => {
-                        if h.gw != g || h.why.is_err() {
-                            return None;
-                        }
-                    }
-                    Some(_) if pol.locality == DataLocality::Site => {
-                        if self.nodes[g as usize].site != home_site {
-                            return None;
-                        }
-                    }
-                    _ => {}
-                }
-                self.try_gateway(f, g, res, reserve).ok()?;
-                Some((g, k))
-            }
-            Tier::Edge | Tier::Cloud => {
-                if pol.locality == DataLocality::Gateway {
+        // The checks sit in the arms, not in their guards: with `follow`, a gateway that
+        // passes must not fall through to the site check.
+        #[allow(clippy::collapsible_match)]
+        match home {
+            Some(h) if follow => {
+                if h.gw != g || h.why.is_err() {
                     return None;
                 }
-                let site = match (pol.locality, home) {
-                    (DataLocality::Site, Some(_)) => {
-                        let s = home_site?;
-                        if cur.site.as_deref() != Some(self.sites[s as usize].as_str()) {
-                            return None;
-                        }
-                        Some(s)
-                    }
-                    _ => None,
-                };
-                let arch = if f.arch_images.is_empty() {
-                    None
-                } else {
-                    Some(cur.arch?)
-                };
-                if let Some(a) = c.account.filter(|&a| {
-                    let slot = &self.nodes[a as usize];
-                    slot.info.tier == tier
-                        && slot.info.schedulable()
-                        && site.is_none_or(|s| slot.site == Some(s))
-                        && arch.map_or(f.image_for(slot.info.arch).is_some(), |x| {
-                            x == slot.info.arch
-                        })
-                        && res.fits_in(&slot.free)
-                }) {
-                    return Some((a, k));
-                }
-                self.pick(f, tier, site, res, Resources::ZERO, arch)
-                    .ok()
-                    .map(|n| (n, k))
             }
+            Some(_) if pol.locality == DataLocality::Site => {
+                if self.nodes[g as usize].site != home_site {
+                    return None;
+                }
+            }
+            _ => {}
         }
+        self.try_gateway(f, g, res, reserve).ok()?;
+        Some(g)
+    }
+
+    /// The edge or cloud node a running instance (`cur`) stays on: the node its placement
+    /// names, while that node is of its tier, schedulable, at the site and of the arch it
+    /// is pinned to, and has room. One whose placement names no node (rendered before
+    /// placements named their edge or cloud node) takes the node with most room.
+    fn pool_hold(
+        &self,
+        c: &Candidate,
+        cur: &Placement,
+        f: &FunctionEntry,
+        pol: &PolicyEntry,
+        tier: Tier,
+        res: Resources,
+    ) -> Option<u32> {
+        if pol.locality == DataLocality::Gateway {
+            return None;
+        }
+        let site = match (pol.locality, c.home.as_ref()) {
+            (DataLocality::Site, Some(h)) => {
+                let s = self.nodes[h.gw as usize].site?;
+                if cur.site.as_deref() != Some(self.sites[s as usize].as_str()) {
+                    return None;
+                }
+                Some(s)
+            }
+            _ => None,
+        };
+        let arch = if f.arch_images.is_empty() {
+            None
+        } else {
+            Some(cur.arch?)
+        };
+        let Some(name) = cur.node.as_deref() else {
+            return self.pick(f, tier, site, res, Resources::ZERO, arch).ok();
+        };
+        let n = *self.node_ids.get(name)?;
+        let slot = &self.nodes[n as usize];
+        let stays = slot.info.tier == tier
+            && slot.info.schedulable()
+            && site.is_none_or(|s| slot.site == Some(s))
+            && arch.map_or(f.image_for(slot.info.arch).is_some(), |x| {
+                x == slot.info.arch
+            })
+            && res.fits_in(&slot.free);
+        stays.then_some(n)
     }
 
     /// The placement of a held instance on `node`; `why`: the refusals of the tiers
@@ -243,6 +269,30 @@ impl Planner {
         self.home(c.function, class, dev, None)
     }
 
+    /// A running per-device instance that the gateway it keeps sends to the edge or the
+    /// cloud (`p`: full, stale...) is decided as it would be once there: with the home an
+    /// offloaded instance has (the best-ranked gateway once it has seen the device for the
+    /// dwell, else one at the site it runs at). Offloaded now and recalled onto another
+    /// gateway on the next pass, planning twice would differ. `None`: not such an
+    /// instance, or that home is the one it has.
+    pub(super) fn home_once_offloaded(&self, c: &Candidate, p: &Placement) -> Option<HomeGateway> {
+        if c.current.as_ref()?.tier != Some(Tier::Gateway)
+            || p.tier.is_none_or(|t| t == Tier::Gateway)
+        {
+            return None;
+        }
+        let InstanceKind::PerDevice(class) = self.fns[c.function as usize].kind else {
+            return None;
+        };
+        let dev = &self.devices[c.device? as usize];
+        let home = self.home(c.function, class, dev, Some(p))?;
+        let same = c
+            .home
+            .as_ref()
+            .is_some_and(|h| h.gw == home.gw && h.why == home.why);
+        (!same).then_some(home)
+    }
+
     /// The placement on `node` of `tier`: image and arch for the node, the reason (the
     /// refusals of earlier tiers make it "offloaded"), and the reason it was made for if
     /// the instance already runs exactly there.
@@ -260,9 +310,13 @@ impl Planner {
         p.tier = Some(tier);
         p.image = f.image_for(slot.info.arch).map(str::to_string);
         p.arch = (!f.arch_images.is_empty()).then_some(slot.info.arch);
-        if tier == Tier::Gateway {
-            p.node = Some(slot.info.name.clone());
-        } else if let Ok(pi) = f.policy {
+        // Every placement names its node, so a running instance is charged where it runs
+        // after a restart too, and a full plan equals a re-plan (which keeps each one where
+        // it was charged).
+        p.node = Some(slot.info.name.clone());
+        if tier != Tier::Gateway
+            && let Ok(pi) = f.policy
+        {
             p.site = self.locality_site(&self.policies[pi], c, node);
         }
         // An instance that stays where it runs keeps the reason of the decision that put
@@ -281,9 +335,9 @@ impl Planner {
         } else {
             Reason::Offloaded {
                 why,
-                to: match &p.node {
-                    Some(n) => Target::Gateway(n.clone()),
-                    None => Target::Tier {
+                to: match (&p.node, tier) {
+                    (Some(n), Tier::Gateway) => Target::Gateway(n.clone()),
+                    _ => Target::Tier {
                         tier,
                         site: p.site.clone(),
                     },

@@ -45,7 +45,6 @@ impl Planner {
             device,
             home,
             current,
-            account: None,
         }
     }
 
@@ -164,14 +163,18 @@ impl Planner {
     }
 
     /// Pass 2, a candidate without a hold: the first tier with room, charged. A running
-    /// per-device instance its kept home leaves unplaced is decided again as new (and
-    /// keeps that home). Still unplaced, it keeps the reason it had (its figures move
-    /// with others).
+    /// per-device instance its kept home leaves unplaced is decided again as new; one its
+    /// kept gateway sends to the edge or the cloud, as it would be once there (and each
+    /// keeps that home). Still unplaced, it keeps the reason it had (its figures move with
+    /// others).
     fn decide_unheld(&mut self, c: &mut Candidate) -> Decided {
         let (mut p, mut a) = self.decide(c, usize::MAX);
         if a.is_none()
             && let Some(home) = self.home_as_new(c)
         {
+            c.home = Some(home);
+            (p, a) = self.decide(c, usize::MAX);
+        } else if let Some(home) = self.home_once_offloaded(c, &p) {
             c.home = Some(home);
             (p, a) = self.decide(c, usize::MAX);
         }

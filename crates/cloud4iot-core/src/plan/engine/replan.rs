@@ -249,9 +249,6 @@ impl Planner {
                 ));
             }
         }
-        for c in &mut cands {
-            c.account = released.get(&c.name).and_then(|i| i.account);
-        }
         cands
     }
 

@@ -5,7 +5,7 @@
 //! report or second ("has seen the device for 3s < dwell 5s").
 
 use super::catalog::InstanceKind;
-use super::presence::Sighting;
+use super::presence::{HomeGateway, Sighting};
 use super::{Candidate, Instance, Planner};
 use crate::model::{DataLocality, Tier};
 use crate::plan::{Plan, Reason, Refusal, Staying, Target};
@@ -56,50 +56,7 @@ impl Planner {
             if !(pol.follow || pol.locality == DataLocality::Gateway) {
                 return None;
             }
-            let h = home?;
-            let on = p.node.clone()?;
-            let because = match h.why {
-                Ok(Reason::WaitsForDwell {
-                    gateway,
-                    seen_for,
-                    dwell,
-                    ..
-                }) => Refusal::BeforeDwell {
-                    gateway,
-                    seen_for,
-                    dwell,
-                },
-                Ok(Reason::StaysWhilePresent { rssi, .. }) => {
-                    // The strongest other fresh gateway where the device is present, if any.
-                    let InstanceKind::PerDevice(class) = f.kind else {
-                        return None;
-                    };
-                    let (_, grace) = self.presence_times(inst.function);
-                    let now = self.now;
-                    let other = self.devices[inst.device? as usize]
-                        .sightings
-                        .iter()
-                        .filter(|s: &&Sighting| {
-                            s.gw != h.gw
-                                && s.class == class
-                                && now.duration_since(s.last) <= grace
-                                && s.rssi >= f.min_rssi
-                                && !self.stale(s.gw)
-                        })
-                        .max_by_key(|s| (s.rssi, std::cmp::Reverse(s.gw)))?;
-                    Refusal::StillPresent {
-                        gateway: self.nodes[other.gw as usize].info.name.clone(),
-                        rssi: other.rssi,
-                        on: on.clone(),
-                        on_rssi: rssi,
-                    }
-                }
-                _ => return None,
-            };
-            return Some(Reason::Stays {
-                at: Target::Gateway(on),
-                because: vec![because],
-            });
+            return self.why_stays_on_gateway(inst, home?);
         }
         if k == 0 {
             return None;
@@ -111,7 +68,6 @@ impl Planner {
             device: inst.device,
             home,
             current: Some(p.clone()),
-            account: None,
         };
         match self.decide(&c, k) {
             (q, None) => match q.reason {
@@ -127,5 +83,55 @@ impl Planner {
             // It could move up now: not a stay (a fixed point never has one).
             (_, Some(_)) => None,
         }
+    }
+
+    /// Why a per-device instance that follows its device stays on its gateway although
+    /// another sees the device: that one has not seen it for the dwell, or the device is
+    /// still present where it runs.
+    fn why_stays_on_gateway(&self, inst: &Instance, h: HomeGateway) -> Option<Reason> {
+        let f = &self.fns[inst.function as usize];
+        let on = inst.placement.node.clone()?;
+        let because = match h.why {
+            Ok(Reason::WaitsForDwell {
+                gateway,
+                seen_for,
+                dwell,
+                ..
+            }) => Refusal::BeforeDwell {
+                gateway,
+                seen_for,
+                dwell,
+            },
+            Ok(Reason::StaysWhilePresent { rssi, .. }) => {
+                // The strongest other fresh gateway where the device is present, if any.
+                let InstanceKind::PerDevice(class) = f.kind else {
+                    return None;
+                };
+                let (_, grace) = self.presence_times(inst.function);
+                let now = self.now;
+                let other = self.devices[inst.device? as usize]
+                    .sightings
+                    .iter()
+                    .filter(|s: &&Sighting| {
+                        s.gw != h.gw
+                            && s.class == class
+                            && now.duration_since(s.last) <= grace
+                            && s.rssi >= f.min_rssi
+                            && !self.stale(s.gw)
+                    })
+                    .max_by_key(|s| (s.rssi, std::cmp::Reverse(s.gw)))?;
+                Refusal::StillPresent {
+                    gateway: self.nodes[other.gw as usize].info.name.clone(),
+                    rssi: other.rssi,
+                    on: on.clone(),
+                    on_rssi: rssi,
+                }
+            }
+            _ => return None,
+        };
+        Some(Reason::Stays {
+            at: Target::Gateway(on),
+            because: vec![because],
+        })
     }
 }

@@ -24,8 +24,9 @@ fn res(repo: &Repo, function: &str) -> Resources {
     repo.functions[function].spec.resources.parse().unwrap()
 }
 
-/// Sum of what the plan puts on each gateway, plus the gateway's own use, never exceeds
-/// its allocatable; per (tier, site) group, what is pinned there never exceeds the group.
+/// Sum of what the plan puts on each node, plus the gateway's own use (its report),
+/// never exceeds its allocatable less the largest gatewayReserve of what runs there; every
+/// placed instance names its node (edge and cloud too: they are pinned to it).
 fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestCaseError> {
     let external: HashMap<&str, Resources> = inv
         .reports
@@ -42,47 +43,37 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
         .collect();
     let mut on_node: BTreeMap<&str, Resources> = BTreeMap::new();
     let mut reserve_on: BTreeMap<&str, Resources> = BTreeMap::new();
-    let mut on_group: BTreeMap<(Tier, Option<&str>), Resources> = BTreeMap::new();
     for p in &plan.placements {
-        match (p.tier, &p.node) {
-            (Some(Tier::Gateway), Some(n)) => {
-                *on_node.entry(n).or_default() += res(repo, &p.function);
-                // Every gatewayReserve of what runs on a gateway stays free: keep the
-                // largest per resource.
-                let policy = &repo.policies[&repo.functions[&p.function].spec.policy].spec;
-                let r: Resources = policy
-                    .gateway_reserve
-                    .as_ref()
-                    .map(|q| q.parse().unwrap())
-                    .unwrap_or_default();
-                let m = reserve_on.entry(n).or_default();
-                *m = Resources::new(
-                    m.cpu_millis.max(r.cpu_millis),
-                    m.memory_bytes.max(r.memory_bytes),
-                );
-            }
-            (Some(Tier::Gateway), None) => {
-                return Err(TestCaseError::fail(format!(
-                    "{}: gateway without node",
-                    p.instance
-                )));
-            }
-            (Some(t), None) => {
-                *on_group.entry((t, p.site.as_deref())).or_default() += res(repo, &p.function)
-            }
-            (Some(_), Some(_)) => {
-                return Err(TestCaseError::fail(format!(
-                    "{}: node on edge/cloud",
-                    p.instance
-                )));
-            }
-            (None, _) => {}
+        let Some(tier) = p.tier else { continue };
+        let Some(n) = &p.node else {
+            return Err(TestCaseError::fail(format!(
+                "{}: placed on {tier} without a node",
+                p.instance
+            )));
+        };
+        *on_node.entry(n).or_default() += res(repo, &p.function);
+        let node = inv
+            .node(n)
+            .ok_or_else(|| TestCaseError::fail(format!("unknown node {n}")))?;
+        prop_assert_eq!(node.tier, tier, "{} on {}", &p.instance, n);
+        if tier == Tier::Gateway {
+            // Every gatewayReserve of what runs on a gateway stays free: keep the
+            // largest per resource.
+            let policy = &repo.policies[&repo.functions[&p.function].spec.policy].spec;
+            let r: Resources = policy
+                .gateway_reserve
+                .as_ref()
+                .map(|q| q.parse().unwrap())
+                .unwrap_or_default();
+            let m = reserve_on.entry(n).or_default();
+            *m = Resources::new(
+                m.cpu_millis.max(r.cpu_millis),
+                m.memory_bytes.max(r.memory_bytes),
+            );
         }
     }
     for (name, used) in on_node {
-        let node = inv
-            .node(name)
-            .ok_or_else(|| TestCaseError::fail(format!("unknown node {name}")))?;
+        let node = inv.node(name).unwrap();
         prop_assert!(node.schedulable(), "{name} is not schedulable");
         let total = used + external.get(name).copied().unwrap_or_default();
         let reserve = reserve_on.get(name).copied().unwrap_or_default();
@@ -91,16 +82,6 @@ fn check_capacity(repo: &Repo, inv: &Inventory, plan: &Plan) -> Result<(), TestC
             "{name}: {total} placed over allocatable {} less the reserve {reserve}",
             node.allocatable
         );
-    }
-    for ((tier, site), used) in on_group {
-        let cap = inv
-            .nodes
-            .iter()
-            .filter(|n| {
-                n.tier == tier && n.schedulable() && (site.is_none() || n.site.as_deref() == site)
-            })
-            .fold(Resources::ZERO, |a, n| a + n.allocatable);
-        prop_assert!(used.fits_in(&cap), "{tier} {site:?}: {used} over {cap}");
     }
     Ok(())
 }
@@ -165,7 +146,12 @@ fn check_rules(
             p.instance
         );
         // A policy that does not follow the device puts it on the gateway with most room.
-        if let Some(node) = p.node.as_ref().filter(|_| follows(repo, &p.function)) {
+        let on_gateway = tier == Tier::Gateway;
+        if let Some(node) = p
+            .node
+            .as_ref()
+            .filter(|_| on_gateway && follows(repo, &p.function))
+        {
             let here = heard.get(node).copied();
             if strict {
                 prop_assert_eq!(
@@ -354,7 +340,7 @@ fn fits_node(pod: &PodSpec, node: &Node) -> bool {
 
 /// Every rendered Deployment can be scheduled somewhere, and on every node it can be
 /// scheduled on, its image is the function's image for that node's `kubernetes.io/arch`
-/// label; a gateway instance can go to its gateway only.
+/// label; an instance can go to the node its placement names only.
 fn check_images_by_node_labels(
     repo: &Repo,
     plan: &Plan,
@@ -382,12 +368,12 @@ fn check_images_by_node_labels(
             );
         }
         let p = plan.placements.iter().find(|p| p.instance == name).unwrap();
-        if let Some(gw) = &p.node {
+        if let Some(node) = &p.node {
             let names: Vec<_> = on.iter().map(|n| n.metadata.name.as_deref()).collect();
             prop_assert_eq!(
                 names,
-                vec![Some(gw.as_str())],
-                "{} pinned to its gateway",
+                vec![Some(node.as_str())],
+                "{} pinned to its node",
                 &name
             );
         }
