@@ -54,6 +54,19 @@ fn roaming_repo(dir: &Path, dwell: &str) -> GitRepo {
     repo
 }
 
+/// The roaming repository with no dwell and a lossGrace of an hour: the guard and queue
+/// scenarios write each report once or twice and look at neither hysteresis nor sightings
+/// that age (with 2m, every device of a report written once is gone 2 minutes later).
+fn still_repo(dir: &Path) -> GitRepo {
+    let mut repo = roaming_repo(dir, "0s");
+    repo.write(
+        "policies/ehealth-roaming.yaml",
+        &roaming_policy("0s").replace("lossGrace: 2m", "lossGrace: 1h"),
+    );
+    repo.commit("no dwell, lossGrace 1h");
+    repo
+}
+
 // ---------------------------------------------------------------- the cluster
 
 /// The two-site world with the CRDs, and the controller's namespace (its Lease lives there).
@@ -1493,10 +1506,15 @@ async fn sees_and_lost(client: &Client, node: &str, devices: &[String], lost: &[
     let devices: Vec<_> = devices
         .iter()
         .map(|d| seen(d, "omh-bracelet", -58, ago(1800), now))
-        .chain(
-            lost.iter()
-                .map(|d| seen(d, "omh-bracelet", -58, ago(1800), ago(support::LOST_FOR))),
-        )
+        .chain(lost.iter().map(|d| {
+            seen(
+                d,
+                "omh-bracelet",
+                -58,
+                ago(support::LOST_FOR + 1800),
+                ago(support::LOST_FOR),
+            )
+        }))
         .collect();
     let spec = cloud4iot_core::model::GatewayReportSpec {
         heartbeat: None,
@@ -1530,8 +1548,7 @@ async fn gateways_dropping_out_one_after_another_hold_deletions_and_a_roam_still
         sees(&client, g, &devices).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    // No dwell: what these scenarios look at is the guard and the queue, not hysteresis.
-    let _repo = roaming_repo(dir.path(), "0s");
+    let _repo = still_repo(dir.path());
     let ctl = Controller::start(&cp, dir.path(), &[]);
     ctl.wait_ready().await;
     eventually(
@@ -1581,9 +1598,10 @@ async fn gateways_dropping_out_one_after_another_hold_deletions_and_a_roam_still
         node_label(d).as_deref() == Some("gw-6")
     })
     .await;
-    // Nor does a held prune start full reconciles over again (the old loop re-planned
-    // everything with a backoff from 0.5 s): a few seconds more show none.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Nor does a held prune start full reconciles over again (a loop that re-planned
+    // everything with a backoff from 0.5 s would run dozens): two minutes show none. (The
+    // resync, 10 minutes by default, is not due within them.)
+    tokio::time::sleep(Duration::from_secs(120)).await;
     let text = ctl.metrics().await;
     assert_eq!(full_reconciles(&text), full_before, "{text}");
     assert!(metric(&text, "cloud4iot_held_writes", &[]) >= 2.0, "{text}");
@@ -1711,8 +1729,7 @@ async fn a_deployment_that_fails_every_write_backs_off_alone_and_another_roam_go
     sees(&client, "gw-b", &[]).await;
     sees(&client, "gw-c", &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    // No dwell: what these scenarios look at is the guard and the queue, not hysteresis.
-    let _repo = roaming_repo(dir.path(), "0s");
+    let _repo = still_repo(dir.path());
     let ctl = Controller::start(&cp, dir.path(), &[]);
     ctl.wait_ready().await;
     for name in [&stuck_name, &free_name] {
@@ -1964,15 +1981,19 @@ mod bench {
         }))
     }
 
-    /// The bracelet bounces between the two gateways of the test cluster, `moves` times:
-    /// the new gateway's report (seen for 5 minutes, past the 30 s dwell) is written first,
-    /// then the old one's without it; the clock starts at that second write.
+    /// The bracelet bounces between the two gateways of the test cluster, `moves` times
+    /// (policy dwell 0s): the new gateway's report is written first, then the old one's,
+    /// which lists it as lost (last heard past lossGrace); the clock starts at that second
+    /// write.
     pub async fn small_world(moves: usize) {
         let cp = cluster().await;
         let client = cp.client();
         let _kubelet = KubeletStandIn::start(client.clone());
         let dir = tempfile::tempdir().unwrap();
-        let (_repo, ctl) = settled_at_home(&cp, dir.path()).await;
+        // No dwell: a move waits for its dwell from when the controller first saw the
+        // device at the new gateway, and that wait is the policy's, not the controller's.
+        let _repo = roaming_repo(dir.path(), "0s");
+        let ctl = settled_on(&cp, dir.path()).await;
         wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-home-1").await;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
         let mut stored = Vec::new();
@@ -1995,7 +2016,14 @@ mod bench {
             .unwrap();
             report(&client, to, Some(ago(300)), -58, "0").await;
             let t0 = Instant::now();
-            report(&client, from, None, -58, "0").await;
+            let lost = seen(
+                BRACELET,
+                "omh-bracelet",
+                -58,
+                ago(support::LOST_FOR + 1800),
+                ago(support::LOST_FOR),
+            );
+            write_report(&client, from, jiff::Timestamp::now(), vec![lost], Some("0")).await;
             let at = tokio::time::timeout(WAIT, arrived)
                 .await
                 .ok()
@@ -2062,6 +2090,9 @@ mod bench {
         let (mut repo_model, inv) = synth::world(&cfg);
         for p in repo_model.policies.values_mut() {
             p.spec.presence.loss_grace = cloud4iot_core::model::Duration::from_secs(86_400);
+            // Dwell counts from when the controller first saw a device at a gateway: a
+            // move that waits for it is the policy's wait, not what this measures.
+            p.spec.presence.dwell = cloud4iot_core::model::Duration::from_secs(0);
         }
         let shift = jiff::Timestamp::now().duration_since(synth::now());
         let started = Instant::now();
@@ -2256,15 +2287,13 @@ mod bench {
             let to = synth::gateway_name(g, sites);
             let now = jiff::Timestamp::now();
             let mut new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
-            // Seen for longer than any dwell: the synthetic policies' dwell goes up to
-            // 2 min, `with_device`'s sighting is 1 min old, and a move that waits for its
-            // dwell is not what this measures.
-            for s in new_to.spec.devices.iter_mut().filter(|s| s.id == device) {
-                s.first_seen = now
-                    .checked_sub(jiff::SignedDuration::from_secs(3600))
-                    .unwrap();
+            // The old gateway lists it as lost, last heard past the day of lossGrace (a
+            // device that merely vanished from its report would be remembered that long).
+            let mut new_from = reports[&from].clone();
+            for s in new_from.spec.devices.iter_mut().filter(|s| s.id == device) {
+                s.last_seen = now - jiff::SignedDuration::from_secs(2 * 86_400);
+                s.first_seen = s.first_seen.min(s.last_seen);
             }
-            let new_from = synth::without_device(&reports[&from], &device);
             // The watch starts at the collection's current resourceVersion: the object's
             // own is from the full reconcile that created it, which the API server's
             // watch cache no longer holds after 90,000 writes (410 Gone).

@@ -76,10 +76,11 @@ pub async fn write_report(
     apply_report(client, node, &spec).await
 }
 
-/// How long ago a gateway that lost a device last heard it: past the 2m `lossGrace` of the
-/// test policies. (A device that merely vanishes from a report is remembered for
-/// `lossGrace` after its last `lastSeen`, as if its agent still listed it.)
-pub const LOST_FOR: i64 = 150;
+/// How long ago a gateway that lost a device last heard it (2 hours): past every
+/// `lossGrace` of the test policies (2m, 1h at most). (A device that merely vanishes from a
+/// report is remembered for `lossGrace` after its last `lastSeen`, as if its agent still
+/// listed it.)
+pub const LOST_FOR: i64 = 7200;
 
 /// Device `id` of `class` roams: `to` sees it (at -58 dBm, since 5 minutes by its own
 /// account), then `from` lists it last heard [`LOST_FOR`] ago, as its agent does for a
@@ -91,7 +92,7 @@ pub async fn roam(client: &Client, id: &str, class: &str, from: &str, to: &str) 
     let ago = |secs| now - jiff::SignedDuration::from_secs(secs);
     let found = seen(id, class, -58, ago(300), now);
     write_report(client, to, now, vec![found], Some("0")).await;
-    let lost = seen(id, class, -58, ago(1800), ago(LOST_FOR));
+    let lost = seen(id, class, -58, ago(LOST_FOR + 1800), ago(LOST_FOR));
     write_report(client, from, now, vec![lost], Some("0")).await;
 }
 
