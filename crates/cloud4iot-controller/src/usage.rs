@@ -27,10 +27,11 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// After a failed write, the next attempt waits this long.
 const RETRY: Duration = Duration::from_secs(5);
 
+// Boxed, so a change moves through the merged stream as a pointer: a report event is
+// hundreds of bytes, a Pod event many times more.
 enum Change {
-    // Boxed: a Pod is many times the size of a report.
     Pod(Box<Event<Pod>>),
-    Report(Event<GatewayReport>),
+    Report(Box<Event<GatewayReport>>),
 }
 
 /// Follows the Pods and the reports until `stop`; writes while `leader` says so.
@@ -53,7 +54,7 @@ pub async fn follow(
     )
     .default_backoff()
     .modify(|r| r.managed_fields_mut().clear())
-    .map(|e| e.map(Change::Report));
+    .map(|e| e.map(|r| Change::Report(Box::new(r))));
     let changes = futures::stream::select(pods.boxed(), reports.boxed());
     let writer = Writer {
         client,
@@ -132,7 +133,7 @@ impl State {
                     return true;
                 }
             },
-            Change::Report(e) => match e {
+            Change::Report(e) => match *e {
                 Event::Init => self.reports_init = Some(BTreeMap::new()),
                 Event::InitApply(r) => {
                     if let Some(m) = self.reports_init.as_mut() {
