@@ -27,6 +27,7 @@ pub mod leader_label;
 pub mod lease;
 pub mod metrics;
 pub mod requeue;
+mod settle;
 pub mod source;
 pub mod status;
 pub mod superseded;

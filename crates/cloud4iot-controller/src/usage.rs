@@ -6,6 +6,7 @@
 //! Only the leader writes; a replica that becomes leader brings every report in line.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,16 +19,19 @@ use tokio::sync::watch;
 use cloud4iot_core::model::GatewayReport;
 use cloud4iot_kube::usage::{self, NodeUsage};
 
+use crate::settle::{self, Follower, Timing};
+
 /// Changes are gathered this long before the reports are written (a rollout of many Pods
 /// is one write per report, not one per Pod).
 const SETTLE: Duration = Duration::from_secs(1);
 /// After a failed write, the next attempt waits this long.
 const RETRY: Duration = Duration::from_secs(5);
 
+// Boxed, so a change moves through the merged stream as a pointer: a report event is
+// hundreds of bytes, a Pod event many times more.
 enum Change {
-    // Boxed: a Pod is many times the size of a report.
     Pod(Box<Event<Pod>>),
-    Report(Event<GatewayReport>),
+    Report(Box<Event<GatewayReport>>),
 }
 
 /// Follows the Pods and the reports until `stop`; writes while `leader` says so.
@@ -35,8 +39,8 @@ enum Change {
 pub async fn follow(
     client: Client,
     watch_client: Client,
-    mut leader: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
+    leader: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let pods = watcher(
         Api::<Pod>::all(watch_client.clone()),
@@ -50,51 +54,45 @@ pub async fn follow(
     )
     .default_backoff()
     .modify(|r| r.managed_fields_mut().clear())
-    .map(|e| e.map(Change::Report));
-    let mut changes = futures::stream::select(pods.boxed(), reports.boxed());
+    .map(|e| e.map(|r| Change::Report(Box::new(r))));
+    let changes = futures::stream::select(pods.boxed(), reports.boxed());
+    let writer = Writer {
+        client,
+        state: State::default(),
+    };
+    let timing = Timing {
+        settle: SETTLE,
+        retry: RETRY,
+    };
+    settle::run(writer, changes, leader, stop, timing).await;
+}
 
-    let mut state = State::default();
-    let mut due: Option<tokio::time::Instant> = None;
-    loop {
-        let wait = async move {
-            match due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+/// The state of the watches, and the client that writes the reports.
+struct Writer {
+    client: Client,
+    state: State,
+}
+
+impl Follower for Writer {
+    type Change = Result<Change, watcher::Error>;
+
+    fn take(&mut self, change: Self::Change) -> ControlFlow<(), bool> {
+        ControlFlow::Continue(match change {
+            Ok(c) => self.state.take(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching Pods or GatewayReports for the resources in use (retrying)");
+                false
             }
-        };
-        tokio::select! {
-            _ = stop.changed() => return,
-            changed = leader.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if *leader.borrow_and_update() {
-                    due.get_or_insert(tokio::time::Instant::now() + SETTLE);
-                }
-            }
-            change = changes.next() => {
-                let Some(change) = change else { return };
-                match change {
-                    Ok(c) => {
-                        if state.take(c) {
-                            due.get_or_insert(tokio::time::Instant::now() + SETTLE);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "watching Pods or GatewayReports for the resources in use (retrying)"),
-                }
-            }
-            () = wait => {
-                due = None;
-                if !*leader.borrow() || !state.synced() {
-                    continue;
-                }
-                let stale = state.stale();
-                let written = usage::publish(&client, &state.usage, &stale).await;
-                if written < stale.len() {
-                    due = Some(tokio::time::Instant::now() + RETRY);
-                }
-            }
+        })
+    }
+
+    async fn write(&mut self) -> bool {
+        if !self.state.synced() {
+            return true;
         }
+        let stale = self.state.stale();
+        let written = usage::publish(&self.client, &self.state.usage, &stale).await;
+        written >= stale.len()
     }
 }
 
@@ -135,7 +133,7 @@ impl State {
                     return true;
                 }
             },
-            Change::Report(e) => match e {
+            Change::Report(e) => match *e {
                 Event::Init => self.reports_init = Some(BTreeMap::new()),
                 Event::InitApply(r) => {
                     if let Some(m) = self.reports_init.as_mut() {

@@ -242,26 +242,32 @@ mod tests {
         Some(-80)
     }
 
+    /// `gateway` (of `site`) reports BR alone at `rssi`, last seen at `last`, with its
+    /// heartbeat and acceptance both at `at`.
+    fn hear(
+        c: &mut Claims,
+        gateway: &str,
+        site: Option<&str>,
+        at: i64,
+        rssi: i32,
+        last: i64,
+    ) -> Vec<Suspicion> {
+        c.accept(
+            gateway,
+            site,
+            Some(t(at)),
+            &[seen(BR, rssi, last)],
+            t(at),
+            min,
+        )
+    }
+
     #[test]
     fn a_device_heard_at_two_sites_within_ten_seconds_is_suspicious() {
         let mut c = Claims::new(DEFAULT_SUSPECT_DEVICES_OVER);
-        let home = c.accept(
-            "gw-home-1",
-            Some("home"),
-            Some(t(100)),
-            &[seen(BR, -60, 99)],
-            t(100),
-            min,
-        );
+        let home = hear(&mut c, "gw-home-1", Some("home"), 100, -60, 99);
         assert!(home.is_empty(), "{home:?}");
-        let dock = c.accept(
-            "gw-dock",
-            Some("dock"),
-            Some(t(108)),
-            &[seen(BR, -40, 108)],
-            t(108),
-            min,
-        );
+        let dock = hear(&mut c, "gw-dock", Some("dock"), 108, -40, 108);
         assert_eq!(
             dock,
             [Suspicion::TwoSites {
@@ -279,96 +285,33 @@ mod tests {
     #[test]
     fn roaming_weak_stale_and_same_site_sightings_are_not() {
         let mut c = Claims::new(DEFAULT_SUSPECT_DEVICES_OVER);
-        c.accept(
-            "gw-home-1",
-            Some("home"),
-            Some(t(100)),
-            &[seen(BR, -60, 99)],
-            t(100),
-            min,
-        );
+        hear(&mut c, "gw-home-1", Some("home"), 100, -60, 99);
         // Eleven seconds later: apart.
-        let later = c.accept(
-            "gw-hospital-1",
-            Some("hospital"),
-            Some(t(111)),
-            &[seen(BR, -60, 111)],
-            t(111),
-            min,
-        );
+        let later = hear(&mut c, "gw-hospital-1", Some("hospital"), 111, -60, 111);
         assert!(later.is_empty(), "{later:?}");
         // Below minRssi at the other site: not present there.
-        let weak = c.accept(
-            "gw-home-1",
-            Some("home"),
-            Some(t(112)),
-            &[seen(BR, -85, 112)],
-            t(112),
-            min,
-        );
+        let weak = hear(&mut c, "gw-home-1", Some("home"), 112, -85, 112);
         assert!(weak.is_empty(), "{weak:?}");
         // Still listed at home, but last seen a minute ago: the device walking away.
-        let stale = c.accept(
-            "gw-home-1",
-            Some("home"),
-            Some(t(113)),
-            &[seen(BR, -60, 50)],
-            t(113),
-            min,
-        );
+        let stale = hear(&mut c, "gw-home-1", Some("home"), 113, -60, 50);
         assert!(stale.is_empty(), "{stale:?}");
         // Another gateway of the same site.
-        let same = c.accept(
-            "gw-hospital-2",
-            Some("hospital"),
-            Some(t(113)),
-            &[seen(BR, -60, 113)],
-            t(113),
-            min,
-        );
+        let same = hear(&mut c, "gw-hospital-2", Some("hospital"), 113, -60, 113);
         assert!(same.is_empty(), "{same:?}");
         // A gateway without a site cannot be told apart.
-        let none = c.accept(
-            "gw-x",
-            None,
-            Some(t(113)),
-            &[seen(BR, -60, 113)],
-            t(113),
-            min,
-        );
+        let none = hear(&mut c, "gw-x", None, 113, -60, 113);
         assert!(none.is_empty(), "{none:?}");
     }
 
     #[test]
     fn a_newer_report_replaces_and_a_forgotten_one_is_gone() {
         let mut c = Claims::new(DEFAULT_SUSPECT_DEVICES_OVER);
-        c.accept(
-            "gw-home-1",
-            Some("home"),
-            Some(t(100)),
-            &[seen(BR, -60, 100)],
-            t(100),
-            min,
-        );
+        hear(&mut c, "gw-home-1", Some("home"), 100, -60, 100);
         c.accept("gw-home-1", Some("home"), Some(t(101)), &[], t(101), min);
-        let after_empty = c.accept(
-            "gw-dock",
-            Some("dock"),
-            Some(t(102)),
-            &[seen(BR, -60, 102)],
-            t(102),
-            min,
-        );
+        let after_empty = hear(&mut c, "gw-dock", Some("dock"), 102, -60, 102);
         assert!(after_empty.is_empty(), "{after_empty:?}");
         c.forget("gw-dock");
-        let after_forget = c.accept(
-            "gw-home-1",
-            Some("home"),
-            Some(t(103)),
-            &[seen(BR, -60, 103)],
-            t(103),
-            min,
-        );
+        let after_forget = hear(&mut c, "gw-home-1", Some("home"), 103, -60, 103);
         assert!(after_forget.is_empty(), "{after_forget:?}");
     }
 

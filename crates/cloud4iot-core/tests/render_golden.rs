@@ -11,6 +11,8 @@ use cloud4iot_core::model::{
 };
 use cloud4iot_core::plan::{Placement, Plan, current_placements};
 use cloud4iot_core::render::{RenderOptions, render, to_yaml_stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, PodSpec};
 
 const FUNCTIONS: &str = r#"
 apiVersion: cloud4iot.io/v1alpha1
@@ -132,19 +134,18 @@ fn render_matches_golden() {
     golden("render.yaml", &to_yaml_stream(&objects).unwrap());
 }
 
-#[test]
-fn gateway_instances_are_pinned_and_tolerate_the_taint() {
-    let objects = render(&repo(), &plan(), &RenderOptions::default());
-    let consolidator = objects
+/// The pod spec of the rendered Deployment named `name`.
+fn pod_of<'a>(objects: &'a [Deployment], name: &str) -> &'a PodSpec {
+    let d = objects
         .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("omh-consolidator-c4-7c-8d-6a-12-34"))
+        .find(|d| d.metadata.name.as_deref() == Some(name))
         .unwrap();
-    let pod = consolidator.spec.template.spec.as_ref().unwrap();
-    let tol = pod.tolerations.as_ref().expect("gateway toleration");
-    assert_eq!(tol[0].key.as_deref(), Some(labels::GATEWAY_TAINT));
-    assert_eq!(tol[0].effect.as_deref(), Some("NoSchedule"));
-    let exprs = pod
-        .affinity
+    d.spec.template.spec.as_ref().unwrap()
+}
+
+/// The match expressions of the first required node-affinity term of `pod`.
+fn required_expressions(pod: &PodSpec) -> Vec<NodeSelectorRequirement> {
+    pod.affinity
         .as_ref()
         .unwrap()
         .node_affinity
@@ -156,7 +157,17 @@ fn gateway_instances_are_pinned_and_tolerate_the_taint() {
         .node_selector_terms[0]
         .match_expressions
         .clone()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn gateway_instances_are_pinned_and_tolerate_the_taint() {
+    let objects = render(&repo(), &plan(), &RenderOptions::default());
+    let pod = pod_of(&objects, "omh-consolidator-c4-7c-8d-6a-12-34");
+    let tol = pod.tolerations.as_ref().expect("gateway toleration");
+    assert_eq!(tol[0].key.as_deref(), Some(labels::GATEWAY_TAINT));
+    assert_eq!(tol[0].effect.as_deref(), Some("NoSchedule"));
+    let exprs = required_expressions(pod);
     let hostname = exprs
         .iter()
         .find(|e| e.key == labels::HOSTNAME)
@@ -178,29 +189,12 @@ fn gateway_instances_are_pinned_and_tolerate_the_taint() {
         Some("IfNotPresent")
     );
 
-    let cloud = objects
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("engine-diagnostics-1"))
-        .unwrap();
-    let pod = cloud.spec.template.spec.as_ref().unwrap();
+    let pod = pod_of(&objects, "engine-diagnostics-1");
     assert!(
         pod.tolerations.is_none(),
         "no gateway toleration off the gateways"
     );
-    let exprs = pod
-        .affinity
-        .as_ref()
-        .unwrap()
-        .node_affinity
-        .as_ref()
-        .unwrap()
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()
-        .unwrap()
-        .node_selector_terms[0]
-        .match_expressions
-        .clone()
-        .unwrap();
+    let exprs = required_expressions(pod);
     assert_eq!(exprs.len(), 1);
     assert_eq!(
         (exprs[0].key.as_str(), exprs[0].values.as_deref()),
