@@ -59,7 +59,10 @@ fn flipping_the_mode_moves_the_engine_diagnostic_to_a_gateway() {
         .lines()
         .find(|l| l.contains("engine-diagnostic-0: moved"))
         .unwrap_or_else(|| panic!("{out:?}"));
-    assert!(moved.contains("moved cloud -> gateway/gw-home-"), "{moved}");
+    assert!(
+        moved.contains("moved cloud/cloud-1 -> gateway/gw-home-"),
+        "{moved}"
+    );
     // The reason under each revision, right below the move.
     let at = out.stdout.find(moved).unwrap();
     let below: Vec<&str> = out.stdout[at..]
@@ -119,7 +122,7 @@ fn markdown_is_a_pull_request_comment() {
     );
     assert!(
         out.stdout
-            .contains("| `engine-diagnostic-0` | moved | cloud | gateway/gw-home-"),
+            .contains("| `engine-diagnostic-0` | moved | cloud/cloud-1 | gateway/gw-home-"),
         "{out:?}"
     );
     assert!(out.stdout.contains("<details><summary>update Deployment <code>cloud4iot-functions/engine-diagnostic-0</code></summary>"), "{out:?}");
@@ -169,7 +172,7 @@ fn uncommitted_edits_are_the_head_without_rev() {
     );
     assert!(
         out.stdout
-            .contains("engine-diagnostic-0: moved cloud -> gateway/"),
+            .contains("engine-diagnostic-0: moved cloud/cloud-1 -> gateway/"),
         "{out:?}"
     );
 }
@@ -184,7 +187,7 @@ fn a_url_works_like_a_local_repository() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stdout
-            .contains("| `engine-diagnostic-0` | moved | cloud | gateway/gw-home-"),
+            .contains("| `engine-diagnostic-0` | moved | cloud/cloud-1 | gateway/gw-home-"),
         "{out:?}"
     );
 }

@@ -236,7 +236,7 @@ fn roaming_falls_back_to_the_edge_of_the_device_site_never_the_cloud() {
     let p = only(&plan);
     assert_eq!(
         (p.tier, p.site.as_deref(), p.node.as_deref()),
-        (Some(Tier::Edge), Some("south"), None),
+        (Some(Tier::Edge), Some("south"), Some("edge-south")),
         "{p:#?}"
     );
     assert_eq!(
@@ -364,7 +364,7 @@ fn cloud_only_never_touches_gateways_or_edge() {
         for p in &plan.placements {
             assert_eq!(
                 (p.tier, p.node.as_deref()),
-                (Some(Tier::Cloud), None),
+                (Some(Tier::Cloud), Some("cloud-1")),
                 "{p:#?}"
             );
             assert_eq!(p.arch, Some(Arch::Amd64));
@@ -883,10 +883,7 @@ fn cli_held_room_then_priority_then_running() {
     assert_eq!(fa_in_cloud.tier, Some(Tier::Cloud));
     let plan = r.plan(&world(vec![fa_in_cloud.clone()], &r));
     assert_eq!(where_is(&plan, "fb"), ("gateway".into(), "gw-north".into()));
-    assert_eq!(
-        where_is(&plan, "fa"),
-        ("cloud".into(), serde_json::Value::Null)
-    );
+    assert_eq!(where_is(&plan, "fa"), ("cloud".into(), "cloud-1".into()));
     let fa = plan.iter().find(|p| p["function"] == "fa").unwrap();
     assert_eq!(
         fa["stays"],
@@ -896,10 +893,7 @@ fn cli_held_room_then_priority_then_running() {
     let r = two_priorities(5, 5);
     let plan = r.plan(&world(vec![fa_in_cloud], &r));
     assert_eq!(where_is(&plan, "fa"), ("gateway".into(), "gw-north".into()));
-    assert_eq!(
-        where_is(&plan, "fb"),
-        ("cloud".into(), serde_json::Value::Null)
-    );
+    assert_eq!(where_is(&plan, "fb"), ("cloud".into(), "cloud-1".into()));
     // fa (priority 1) holds the room on gw-north: fb (priority 10) does not take it.
     let r = two_priorities(1, 10);
     let alone = Snap::world().report("gw-north", 0, "3700m", &[(TAG, -60, 600, 1)]);
@@ -914,10 +908,7 @@ fn cli_held_room_then_priority_then_running() {
     fa_on_north.instance = cloud4iot_core::model::device_instance_name("fa", TAG);
     let plan = r.plan(&world(vec![fa_on_north], &r));
     assert_eq!(where_is(&plan, "fa"), ("gateway".into(), "gw-north".into()));
-    assert_eq!(
-        where_is(&plan, "fb"),
-        ("cloud".into(), serde_json::Value::Null)
-    );
+    assert_eq!(where_is(&plan, "fb"), ("cloud".into(), "cloud-1".into()));
 }
 
 /// Issue 12, duplicates: a snapshot naming one Node (or one GatewayReport) twice is refused,

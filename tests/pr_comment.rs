@@ -107,7 +107,10 @@ fn a_valid_change_comments_the_move_and_passes() {
         .lines()
         .find(|l| l.starts_with("| `engine-diagnostic-0` |"))
         .unwrap_or_else(|| panic!("no row for the move: {c:?}"));
-    assert!(row.contains("| moved | cloud | gateway/gw-home-"), "{row}");
+    assert!(
+        row.contains("| moved | cloud/cloud-1 | gateway/gw-home-"),
+        "{row}"
+    );
     assert!(
         comment.contains("<code>cloud4iot-functions/engine-diagnostic-0</code>"),
         "the Deployment's diff, collapsed: {c:?}"

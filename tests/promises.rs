@@ -1246,8 +1246,8 @@ async fn the_render_contract_per_tier_and_the_real_scheduler_agrees() {
     let edge = &objects["omh-consolidator-c4-7c-8d-6a-12-34"];
     let cloud = &objects["engine-diagnostic-0"];
 
-    // Node affinity per tier: the tier always; the gateway itself on a gateway; the site
-    // where locality demands it; the arch where the image does.
+    // Node affinity per tier: the tier always; the node the planner chose (every placement
+    // names one); the site where locality demands it; the arch where the image does.
     assert_eq!(
         expressions(gateway),
         [
@@ -1260,6 +1260,7 @@ async fn the_render_contract_per_tier_and_the_real_scheduler_agrees() {
         expressions(edge),
         [
             ("cloud4iot.io/tier".to_owned(), s(&["edge"])),
+            ("kubernetes.io/hostname".to_owned(), s(&["edge-hospital"])),
             ("cloud4iot.io/site".to_owned(), s(&["hospital"])),
             ("kubernetes.io/arch".to_owned(), s(&["amd64"])),
         ]
@@ -1268,6 +1269,7 @@ async fn the_render_contract_per_tier_and_the_real_scheduler_agrees() {
         expressions(cloud),
         [
             ("cloud4iot.io/tier".to_owned(), s(&["cloud"])),
+            ("kubernetes.io/hostname".to_owned(), s(&["cloud-1"])),
             ("kubernetes.io/arch".to_owned(), s(&["amd64"])),
         ]
     );
