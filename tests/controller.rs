@@ -2286,7 +2286,7 @@ mod bench {
             }
             let to = synth::gateway_name(g, sites);
             let now = jiff::Timestamp::now();
-            let mut new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
+            let new_to = synth::with_device(&reports[&to], &device, &seen.class, now);
             // The old gateway lists it as lost, last heard past the day of lossGrace (a
             // device that merely vanished from its report would be remembered that long).
             let mut new_from = reports[&from].clone();

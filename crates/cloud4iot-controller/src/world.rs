@@ -1005,112 +1005,87 @@ spec:
 apiVersion: cloud4iot.io/v1alpha1
 kind: Function
 metadata: {name: consolidator}
-spec:
-  image: registry.example.com/c:1
-  resources: {cpu: 100m, memory: 64Mi}
-  instances: {perDevice: {deviceClass: omh-bracelet}}
-  policy: roaming
+spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
+       instances: {perDevice: {deviceClass: omh-bracelet}}, policy: roaming}
 ";
 
-    fn sees(g: &str, heartbeat: Timestamp, devices: &[(Timestamp, Timestamp)]) -> GatewayReport {
-        let devices = devices
+    /// `secs` after a fixed instant.
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    /// Gateway `g`'s report written at `at(secs)`, seeing the bracelet from `at(first)` to
+    /// `at(last)` for each `(first, last)` of `sightings`.
+    fn report(world: &mut World, g: &str, secs: i64, sightings: &[(i64, i64)]) {
+        let devices = sightings
             .iter()
-            .map(
-                |&(first_seen, last_seen)| cloud4iot_core::model::SeenDevice {
-                    id: "C4:7C:8D:6A:12:34".to_owned(),
-                    class: "omh-bracelet".to_owned(),
-                    rssi: -58,
-                    first_seen,
-                    last_seen,
-                },
-            )
+            .map(|&(first, last)| cloud4iot_core::model::SeenDevice {
+                id: "C4:7C:8D:6A:12:34".to_owned(),
+                class: "omh-bracelet".to_owned(),
+                rssi: -58,
+                first_seen: at(first),
+                last_seen: at(last),
+            })
             .collect();
-        GatewayReport::new(
-            g,
-            GatewayReportSpec {
-                heartbeat: Some(heartbeat),
-                devices,
-                resources: None,
-            },
-        )
+        let spec = GatewayReportSpec {
+            heartbeat: Some(at(secs)),
+            devices,
+            resources: None,
+        };
+        let r = GatewayReport::new(g, spec);
+        world.on_change(Change::Report(Event::Apply(r)), at(secs));
+    }
+
+    /// The roaming world at `at(0)`, planned: the bracelet's instance on gw-home-1, which
+    /// has seen it for half an hour; gw-hospital-1 sees nothing.
+    fn bracelet_at_home() -> World {
+        let gateways = [("gw-home-1", "home"), ("gw-hospital-1", "hospital")]
+            .map(|(g, site)| node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi"));
+        let mut world = world_of(ROAMING, gateways);
+        report(&mut world, "gw-home-1", 0, &[(-1800, 0)]);
+        report(&mut world, "gw-hospital-1", 0, &[]);
+        world.replan(at(0));
+        world.full = None;
+        world
+    }
+
+    fn node(world: &World) -> Option<String> {
+        world.desired.values().next().and_then(|p| p.node.clone())
     }
 
     #[test]
     fn a_device_that_vanishes_from_a_report_moves_when_its_loss_grace_runs_out() {
-        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
-        let s = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
-        let gateways = [("gw-home-1", "home"), ("gw-hospital-1", "hospital")]
-            .map(|(g, site)| node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi"));
-        let mut world = world_of(ROAMING, gateways);
-        let report = |w: &mut World, r: GatewayReport, now| {
-            w.on_change(Change::Report(Event::Apply(r)), now);
-        };
-        report(&mut world, sees("gw-home-1", t0, &[(s(-1800), t0)]), t0);
-        report(&mut world, sees("gw-hospital-1", t0, &[]), t0);
-        world.replan(t0);
-        world.full = None;
-        let node = |w: &World| w.desired.values().next().and_then(|p| p.node.clone());
+        let mut world = bracelet_at_home();
         assert_eq!(node(&world).as_deref(), Some("gw-home-1"));
-        report(
-            &mut world,
-            sees("gw-home-1", s(1), &[(s(-1800), s(1))]),
-            s(1),
-        );
-        report(
-            &mut world,
-            sees("gw-hospital-1", s(1), &[(s(-60), s(1))]),
-            s(1),
-        );
-        report(&mut world, sees("gw-home-1", s(2), &[]), s(2));
+        report(&mut world, "gw-home-1", 1, &[(-1800, 1)]);
+        report(&mut world, "gw-hospital-1", 1, &[(-60, 1)]);
+        report(&mut world, "gw-home-1", 2, &[]);
         assert_eq!(node(&world).as_deref(), Some("gw-home-1"), "remembered");
         let due = world.next_due().expect("lossGrace falls due");
-        assert!(due > s(21) && due < s(22), "{due}");
+        assert!(due > at(21) && due < at(22), "{due}");
         // The hospital's agent keeps reporting it; home's memory of it runs out.
-        report(
-            &mut world,
-            sees("gw-hospital-1", s(15), &[(s(-60), s(15))]),
-            s(15),
-        );
-        assert_eq!(
-            node(&world).as_deref(),
-            Some("gw-home-1"),
-            "lossGrace not out"
-        );
+        report(&mut world, "gw-hospital-1", 15, &[(-60, 15)]);
+        assert_eq!(node(&world).as_deref(), Some("gw-home-1"), "not yet");
         assert_eq!(world.next_due(), Some(due), "still due");
-        world.advance(s(22));
+        world.advance(at(22));
         assert_eq!(node(&world).as_deref(), Some("gw-hospital-1"));
     }
 
     #[test]
     fn a_report_its_agent_emptied_is_lost_for_the_guard_while_its_devices_are_remembered() {
-        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
-        let s = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
-        let gateways = [("gw-home-1", "home"), ("gw-hospital-1", "hospital")]
-            .map(|(g, site)| node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi"));
-        let mut world = world_of(ROAMING, gateways);
-        let report = |w: &mut World, r: GatewayReport, now| {
-            w.on_change(Change::Report(Event::Apply(r)), now);
-        };
-        report(&mut world, sees("gw-home-1", t0, &[(s(-1800), t0)]), t0);
-        report(&mut world, sees("gw-hospital-1", t0, &[]), t0);
-        world.replan(t0);
-        world.full = None;
-        assert!(!world.lost("gw-home-1", s(1)));
+        let mut world = bracelet_at_home();
+        assert!(!world.lost("gw-home-1", at(1)));
         // Emptied by its agent: the planner still sees the device (remembered), the guard
         // sees an emptied report whose device no gateway lists.
-        report(&mut world, sees("gw-home-1", s(1), &[]), s(1));
+        report(&mut world, "gw-home-1", 1, &[]);
         assert_eq!(
             world.reports["gw-home-1"].spec.devices.len(),
             1,
             "remembered"
         );
-        assert!(world.lost("gw-home-1", s(2)), "emptied");
+        assert!(world.lost("gw-home-1", at(2)), "emptied");
         // Listed by another gateway, it roamed: no outage.
-        report(
-            &mut world,
-            sees("gw-hospital-1", s(2), &[(s(2), s(2))]),
-            s(2),
-        );
-        assert!(!world.lost("gw-home-1", s(3)));
+        report(&mut world, "gw-hospital-1", 2, &[(2, 2)]);
+        assert!(!world.lost("gw-home-1", at(3)));
     }
 }

@@ -378,10 +378,10 @@ apiVersion: cloud4iot.io/v1alpha1
 kind: PlacementPolicy
 metadata: {name: engine-monitoring}
 spec:
+  mode: normal
   modes:
     normal: {tiers: [cloud, gateway]}
     intensive: {tiers: [gateway]}
-  mode: normal
 ---
 apiVersion: cloud4iot.io/v1alpha1
 kind: Function
