@@ -339,7 +339,6 @@ impl Controller {
             let mut wake = next_resync;
             for at in [
                 self.backoff.until,
-                self.requeue.next_due(),
                 self.status_pending
                     .then(|| self.status_at.map(|t| t + STATUS_EVERY))
                     .flatten(),
@@ -348,6 +347,11 @@ impl Controller {
             .flatten()
             .filter(|at| *at > now)
             {
+                wake = wake.min(at);
+            }
+            // A retry that fell due while the last turn was writing wakes the loop at once
+            // (it is taken below, every turn, so a past instant never spins).
+            if let Some(at) = self.requeue.next_due() {
                 wake = wake.min(at);
             }
             // A move that falls due later (dwell, lossGrace, stale heartbeat).
