@@ -44,7 +44,7 @@ async fn diff_base_reads_the_live_state_from_the_cluster() {
     );
     assert!(
         out.stdout
-            .contains("engine-diagnostic-0: moved cloud -> gateway/gw-live-1"),
+            .contains("engine-diagnostic-0: moved cloud/cloud-live-1 -> gateway/gw-live-1"),
         "{out:?}"
     );
 }

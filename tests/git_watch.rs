@@ -162,7 +162,7 @@ fn diff_watch_with_base_compares_each_save_with_the_base() {
         &text.replacen("\n  mode: normal\n", "\n  mode: intensive\n", 1),
     );
     wait_for(&rx, &mut seen, |l| {
-        l.contains("engine-diagnostic-0: moved cloud -> gateway/")
+        l.contains("engine-diagnostic-0: moved cloud/cloud-1 -> gateway/")
     });
     let (code, runs) = interrupt(child, rx, seen);
     assert_eq!(code, Some(0));

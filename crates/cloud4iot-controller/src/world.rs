@@ -1088,4 +1088,16 @@ spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
         report(&mut world, "gw-hospital-1", 2, &[(2, 2)]);
         assert!(!world.lost("gw-home-1", at(3)));
     }
+
+    #[test]
+    fn a_node_change_re_plans_in_full_and_an_unchanged_node_does_not() {
+        let mut world = bracelet_at_home();
+        let mut n =
+            cloud4iot_core::testing::node(Tier::Gateway, "gw-home-1", "home", "arm64", "2", "2Gi");
+        world.on_change(Change::Node(Event::Apply(n.clone())), at(1));
+        assert_eq!(world.full, None, "the same node: nothing to plan");
+        n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        world.on_change(Change::Node(Event::Apply(n)), at(2));
+        assert_eq!(world.full, Some(Trigger::Presence), "cordoned: a full plan");
+    }
 }
