@@ -273,6 +273,33 @@ async fn report_opt(client: &Client, node: &str) -> kube::Result<Option<GatewayR
 }
 
 /// Waits until the agent's /metrics has `line`.
+/// `cloud4iot run` on the repository `repo` against the cluster of `kubeconfig` (polling
+/// hourly, its Lease in the system namespace), killed when the child is dropped; its log
+/// goes to the returned file.
+fn start_controller(
+    kubeconfig: &Path,
+    repo: &Path,
+) -> (tokio::process::Child, tempfile::NamedTempFile) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
+        .arg("run")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--listen", &listen, "--interval", "1h"])
+        .args(["--lease-namespace", SYSTEM_NAMESPACE])
+        .env("CLOUD4IOT_LOG", "info,kube=warn")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cloud4iot run");
+    (child, log)
+}
+
 /// Waits until `agent` says `what`: `/readyz` answers 503 "BLE down", and its log says it
 /// is reconnecting to BlueZ.
 async fn ble_down(agent: &Agent, what: &str) {
@@ -925,25 +952,7 @@ async fn the_device_classes_configmap_deleted_or_edited_is_restored_and_nothing_
     .await;
 
     // The controller restores it, and keeps restoring it.
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args([
-            "run",
-            "--repo",
-            repo.path().to_str().unwrap(),
-            "--kubeconfig",
-        ])
-        .arg(cp.kubeconfig())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1h"])
-        .args(["--lease-namespace", SYSTEM_NAMESPACE])
-        .env("CLOUD4IOT_LOG", "info,kube=warn")
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start cloud4iot run");
+    let (_controller, log) = start_controller(cp.kubeconfig(), repo.path());
     let controller_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), support::FUNCTIONS_NS);
@@ -1043,25 +1052,7 @@ async fn gateway_clocks_minutes_off_change_nothing_and_a_silent_gateway_goes_sta
     })
     .await;
 
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args([
-            "run",
-            "--repo",
-            repo.path().to_str().unwrap(),
-            "--kubeconfig",
-        ])
-        .arg(cp.kubeconfig())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1h"])
-        .args(["--lease-namespace", SYSTEM_NAMESPACE])
-        .env("CLOUD4IOT_LOG", "info,kube=warn")
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start cloud4iot run");
+    let (_controller, log) = start_controller(cp.kubeconfig(), repo.path());
     let controller_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), support::FUNCTIONS_NS);
