@@ -166,6 +166,7 @@ fn policy(
             priority,
             modes: BTreeMap::new(),
             mode: None,
+            gateway_selector: None,
         },
     )
 }
@@ -350,6 +351,7 @@ fn node_info(
         allocatable: Resources::new(cpu, mem_mi << 20),
         gateway_taint: tier == Tier::Gateway,
         blocked: (!schedulable).then_some(crate::model::NodeBlock::NotReady),
+        labels: Default::default(),
     }
 }
 
