@@ -490,6 +490,33 @@ fn a_gateway_the_selector_does_not_select_never_gets_the_instance_however_well_i
         "gw-ward-1 sees the device at -72 dBm for 1h; gw-dock hears the device at -45 dBm \
          but is not selected by the policy's gatewaySelector"
     );
+    // Running there (rendered into the snapshot), it stays, and `--explain` says why it
+    // does not go to the dock that hears the bracelet better.
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.args(["render", "--repo", &s(&repo), "--state", &s(&state)]);
+    let rendered = run(&mut cmd);
+    assert_eq!(rendered.code, 0, "{rendered:?}");
+    let running = tmp.path().join("running.yaml");
+    let snapshot = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&running, format!("{snapshot}---\n{}", rendered.stdout)).unwrap();
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.args([
+        "plan",
+        "--repo",
+        &s(&repo),
+        "--state",
+        &s(&running),
+        "--explain",
+    ]);
+    let explained = run(&mut cmd);
+    assert_eq!(explained.code, 0, "{explained:?}");
+    assert!(
+        explained.stdout.contains(
+            "stays on gw-ward-1: gw-dock hears the device at -45 dBm but is not selected by the \
+             policy's gatewaySelector"
+        ),
+        "{explained:?}"
+    );
     // The same policy without the selector: the dock takes it.
     std::fs::write(
         repo.join("ward.yaml"),
