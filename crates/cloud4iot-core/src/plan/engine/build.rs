@@ -24,8 +24,13 @@ impl Planner {
         let mut class_ids = HashMap::default();
         let mut policies = read_policies(repo);
         let (fns, fn_by_class) = read_functions(repo, &policies, &mut class_ids);
-        let (sites, nodes, node_ids) = read_nodes(inv);
+        let (sites, mut nodes, node_ids) = read_nodes(inv);
         read_selections(repo, &mut policies, &nodes);
+        // The selections hold all the planner needs of the labels: no copy per node for
+        // its lifetime (a controller keeps its planner).
+        for n in &mut nodes {
+            n.info.labels = Default::default();
+        }
         let n = nodes.len();
         let mut planner = Planner {
             now,
