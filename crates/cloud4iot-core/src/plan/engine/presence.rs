@@ -246,13 +246,7 @@ impl Planner {
     /// for function `fi`, but that its policy's gatewaySelector does not select, as a
     /// [`Refusal::NotSelected`]; `None` when there is none (or no selector).
     pub(super) fn unselected_above(&self, fi: u32, class: u32, dev: &Device) -> Option<Refusal> {
-        match self
-            .ranking(fi, class, dev)
-            .noting_unselected(Reason::default())
-        {
-            Reason::Selected { passed_over, .. } => Some(passed_over),
-            _ => None,
-        }
+        self.ranking(fi, class, dev).passed_over()
     }
 
     /// The moves that fall due with no new input because a dwell is reached: a running
@@ -361,27 +355,30 @@ impl<'a> Ranking<'a> {
             && s.rssi >= self.min_rssi
     }
 
-    /// `why` (the gateway the instance wants), with the unselected gateway that ranks
-    /// above every selected one where the device is present, if there is one: the reason
-    /// says why the instance is not there.
-    fn noting_unselected(&self, why: Reason) -> Reason {
-        if self.selected.is_none() {
-            return why;
-        }
+    /// The unselected gateway that ranks above every selected one where the device is
+    /// present, as a [`Refusal::NotSelected`], if there is one.
+    fn passed_over(&self) -> Option<Refusal> {
+        self.selected?;
         let best = self
             .dev
             .sightings
             .iter()
             .filter(|s| self.heard_enough(s))
             .max_by_key(|s| self.rank(s))
-            .filter(|s| !self.selects(s.gw));
-        match best {
-            Some(s) => Reason::Selected {
+            .filter(|s| !self.selects(s.gw))?;
+        Some(Refusal::NotSelected {
+            node: self.name(best.gw),
+            rssi: best.rssi,
+        })
+    }
+
+    /// `why` (the gateway the instance wants), with the gateway it [`Self::passed_over`]
+    /// if any: the reason says why the instance is not there.
+    fn noting_unselected(&self, why: Reason) -> Reason {
+        match self.passed_over() {
+            Some(passed_over) => Reason::Selected {
                 chosen: Box::new(why),
-                passed_over: Refusal::NotSelected {
-                    node: self.name(s.gw),
-                    rssi: s.rssi,
-                },
+                passed_over,
             },
             None => why,
         }
