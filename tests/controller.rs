@@ -931,6 +931,92 @@ async fn a_device_that_vanishes_from_a_report_keeps_its_instance_for_loss_grace_
     hospital.abort();
 }
 
+/// The label a kubelet cannot set on its own Node (NodeRestriction): what a ward's
+/// gatewaySelector selects on.
+const CARE: &str = "node-restriction.kubernetes.io/cloud4iot-care";
+
+/// A gateway's `gatewaySelector` is read from its Node's labels in the cluster: the dock,
+/// unselected, hears the bracelet far better than the selected home gateway, and the
+/// consolidator stays off it; once the bracelet is heard only at the dock the instance is
+/// gone for the policy; labelling the dock (a Node change, no new report) brings it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unselected_gateway_that_hears_the_device_best_never_gets_the_deployment() {
+    let mut nodes = two_sites();
+    nodes[0]
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(CARE.into(), "home".into());
+    nodes.push(support::gateway_node(
+        "gw-dock", "home", "arm64", "1", "1Gi",
+    ));
+    let cp = world(Options::with_scheduling(), nodes).await;
+    cp.create_namespace(SYSTEM_NS).await;
+    let client = cp.client();
+    // Finishes the deletion of the Pods of the Deployment that goes away.
+    let _kubelet = KubeletStandIn::start(client.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = roaming_repo(dir.path(), "30s");
+    let selector = format!("  gatewaySelector:\n    matchLabels: {{{CARE}: home}}\n");
+    repo.write(
+        "policies/ehealth-roaming.yaml",
+        &(roaming_policy("30s") + &selector),
+    );
+    repo.commit("the consolidator only on gateways labelled for care at home");
+    report(&client, "gw-home-1", Some(ago(1800)), -72, "0").await;
+    report(&client, "gw-dock", Some(ago(1800)), -40, "0").await;
+    report(&client, "gw-hospital-1", None, -58, "0").await;
+    let ctl = Controller::start(&cp, dir.path(), &[]);
+    ctl.wait_ready().await;
+    let d = wait_deployment(&client, &ctl, CONSOLIDATOR, "on gw-home-1", |d| {
+        node_label(d).as_deref() == Some("gw-home-1")
+    })
+    .await;
+    let reason = &d.metadata.annotations.as_ref().unwrap()["cloud4iot.io/reason"];
+    assert!(
+        reason.ends_with(
+            "gw-dock hears the device at -40 dBm but is not selected by the policy's gatewaySelector"
+        ),
+        "{reason}"
+    );
+    wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-home-1").await;
+
+    // Home loses it, the dock still hears it: for this policy it is gone (never on the dock).
+    roam(&client, "gw-home-1", "gw-dock").await;
+    eventually(
+        "the consolidator gone, not moved to the dock",
+        WAIT,
+        || ctl.log(),
+        async || match deployment(&client, CONSOLIDATOR).await {
+            Some(d) => {
+                assert_ne!(node_label(&d).as_deref(), Some("gw-dock"), "{}", ctl.log());
+                None
+            }
+            None => Some(()),
+        },
+    )
+    .await;
+
+    // The dock is labelled for care at home: the Node watch re-plans, no report needed.
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(
+            "gw-dock",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {CARE: "home"}}})),
+        )
+        .await
+        .unwrap();
+    wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "on the dock once selected",
+        |d| node_label(d).as_deref() == Some("gw-dock"),
+    )
+    .await;
+    wait_bound_only_to(&cp, &ctl, CONSOLIDATOR, "gw-dock").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_or_unsigned_revisions_apply_and_prune_nothing_and_presence_is_still_followed() {
     let cp = cluster().await;

@@ -186,7 +186,8 @@ fn every_library_policy_loads() {
             "keep-data-on-site",
             "offload-under-pressure",
             "roaming",
-            "test-normal-modes"
+            "test-normal-modes",
+            "trusted-gateways"
         ],
         "a new policy needs a test here"
     );
@@ -202,6 +203,35 @@ fn every_library_policy_loads() {
             "policies/{name}.yaml starts with a header comment"
         );
     }
+}
+
+/// `World::default()` with `gw-north` (and `gw-south` when `south_too`) labelled trusted.
+fn trusted_world(south_too: bool) -> Inventory {
+    let mut inv = World::default().inventory();
+    for n in &mut inv.nodes {
+        if n.name == "gw-north" || (south_too && n.name == "gw-south") {
+            n.labels.insert(
+                "node-restriction.kubernetes.io/cloud4iot-trusted".into(),
+                "true".into(),
+            );
+        }
+    }
+    inv
+}
+
+#[test]
+fn trusted_gateways_run_only_on_labelled_gateways() {
+    let per_device = repo("trusted-gateways", PER_DEVICE);
+    let plan = plan::plan(&per_device, &trusted_world(true), now());
+    assert_eq!(only(&plan).node.as_deref(), Some("gw-south"), "{plan:#?}");
+    // gw-south is not trusted: the tag it alone hears has no instance.
+    let plan = plan::plan(&per_device, &trusted_world(false), now());
+    assert_eq!(plan.placements, vec![], "{plan:#?}");
+    // Replicas: only gw-north is trusted, both land there although gw-south has as much room.
+    let replicas = repo("trusted-gateways", "{replicas: 2}");
+    let plan = plan::plan(&replicas, &trusted_world(false), now());
+    let nodes: Vec<_> = plan.placements.iter().map(|p| p.node.as_deref()).collect();
+    assert_eq!(nodes, [Some("gw-north"), Some("gw-north")], "{plan:#?}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Trust nothing (docs/src/security.md): the source cache, revisions, credentials, files, input limits,
-//! the snapshot clock, ownership and the proportional prune guards. Real git repositories
+//! the snapshot clock, gateway selection, ownership and the proportional prune guards. Real git repositories
 //! made with git2, real `git rev-parse`, the real binary, and a real kube-apiserver
 //! (tests/support) wherever Kubernetes is involved. And the fuzz harnesses of fuzz/ over
 //! their checked-in corpus and a fixed, seeded budget of generated inputs.
@@ -400,6 +400,172 @@ fn a_heartbeat_far_in_the_future_does_not_move_the_snapshots_now() {
     assert!(
         out.stderr
             .contains("GatewayReport gw-rogue: heartbeat 2099-01-01T00:00:00Z is ahead"),
+        "{out:?}"
+    );
+}
+
+// ---------------------------------------------------------------- gateway selection
+
+/// A ward policy that selects gateways on a label under `node-restriction.kubernetes.io/`
+/// (which a gateway's kubelet cannot set on its own Node), a bracelet class and its
+/// consolidator.
+const WARD_REPO: &str = "apiVersion: cloud4iot.io/v1alpha1
+kind: PlacementPolicy
+metadata: {name: ward-only}
+spec:
+  tiers: [gateway, edge]
+  dataLocality: site
+  presence: {minRssi: -80, dwell: 30s, lossGrace: 2m}
+  gatewaySelector:
+    matchLabels: {node-restriction.kubernetes.io/cloud4iot-care: ward}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: DeviceClass
+metadata: {name: omh-bracelet}
+spec:
+  match: {namePrefix: OMH-BR}
+---
+apiVersion: cloud4iot.io/v1alpha1
+kind: Function
+metadata: {name: omh-consolidator}
+spec:
+  image: registry.example.com/omh-consolidator:1.4.2
+  resources: {cpu: 250m, memory: 96Mi}
+  instances: {perDevice: {deviceClass: omh-bracelet}}
+  policy: ward-only
+";
+
+/// A gateway Node of site hospital with `labels` besides tier and site.
+fn gateway_node(name: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{cloud4iot.io/tier: gateway, cloud4iot.io/site: hospital, kubernetes.io/arch: arm64{labels}}}\nstatus:\n  allocatable: {{cpu: \"2\", memory: 2Gi}}\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+    )
+}
+
+fn bracelet_report(gateway: &str, rssi: i32) -> String {
+    format!(
+        "apiVersion: cloud4iot.io/v1alpha1\nkind: GatewayReport\nmetadata: {{name: {gateway}}}\nspec:\n  heartbeat: \"2026-11-28T10:00:00Z\"\n  devices:\n  - {{id: \"C4:7C:8D:6A:12:34\", class: omh-bracelet, rssi: {rssi}, firstSeen: \"2026-11-28T09:00:00Z\", lastSeen: \"2026-11-28T09:59:59Z\"}}\n"
+    )
+}
+
+#[test]
+fn a_gateway_the_selector_does_not_select_never_gets_the_instance_however_well_it_hears() {
+    let tmp = TempDir::new().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("ward.yaml"), WARD_REPO).unwrap();
+    // The dock's kubelet labelled its own Node `cloud4iot.io/care: ward` (it may: the
+    // prefix is not restricted); only the ward gateway has the restricted label. The dock
+    // hears the bracelet far better.
+    let snapshot = [
+        gateway_node(
+            "gw-ward-1",
+            ", node-restriction.kubernetes.io/cloud4iot-care: ward",
+        ),
+        gateway_node("gw-dock", ", cloud4iot.io/care: ward"),
+        bracelet_report("gw-dock", -45),
+        bracelet_report("gw-ward-1", -72),
+    ]
+    .join("---\n");
+    let state = tmp.path().join("state.yaml");
+    std::fs::write(&state, snapshot).unwrap();
+    let plan = |extra: &[&str]| {
+        let mut cmd = cloud4iot(tmp.path());
+        cmd.args(["plan", "--repo", &s(&repo), "--state", &s(&state)])
+            .args(extra);
+        run(&mut cmd)
+    };
+    let out = plan(&["-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let placements: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let p = &placements[0];
+    assert_eq!(placements.as_array().unwrap().len(), 1, "{out:?}");
+    assert_eq!(
+        (p["tier"].as_str(), p["node"].as_str()),
+        (Some("gateway"), Some("gw-ward-1")),
+        "{out:?}"
+    );
+    assert_eq!(
+        p["reason"],
+        "gw-ward-1 sees the device at -72 dBm for 1h; gw-dock hears the device at -45 dBm \
+         but is not selected by the policy's gatewaySelector"
+    );
+    // Running there (rendered into the snapshot), it stays, and `--explain` says why it
+    // does not go to the dock that hears the bracelet better.
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.args(["render", "--repo", &s(&repo), "--state", &s(&state)]);
+    let rendered = run(&mut cmd);
+    assert_eq!(rendered.code, 0, "{rendered:?}");
+    let running = tmp.path().join("running.yaml");
+    let snapshot = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&running, format!("{snapshot}---\n{}", rendered.stdout)).unwrap();
+    let mut cmd = cloud4iot(tmp.path());
+    cmd.args([
+        "plan",
+        "--repo",
+        &s(&repo),
+        "--state",
+        &s(&running),
+        "--explain",
+    ]);
+    let explained = run(&mut cmd);
+    assert_eq!(explained.code, 0, "{explained:?}");
+    assert!(
+        explained.stdout.contains(
+            "stays on gw-ward-1: gw-dock hears the device at -45 dBm but is not selected by the \
+             policy's gatewaySelector"
+        ),
+        "{explained:?}"
+    );
+    // The same policy without the selector: the dock takes it.
+    std::fs::write(
+        repo.join("ward.yaml"),
+        WARD_REPO.replace(
+            "  gatewaySelector:\n    matchLabels: {node-restriction.kubernetes.io/cloud4iot-care: ward}\n",
+            "",
+        ),
+    )
+    .unwrap();
+    let out = plan(&["-o", "json"]);
+    let placements: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(placements[0]["node"], "gw-dock", "{out:?}");
+}
+
+#[test]
+fn a_selector_with_a_bad_operator_or_key_is_refused_at_its_line_and_field() {
+    let tmp = TempDir::new().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let validate_with = |selector: &str| {
+        let line = "    matchLabels: {node-restriction.kubernetes.io/cloud4iot-care: ward}\n";
+        std::fs::write(repo.join("ward.yaml"), WARD_REPO.replace(line, selector)).unwrap();
+        validate(tmp.path(), &s(&repo), &[])
+    };
+    // An operator the API server does not know: the schema, at the operator.
+    let out =
+        validate_with("    matchExpressions:\n    - {key: zone, operator: Equals, values: [a]}\n");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "ward.yaml:10:29: spec.gatewaySelector.matchExpressions[0].operator: \"Equals\" is not one of \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
+        ),
+        "{out:?}"
+    );
+    // A key that is no label key (a space), and In without values: each at its field.
+    let out = validate_with(
+        "    matchLabels: {node-restriction.kubernetes.io/care home: ward}\n    matchExpressions:\n    - {key: zone, operator: In}\n",
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "ward.yaml:9:19: spec.gatewaySelector.matchLabels[\"node-restriction.kubernetes.io/care home\"]: label key"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(
+            "ward.yaml:11:29: spec.gatewaySelector.matchExpressions[0].operator: In needs `values`"
+        ),
         "{out:?}"
     );
 }

@@ -930,6 +930,7 @@ spec:
             allocatable: Resources::ZERO,
             gateway_taint: true,
             blocked: None,
+            labels: Default::default(),
         }
     }
 

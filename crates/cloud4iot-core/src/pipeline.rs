@@ -165,6 +165,7 @@ spec:
             allocatable: Resources::new(1000, 1 << 30),
             gateway_taint: true,
             blocked: None,
+            labels: Default::default(),
         };
         let report = GatewayReport::new(
             gateway,

@@ -312,3 +312,57 @@ mod validate_checks {
         }
     }
 }
+
+#[test]
+fn a_gateway_selector_is_checked_as_the_api_server_would_at_each_field() {
+    let text = format!(
+        "{POLICY}  gatewaySelector:\n    matchLabels: {{Bad_Prefix/zone: ward, site: \"a b\"}}\n    matchExpressions:\n    - {{key: zone, operator: In}}\n    - {{key: -zone, operator: Exists, values: [x]}}\n    - {{key: zone, operator: NotIn, values: [ok, \"-no\"]}}\n"
+    );
+    let err = load_str(Path::new("p.yaml"), &text).unwrap_err();
+    let found: Vec<(usize, usize, &str, &str)> = err
+        .0
+        .iter()
+        .map(|d| (d.line, d.column, d.field.as_str(), d.message.as_str()))
+        .collect();
+    let value =
+        "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+    let expected: Vec<(usize, usize, &str, String)> = vec![
+        (8, 19, "spec.gatewaySelector.matchLabels[\"Bad_Prefix/zone\"]",
+         "label key \"Bad_Prefix/zone\": the prefix \"Bad_Prefix\" must be a DNS subdomain (such as node-restriction.kubernetes.io)".into()),
+        (8, 48, "spec.gatewaySelector.matchLabels.site", format!("label value \"a b\": {value}")),
+        (10, 29, "spec.gatewaySelector.matchExpressions[0].operator",
+         "In needs `values`: with none it selects no gateway".into()),
+        (11, 13, "spec.gatewaySelector.matchExpressions[1].key",
+         "label key \"-zone\": the name must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into()),
+        (11, 46, "spec.gatewaySelector.matchExpressions[1].values", "Exists takes no `values`".into()),
+        (12, 49, "spec.gatewaySelector.matchExpressions[2].values[1]", format!("label value \"-no\": {value}")),
+    ];
+    let mut expected: Vec<(usize, usize, &str, &str)> = expected
+        .iter()
+        .map(|(l, c, f, m)| (*l, *c, *f, m.as_str()))
+        .collect();
+    expected.sort();
+    let mut found = found;
+    found.sort();
+    assert_eq!(found, expected, "{err}");
+}
+
+#[test]
+fn a_valid_gateway_selector_loads_and_an_unknown_operator_is_a_schema_error() {
+    let text = format!(
+        "{POLICY}  gatewaySelector:\n    matchExpressions:\n    - {{key: node-restriction.kubernetes.io/zone, operator: In, values: [ward]}}\n"
+    );
+    let repo = load_str(Path::new("p.yaml"), &text).unwrap();
+    let s = repo.policies["p"].spec.gateway_selector.as_ref().unwrap();
+    assert_eq!(
+        s.to_string(),
+        "node-restriction.kubernetes.io/zone in (ward)"
+    );
+    let d = one_error("p.yaml", &text.replace("operator: In", "operator: Equals"));
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (9, "spec.gatewaySelector.matchExpressions[0].operator"),
+        "{d}"
+    );
+    assert!(d.message.contains("\"Equals\""), "{d}");
+}

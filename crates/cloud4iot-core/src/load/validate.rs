@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::source::{Kind, Source, Sources};
 use crate::diag::Diagnostic;
-use crate::model::{DataLocality, Function, PlacementPolicy, Repo, ResourceQuantities, Tier};
+use crate::model::{
+    DataLocality, Function, LabelSelector, PlacementPolicy, Repo, ResourceQuantities,
+    SelectorOperator, Tier, label_key_error, label_value_error,
+};
 
 /// Every semantic problem of `repo`, unsorted.
 pub fn check(repo: &Repo, sources: &Sources) -> Vec<Diagnostic> {
@@ -178,12 +181,62 @@ fn check_policy(sources: &Sources, name: &str, p: &PlacementPolicy, out: &mut Ve
     if let Some(reserve) = &spec.gateway_reserve {
         check_quantities(reserve, "/spec/gatewayReserve", &src, out);
     }
+    if let Some(selector) = &spec.gateway_selector {
+        check_selector(selector, &src, out);
+    }
     let presence = &spec.presence;
     if presence.loss_grace.as_signed().is_zero() {
         out.push(src.at(
             "/spec/presence/lossGrace",
             "lossGrace 0s: a device would count as absent between two reports; give e.g. 30s",
         ));
+    }
+}
+
+/// A gateway selector as the API server would take it: label keys and values of
+/// Kubernetes' syntax, values for `In` and `NotIn` only.
+fn check_selector(selector: &LabelSelector, src: &Source, out: &mut Vec<Diagnostic>) {
+    let at = "/spec/gatewaySelector";
+    for (key, value) in &selector.match_labels {
+        let pointer = format!("{at}/matchLabels/{}", super::position::escape(key));
+        if let Some(e) = label_key_error(key) {
+            out.push(src.at_key(&pointer, e));
+        }
+        if let Some(e) = label_value_error(value) {
+            out.push(src.at(&pointer, e));
+        }
+    }
+    for (i, r) in selector.match_expressions.iter().enumerate() {
+        let pointer = format!("{at}/matchExpressions/{i}");
+        if let Some(e) = label_key_error(&r.key) {
+            out.push(src.at(&format!("{pointer}/key"), e));
+        }
+        let takes_values = matches!(r.operator, SelectorOperator::In | SelectorOperator::NotIn);
+        if takes_values && r.values.is_empty() {
+            out.push(src.at(
+                &format!("{pointer}/operator"),
+                format!(
+                    "{:?} needs `values`: with none it selects {}",
+                    r.operator,
+                    if r.operator == SelectorOperator::In {
+                        "no gateway"
+                    } else {
+                        "every gateway"
+                    }
+                ),
+            ));
+        }
+        if !takes_values && !r.values.is_empty() {
+            out.push(src.at(
+                &format!("{pointer}/values"),
+                format!("{:?} takes no `values`", r.operator),
+            ));
+        }
+        for (j, v) in r.values.iter().enumerate() {
+            if let Some(e) = label_value_error(v) {
+                out.push(src.at(&format!("{pointer}/values/{j}"), e));
+            }
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub struct NodeInfo {
     pub gateway_taint: bool,
     /// Why nothing can be placed on the node (`None`: schedulable).
     pub blocked: Option<NodeBlock>,
+    /// All of the Node's labels: what a policy's `gatewaySelector` matches.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a node takes no instance, first match in this order.
@@ -142,6 +144,7 @@ impl NodeInfo {
             allocatable: Resources::new(cpu, memory),
             gateway_taint,
             blocked,
+            labels: labels_map,
         })
     }
 

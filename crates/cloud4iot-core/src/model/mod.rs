@@ -312,6 +312,9 @@ pub struct PlacementPolicySpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub modes: BTreeMap<String, Mode>,
     pub mode: Option<String>,
+    /// The gateways that may host this policy's instances, by their Node's labels; the
+    /// others are invisible to its instances. Unset: every gateway.
+    pub gateway_selector: Option<LabelSelector>,
 }
 
 fn default_true() -> bool {

@@ -8,6 +8,8 @@
 mod engine;
 mod live;
 mod reason;
+#[cfg(test)]
+mod selection_tests;
 #[cfg(any(test, feature = "testing"))]
 pub mod synth;
 #[cfg(test)]

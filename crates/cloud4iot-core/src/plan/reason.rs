@@ -69,6 +69,12 @@ pub enum Reason {
     Stays { at: Target, because: Vec<Refusal> },
     /// A reason read back from a running instance's annotation, kept as it was.
     Text(String),
+    /// The gateway the instance wants (`chosen`), and the gateway that ranks above it but
+    /// is not selected by the policy's `gatewaySelector` (a [`Refusal::NotSelected`]).
+    Selected {
+        chosen: Box<Reason>,
+        passed_over: Refusal,
+    },
 }
 
 /// Where an offloaded instance went: a gateway, or a tier (at a site).
@@ -145,6 +151,16 @@ pub enum Refusal {
     },
     NoTiers {
         policy: String,
+    },
+    /// A gateway that sees the device (and ranks above the one chosen) but is not
+    /// selected by the policy's `gatewaySelector`.
+    NotSelected {
+        node: String,
+        rssi: i32,
+    },
+    /// No schedulable gateway (at `site`) is selected by the policy's `gatewaySelector`.
+    NoneSelected {
+        site: Option<String>,
     },
 }
 
@@ -296,6 +312,10 @@ impl Reason {
                 joined(f, because, " and ")
             }
             Reason::Text(s) => f.write_str(s),
+            Reason::Selected {
+                chosen,
+                passed_over,
+            } => write!(f, "{chosen}; {passed_over}"),
             _ => unreachable!("fmt handles the other reasons"),
         }
     }
@@ -369,6 +389,15 @@ impl fmt::Display for Refusal {
                 write!(f, "policy {policy}: gatewayReserve: {error}")
             }
             Refusal::NoTiers { policy } => write!(f, "policy {policy} allows no tier"),
+            Refusal::NotSelected { node, rssi } => write!(
+                f,
+                "{node} hears the device at {rssi} dBm but is not selected by the policy's gatewaySelector"
+            ),
+            Refusal::NoneSelected { site } => write!(
+                f,
+                "no schedulable gateway{} is selected by the policy's gatewaySelector",
+                at(site)
+            ),
         }
     }
 }

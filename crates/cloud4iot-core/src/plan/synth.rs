@@ -13,9 +13,9 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::model::{
     Arch, DataLocality, DeviceClassSpec, DeviceMatch, FunctionSpec, GatewayReport,
-    GatewayReportSpec, Instances, Inventory, Metadata, Mode, NodeInfo, Object, PerDevice,
-    PlacementPolicy, PlacementPolicySpec, Presence, Repo, ResourceQuantities, Resources,
-    SeenDevice, Tier,
+    GatewayReportSpec, Instances, Inventory, LabelSelector, Metadata, Mode, NodeInfo, Object,
+    PerDevice, PlacementPolicy, PlacementPolicySpec, Presence, Repo, ResourceQuantities, Resources,
+    SeenDevice, SelectorOperator, SelectorRequirement, Tier,
 };
 
 /// Size and seed of a synthetic world.
@@ -32,7 +32,8 @@ pub struct SynthConfig {
     /// How many of `functions` are per-device (the rest are replicated).
     pub per_device_functions: usize,
     /// Vary the policies' followDevice, dwell, lossGrace, dataLocality and priority from
-    /// the seed (property tests); off: the fixed policies (the benchmark).
+    /// the seed, give a quarter of them a gatewaySelector and the gateways zone labels
+    /// (property tests); off: the fixed policies, no labels (the benchmark).
     pub vary_policies: bool,
 }
 
@@ -166,6 +167,7 @@ fn policy(
             priority,
             modes: BTreeMap::new(),
             mode: None,
+            gateway_selector: None,
         },
     )
 }
@@ -250,9 +252,13 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
             obj::<DeviceClassSpec>("DeviceClass", name, spec),
         );
     }
+    // Selectors draw from a stream of their own, so the worlds of earlier seeds (and the
+    // regression seeds the tests name) stay the same apart from them.
+    let mut selectors = XorShift::new(cfg.seed ^ 0x5e1e_c70f);
     for mut p in policies() {
         if cfg.vary_policies {
             vary(&mut p.spec, &mut r);
+            p.spec.gateway_selector = gateway_selector(&mut selectors);
         }
         repo.policies.insert(p.name().to_string(), p);
     }
@@ -264,6 +270,42 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
     let (nodes, gateways_of_site) = nodes(cfg, &mut r);
     let reports = reports(cfg, &gateways_of_site, &mut r);
     (repo, Inventory::new(nodes, reports, Vec::new()))
+}
+
+/// The label synthetic gateways are zoned by, when policies vary: gateway `g` has
+/// `z{g % 3}`, but one in four has none.
+pub const ZONE: &str = "node-restriction.kubernetes.io/zone";
+
+fn zone_labels(g: usize) -> BTreeMap<String, String> {
+    match g % 4 {
+        3 => BTreeMap::new(),
+        _ => BTreeMap::from([(ZONE.to_string(), format!("z{}", g % 3))]),
+    }
+}
+
+/// No selector for three policies in four; else one of a few over [`ZONE`], some of which
+/// hold for a gateway without the label.
+fn gateway_selector(r: &mut XorShift) -> Option<LabelSelector> {
+    let requirement = |operator, values: &[&str]| SelectorRequirement {
+        key: ZONE.to_string(),
+        operator,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    let expressions = match r.below(12) {
+        0 => {
+            return Some(LabelSelector {
+                match_labels: BTreeMap::from([(ZONE.to_string(), "z0".to_string())]),
+                match_expressions: Vec::new(),
+            });
+        }
+        1 => vec![requirement(SelectorOperator::In, &["z0", "z1"])],
+        2 => vec![requirement(SelectorOperator::NotIn, &["z2"])],
+        _ => return None,
+    };
+    Some(LabelSelector {
+        match_labels: BTreeMap::new(),
+        match_expressions: expressions,
+    })
 }
 
 fn site(s: usize) -> String {
@@ -350,6 +392,7 @@ fn node_info(
         allocatable: Resources::new(cpu, mem_mi << 20),
         gateway_taint: tier == Tier::Gateway,
         blocked: (!schedulable).then_some(crate::model::NodeBlock::NotReady),
+        labels: Default::default(),
     }
 }
 
@@ -366,14 +409,11 @@ fn nodes(cfg: &SynthConfig, r: &mut XorShift) -> (Vec<NodeInfo>, Vec<Vec<usize>>
         let ready = r.below(50) != 0;
         let room = (r.range(1, 4) * 1000, r.range(1, 4) * 1024);
         let name = gateway_name(g, sites);
-        nodes.push(node_info(
-            name,
-            Tier::Gateway,
-            Some(site(s)),
-            arch,
-            room,
-            ready,
-        ));
+        let mut info = node_info(name, Tier::Gateway, Some(site(s)), arch, room, ready);
+        if cfg.vary_policies {
+            info.labels = zone_labels(g);
+        }
+        nodes.push(info);
     }
     for s in 0..cfg.sites {
         for e in 0..cfg.edges_per_site {

@@ -759,7 +759,7 @@ mod incremental {
         /// advance, the incremental plan equals a full plan of the new inputs with the
         /// plan before the change as what runs; and `next_due` is never late. On fixed and
         /// varied policies (followDevice, dwell, lossGrace, dataLocality, priority,
-        /// gatewayReserve), with multi-node edge and cloud pools: every placement names its
+        /// gatewayReserve, gatewaySelector), with multi-node edge and cloud pools: every placement names its
         /// node, so a full plan holds each running instance where a re-plan keeps it.
         #[test]
         fn incremental_equals_full_plan(seed in any::<u64>(), steps in 1usize..10, vary_policies in any::<bool>()) {

@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 
-use super::catalog::{InstanceKind, read_functions, read_policies};
-use super::ledger::{external_of, read_nodes};
+use super::catalog::{InstanceKind, PolicyEntry, Selection, read_functions, read_policies};
+use super::ledger::{NodeEntry, external_of, read_nodes};
 use super::{Candidate, HashMap, Planner};
-use crate::model::{GatewayReport, Inventory, Repo, replica_instance_name};
+use crate::model::{GatewayReport, Inventory, Repo, Tier, replica_instance_name};
 use crate::plan::Placement;
 
 impl Planner {
@@ -22,9 +22,15 @@ impl Planner {
         running: Vec<Placement>,
     ) -> Planner {
         let mut class_ids = HashMap::default();
-        let policies = read_policies(repo);
+        let mut policies = read_policies(repo);
         let (fns, fn_by_class) = read_functions(repo, &policies, &mut class_ids);
-        let (sites, nodes, node_ids) = read_nodes(inv);
+        let (sites, mut nodes, node_ids) = read_nodes(inv);
+        read_selections(repo, &mut policies, &nodes);
+        // The selections hold all the planner needs of the labels: no copy per node for
+        // its lifetime (a controller keeps its planner).
+        for n in &mut nodes {
+            n.info.labels = Default::default();
+        }
         let n = nodes.len();
         let mut planner = Planner {
             now,
@@ -101,6 +107,31 @@ impl Planner {
             }
         }
         cands
+    }
+}
+
+/// Reads each policy's `gatewaySelector` against the gateways of `nodes` (`policies` are
+/// `repo`'s, in name order).
+pub(super) fn read_selections(repo: &Repo, policies: &mut [PolicyEntry], nodes: &[NodeEntry]) {
+    for (entry, p) in policies.iter_mut().zip(repo.policies.values()) {
+        let Some(selector) = &p.spec.gateway_selector else {
+            continue;
+        };
+        let mut selection = Selection {
+            nodes: Vec::with_capacity(nodes.len()),
+            schedulable: HashMap::default(),
+        };
+        for n in nodes {
+            let selected = n.info.tier == Tier::Gateway && selector.matches(&n.info.labels);
+            selection.nodes.push(selected);
+            if selected && n.info.schedulable() {
+                *selection.schedulable.entry(None).or_default() += 1;
+                if let Some(s) = n.site {
+                    *selection.schedulable.entry(Some(s)).or_default() += 1;
+                }
+            }
+        }
+        entry.selection = Some(selection);
     }
 }
 

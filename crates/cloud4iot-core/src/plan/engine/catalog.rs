@@ -18,6 +18,24 @@ pub(super) struct PolicyEntry {
     pub(super) grace: SignedDuration,
     pub(super) reserve: Result<Resources, Refusal>,
     pub(super) priority: i32,
+    /// The gateways its `gatewaySelector` selects (`None`: no selector, every gateway).
+    pub(super) selection: Option<Selection>,
+}
+
+/// The gateways a policy's `gatewaySelector` selects, read once per inventory (a Node
+/// that changes needs `Planner::rebuild`).
+pub(super) struct Selection {
+    /// By node index: whether the node is a gateway the selector matches.
+    pub(super) nodes: Vec<bool>,
+    /// How many selected gateways are schedulable, in all (`None`) and per site.
+    pub(super) schedulable: HashMap<Option<u32>, usize>,
+}
+
+impl PolicyEntry {
+    /// Whether gateway `g` may host this policy's instances.
+    pub(super) fn selects(&self, g: u32) -> bool {
+        self.selection.as_ref().is_none_or(|s| s.nodes[g as usize])
+    }
 }
 
 pub(super) enum InstanceKind {
@@ -79,6 +97,7 @@ pub(super) fn read_policies(repo: &Repo) -> Vec<PolicyEntry> {
                     })
                     .unwrap_or(Ok(Resources::ZERO)),
                 priority: s.priority,
+                selection: None,
             }
         })
         .collect()

@@ -39,6 +39,9 @@ impl Planner {
         reserve: Resources,
     ) -> Option<u32> {
         let g = self.gateway_index(cur.node.as_deref()?)?;
+        if !pol.selects(g) {
+            return None;
+        }
         let follow = pol.follow || pol.locality == DataLocality::Gateway;
         let home = c.home.as_ref();
         let home_site = home.and_then(|h| self.nodes[h.gw as usize].site);

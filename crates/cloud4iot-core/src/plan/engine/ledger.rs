@@ -223,6 +223,14 @@ impl Planner {
                 site: site_name(),
             });
         }
+        // On the gateway tier, only the gateways the policy's gatewaySelector selects.
+        let selection = match (tier, &f.policy) {
+            (Tier::Gateway, Ok(p)) => self.policies[*p].selection.as_ref(),
+            _ => None,
+        };
+        if selection.is_some_and(|s| s.schedulable.get(&site).copied().unwrap_or(0) == 0) {
+            return Err(Refusal::NoneSelected { site: site_name() });
+        }
         let mut best: Option<PoolEntry> = None;
         let mut any_arch = false;
         for arch in Arch::ALL {
@@ -240,6 +248,9 @@ impl Planner {
             for &(ncpu, nmem, node) in pool {
                 if -ncpu < need.cpu_millis {
                     break; // sorted by free cpu: nothing further fits
+                }
+                if selection.is_some_and(|s| !s.nodes[node as usize]) {
+                    continue;
                 }
                 if -nmem >= need.memory_bytes {
                     let slot = &self.nodes[node as usize];

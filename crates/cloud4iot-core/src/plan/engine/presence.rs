@@ -195,15 +195,7 @@ impl Planner {
         dev: &Device,
         current: Option<&Placement>,
     ) -> Option<HomeGateway> {
-        let (dwell, grace) = self.presence_times(fi);
-        let view = Ranking {
-            planner: self,
-            dev,
-            class,
-            min_rssi: self.fns[fi as usize].min_rssi,
-            dwell,
-            grace,
-        };
+        let view = self.ranking(fi, class, dev);
         let strongest = view.best(|_| true)?;
         let Some(cur) = current.filter(|p| p.tier.is_some()) else {
             return Some(view.as_new(strongest));
@@ -216,7 +208,11 @@ impl Planner {
         // is placed as a new instance would be. (Waiting would offload it, or leave it
         // unplaced under `dataLocality: gateway`, and the next pass would then place it as
         // new: planning twice would differ.)
-        let usable = |g: &u32| self.nodes[*g as usize].info.schedulable() && !self.stale(*g);
+        // A gateway the policy's gatewaySelector does not select (a new revision changed
+        // it) is one the instance cannot keep either.
+        let usable = |g: &u32| {
+            self.nodes[*g as usize].info.schedulable() && !self.stale(*g) && view.selects(*g)
+        };
         match cur
             .node
             .as_deref()
@@ -226,6 +222,31 @@ impl Planner {
             Some(old) => Some(view.stay_or_move(strongest, old)),
             None => Some(view.as_new(strongest)),
         }
+    }
+
+    /// Device `dev`'s sightings as function `fi` judges them.
+    fn ranking<'a>(&'a self, fi: u32, class: u32, dev: &'a Device) -> Ranking<'a> {
+        let (dwell, grace) = self.presence_times(fi);
+        let selection = match self.fns[fi as usize].policy {
+            Ok(p) => self.policies[p].selection.as_ref(),
+            Err(_) => None,
+        };
+        Ranking {
+            planner: self,
+            dev,
+            class,
+            min_rssi: self.fns[fi as usize].min_rssi,
+            dwell,
+            grace,
+            selected: selection.map(|s| s.nodes.as_slice()),
+        }
+    }
+
+    /// The gateway that ranks above every selected one where device `dev` is present
+    /// for function `fi`, but that its policy's gatewaySelector does not select, as a
+    /// [`Refusal::NotSelected`]; `None` when there is none (or no selector).
+    pub(super) fn unselected_above(&self, fi: u32, class: u32, dev: &Device) -> Option<Refusal> {
+        self.ranking(fi, class, dev).passed_over()
     }
 
     /// The moves that fall due with no new input because a dwell is reached: a running
@@ -303,7 +324,8 @@ impl Planner {
 }
 
 /// One device's sightings as one function judges them: present (its class, at or above
-/// its minRssi, within its lossGrace), seen for its dwell, and ranked.
+/// its minRssi, within its lossGrace, at a gateway its policy selects), seen for its
+/// dwell, and ranked.
 struct Ranking<'a> {
     planner: &'a Planner,
     dev: &'a Device,
@@ -311,13 +333,59 @@ struct Ranking<'a> {
     min_rssi: i32,
     dwell: SignedDuration,
     grace: SignedDuration,
+    /// By node index, the gateways the policy's gatewaySelector selects (`None`: all).
+    selected: Option<&'a [bool]>,
 }
 
 impl<'a> Ranking<'a> {
+    fn selects(&self, g: u32) -> bool {
+        self.selected.is_none_or(|s| s[g as usize])
+    }
+
+    /// Present for this function: an unselected gateway's sighting never is, so it
+    /// neither makes the instance nor pulls it, and counts for no dwell or lossGrace.
     fn present(&self, s: &Sighting) -> bool {
+        self.heard_enough(s) && self.selects(s.gw)
+    }
+
+    /// Present but for the gatewaySelector.
+    fn heard_enough(&self, s: &Sighting) -> bool {
         s.class == self.class
             && self.planner.now.duration_since(s.last) <= self.grace
             && s.rssi >= self.min_rssi
+    }
+
+    /// The unselected gateway that ranks above every selected one where the device is
+    /// present, as a [`Refusal::NotSelected`], if there is one.
+    fn passed_over(&self) -> Option<Refusal> {
+        self.selected?;
+        let best = self
+            .dev
+            .sightings
+            .iter()
+            .filter(|s| self.heard_enough(s))
+            .max_by_key(|s| self.rank(s))
+            .filter(|s| !self.selects(s.gw))?;
+        Some(Refusal::NotSelected {
+            node: self.name(best.gw),
+            rssi: best.rssi,
+        })
+    }
+
+    /// `why` (the gateway the instance wants), with the gateway it [`Self::passed_over`]
+    /// if any: the reason says why the instance is not there.
+    fn noting_unselected(&self, why: Reason) -> Reason {
+        match self.passed_over() {
+            Some(passed_over) => Reason::Selected {
+                chosen: Box::new(why),
+                passed_over,
+            },
+            None => why,
+        }
+    }
+
+    fn rank(&self, s: &Sighting) -> (bool, i32, std::cmp::Reverse<u32>) {
+        (!self.planner.stale(s.gw), s.rssi, std::cmp::Reverse(s.gw))
     }
 
     fn dwelled(&self, s: &Sighting) -> bool {
@@ -339,14 +407,14 @@ impl<'a> Ranking<'a> {
             .sightings
             .iter()
             .filter(|s| self.present(s) && also(s))
-            .max_by_key(|s| (!self.planner.stale(s.gw), s.rssi, std::cmp::Reverse(s.gw)))
+            .max_by_key(|s| self.rank(s))
     }
 
     /// A new instance's home: the best-ranked gateway, at once.
     fn as_new(&self, strongest: &Sighting) -> HomeGateway {
         HomeGateway {
             gw: strongest.gw,
-            why: Ok(Reason::Sees {
+            why: Ok(self.noting_unselected(Reason::Sees {
                 gateway: self.name(strongest.gw),
                 rssi: strongest.rssi,
                 seen_for: self.seen_for(strongest),
@@ -356,7 +424,7 @@ impl<'a> Ranking<'a> {
                     .iter()
                     .filter(|s| self.present(s))
                     .count(),
-            }),
+            })),
         }
     }
 
@@ -368,12 +436,12 @@ impl<'a> Ranking<'a> {
         if self.dwelled(strongest) {
             return HomeGateway {
                 gw: strongest.gw,
-                why: Ok(Reason::Recalled {
+                why: Ok(self.noting_unselected(Reason::Recalled {
                     gateway: self.name(strongest.gw),
                     rssi: strongest.rssi,
                     seen_for: self.seen_for(strongest),
                     dwell: Duration(self.dwell),
-                }),
+                })),
             };
         }
         // Not yet. It stays at the site it runs at while a gateway there still has the
@@ -414,13 +482,13 @@ impl<'a> Ranking<'a> {
         if let Some(s) = self.best(|s| self.dwelled(s)).filter(|s| s.gw != old) {
             return HomeGateway {
                 gw: s.gw,
-                why: Ok(Reason::Moved {
+                why: Ok(self.noting_unselected(Reason::Moved {
                     gateway: self.name(s.gw),
                     rssi: s.rssi,
                     seen_for: self.seen_for(s),
                     dwell: Duration(self.dwell),
                     from: self.name(old),
-                }),
+                })),
             };
         }
         // The device left `old` (or is heard there only weakly): wait for the dwell elsewhere.

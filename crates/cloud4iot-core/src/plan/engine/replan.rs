@@ -429,6 +429,9 @@ impl Planner {
         if pol.locality == DataLocality::Gateway && t != Tier::Gateway {
             return false;
         }
+        if t == Tier::Gateway && !pol.selects(n) {
+            return false;
+        }
         let Some(h) = inst.home else { return true };
         if t == Tier::Gateway && (pol.follow || pol.locality == DataLocality::Gateway) {
             return h == n;

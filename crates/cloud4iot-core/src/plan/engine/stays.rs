@@ -87,11 +87,29 @@ impl Planner {
 
     /// Why a per-device instance that follows its device stays on its gateway although
     /// another sees the device: that one has not seen it for the dwell, or the device is
-    /// still present where it runs.
+    /// still present where it runs; and, with a gatewaySelector, that the gateway hearing
+    /// the device best is not selected.
     fn why_stays_on_gateway(&self, inst: &Instance, h: HomeGateway) -> Option<Reason> {
         let f = &self.fns[inst.function as usize];
         let on = inst.placement.node.clone()?;
-        let because = match h.why {
+        let InstanceKind::PerDevice(class) = f.kind else {
+            return None;
+        };
+        let dev = &self.devices[inst.device? as usize];
+        let mut because: Vec<Refusal> = self.why_not_elsewhere(inst, &h, &on).into_iter().collect();
+        because.extend(self.unselected_above(inst.function, class, dev));
+        (!because.is_empty()).then_some(Reason::Stays {
+            at: Target::Gateway(on),
+            because,
+        })
+    }
+
+    /// The selected gateway a following instance on `on` (its home `h`) does not move
+    /// to: one before its dwell, or one that sees the device while `on` still does.
+    fn why_not_elsewhere(&self, inst: &Instance, h: &HomeGateway, on: &str) -> Option<Refusal> {
+        let f = &self.fns[inst.function as usize];
+        let pol = &self.policies[*f.policy.as_ref().ok()?];
+        let because = match h.why.clone() {
             Ok(Reason::WaitsForDwell {
                 gateway,
                 seen_for,
@@ -114,6 +132,7 @@ impl Planner {
                     .iter()
                     .filter(|s: &&Sighting| {
                         s.gw != h.gw
+                            && pol.selects(s.gw)
                             && s.class == class
                             && now.duration_since(s.last) <= grace
                             && s.rssi >= f.min_rssi
@@ -123,15 +142,12 @@ impl Planner {
                 Refusal::StillPresent {
                     gateway: self.nodes[other.gw as usize].info.name.clone(),
                     rssi: other.rssi,
-                    on: on.clone(),
+                    on: on.to_string(),
                     on_rssi: rssi,
                 }
             }
             _ => return None,
         };
-        Some(Reason::Stays {
-            at: Target::Gateway(on),
-            because: vec![because],
-        })
+        Some(because)
     }
 }
