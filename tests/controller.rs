@@ -882,6 +882,65 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     );
 }
 
+/// When the API server accepted the last write of `node`'s report by its agent (whole
+/// seconds): the instant the controller's dwell counts from.
+async fn report_accepted(client: &Client, node: &str) -> jiff::Timestamp {
+    let r = Api::<GatewayReport>::all(client.clone())
+        .get(node)
+        .await
+        .expect("get a GatewayReport");
+    cloud4iot_core::sightings::accepted(&r).expect("written by the agent's field manager")
+}
+
+/// A gateway that claims it has heard the device for a day (a forged `firstSeen`, or a
+/// clock a day behind) gets no head start: the move waits until the controller itself has
+/// watched that gateway report the device for the dwell, counted from the API server's
+/// acceptance of the first report that listed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_first_seen_buys_no_dwell_the_move_waits_for_dwell_observed_by_the_controller() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "20s");
+    let ctl = settled_on(&cp, dir.path()).await;
+
+    // The hospital (whose report listed nothing so far) claims the bracelet strongly since
+    // a day ago; home still hears it, weakly. The last reports written in this test.
+    report(&client, "gw-hospital-1", Some(ago(86_400)), -50, "0").await;
+    let accepted = report_accepted(&client, "gw-hospital-1").await;
+    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    let dwell = jiff::SignedDuration::from_secs(20);
+    let due = accepted + dwell;
+    // The pending move falls due a dwell after the acceptance, not a day ago (which would
+    // have moved it at once).
+    let pending = status_until("the pending move in the status", &ctl, &client, |s| {
+        s.and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
+    })
+    .await;
+    assert!(
+        pending.due.0.duration_since(due).abs() <= jiff::SignedDuration::from_secs(1),
+        "due {} (status), expected {due}: the report's firstSeen must not count\n{}",
+        pending.due.0,
+        ctl.log()
+    );
+    let d = wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the move once the observed dwell passed",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    // Not before: the API server's time of the write that moved it (whole seconds, as
+    // the acceptance is).
+    let moved_at = written_at(&d);
+    assert!(
+        moved_at >= due - jiff::SignedDuration::from_secs(1),
+        "moved at {moved_at}, before {accepted} + dwell {dwell}\n{}",
+        ctl.log()
+    );
+}
+
 /// A device that vanishes from its gateway's report (its agent restarted without reading
 /// its report back, say) is remembered: its instance stays for the policy's `lossGrace`
 /// from the device's last `lastSeen`, then follows it, with no new report.
