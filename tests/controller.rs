@@ -941,6 +941,157 @@ async fn a_forged_first_seen_buys_no_dwell_the_move_waits_for_dwell_observed_by_
     );
 }
 
+/// The GatewayReport CRD with no bounds at all (`spec` keeps whatever it is given): the
+/// CRD of a release before the bounds, under which reports nothing can read were stored.
+fn permissive_report_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    let mut crd = cloud4iot_kube::crd::gateway_report();
+    let spec = JSONSchemaProps {
+        type_: Some("object".into()),
+        x_kubernetes_preserve_unknown_fields: Some(true),
+        ..JSONSchemaProps::default()
+    };
+    for v in &mut crd.spec.versions {
+        let schema = v
+            .schema
+            .as_mut()
+            .unwrap()
+            .open_api_v3_schema
+            .as_mut()
+            .unwrap();
+        schema.properties = Some([("spec".to_owned(), spec.clone())].into());
+    }
+    crd
+}
+
+/// Server-side applies `report` as the agent of `node` would; the API server's answer.
+/// Untyped: the answer to a write of a report nothing can read is that report.
+async fn apply_raw_report(
+    client: &Client,
+    node: &str,
+    report: &serde_json::Value,
+) -> Result<(), String> {
+    let resource = kube::api::ApiResource::erase::<GatewayReport>(&());
+    Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
+        .patch(
+            node,
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(report),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A report stored under an older CRD without bounds, that no longer reads as a
+/// GatewayReport (`firstSeen: yesterday`), blinds nothing: the controller starts, lists
+/// every report, sets that one aside with a Warning Event on it naming the field (and
+/// `cloud4iot_unreadable_reports`), and follows another gateway's roam. A typed list of
+/// the reports would fail whole on it, and the controller never get ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_report_is_set_aside_with_a_warning_and_the_others_still_count() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let old = "gw-old-1";
+    let bad = serde_json::json!({
+        "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+        "metadata": {"name": old},
+        "spec": {"heartbeat": jiff::Timestamp::now().to_string(), "devices": [{
+            "id": "C4:7C:8D:6A:99:99", "class": "omh-bracelet", "rssi": -50,
+            "firstSeen": "yesterday", "lastSeen": jiff::Timestamp::now().to_string(),
+        }]},
+    });
+    // Stored under the permissive CRD (once the API server serves it), then this
+    // release's CRD is back (once it refuses such a report).
+    cp.install_crds([permissive_report_crd()]).await;
+    let last = std::sync::Mutex::new(String::new());
+    eventually(
+        "the permissive CRD stores the report",
+        WAIT,
+        || last.lock().unwrap().clone(),
+        async || match apply_raw_report(&client, old, &bad).await {
+            Ok(()) => Some(()),
+            Err(e) => {
+                *last.lock().unwrap() = e;
+                None
+            }
+        },
+    )
+    .await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    // (A new report: an update that leaves a stored field as it is passes, as the API
+    // server ratchets validation, so the refusal is asked of another gateway's report.)
+    let mut another = bad.clone();
+    another["metadata"]["name"] = "gw-old-2".into();
+    let refused = eventually(
+        "the bounded CRD refuses it",
+        WAIT,
+        String::new,
+        async || apply_raw_report(&client, "gw-old-2", &another).await.err(),
+    )
+    .await;
+    assert!(refused.contains("spec.devices[0].firstSeen"), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "0s");
+    let ctl = settled_on(&cp, dir.path()).await;
+    roam(&client, "gw-home-1", "gw-hospital-1").await;
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "the roam followed", |d| {
+        node_label(d).as_deref() == Some("gw-hospital-1")
+    })
+    .await;
+    let warning = eventually(
+        "the UnreadableReport Event",
+        WAIT,
+        || ctl.log(),
+        async || {
+            Api::<Event>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("UnreadableReport")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(old)
+                })
+        },
+    )
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let regarding = warning.regarding.as_ref().unwrap();
+    assert_eq!(regarding.kind.as_deref(), Some("GatewayReport"));
+    let note = warning.note.unwrap_or_default();
+    assert!(
+        note.contains(&format!(
+            "GatewayReport {old} cannot be read: spec.devices[0].firstSeen"
+        )),
+        "{note}"
+    );
+    let text = ctl.metrics().await;
+    assert_eq!(
+        metric(&text, "cloud4iot_unreadable_reports", &[]),
+        1.0,
+        "{text}"
+    );
+    // Deleted, it is no longer counted.
+    Api::<GatewayReport>::all(client.clone())
+        .delete(old, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "no unreadable report counted",
+        WAIT,
+        || ctl.log(),
+        async || {
+            let text = ctl.metrics().await;
+            (metric(&text, "cloud4iot_unreadable_reports", &[]) == 0.0).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A device that vanishes from its gateway's report (its agent restarted without reading
 /// its report back, say) is remembered: its instance stays for the policy's `lossGrace`
 /// from the device's last `lastSeen`, then follows it, with no new report.

@@ -439,6 +439,20 @@ impl Controller {
             // The watcher retries by itself (with backoff); nothing is lost: it re-lists.
             Err(e) => tracing::warn!(error = %e, "watch"),
         }
+        self.announce_unreadable();
+    }
+
+    /// Warns of each stored report newly found unreadable (log and Event) and counts them.
+    fn announce_unreadable(&mut self) {
+        for bad in self.world.take_unreadable() {
+            tracing::warn!("{bad}; set aside");
+            if self.events.try_send(Note::unreadable_report(&bad)).is_err() {
+                tracing::warn!(report = %bad.name, "Event queue full: Event dropped");
+            }
+        }
+        self.shared
+            .metrics
+            .set_unreadable_reports(self.world.unreadable_count());
     }
 
     fn on_source(&mut self, fetched: Fetched) {

@@ -170,6 +170,7 @@ pub struct Metrics {
     gateways: Family<StateLabels, Gauge>,
     gateway_state: Family<GatewayStateLabels, Gauge>,
     gateway_devices: Family<GatewayLabels, Gauge>,
+    unreadable_reports: Gauge,
 }
 
 impl Default for Metrics {
@@ -223,6 +224,11 @@ impl Default for Metrics {
             gateway_devices: r.family(
                 "gateway_devices",
                 "Devices of a known class in each gateway's report",
+            ),
+            unreadable_reports: r.gauge(
+                "unreadable_reports",
+                "Stored GatewayReports the controller cannot read (set aside: each gateway's \
+                 last readable report stands)",
             ),
             registry: r.finish(),
         }
@@ -326,6 +332,10 @@ impl Metrics {
                 })
                 .set(g.devices);
         }
+    }
+
+    pub fn set_unreadable_reports(&self, count: usize) {
+        self.unreadable_reports.set(count as i64);
     }
 
     pub fn set_leader(&self, leader: bool) {
