@@ -1092,6 +1092,92 @@ async fn an_unreadable_stored_report_is_set_aside_with_a_warning_and_the_others_
     .await;
 }
 
+/// The Warning Event `SuspiciousReport` of `kind` on gateway `gw`'s report.
+async fn suspicious_event(client: &Client, ctl: &Controller, gw: &str, kind: &str) -> Event {
+    let prefix = format!("{kind}: ");
+    eventually(
+        &format!("a {kind} Event on {gw}"),
+        WAIT,
+        || ctl.log(),
+        async || {
+            Api::<Event>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("SuspiciousReport")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(gw)
+                        && e.note.as_deref().is_some_and(|n| n.starts_with(&prefix))
+                })
+        },
+    )
+    .await
+}
+
+/// A gateway that claims too much is visible, not obeyed or refused: a device heard at
+/// both sites by reports accepted within 10 s, and a report listing more devices than
+/// `--suspect-devices-over`, each make a Warning Event `SuspiciousReport` on the report
+/// that showed it and count in `cloud4iot_suspicious_reports_total{kind}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_claiming_a_device_at_two_sites_or_too_many_devices_is_made_visible() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    bracelet_at_home(&client).await;
+    let ctl = Controller::start(&cp, dir.path(), &["--suspect-devices-over", "2"]);
+    ctl.wait_ready().await;
+    let text = ctl.metrics().await;
+    for kind in ["two_sites", "too_many_devices"] {
+        let series = format!("kind=\"{kind}\"");
+        assert_eq!(
+            metric(&text, "cloud4iot_suspicious_reports_total", &[&series]),
+            0.0,
+            "{text}"
+        );
+    }
+
+    // Home hears the bracelet now; so, it says, does the hospital (another site).
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(&client, "gw-hospital-1", Some(ago(5)), -50, "0").await;
+    let two = suspicious_event(&client, &ctl, "gw-hospital-1", "two_sites").await;
+    assert_eq!(two.type_.as_deref(), Some("Warning"));
+    let note = two.note.unwrap_or_default();
+    assert!(
+        note.contains(
+            "gw-hospital-1 (site hospital) reports device C4:7C:8D:6A:12:34, which \
+             gw-home-1 (site home) reported within 10s"
+        ),
+        "{note}"
+    );
+
+    // Then it lists three devices, over the limit of 2.
+    let now = jiff::Timestamp::now();
+    let crowd = [
+        "C4:7C:8D:6A:00:01",
+        "C4:7C:8D:6A:00:02",
+        "C4:7C:8D:6A:00:03",
+    ]
+    .map(|id| seen(id, "omh-bracelet", -60, now, now));
+    write_report(&client, "gw-hospital-1", now, crowd.to_vec(), Some("0")).await;
+    let many = suspicious_event(&client, &ctl, "gw-hospital-1", "too_many_devices").await;
+    let note = many.note.unwrap_or_default();
+    assert!(
+        note.contains("gw-hospital-1 reports 3 devices, more than the 2"),
+        "{note}"
+    );
+    let text = ctl.metrics().await;
+    for kind in ["two_sites", "too_many_devices"] {
+        let series = format!("kind=\"{kind}\"");
+        assert!(
+            metric(&text, "cloud4iot_suspicious_reports_total", &[&series]) >= 1.0,
+            "{kind}: {text}"
+        );
+    }
+}
+
 /// A device that vanishes from its gateway's report (its agent restarted without reading
 /// its report back, say) is remembered: its instance stays for the policy's `lossGrace`
 /// from the device's last `lastSeen`, then follows it, with no new report.

@@ -4,7 +4,8 @@
 //! the planner's reason as its note; `PruneRefused` (Warning) on the Reconciler when
 //! the prune guard holds deletions; and `NameClash` (Warning) on a Deployment that is in
 //! the way of an instance and is not cloud4iot's; `UnreadableReport` (Warning) on a
-//! GatewayReport the controller cannot read.
+//! GatewayReport the controller cannot read; `SuspiciousReport` (Warning) on a
+//! GatewayReport that claims what an honest gateway would not ([`cloud4iot_core::claims`]).
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -113,6 +114,23 @@ impl Note {
                  writes one that can be read"
             ),
             reference: report_ref(&bad.name, bad.uid.clone()),
+        }
+    }
+
+    /// The Warning that a report claims too much, on it (people decide: nothing is
+    /// refused). The action tells the kinds apart: an Event of the same reason, action and
+    /// object within minutes only counts up the first one's series, its note unchanged.
+    pub fn suspicious_report(s: &cloud4iot_core::claims::Suspicion) -> Note {
+        use cloud4iot_core::claims::Suspicion;
+        Note {
+            reason: "SuspiciousReport",
+            warning: true,
+            action: match s {
+                Suspicion::TwoSites { .. } => "TwoSites",
+                Suspicion::TooMany { .. } => "TooManyDevices",
+            },
+            note: format!("{}: {s}", s.kind()),
+            reference: report_ref(s.gateway(), None),
         }
     }
 

@@ -29,6 +29,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
+use cloud4iot_core::claims::{Claims, Suspicion};
 use cloud4iot_core::guard::{self, Census, Hold, Window};
 use cloud4iot_core::model::Tier;
 use cloud4iot_core::model::{
@@ -76,6 +77,28 @@ impl Live {
 
     pub fn resource_version(&self) -> &str {
         &self.resource_version
+    }
+}
+
+/// Whether two suspicions are the same finding: the same device and pair of gateways, or
+/// too many devices again (whatever the count), so a gateway that keeps claiming it is
+/// announced once, not at every heartbeat.
+fn same_suspicion(a: &Suspicion, b: &Suspicion) -> bool {
+    match (a, b) {
+        (
+            Suspicion::TwoSites {
+                device: d1,
+                other: o1,
+                ..
+            },
+            Suspicion::TwoSites {
+                device: d2,
+                other: o2,
+                ..
+            },
+        ) => d1 == d2 && o1 == o2,
+        (Suspicion::TooMany { .. }, Suspicion::TooMany { .. }) => true,
+        _ => false,
     }
 }
 
@@ -130,6 +153,15 @@ impl Work {
     }
 }
 
+/// Something implausible a report showed ([`Claims`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shown {
+    pub suspicion: Suspicion,
+    /// Not shown by that gateway's previous report: worth an Event. (Every report that
+    /// shows it is counted.)
+    pub new: bool,
+}
+
 /// Relist buffer of one watch: objects seen between `Init` and `InitDone`.
 type Buffer<T> = Option<BTreeMap<String, T>>;
 
@@ -177,6 +209,12 @@ pub struct World {
     notices: Vec<UnreadableReport>,
     /// The reports of the re-list under way that could not be read.
     relist_unreadable: BTreeSet<String>,
+    /// Gateways that claim too much: a device heard at two sites at once, too many devices.
+    claims: Claims,
+    /// What each gateway's last report showed (a suspicion is announced when it is new).
+    suspected: BTreeMap<String, Vec<Suspicion>>,
+    /// What the reports showed since the last [`World::take_suspicions`].
+    shown: Vec<Shown>,
     /// Per object, the resourceVersion our latest write left it at, until the watch
     /// brings that version ([`World::wrote`]).
     awaited: BTreeMap<String, String>,
@@ -214,10 +252,19 @@ impl World {
             unreadable: BTreeMap::new(),
             notices: Vec::new(),
             relist_unreadable: BTreeSet::new(),
+            claims: Claims::new(cloud4iot_core::claims::DEFAULT_SUSPECT_DEVICES_OVER),
+            suspected: BTreeMap::new(),
+            shown: Vec::new(),
             awaited: BTreeMap::new(),
             full: None,
             dirty_trigger: None,
         }
+    }
+
+    /// Reports that list more than `limit` devices are suspicious (`--suspect-devices-over`).
+    pub fn with_suspect_devices_over(mut self, limit: usize) -> World {
+        self.claims = Claims::new(limit);
+        self
     }
 
     pub fn caches_synced(&self) -> bool {
@@ -370,6 +417,7 @@ impl World {
             Event::InitApply(Ok(raw)) => {
                 self.unreadable
                     .remove(raw.metadata.name.as_deref().unwrap_or_default());
+                self.check_claims(&raw, now);
                 let listed = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
                 let r = self.memory.observe(&raw, now);
                 if let Some(buf) = self.report_buf.as_mut() {
@@ -409,6 +457,10 @@ impl World {
             .map(|(g, (r, l))| ((g.clone(), r), (g, l)))
             .unzip();
         self.memory.retain(|g| fresh.contains_key(g));
+        for gone in self.reports.keys().filter(|g| !fresh.contains_key(*g)) {
+            self.claims.forget(gone);
+            self.suspected.remove(gone);
+        }
         let relisted = std::mem::take(&mut self.relist_unreadable);
         self.unreadable.retain(|name, _| relisted.contains(name));
         let same = fresh.len() == self.reports.len()
@@ -431,6 +483,7 @@ impl World {
     fn report_applied(&mut self, raw: GatewayReport, now: Timestamp) {
         let name = raw.metadata.name.clone().unwrap_or_default();
         self.unreadable.remove(&name);
+        self.check_claims(&raw, now);
         let has: Vec<String> = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
         let had = self
             .listed
@@ -451,6 +504,8 @@ impl World {
 
     fn report_deleted(&mut self, name: String, now: Timestamp) {
         self.unreadable.remove(&name);
+        self.claims.forget(&name);
+        self.suspected.remove(&name);
         self.memory.forget(&name);
         if let Some(had) = self.listed.remove(&name) {
             self.count_sightings(&had, -1);
@@ -463,6 +518,41 @@ impl World {
                 self.absorb(delta, Trigger::Presence);
             }
         }
+    }
+
+    /// Checks what `raw` (anchored: its heartbeat is when the API server accepted it)
+    /// claims against the other gateways' last reports; what it shows is kept to announce.
+    /// A device counts as heard at or above its DeviceClass's `minRssi`.
+    fn check_claims(&mut self, raw: &GatewayReport, now: Timestamp) {
+        let name = raw.metadata.name.as_deref().unwrap_or_default();
+        let site = self.nodes.get(name).and_then(|n| n.site.as_deref());
+        let classes = self.repo.as_ref().map(|r| &r.device_classes);
+        let min_rssi = |class: &str| classes.and_then(|c| c.get(class)?.spec.min_rssi);
+        let accepted = raw.spec.heartbeat.unwrap_or(now);
+        let shown = self.claims.accept(
+            name,
+            site,
+            raw.spec.heartbeat,
+            &raw.spec.devices,
+            accepted,
+            min_rssi,
+        );
+        let before = self.suspected.remove(name).unwrap_or_default();
+        for suspicion in &shown {
+            let new = !before.iter().any(|b| same_suspicion(b, suspicion));
+            self.shown.push(Shown {
+                suspicion: suspicion.clone(),
+                new,
+            });
+        }
+        if !shown.is_empty() {
+            self.suspected.insert(name.to_owned(), shown);
+        }
+    }
+
+    /// What the reports showed since the last call ([`Shown`]), to count and announce.
+    pub fn take_suspicions(&mut self) -> Vec<Shown> {
+        std::mem::take(&mut self.shown)
     }
 
     /// A report that cannot be read changes nothing the planner or the prune guard sees
@@ -1250,5 +1340,48 @@ spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
         );
         assert!(!world.reports.contains_key("gw-home-1"));
         assert_eq!(world.unreadable_count(), 0);
+    }
+
+    #[test]
+    fn a_device_heard_at_two_sites_at_once_is_shown_and_announced_once() {
+        let mut world = bracelet_at_home();
+        world.take_suspicions();
+        // Home hears the bracelet; the hospital claims it too, 5 s later.
+        report(&mut world, "gw-home-1", 10, &[(-1800, 10)]);
+        report(&mut world, "gw-hospital-1", 15, &[(15, 15)]);
+        let shown = world.take_suspicions();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(shown[0].new);
+        assert_eq!(shown[0].suspicion.kind(), "two_sites");
+        assert_eq!(shown[0].suspicion.gateway(), "gw-hospital-1");
+        // Again at its next heartbeat: counted, not announced again.
+        report(&mut world, "gw-hospital-1", 18, &[(15, 18)]);
+        let again = world.take_suspicions();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(!again[0].new);
+        // Its report deleted, the finding is forgotten.
+        world.on_change(
+            Change::Report(Event::Delete(Ok(GatewayReport::new(
+                "gw-hospital-1",
+                GatewayReportSpec::default(),
+            )))),
+            at(19),
+        );
+        report(&mut world, "gw-home-1", 20, &[(-1800, 20)]);
+        assert!(world.take_suspicions().is_empty());
+    }
+
+    #[test]
+    fn a_report_over_the_device_limit_is_shown() {
+        let mut world = bracelet_at_home();
+        world.claims = Claims::new(0);
+        report(&mut world, "gw-hospital-1", 100, &[(100, 100)]);
+        let shown = world.take_suspicions();
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.new && s.suspicion.kind() == "too_many_devices"),
+            "{shown:?}"
+        );
     }
 }
