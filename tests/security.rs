@@ -724,6 +724,44 @@ mod cluster {
         }
     }
 
+    /// `apply`, `plan` and `diff` read the cluster's reports one by one, as the controller
+    /// does: a stored report that does not read as a GatewayReport (written under a CRD
+    /// without bounds: `firstSeen: yesterday`) is skipped, and every other report is read.
+    /// A typed list would fail whole on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_report_that_does_not_read_is_skipped_and_the_others_are_read() {
+        let cp = ControlPlane::start(Options::api_only()).await;
+        let client = cp.client();
+        cp.install_crds([super::support::permissive_report_crd()])
+            .await;
+        let mut bad = report_with("firstSeen", "yesterday".into());
+        bad["metadata"]["name"] = "gw-old".into();
+        super::support::eventually(
+            "the permissive CRD stores the report",
+            std::time::Duration::from_secs(60),
+            String::new,
+            async || {
+                super::support::apply_raw_report(&client, "gw-old", &bad)
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        super::support::apply_raw_report(&client, "gw-a", &report_with("rssi", (-50).into()))
+            .await
+            .expect("a good report");
+        let inventory = cloud4iot_kube::cluster::read_inventory(&client)
+            .await
+            .expect("one report that does not read fails nothing");
+        let names: Vec<_> = inventory
+            .reports
+            .iter()
+            .filter_map(|r| r.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["gw-a"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn gateways_dropping_out_at_once_hold_pruning() {
         let cp = ControlPlane::start(Options::api_only()).await;
