@@ -863,6 +863,60 @@ async fn agent_restarts_by_sigterm_and_sigkill_keep_the_present_bracelet_in_ever
     );
 }
 
+/// An agent whose own report was stored under a CRD without bounds and no longer reads
+/// as a GatewayReport (`firstSeen: yesterday`) does not wait for it to read (it never
+/// would): it starts afresh and writes it over with a report that reads, the bracelet in
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_stored_report_does_not_read_writes_it_over() {
+    let cp = world(Options::api_only(), two_sites()).await;
+    let client = cp.client();
+    let repo = tempfile::tempdir().unwrap();
+    copy_examples(repo.path());
+    apply(&cp, repo.path()).await;
+    cp.install_crds([support::permissive_report_crd()]).await;
+    let bad = json!({
+        "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+        "metadata": {"name": "gw-home-1"},
+        "spec": {"heartbeat": "2026-11-28T12:00:00Z", "devices": [{
+            "id": "C4:7C:8D:6A:99:99", "class": "omh-bracelet", "rssi": -50,
+            "firstSeen": "yesterday", "lastSeen": "2026-11-28T12:00:00Z",
+        }]},
+    });
+    eventually(
+        "the permissive CRD stores the report",
+        WAIT,
+        String::new,
+        async || {
+            support::apply_raw_report(&client, "gw-home-1", &bad)
+                .await
+                .ok()
+        },
+    )
+    .await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    assert!(
+        report_opt(&client, "gw-home-1").await.is_err(),
+        "the stored report does not read"
+    );
+
+    let bluez = Bluez::start();
+    bluez.add(BRACELET, BRACELET_NAME, -61, HEART_RATE);
+    let agent = Agent::start("gw-home-1", cp.kubeconfig(), &bluez, &[]);
+    let r = eventually(
+        "a report that reads, with the bracelet",
+        WAIT,
+        || agent.log(),
+        async || {
+            let r = report_opt(&client, "gw-home-1").await.ok()??;
+            device(&r, BRACELET).is_some().then_some(r)
+        },
+    )
+    .await;
+    assert!(device(&r, "C4:7C:8D:6A:99:99").is_none(), "{r:?}");
+    assert!(agent.log().contains("cannot be read"), "{}", agent.log());
+}
+
 /// Zero is refused, with the flag and the value named, where it makes no sense (it used to
 /// panic: a zero-period timer); `--min-interval 0s` (no rate limit) stays valid.
 #[tokio::test]

@@ -25,8 +25,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use support::repos::{CLOUD_POLICY, CONSOLIDATOR_FN, DEVICE_CLASS, cloud_function, roaming_policy};
 use support::{
-    ControlPlane, KubeletStandIn, Options, eventually, free_port, seen, two_sites, world,
-    write_report,
+    ControlPlane, KubeletStandIn, Options, apply_raw_report, eventually, free_port,
+    permissive_report_crd, seen, two_sites, world, write_report,
 };
 
 const NS: &str = "cloud4iot-functions";
@@ -880,6 +880,259 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
         metrics.contains("cloud4iot_reconcile_duration_seconds_count{trigger=\"timer\"}"),
         "{metrics}"
     );
+}
+
+/// When the API server accepted the last write of `node`'s report by its agent (whole
+/// seconds): the instant the controller's dwell counts from.
+async fn report_accepted(client: &Client, node: &str) -> jiff::Timestamp {
+    let r = Api::<GatewayReport>::all(client.clone())
+        .get(node)
+        .await
+        .expect("get a GatewayReport");
+    cloud4iot_core::sightings::accepted(&r).expect("written by the agent's field manager")
+}
+
+/// A gateway that claims it has heard the device for a day (a forged `firstSeen`, or a
+/// clock a day behind) gets no head start: the move waits until the controller itself has
+/// watched that gateway report the device for the dwell, counted from the API server's
+/// acceptance of the first report that listed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_first_seen_buys_no_dwell_the_move_waits_for_dwell_observed_by_the_controller() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "20s");
+    let ctl = settled_on(&cp, dir.path()).await;
+
+    // The hospital (whose report listed nothing so far) claims the bracelet strongly since
+    // a day ago; home still hears it, weakly. The last reports written in this test.
+    report(&client, "gw-hospital-1", Some(ago(86_400)), -50, "0").await;
+    let accepted = report_accepted(&client, "gw-hospital-1").await;
+    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    let dwell = jiff::SignedDuration::from_secs(20);
+    let due = accepted + dwell;
+    // The pending move falls due a dwell after the acceptance, not a day ago (which would
+    // have moved it at once).
+    let pending = status_until("the pending move in the status", &ctl, &client, |s| {
+        s.and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
+    })
+    .await;
+    assert!(
+        pending.due.0.duration_since(due).abs() <= jiff::SignedDuration::from_secs(1),
+        "due {} (status), expected {due}: the report's firstSeen must not count\n{}",
+        pending.due.0,
+        ctl.log()
+    );
+    let d = wait_deployment(
+        &client,
+        &ctl,
+        CONSOLIDATOR,
+        "the move once the observed dwell passed",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    // Not before: the API server's time of the write that moved it (whole seconds, as
+    // the acceptance is).
+    let moved_at = written_at(&d);
+    assert!(
+        moved_at >= due - jiff::SignedDuration::from_secs(1),
+        "moved at {moved_at}, before {accepted} + dwell {dwell}\n{}",
+        ctl.log()
+    );
+}
+
+/// A report stored under an older CRD without bounds, that no longer reads as a
+/// GatewayReport (`firstSeen: yesterday`), blinds nothing: the controller starts, lists
+/// every report, sets that one aside with a Warning Event on it naming the field (and
+/// `cloud4iot_unreadable_reports`), and follows another gateway's roam. A typed list of
+/// the reports would fail whole on it, and the controller never get ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_report_is_set_aside_with_a_warning_and_the_others_still_count() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let old = "gw-old-1";
+    let bad = serde_json::json!({
+        "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+        "metadata": {"name": old},
+        "spec": {"heartbeat": jiff::Timestamp::now().to_string(), "devices": [{
+            "id": "C4:7C:8D:6A:99:99", "class": "omh-bracelet", "rssi": -50,
+            "firstSeen": "yesterday", "lastSeen": jiff::Timestamp::now().to_string(),
+        }]},
+    });
+    // Stored under the permissive CRD (once the API server serves it), then this
+    // release's CRD is back (once it refuses such a report).
+    cp.install_crds([permissive_report_crd()]).await;
+    let last = std::sync::Mutex::new(String::new());
+    eventually(
+        "the permissive CRD stores the report",
+        WAIT,
+        || last.lock().unwrap().clone(),
+        async || match apply_raw_report(&client, old, &bad).await {
+            Ok(()) => Some(()),
+            Err(e) => {
+                *last.lock().unwrap() = e;
+                None
+            }
+        },
+    )
+    .await;
+    cp.install_crds(cloud4iot_kube::crd::all()).await;
+    // (A new report: an update that leaves a stored field as it is passes, as the API
+    // server ratchets validation, so the refusal is asked of another gateway's report.)
+    let mut another = bad.clone();
+    another["metadata"]["name"] = "gw-old-2".into();
+    let refused = eventually(
+        "the bounded CRD refuses it",
+        WAIT,
+        String::new,
+        async || apply_raw_report(&client, "gw-old-2", &another).await.err(),
+    )
+    .await;
+    assert!(refused.contains("spec.devices[0].firstSeen"), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "0s");
+    let ctl = settled_on(&cp, dir.path()).await;
+    roam(&client, "gw-home-1", "gw-hospital-1").await;
+    wait_deployment(&client, &ctl, CONSOLIDATOR, "the roam followed", |d| {
+        node_label(d).as_deref() == Some("gw-hospital-1")
+    })
+    .await;
+    let warning = eventually(
+        "the UnreadableReport Event",
+        WAIT,
+        || ctl.log(),
+        async || {
+            Api::<Event>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("UnreadableReport")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(old)
+                })
+        },
+    )
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let regarding = warning.regarding.as_ref().unwrap();
+    assert_eq!(regarding.kind.as_deref(), Some("GatewayReport"));
+    let note = warning.note.unwrap_or_default();
+    assert!(
+        note.contains(&format!(
+            "GatewayReport {old} cannot be read: spec.devices[0].firstSeen"
+        )),
+        "{note}"
+    );
+    let text = ctl.metrics().await;
+    assert_eq!(
+        metric(&text, "cloud4iot_unreadable_reports", &[]),
+        1.0,
+        "{text}"
+    );
+    // Deleted, it is no longer counted.
+    Api::<GatewayReport>::all(client.clone())
+        .delete(old, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "no unreadable report counted",
+        WAIT,
+        || ctl.log(),
+        async || {
+            let text = ctl.metrics().await;
+            (metric(&text, "cloud4iot_unreadable_reports", &[]) == 0.0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The Warning Event `SuspiciousReport` of `kind` on gateway `gw`'s report.
+async fn suspicious_event(client: &Client, ctl: &Controller, gw: &str, kind: &str) -> Event {
+    let prefix = format!("{kind}: ");
+    eventually(
+        &format!("a {kind} Event on {gw}"),
+        WAIT,
+        || ctl.log(),
+        async || {
+            Api::<Event>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("SuspiciousReport")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(gw)
+                        && e.note.as_deref().is_some_and(|n| n.starts_with(&prefix))
+                })
+        },
+    )
+    .await
+}
+
+/// A gateway that claims too much is visible, not obeyed or refused: a device heard at
+/// both sites by reports accepted within 10 s, and a report listing more devices than
+/// `--suspect-devices-over`, each make a Warning Event `SuspiciousReport` on the report
+/// that showed it and count in `cloud4iot_suspicious_reports_total{kind}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_claiming_a_device_at_two_sites_or_too_many_devices_is_made_visible() {
+    let cp = cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = roaming_repo(dir.path(), "30s");
+    bracelet_at_home(&client).await;
+    let ctl = Controller::start(&cp, dir.path(), &["--suspect-devices-over", "2"]);
+    ctl.wait_ready().await;
+    let text = ctl.metrics().await;
+    for kind in ["two_sites", "too_many_devices"] {
+        let series = format!("kind=\"{kind}\"");
+        assert_eq!(
+            metric(&text, "cloud4iot_suspicious_reports_total", &[&series]),
+            0.0,
+            "{text}"
+        );
+    }
+
+    // Home hears the bracelet now; so, it says, does the hospital (another site).
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    report(&client, "gw-hospital-1", Some(ago(5)), -50, "0").await;
+    let two = suspicious_event(&client, &ctl, "gw-hospital-1", "two_sites").await;
+    assert_eq!(two.type_.as_deref(), Some("Warning"));
+    let note = two.note.unwrap_or_default();
+    assert!(
+        note.contains(
+            "gw-hospital-1 (site hospital) reports device C4:7C:8D:6A:12:34, which \
+             gw-home-1 (site home) reported within 10s"
+        ),
+        "{note}"
+    );
+
+    // Then it lists three devices, over the limit of 2.
+    let now = jiff::Timestamp::now();
+    let crowd = [
+        "C4:7C:8D:6A:00:01",
+        "C4:7C:8D:6A:00:02",
+        "C4:7C:8D:6A:00:03",
+    ]
+    .map(|id| seen(id, "omh-bracelet", -60, now, now));
+    write_report(&client, "gw-hospital-1", now, crowd.to_vec(), Some("0")).await;
+    let many = suspicious_event(&client, &ctl, "gw-hospital-1", "too_many_devices").await;
+    let note = many.note.unwrap_or_default();
+    assert!(
+        note.contains("gw-hospital-1 reports 3 devices, more than the 2"),
+        "{note}"
+    );
+    let text = ctl.metrics().await;
+    for kind in ["two_sites", "too_many_devices"] {
+        let series = format!("kind=\"{kind}\"");
+        assert!(
+            metric(&text, "cloud4iot_suspicious_reports_total", &[&series]) >= 1.0,
+            "{kind}: {text}"
+        );
+    }
 }
 
 /// A device that vanishes from its gateway's report (its agent restarted without reading

@@ -1,110 +1,13 @@
-//! The GatewayReport CRD (generated from the Rust types) and `schema/gatewayreport.json`
-//! (what the validator and editors use) describe the same object: the same property
-//! names, the same types and the same required fields, at every level of `spec`.
+//! The GatewayReport CRD and `schema/gatewayreport.json` (what `plan --state`, the
+//! validator and editors use) describe the same `spec`, keyword for keyword: every
+//! property, type, description, bound (`maxItems`, `maxLength`, `pattern`, `minimum`,
+//! `maximum`), `format` and default. The CRD is translated from the file
+//! (`cloud4iot_kube::crd::structural`); this test reads the file on its own, applying only
+//! the translations a structural schema needs, and compares the whole trees.
 
-use std::collections::{BTreeMap, BTreeSet};
+use serde_json::{Map, Value};
 
-use serde_json::Value;
-
-/// The part of a schema both must agree on.
-#[derive(Debug, PartialEq, Eq)]
-enum Shape {
-    Object {
-        properties: BTreeMap<String, Shape>,
-        required: BTreeSet<String>,
-    },
-    Array(Box<Shape>),
-    Scalar(String),
-}
-
-/// Follows local `$ref`s (`#/$defs/...`) against `root`.
-fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
-    match schema.get("$ref").and_then(Value::as_str) {
-        Some(r) => {
-            let pointer = r.strip_prefix('#').expect("local $ref");
-            resolve(
-                root.pointer(pointer)
-                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
-                root,
-            )
-        }
-        None => schema,
-    }
-}
-
-fn shape(schema: &Value, root: &Value, path: &str) -> Shape {
-    let schema = resolve(schema, root);
-    // A Kubernetes quantity: `x-kubernetes-int-or-string` in the CRD, ["string", "integer"]
-    // in JSON Schema.
-    let int_or_string = |ts: &[Value]| {
-        let mut ts: Vec<&str> = ts
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|t| *t != "null")
-            .collect();
-        ts.sort_unstable();
-        ts == ["integer", "string"]
-    };
-    if schema["x-kubernetes-int-or-string"] == Value::Bool(true)
-        || schema["type"]
-            .as_array()
-            .is_some_and(|ts| int_or_string(ts))
-    {
-        return Shape::Scalar("int-or-string".into());
-    }
-    let ty = match &schema["type"] {
-        Value::String(t) => t.clone(),
-        // ["string", "null"]: the JSON Schema spelling of a nullable field.
-        Value::Array(ts) => {
-            let non_null: Vec<&str> = ts
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|t| *t != "null")
-                .collect();
-            assert_eq!(
-                non_null.len(),
-                1,
-                "{path}: one type besides null expected, got {ts:?}"
-            );
-            non_null[0].to_string()
-        }
-        other => panic!("{path}: no type ({other})"),
-    };
-    match ty.as_str() {
-        "object" => {
-            let properties = schema["properties"]
-                .as_object()
-                .map(|props| {
-                    props
-                        .iter()
-                        .map(|(k, v)| (k.clone(), shape(v, root, &format!("{path}.{k}"))))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let required = schema["required"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            Shape::Object {
-                properties,
-                required,
-            }
-        }
-        "array" => Shape::Array(Box::new(shape(
-            &schema["items"],
-            root,
-            &format!("{path}[]"),
-        ))),
-        scalar => Shape::Scalar(scalar.to_string()),
-    }
-}
-
-fn crd_spec_schema() -> Value {
+fn crd_schema() -> Value {
     let crd = cloud4iot_kube::crd::all()
         .into_iter()
         .find(|c| c.spec.names.kind == "GatewayReport")
@@ -129,36 +32,112 @@ fn json_schema() -> Value {
         .unwrap()
 }
 
-#[test]
-fn gatewayreport_crd_agrees_with_json_schema() {
-    let crd = crd_spec_schema();
-    let json = json_schema();
-    let from_crd = shape(&crd["properties"]["spec"], &crd, "spec");
-    let from_json = shape(&json["properties"]["spec"], &json, "spec");
-    assert_eq!(
-        from_crd, from_json,
-        "CRD (left) and schema/gatewayreport.json (right) disagree"
-    );
-    // Both require the spec of a report.
-    let required = |v: &Value| {
-        v["required"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|x| x == "spec"))
-    };
-    assert_eq!(required(&crd), required(&json), "is spec required?");
+/// What the API server's schema of a JSON Schema node must be: `$ref`s inlined (the
+/// referring node's keywords win), a string-or-integer quantity as
+/// `x-kubernetes-int-or-string`, `additionalProperties: false` left to pruning, the
+/// editors' `patternErrorMessage` dropped. Numbers as f64: the CRD's bounds are floats.
+fn expected(node: &Value, root: &Value) -> Value {
+    match node {
+        Value::Object(o) => {
+            let mut out = match o.get("$ref").and_then(Value::as_str) {
+                Some(r) => match expected(root.pointer(&r[1..]).expect("$ref"), root) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+                None => Map::new(),
+            };
+            for (k, v) in o {
+                match (k.as_str(), v) {
+                    ("$ref" | "patternErrorMessage", _) => {}
+                    ("additionalProperties", Value::Bool(false)) => {}
+                    ("type", Value::Array(_)) => {
+                        out.insert("x-kubernetes-int-or-string".into(), true.into());
+                    }
+                    ("properties", Value::Object(props)) => {
+                        let props = props
+                            .iter()
+                            .map(|(name, p)| (name.clone(), expected(p, root)))
+                            .collect();
+                        out.insert(k.clone(), Value::Object(props));
+                    }
+                    _ => {
+                        out.insert(k.clone(), expected(v, root));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        other => floats(other),
+    }
+}
+
+fn floats(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.iter().map(floats).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), floats(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn spec_of_json(json: &Value) -> Value {
+    expected(&json["properties"]["spec"], json)
 }
 
 #[test]
-fn the_comparison_sees_a_difference() {
-    // Guard against a comparison that always passes: drop one field from a copy.
+fn gatewayreport_crd_is_the_json_schema_whole() {
+    let crd = crd_schema();
+    let json = json_schema();
+    let from_crd = floats(&crd["properties"]["spec"]);
+    let from_json = spec_of_json(&json);
+    assert_eq!(
+        from_crd,
+        from_json,
+        "CRD (left) and schema/gatewayreport.json (right) disagree:\n{}\n{}",
+        serde_json::to_string_pretty(&from_crd).unwrap(),
+        serde_json::to_string_pretty(&from_json).unwrap()
+    );
+    // Both require the spec of a report; the CRD says nothing of apiVersion, kind or
+    // metadata (the API server's own).
+    assert_eq!(crd["required"], serde_json::json!(["spec"]));
+    assert!(
+        json["required"]
+            .as_array()
+            .unwrap()
+            .contains(&"spec".into())
+    );
+    assert_eq!(
+        crd["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["spec"]
+    );
+    // The bounds are there, in both.
+    let devices = &from_crd["properties"]["devices"];
+    assert_eq!(devices["maxItems"], serde_json::json!(10_000.0));
+    for field in ["id", "class"] {
+        assert!(devices["items"]["properties"][field]["maxLength"].is_number());
+    }
+    for time in ["firstSeen", "lastSeen"] {
+        assert_eq!(devices["items"]["properties"][time]["format"], "date-time");
+    }
+    assert_eq!(from_crd["properties"]["heartbeat"]["format"], "date-time");
+}
+
+#[test]
+fn the_comparison_sees_a_bound_that_differs() {
+    // Guard against a comparison that always passes: change one bound, drop another.
+    let crd = floats(&crd_schema()["properties"]["spec"]);
     let mut json = json_schema();
-    json["properties"]["spec"]["properties"]["devices"]["items"]["properties"]
+    json["properties"]["spec"]["properties"]["devices"]["items"]["properties"]["rssi"]["maximum"] =
+        30.into();
+    assert_ne!(crd, spec_of_json(&json));
+    let mut json = json_schema();
+    json["properties"]["spec"]["properties"]["devices"]
         .as_object_mut()
         .unwrap()
-        .remove("rssi");
-    let crd = crd_spec_schema();
-    assert_ne!(
-        shape(&crd["properties"]["spec"], &crd, "spec"),
-        shape(&json["properties"]["spec"], &json, "spec")
-    );
+        .remove("maxItems");
+    assert_ne!(crd, spec_of_json(&json));
 }

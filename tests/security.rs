@@ -804,6 +804,130 @@ mod cluster {
             .unwrap();
     }
 
+    /// A report of one device with `field` set to `value` (the rest valid).
+    fn report_with(field: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut device = serde_json::json!({
+            "id": "C4:7C:8D:6A:12:34", "class": "tag", "rssi": -50,
+            "firstSeen": "2026-11-28T11:00:00Z", "lastSeen": "2026-11-28T11:59:50Z",
+        });
+        let mut spec = serde_json::json!({"heartbeat": "2026-11-28T11:59:50Z"});
+        match field {
+            "heartbeat" => spec["heartbeat"] = value,
+            _ => device[field] = value,
+        }
+        spec["devices"] = serde_json::json!([device]);
+        serde_json::json!({
+            "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+            "metadata": {"name": "gw-a"}, "spec": spec,
+        })
+    }
+
+    async fn write(client: &Client, report: &serde_json::Value) -> Result<(), String> {
+        Api::<GatewayReport>::all(client.clone())
+            .patch(
+                "gw-a",
+                &PatchParams::apply("cloud4iot-agent").force(),
+                &Patch::Apply(report),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_api_server_refuses_a_report_beyond_each_bound_and_names_the_field() {
+        let cp = ControlPlane::start(Options::api_only()).await;
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        let client = cp.client();
+        let at = "spec.devices[0]";
+        let long = |n: usize| serde_json::Value::from("A".repeat(n));
+        let refused = [
+            ("id", long(65), format!("{at}.id")),
+            ("id", "C4 7C/../x".into(), format!("{at}.id")),
+            ("class", long(64), format!("{at}.class")),
+            ("rssi", 21.into(), format!("{at}.rssi")),
+            ("rssi", (-128).into(), format!("{at}.rssi")),
+            ("firstSeen", "yesterday".into(), format!("{at}.firstSeen")),
+            (
+                "lastSeen",
+                "2026-13-45T99:00:00Z".into(),
+                format!("{at}.lastSeen"),
+            ),
+            ("heartbeat", "now".into(), "spec.heartbeat".to_string()),
+        ];
+        for (field, value, named) in refused {
+            let err = write(&client, &report_with(field, value.clone()))
+                .await
+                .expect_err(&format!("{field} = {value} is refused"));
+            assert!(err.contains(&named), "{field} = {value}: {err}");
+        }
+        // One device more than an agent ever lists.
+        let mut crowd = report_with("rssi", (-50).into());
+        let device = crowd["spec"]["devices"][0].clone();
+        crowd["spec"]["devices"] = (0..=cloud4iot_core::presence::MAX_DEVICES)
+            .map(|i| {
+                let mut d = device.clone();
+                d["id"] = format!("C4:7C:8D:6A:{:02X}:{:02X}", i / 256, i % 256).into();
+                d
+            })
+            .collect();
+        let err = write(&client, &crowd).await.expect_err("10,001 devices");
+        assert!(
+            err.contains("spec.devices") && err.contains("10000"),
+            "{err}"
+        );
+        // At the bounds, and both spellings of a BLE address, are accepted.
+        for (field, value) in [
+            ("id", "C4-7C-8D-6A-12-34".into()),
+            ("id", long(64)),
+            ("class", long(63)),
+            ("rssi", 20.into()),
+            ("rssi", (-127).into()),
+        ] {
+            write(&client, &report_with(field, value))
+                .await
+                .unwrap_or_else(|e| panic!("{field}: {e}"));
+        }
+    }
+
+    /// `apply`, `plan` and `diff` read the cluster's reports one by one, as the controller
+    /// does: a stored report that does not read as a GatewayReport (written under a CRD
+    /// without bounds: `firstSeen: yesterday`) is skipped, and every other report is read.
+    /// A typed list would fail whole on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_report_that_does_not_read_is_skipped_and_the_others_are_read() {
+        let cp = ControlPlane::start(Options::api_only()).await;
+        let client = cp.client();
+        cp.install_crds([super::support::permissive_report_crd()])
+            .await;
+        let mut bad = report_with("firstSeen", "yesterday".into());
+        bad["metadata"]["name"] = "gw-old".into();
+        super::support::eventually(
+            "the permissive CRD stores the report",
+            std::time::Duration::from_secs(60),
+            String::new,
+            async || {
+                super::support::apply_raw_report(&client, "gw-old", &bad)
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        cp.install_crds(cloud4iot_kube::crd::all()).await;
+        super::support::apply_raw_report(&client, "gw-a", &report_with("rssi", (-50).into()))
+            .await
+            .expect("a good report");
+        let inventory = cloud4iot_kube::cluster::read_inventory(&client)
+            .await
+            .expect("one report that does not read fails nothing");
+        let names: Vec<_> = inventory
+            .reports
+            .iter()
+            .filter_map(|r| r.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["gw-a"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn gateways_dropping_out_at_once_hold_pruning() {
         let cp = ControlPlane::start(Options::api_only()).await;

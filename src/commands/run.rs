@@ -99,6 +99,14 @@ pub struct RunArgs {
     /// Requests to the API server in flight at once.
     #[arg(long, value_name = "N", default_value_t = cluster::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// A GatewayReport that lists more devices than this is suspicious: one gateway hears
+    /// the devices of a room or a ward, not of the fleet (a compromised one may claim
+    /// them all to pull their instances). It is still planned; the controller publishes a
+    /// Warning Event SuspiciousReport on it and counts it in
+    /// cloud4iot_suspicious_reports_total{kind="too_many_devices"}, as it does a device
+    /// heard at two sites within 10s (kind="two_sites").
+    #[arg(long, value_name = "N", default_value_t = cloud4iot_core::claims::DEFAULT_SUSPECT_DEVICES_OVER)]
+    pub suspect_devices_over: usize,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
@@ -151,6 +159,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         max_prune_ratio: args.max_prune_ratio,
         force_prune: args.force_prune,
         concurrency: args.concurrency.max(1),
+        suspect_devices_over: args.suspect_devices_over,
     };
     cloud4iot_controller::run(opts, super::shutdown_signal()).await?;
     Ok(Outcome::Clean)

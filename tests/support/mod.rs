@@ -25,6 +25,7 @@ pub use control_plane::{ControlPlane, Options, free_port};
 pub use eventually::eventually;
 pub use nodes::{Tier, cloud_node, create_node, edge_node, gateway_node};
 pub use world::{
-    FUNCTIONS_NS, KubeletStandIn, LOST_FOR, apply_report, foreign_pod, remove_foreign_pod, roam,
-    seen, two_sites, wait_bound_only_to, world, write_report,
+    FUNCTIONS_NS, KubeletStandIn, LOST_FOR, apply_raw_report, apply_report, foreign_pod,
+    permissive_report_crd, remove_foreign_pod, roam, seen, two_sites, wait_bound_only_to, world,
+    write_report,
 };

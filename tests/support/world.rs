@@ -219,3 +219,46 @@ pub async fn wait_bound_only_to(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The GatewayReport CRD with no bounds at all (`spec` keeps whatever it is given): the
+/// CRD of a release before the bounds, under which reports nothing can read were stored.
+pub fn permissive_report_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    let mut crd = cloud4iot_kube::crd::gateway_report();
+    let spec = JSONSchemaProps {
+        type_: Some("object".into()),
+        x_kubernetes_preserve_unknown_fields: Some(true),
+        ..JSONSchemaProps::default()
+    };
+    for v in &mut crd.spec.versions {
+        let schema = v
+            .schema
+            .as_mut()
+            .unwrap()
+            .open_api_v3_schema
+            .as_mut()
+            .unwrap();
+        schema.properties = Some([("spec".to_owned(), spec.clone())].into());
+    }
+    crd
+}
+
+/// Server-side applies `report` as the agent of `node` would; the API server's answer.
+/// Untyped: the answer to a write of a report nothing can read is that report.
+pub async fn apply_raw_report(
+    client: &Client,
+    node: &str,
+    report: &serde_json::Value,
+) -> Result<(), String> {
+    let resource = kube::api::ApiResource::erase::<GatewayReport>(&());
+    Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
+        .patch(
+            node,
+            &PatchParams::apply("cloud4iot-agent").force(),
+            &Patch::Apply(report),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

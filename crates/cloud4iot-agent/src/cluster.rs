@@ -10,7 +10,7 @@ use cloud4iot_core::model::{DeviceClass, GatewayReport, GatewayReportSpec, SeenD
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
@@ -31,16 +31,23 @@ pub struct Desired {
 /// Longest wait for one API request of the agent.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The GatewayReports, untyped: the agent's own report is read and written whatever it
+/// holds (one stored before the CRD had its bounds must not stop the agent that would
+/// write it over).
+fn reports(client: Client) -> Api<DynamicObject> {
+    Api::all_with(client, &ApiResource::erase::<GatewayReport>(&()))
+}
+
 /// The devices the GatewayReport named `node` lists now (none when there is no report),
 /// retried with backoff until the API server answers: what an earlier run of this agent
 /// saw, to be kept across the restart.
 pub async fn last_report(client: &Client, node: &str) -> Vec<SeenDevice> {
-    let api: Api<GatewayReport> = Api::all(client.clone());
+    let api = reports(client.clone());
     let mut backoff = Duration::from_millis(500);
     loop {
         let why = match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(node)).await {
             Ok(Ok(r)) => {
-                let devices = r.map(|r| r.spec.devices).unwrap_or_default();
+                let devices = r.map(devices_of).unwrap_or_default();
                 tracing::info!(
                     devices = devices.len(),
                     "GatewayReport {node} read: its devices are kept until the radio confirms \
@@ -54,6 +61,22 @@ pub async fn last_report(client: &Client, node: &str) -> Vec<SeenDevice> {
         tracing::warn!(error = %why, retry_in = ?backoff, "reading GatewayReport {node} failed; nothing is written until it is read");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The devices a stored report lists; none, with a warning, when it does not read as a
+/// GatewayReport: there is nothing to keep then, and the next write replaces it with one
+/// that reads (waiting for it to read would wait forever).
+fn devices_of(object: DynamicObject) -> Vec<SeenDevice> {
+    let read = serde_json::to_value(object)
+        .map_err(|e| e.to_string())
+        .and_then(|v| cloud4iot_core::model::read_report(v).map_err(|e| e.to_string()));
+    match read {
+        Ok(r) => r.spec.devices,
+        Err(e) => {
+            tracing::warn!("{e}; its devices are not kept, the next report replaces it");
+            Vec::new()
+        }
     }
 }
 
@@ -162,7 +185,7 @@ pub async fn write_reports(
     ok: watch::Sender<Option<String>>,
     metrics: Metrics,
 ) {
-    let api: Api<GatewayReport> = Api::all(client);
+    let api = reports(client);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut backoff = min_interval.max(Duration::from_millis(500));
     // The first write waits for the first published state (see the warm-up in `run`).
@@ -238,5 +261,31 @@ pub async fn write_reports(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(first_seen: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cloud4iot.io/v1alpha1", "kind": "GatewayReport",
+            "metadata": {"name": "gw-a"},
+            "spec": {"heartbeat": "2026-11-28T12:00:00Z", "devices": [{
+                "id": "C4:7C:8D:6A:12:34", "class": "tag", "rssi": -50,
+                "firstSeen": first_seen, "lastSeen": "2026-11-28T11:59:50Z",
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_report_read_back_keeps_its_devices_and_one_that_does_not_read_keeps_none() {
+        let kept = devices_of(stored("2026-11-28T11:00:00Z"));
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].id, "C4:7C:8D:6A:12:34");
+        // Not an error to retry forever: the agent starts afresh and writes it over.
+        assert!(devices_of(stored("yesterday")).is_empty());
     }
 }

@@ -3,7 +3,9 @@
 //! gateway -> edge -> cloud), `Recalled` (back down) and `Unplaced` (Warning), each with
 //! the planner's reason as its note; `PruneRefused` (Warning) on the Reconciler when
 //! the prune guard holds deletions; and `NameClash` (Warning) on a Deployment that is in
-//! the way of an instance and is not cloud4iot's.
+//! the way of an instance and is not cloud4iot's; `UnreadableReport` (Warning) on a
+//! GatewayReport the controller cannot read; `SuspiciousReport` (Warning) on a
+//! GatewayReport that claims what an honest gateway would not ([`cloud4iot_core::claims`]).
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -101,6 +103,37 @@ impl Note {
         }
     }
 
+    /// The Warning that a stored GatewayReport cannot be read (set aside), on it.
+    pub fn unreadable_report(bad: &cloud4iot_core::model::UnreadableReport) -> Note {
+        Note {
+            reason: "UnreadableReport",
+            warning: true,
+            action: "Read",
+            note: format!(
+                "{bad}; set aside: the gateway's last readable report stands until its agent \
+                 writes one that can be read"
+            ),
+            reference: report_ref(&bad.name, bad.uid.clone()),
+        }
+    }
+
+    /// The Warning that a report claims too much, on it (people decide: nothing is
+    /// refused). The action tells the kinds apart: an Event of the same reason, action and
+    /// object within minutes only counts up the first one's series, its note unchanged.
+    pub fn suspicious_report(s: &cloud4iot_core::claims::Suspicion) -> Note {
+        use cloud4iot_core::claims::Suspicion;
+        Note {
+            reason: "SuspiciousReport",
+            warning: true,
+            action: match s {
+                Suspicion::TwoSites { .. } => "TwoSites",
+                Suspicion::TooMany { .. } => "TooManyDevices",
+            },
+            note: format!("{}: {s}", s.kind()),
+            reference: report_ref(s.gateway(), None),
+        }
+    }
+
     /// The Warning that the prune guard held deletions, on the Reconciler `name`.
     pub fn prune_refused(name: &str, why: String) -> Note {
         Note {
@@ -115,6 +148,17 @@ impl Note {
                 ..ObjectReference::default()
             },
         }
+    }
+}
+
+/// A GatewayReport's reference (cluster-scoped) without reading it.
+pub fn report_ref(name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("cloud4iot.io/v1alpha1".into()),
+        kind: Some("GatewayReport".into()),
+        name: Some(name.into()),
+        uid,
+        ..ObjectReference::default()
     }
 }
 

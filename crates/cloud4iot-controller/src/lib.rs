@@ -101,6 +101,8 @@ pub struct RunOptions {
     /// Delete even when the proportional guards would hold it.
     pub force_prune: bool,
     pub concurrency: usize,
+    /// A report listing more devices than this is suspicious (a Warning Event, counted).
+    pub suspect_devices_over: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +258,7 @@ pub async fn run(
     );
     let changes = watches::changes(watch_client.clone(), &opts.namespace);
     let mut controller = Controller {
-        world: World::new(&opts.namespace),
+        world: World::new(&opts.namespace).with_suspect_devices_over(opts.suspect_devices_over),
         client,
         opts,
         shared,
@@ -439,6 +441,32 @@ impl Controller {
             // The watcher retries by itself (with backoff); nothing is lost: it re-lists.
             Err(e) => tracing::warn!(error = %e, "watch"),
         }
+        self.announce_reports();
+    }
+
+    /// Warns of each stored report newly found unreadable and of each new suspicion a
+    /// report shows (log and Event), and counts them.
+    fn announce_reports(&mut self) {
+        for shown in self.world.take_suspicions() {
+            let s = &shown.suspicion;
+            self.shared.metrics.suspicious(s.kind());
+            if !shown.new {
+                continue;
+            }
+            tracing::warn!(gateway = s.gateway(), kind = s.kind(), "{s}");
+            if self.events.try_send(Note::suspicious_report(s)).is_err() {
+                tracing::warn!(report = s.gateway(), "Event queue full: Event dropped");
+            }
+        }
+        for bad in self.world.take_unreadable() {
+            tracing::warn!("{bad}; set aside");
+            if self.events.try_send(Note::unreadable_report(&bad)).is_err() {
+                tracing::warn!(report = %bad.name, "Event queue full: Event dropped");
+            }
+        }
+        self.shared
+            .metrics
+            .set_unreadable_reports(self.world.unreadable_count());
     }
 
     fn on_source(&mut self, fetched: Fetched) {

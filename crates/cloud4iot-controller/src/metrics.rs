@@ -170,6 +170,8 @@ pub struct Metrics {
     gateways: Family<StateLabels, Gauge>,
     gateway_state: Family<GatewayStateLabels, Gauge>,
     gateway_devices: Family<GatewayLabels, Gauge>,
+    unreadable_reports: Gauge,
+    suspicious_reports: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,7 +180,7 @@ impl Default for Metrics {
         // 1 ms .. ~65 s
         let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
         // Counters get the `_total` suffix from the encoder.
-        Metrics {
+        let metrics = Metrics {
             reconcile_duration: r.metric(
                 "reconcile_duration_seconds",
                 "Duration of a reconcile, by what triggered it",
@@ -224,8 +226,25 @@ impl Default for Metrics {
                 "gateway_devices",
                 "Devices of a known class in each gateway's report",
             ),
+            unreadable_reports: r.gauge(
+                "unreadable_reports",
+                "Stored GatewayReports the controller cannot read (set aside: each gateway's \
+                 last readable report stands)",
+            ),
+            suspicious_reports: r.family(
+                "suspicious_reports",
+                "GatewayReports that claim what an honest gateway would not, by kind \
+                 (two_sites: a device heard at two sites at once; too_many_devices)",
+            ),
             registry: r.finish(),
+        };
+        // Both kinds from 0, so a first suspicion is an increase (and the series exist).
+        for kind in cloud4iot_core::claims::KINDS {
+            let _ = metrics.suspicious_reports.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            });
         }
+        metrics
     }
 }
 
@@ -326,6 +345,19 @@ impl Metrics {
                 })
                 .set(g.devices);
         }
+    }
+
+    /// One report showed a suspicion of `kind` ([`cloud4iot_core::claims::Suspicion::kind`]).
+    pub fn suspicious(&self, kind: &str) {
+        self.suspicious_reports
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_unreadable_reports(&self, count: usize) {
+        self.unreadable_reports.set(count as i64);
     }
 
     pub fn set_leader(&self, leader: bool) {

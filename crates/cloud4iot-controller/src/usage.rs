@@ -20,6 +20,7 @@ use cloud4iot_core::model::GatewayReport;
 use cloud4iot_kube::usage::{self, NodeUsage};
 
 use crate::settle::{self, Follower, Timing};
+use crate::watches::Report;
 
 /// Changes are gathered this long before the reports are written (a rollout of many Pods
 /// is one write per report, not one per Pod).
@@ -31,7 +32,7 @@ const RETRY: Duration = Duration::from_secs(5);
 // hundreds of bytes, a Pod event many times more.
 enum Change {
     Pod(Box<Event<Pod>>),
-    Report(Box<Event<GatewayReport>>),
+    Report(Box<Event<Report>>),
 }
 
 /// Follows the Pods and the reports until `stop`; writes while `leader` says so.
@@ -48,13 +49,14 @@ pub async fn follow(
     )
     .default_backoff()
     .map(|e| e.map(|p| Change::Pod(Box::new(p))));
-    let reports = watcher(
-        Api::<GatewayReport>::all(watch_client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|r| r.managed_fields_mut().clear())
-    .map(|e| e.map(|r| Change::Report(Box::new(r))));
+    // Untyped and read one by one, as the loop's watch: one unreadable report must not
+    // stop the resources of every other from being written.
+    let reports = crate::watches::report_watcher(watch_client).map(|e| {
+        e.map(|e| {
+            let e = crate::watches::read_event(e, |r| r.managed_fields_mut().clear());
+            Change::Report(Box::new(e))
+        })
+    });
     let changes = futures::stream::select(pods.boxed(), reports.boxed());
     let writer = Writer {
         client,
@@ -133,25 +135,31 @@ impl State {
                     return true;
                 }
             },
+            // A report that cannot be read is left alone (the loop warns of it).
             Change::Report(e) => match *e {
                 Event::Init => self.reports_init = Some(BTreeMap::new()),
-                Event::InitApply(r) => {
+                Event::InitApply(Ok(r)) => {
                     if let Some(m) = self.reports_init.as_mut() {
                         m.insert(r.name_any(), r);
                     }
                 }
+                Event::InitApply(Err(_)) => {}
                 Event::InitDone => {
                     self.reports = self.reports_init.take().unwrap_or_default();
                     self.reports_synced = true;
                     return true;
                 }
-                Event::Apply(r) => {
+                Event::Apply(Ok(r)) => {
                     let stale = !usage::up_to_date(&r, &self.usage.quantities(&r.name_any()));
                     self.reports.insert(r.name_any(), r);
                     return stale;
                 }
+                Event::Apply(Err(bad)) => {
+                    self.reports.remove(&bad.name);
+                }
                 Event::Delete(r) => {
-                    self.reports.remove(&r.name_any());
+                    let name = r.map_or_else(|bad| bad.name, |r| r.name_any());
+                    self.reports.remove(&name);
                 }
             },
         }

@@ -8,22 +8,32 @@
 //! managedFields; reports their managedFields, once their times are anchored on the API
 //! server's clock ([`cloud4iot_core::sightings::anchor`]). Deployments arrive whole (the drift check
 //! reads their managedFields) and the loop keeps only a trimmed copy.
+//!
+//! Reports are watched as JSON and read one by one ([`read`]): a typed list fails whole on
+//! one stored report that does not decode (written before the CRD had its bounds), and
+//! the watcher would retry that list forever, blind to every gateway. A report that cannot
+//! be read arrives as an [`UnreadableReport`]; the loop keeps what it knew of that gateway
+//! and warns.
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use cloud4iot_core::model::{GatewayReport, labels};
+use cloud4iot_core::model::{GatewayReport, UnreadableReport, labels, read_report};
+
+/// A GatewayReport as its watch brings it: read (anchored, trimmed), or why it could not be.
+pub type Report = Result<GatewayReport, UnreadableReport>;
 
 /// One change from one of the watches.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // each is moved once, from its watch to the loop: boxing would only add an allocation
 pub enum Change {
     Node(Event<Node>),
-    Report(Event<GatewayReport>),
+    Report(Event<Report>),
     Deployment(Event<Deployment>),
 }
 
@@ -49,18 +59,14 @@ pub fn changes(
     .default_backoff()
     .modify(slim_node)
     .map_ok(Change::Node);
-    let reports = watcher(
-        Api::<GatewayReport>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|r| {
-        // On the API server's clock (the agent's managedFields time), before the
-        // managedFields go.
-        cloud4iot_core::sightings::anchor(r);
-        r.managed_fields_mut().clear();
-    })
-    .map_ok(Change::Report);
+    let reports = report_watcher(client.clone()).map_ok(|e| {
+        Change::Report(read_event(e, |r| {
+            // On the API server's clock (the agent's managedFields time), before the
+            // managedFields go.
+            cloud4iot_core::sightings::anchor(r);
+            r.managed_fields_mut().clear();
+        }))
+    });
     let deployments = watcher(
         Api::<Deployment>::namespaced(client, namespace),
         watcher::Config::default()
@@ -70,6 +76,49 @@ pub fn changes(
     .default_backoff()
     .map_ok(Change::Deployment);
     futures::stream::select_all([nodes.boxed(), reports.boxed(), deployments.boxed()])
+}
+
+/// Every GatewayReport, untyped: each is read by [`read_event`].
+pub fn report_watcher(
+    client: Client,
+) -> impl Stream<Item = Result<Event<DynamicObject>, watcher::Error>> + Send + use<> {
+    let resource = ApiResource::erase::<GatewayReport>(&());
+    watcher(
+        Api::<DynamicObject>::all_with(client, &resource),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+}
+
+/// The event with its report read ([`read`]), then passed through `then` if it could be.
+pub fn read_event(e: Event<DynamicObject>, then: impl FnOnce(&mut GatewayReport)) -> Event<Report> {
+    let read_then = |o| {
+        read(o).map(|mut r| {
+            then(&mut r);
+            r
+        })
+    };
+    match e {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::InitApply(o) => Event::InitApply(read_then(o)),
+        Event::Apply(o) => Event::Apply(read_then(o)),
+        Event::Delete(o) => Event::Delete(read_then(o)),
+    }
+}
+
+/// One stored report as a GatewayReport ([`read_report`]), managedFields kept.
+pub fn read(object: DynamicObject) -> Report {
+    let name = object.name_any();
+    let (uid, version) = (object.uid(), object.resource_version());
+    let value = serde_json::to_value(object).map_err(|e| UnreadableReport {
+        name,
+        uid,
+        resource_version: version,
+        field: ".".into(),
+        message: e.to_string(),
+    })?;
+    read_report(value)
 }
 
 /// Keeps what [`cloud4iot_core::model::NodeInfo::from_node`] reads: labels, allocatable,

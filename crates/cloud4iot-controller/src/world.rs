@@ -29,15 +29,18 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 
+use cloud4iot_core::claims::{Claims, Suspicion};
 use cloud4iot_core::guard::{self, Census, Hold, Window};
 use cloud4iot_core::model::Tier;
-use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo};
+use cloud4iot_core::model::{
+    GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo, UnreadableReport,
+};
 use cloud4iot_core::plan::{PendingMove, Placement, Plan, PlanDelta, Planner, current_placements};
 use cloud4iot_core::render::{RenderOptions, render_placement};
 use cloud4iot_core::sightings::Memory;
 
 use crate::metrics::Trigger;
-use crate::watches::Change;
+use crate::watches::{Change, Report};
 
 /// A managed Deployment as the cache keeps it: identity, the placement read back from it,
 /// and a fingerprint of its projection (the fields cloud4iot sets, see
@@ -74,6 +77,28 @@ impl Live {
 
     pub fn resource_version(&self) -> &str {
         &self.resource_version
+    }
+}
+
+/// Whether two suspicions are the same finding: the same device and pair of gateways, or
+/// too many devices again (whatever the count), so a gateway that keeps claiming it is
+/// announced once, not at every heartbeat.
+fn same_suspicion(a: &Suspicion, b: &Suspicion) -> bool {
+    match (a, b) {
+        (
+            Suspicion::TwoSites {
+                device: d1,
+                other: o1,
+                ..
+            },
+            Suspicion::TwoSites {
+                device: d2,
+                other: o2,
+                ..
+            },
+        ) => d1 == d2 && o1 == o2,
+        (Suspicion::TooMany { .. }, Suspicion::TooMany { .. }) => true,
+        _ => false,
     }
 }
 
@@ -128,6 +153,15 @@ impl Work {
     }
 }
 
+/// Something implausible a report showed ([`Claims`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shown {
+    pub suspicion: Suspicion,
+    /// Not shown by that gateway's previous report: worth an Event. (Every report that
+    /// shows it is counted.)
+    pub new: bool,
+}
+
 /// Relist buffer of one watch: objects seen between `Init` and `InitDone`.
 type Buffer<T> = Option<BTreeMap<String, T>>;
 
@@ -169,6 +203,18 @@ pub struct World {
     /// How many reports list each device (the guard asks whether an emptied gateway's
     /// devices are seen elsewhere).
     sightings: std::collections::HashMap<String, usize>,
+    /// The stored reports that cannot be read now, by name.
+    unreadable: BTreeMap<String, UnreadableReport>,
+    /// Those not announced yet.
+    notices: Vec<UnreadableReport>,
+    /// The reports of the re-list under way that could not be read.
+    relist_unreadable: BTreeSet<String>,
+    /// Gateways that claim too much: a device heard at two sites at once, too many devices.
+    claims: Claims,
+    /// What each gateway's last report showed (a suspicion is announced when it is new).
+    suspected: BTreeMap<String, Vec<Suspicion>>,
+    /// What the reports showed since the last [`World::take_suspicions`].
+    shown: Vec<Shown>,
     /// Per object, the resourceVersion our latest write left it at, until the watch
     /// brings that version ([`World::wrote`]).
     awaited: BTreeMap<String, String>,
@@ -203,10 +249,22 @@ impl World {
             guard: Window::default(),
             listed: BTreeMap::new(),
             sightings: std::collections::HashMap::new(),
+            unreadable: BTreeMap::new(),
+            notices: Vec::new(),
+            relist_unreadable: BTreeSet::new(),
+            claims: Claims::new(cloud4iot_core::claims::DEFAULT_SUSPECT_DEVICES_OVER),
+            suspected: BTreeMap::new(),
+            shown: Vec::new(),
             awaited: BTreeMap::new(),
             full: None,
             dirty_trigger: None,
         }
+    }
+
+    /// Reports that list more than `limit` devices are suspicious (`--suspect-devices-over`).
+    pub fn with_suspect_devices_over(mut self, limit: usize) -> World {
+        self.claims = Claims::new(limit);
+        self
     }
 
     pub fn caches_synced(&self) -> bool {
@@ -350,75 +408,172 @@ impl World {
         }
     }
 
-    fn on_report(&mut self, e: Event<GatewayReport>, now: Timestamp) {
+    fn on_report(&mut self, e: Event<Report>, now: Timestamp) {
         match e {
-            Event::Init => self.report_buf = Some(BTreeMap::new()),
-            Event::InitApply(raw) => {
+            Event::Init => {
+                self.report_buf = Some(BTreeMap::new());
+                self.relist_unreadable.clear();
+            }
+            Event::InitApply(Ok(raw)) => {
+                self.unreadable
+                    .remove(raw.metadata.name.as_deref().unwrap_or_default());
+                self.check_claims(&raw, now);
                 let listed = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
                 let r = self.memory.observe(&raw, now);
                 if let Some(buf) = self.report_buf.as_mut() {
                     buf.insert(r.metadata.name.clone().unwrap_or_default(), (r, listed));
                 }
             }
-            Event::InitDone => {
-                let (fresh, listed): (BTreeMap<_, _>, BTreeMap<_, _>) = self
-                    .report_buf
-                    .take()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(g, (r, l))| ((g.clone(), r), (g, l)))
-                    .unzip();
-                self.memory.retain(|g| fresh.contains_key(g));
-                let same = fresh.len() == self.reports.len()
-                    && fresh
-                        .iter()
-                        .zip(&self.reports)
-                        .all(|((a, x), (b, y))| a == b && x.spec == y.spec);
-                if self.synced[1] && !same {
-                    self.want_full(Trigger::Relist);
+            Event::InitApply(Err(bad)) => {
+                // As if it listed nothing new: what was known of the gateway stays.
+                let known = self.reports.get(&bad.name).cloned();
+                let listed = self.listed.get(&bad.name).cloned().unwrap_or_default();
+                if let (Some(buf), Some(r)) = (self.report_buf.as_mut(), known) {
+                    buf.insert(bad.name.clone(), (r, listed));
                 }
-                self.reports = fresh;
-                self.sightings.clear();
-                self.listed = listed;
-                let all: Vec<String> = self.listed.values().flatten().cloned().collect();
-                self.count_sightings(&all, 1);
-                self.synced[1] = true;
+                self.relist_unreadable.insert(bad.name.clone());
+                self.unreadable(bad);
             }
-            Event::Apply(raw) => {
-                let name = raw.metadata.name.clone().unwrap_or_default();
-                let has: Vec<String> = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
-                let had = self
-                    .listed
-                    .insert(name.clone(), has.clone())
-                    .unwrap_or_default();
-                if had != has {
-                    self.guard.report_changed(&name, &had, has.len(), now);
-                    self.count_sightings(&had, -1);
-                    self.count_sightings(&has, 1);
-                }
-                let r = self.memory.observe(&raw, now);
-                if self.reports.get(&name).map(|old| &old.spec) == Some(&r.spec) {
-                    return;
-                }
-                self.reports.insert(name, r.clone());
-                self.replan_report(r, now);
-            }
+            Event::InitDone => self.relisted_reports(),
+            Event::Apply(Ok(raw)) => self.report_applied(raw, now),
+            Event::Apply(Err(bad)) => self.unreadable(bad),
             Event::Delete(r) => {
-                let name = r.metadata.name.clone().unwrap_or_default();
-                self.memory.forget(&name);
-                if let Some(had) = self.listed.remove(&name) {
-                    self.count_sightings(&had, -1);
-                }
-                let gone = self.reports.remove(&name);
-                if gone.is_some() && self.full.is_none() {
-                    // A gateway without a report sees nothing and runs nothing of others.
-                    if let Some(planner) = self.planner.as_mut() {
-                        let delta = planner.remove_report(&name, now);
-                        self.absorb(delta, Trigger::Presence);
-                    }
-                }
+                let name = match r {
+                    Ok(r) => r.metadata.name.unwrap_or_default(),
+                    Err(bad) => bad.name,
+                };
+                self.report_deleted(name, now);
             }
         }
+    }
+
+    /// A re-list of the reports is complete: the buffer replaces the cache.
+    fn relisted_reports(&mut self) {
+        let (fresh, listed): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+            .report_buf
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(g, (r, l))| ((g.clone(), r), (g, l)))
+            .unzip();
+        self.memory.retain(|g| fresh.contains_key(g));
+        for gone in self.reports.keys().filter(|g| !fresh.contains_key(*g)) {
+            self.claims.forget(gone);
+            self.suspected.remove(gone);
+        }
+        let relisted = std::mem::take(&mut self.relist_unreadable);
+        self.unreadable.retain(|name, _| relisted.contains(name));
+        let same = fresh.len() == self.reports.len()
+            && fresh
+                .iter()
+                .zip(&self.reports)
+                .all(|((a, x), (b, y))| a == b && x.spec == y.spec);
+        if self.synced[1] && !same {
+            self.want_full(Trigger::Relist);
+        }
+        self.reports = fresh;
+        self.sightings.clear();
+        self.listed = listed;
+        let all: Vec<String> = self.listed.values().flatten().cloned().collect();
+        self.count_sightings(&all, 1);
+        self.synced[1] = true;
+    }
+
+    /// A new version of a report that could be read.
+    fn report_applied(&mut self, raw: GatewayReport, now: Timestamp) {
+        let name = raw.metadata.name.clone().unwrap_or_default();
+        self.unreadable.remove(&name);
+        self.check_claims(&raw, now);
+        let has: Vec<String> = raw.spec.devices.iter().map(|d| d.id.clone()).collect();
+        let had = self
+            .listed
+            .insert(name.clone(), has.clone())
+            .unwrap_or_default();
+        if had != has {
+            self.guard.report_changed(&name, &had, has.len(), now);
+            self.count_sightings(&had, -1);
+            self.count_sightings(&has, 1);
+        }
+        let r = self.memory.observe(&raw, now);
+        if self.reports.get(&name).map(|old| &old.spec) == Some(&r.spec) {
+            return;
+        }
+        self.reports.insert(name, r.clone());
+        self.replan_report(r, now);
+    }
+
+    fn report_deleted(&mut self, name: String, now: Timestamp) {
+        self.unreadable.remove(&name);
+        self.claims.forget(&name);
+        self.suspected.remove(&name);
+        self.memory.forget(&name);
+        if let Some(had) = self.listed.remove(&name) {
+            self.count_sightings(&had, -1);
+        }
+        let gone = self.reports.remove(&name);
+        if gone.is_some() && self.full.is_none() {
+            // A gateway without a report sees nothing and runs nothing of others.
+            if let Some(planner) = self.planner.as_mut() {
+                let delta = planner.remove_report(&name, now);
+                self.absorb(delta, Trigger::Presence);
+            }
+        }
+    }
+
+    /// Checks what `raw` (anchored: its heartbeat is when the API server accepted it)
+    /// claims against the other gateways' last reports; what it shows is kept to announce.
+    /// A device counts as heard at or above its DeviceClass's `minRssi`.
+    fn check_claims(&mut self, raw: &GatewayReport, now: Timestamp) {
+        let name = raw.metadata.name.as_deref().unwrap_or_default();
+        let site = self.nodes.get(name).and_then(|n| n.site.as_deref());
+        let classes = self.repo.as_ref().map(|r| &r.device_classes);
+        let min_rssi = |class: &str| classes.and_then(|c| c.get(class)?.spec.min_rssi);
+        let accepted = raw.spec.heartbeat.unwrap_or(now);
+        let shown = self.claims.accept(
+            name,
+            site,
+            raw.spec.heartbeat,
+            &raw.spec.devices,
+            accepted,
+            min_rssi,
+        );
+        let before = self.suspected.remove(name).unwrap_or_default();
+        for suspicion in &shown {
+            let new = !before.iter().any(|b| same_suspicion(b, suspicion));
+            self.shown.push(Shown {
+                suspicion: suspicion.clone(),
+                new,
+            });
+        }
+        if !shown.is_empty() {
+            self.suspected.insert(name.to_owned(), shown);
+        }
+    }
+
+    /// What the reports showed since the last call ([`Shown`]), to count and announce.
+    pub fn take_suspicions(&mut self) -> Vec<Shown> {
+        std::mem::take(&mut self.shown)
+    }
+
+    /// A report that cannot be read changes nothing the planner or the prune guard sees
+    /// (the gateway's last readable report stands, and ages: its heartbeat goes stale as a
+    /// silent gateway's does); it is announced once per stored version.
+    fn unreadable(&mut self, bad: UnreadableReport) {
+        let known = self.unreadable.get(&bad.name);
+        if known.is_none_or(|k| k.resource_version != bad.resource_version) {
+            self.notices.push(bad.clone());
+        }
+        self.unreadable.insert(bad.name.clone(), bad);
+    }
+
+    /// The reports that could not be read since the last call, to announce.
+    pub fn take_unreadable(&mut self) -> Vec<UnreadableReport> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// How many stored reports cannot be read now.
+    pub fn unreadable_count(&self) -> usize {
+        self.unreadable.len()
     }
 
     /// Counts (`by` 1) or uncounts (-1) one report's sightings of `devices`.
@@ -1034,7 +1189,7 @@ spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
             resources: None,
         };
         let r = GatewayReport::new(g, spec);
-        world.on_change(Change::Report(Event::Apply(r)), at(secs));
+        world.on_change(Change::Report(Event::Apply(Ok(r))), at(secs));
     }
 
     /// The roaming world at `at(0)`, planned: the bracelet's instance on gw-home-1, which
@@ -1100,5 +1255,134 @@ spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
         n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
         world.on_change(Change::Node(Event::Apply(n)), at(2));
         assert_eq!(world.full, Some(Trigger::Presence), "cordoned: a full plan");
+    }
+
+    /// Gateway `g`'s stored report at resourceVersion `version`, as one that cannot be read.
+    fn unreadable(g: &str, version: &str) -> Report {
+        Err(UnreadableReport {
+            name: g.to_owned(),
+            uid: None,
+            resource_version: Some(version.to_owned()),
+            field: "spec.devices[0].firstSeen".to_owned(),
+            message: "yesterday is no time".to_owned(),
+        })
+    }
+
+    #[test]
+    fn an_unreadable_report_changes_nothing_and_is_announced_once_per_version() {
+        let mut world = bracelet_at_home();
+        let before = world.reports["gw-home-1"].clone();
+        world.on_change(
+            Change::Report(Event::Apply(unreadable("gw-home-1", "5"))),
+            at(1),
+        );
+        // The planner and the guard see what they saw: not a dropout, not emptied.
+        assert_eq!(world.reports["gw-home-1"].spec, before.spec);
+        assert_eq!(world.full, None);
+        assert!(world.dirty.is_empty());
+        assert!(!world.lost("gw-home-1", at(2)));
+        assert_eq!(node(&world).as_deref(), Some("gw-home-1"));
+        let notices = world.take_unreadable();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].name, "gw-home-1");
+        assert_eq!(world.unreadable_count(), 1);
+        // The same version again (a re-list): no new notice; a new version: one.
+        world.on_change(
+            Change::Report(Event::Apply(unreadable("gw-home-1", "5"))),
+            at(2),
+        );
+        assert!(world.take_unreadable().is_empty());
+        world.on_change(
+            Change::Report(Event::Apply(unreadable("gw-home-1", "6"))),
+            at(3),
+        );
+        assert_eq!(world.take_unreadable().len(), 1);
+        // A readable report again counts, and the gateway is no longer unreadable.
+        report(&mut world, "gw-hospital-1", 4, &[(4, 4)]);
+        report(&mut world, "gw-home-1", 4, &[]);
+        assert_eq!(world.unreadable_count(), 0);
+        assert_eq!(world.reports["gw-home-1"].spec.heartbeat, Some(at(4)));
+    }
+
+    #[test]
+    fn a_relist_with_an_unreadable_report_keeps_its_gateway_and_reads_the_others() {
+        let mut world = bracelet_at_home();
+        let home = world.reports["gw-home-1"].clone();
+        let hospital = GatewayReport::new(
+            "gw-hospital-1",
+            GatewayReportSpec {
+                heartbeat: Some(at(5)),
+                ..GatewayReportSpec::default()
+            },
+        );
+        for e in [
+            Event::Init,
+            Event::InitApply(unreadable("gw-home-1", "9")),
+            Event::InitApply(Ok(hospital)),
+            Event::InitDone,
+        ] {
+            world.on_change(Change::Report(e), at(5));
+        }
+        assert_eq!(
+            world.reports["gw-home-1"].spec, home.spec,
+            "its last readable report"
+        );
+        assert_eq!(
+            world.reports["gw-hospital-1"].spec.heartbeat,
+            Some(at(5)),
+            "the other is read"
+        );
+        assert!(!world.lost("gw-home-1", at(6)));
+        assert_eq!(world.unreadable_count(), 1);
+        // Deleted, it is gone from both.
+        world.on_change(
+            Change::Report(Event::Delete(unreadable("gw-home-1", "9"))),
+            at(7),
+        );
+        assert!(!world.reports.contains_key("gw-home-1"));
+        assert_eq!(world.unreadable_count(), 0);
+    }
+
+    #[test]
+    fn a_device_heard_at_two_sites_at_once_is_shown_and_announced_once() {
+        let mut world = bracelet_at_home();
+        world.take_suspicions();
+        // Home hears the bracelet; the hospital claims it too, 5 s later.
+        report(&mut world, "gw-home-1", 10, &[(-1800, 10)]);
+        report(&mut world, "gw-hospital-1", 15, &[(15, 15)]);
+        let shown = world.take_suspicions();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(shown[0].new);
+        assert_eq!(shown[0].suspicion.kind(), "two_sites");
+        assert_eq!(shown[0].suspicion.gateway(), "gw-hospital-1");
+        // Again at its next heartbeat: counted, not announced again.
+        report(&mut world, "gw-hospital-1", 18, &[(15, 18)]);
+        let again = world.take_suspicions();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(!again[0].new);
+        // Its report deleted, the finding is forgotten.
+        world.on_change(
+            Change::Report(Event::Delete(Ok(GatewayReport::new(
+                "gw-hospital-1",
+                GatewayReportSpec::default(),
+            )))),
+            at(19),
+        );
+        report(&mut world, "gw-home-1", 20, &[(-1800, 20)]);
+        assert!(world.take_suspicions().is_empty());
+    }
+
+    #[test]
+    fn a_report_over_the_device_limit_is_shown() {
+        let mut world = bracelet_at_home();
+        world.claims = Claims::new(0);
+        report(&mut world, "gw-hospital-1", 100, &[(100, 100)]);
+        let shown = world.take_suspicions();
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.new && s.suspicion.kind() == "too_many_devices"),
+            "{shown:?}"
+        );
     }
 }

@@ -55,6 +55,9 @@ pub enum Suspicion {
     },
 }
 
+/// Every [`Suspicion::kind`].
+pub const KINDS: [&str; 2] = ["two_sites", "too_many_devices"];
+
 impl Suspicion {
     /// The metric label and the Event reason's suffix.
     pub fn kind(&self) -> &'static str {

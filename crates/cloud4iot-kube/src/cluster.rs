@@ -18,7 +18,9 @@ use kube::core::PartialObjectMeta;
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
-use cloud4iot_core::model::{GatewayReport, Inventory, LiveDeployment, NodeInfo, labels};
+use cloud4iot_core::model::{
+    GatewayReport, Inventory, LiveDeployment, NodeInfo, labels, read_report,
+};
 
 /// The field manager of every write cloud4iot makes.
 pub const FIELD_MANAGER: &str = "cloud4iot";
@@ -198,7 +200,10 @@ pub async fn read_inventory_in(
     namespace: &str,
 ) -> Result<Inventory, ClusterError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let reports: Api<GatewayReport> = Api::all(client.clone());
+    // Untyped, each read on its own: one stored report that does not read (written before
+    // the CRD had its bounds) must not fail the whole list.
+    let report_resource = kube::api::ApiResource::erase::<GatewayReport>(&());
+    let reports: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &report_resource);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let (nodes, reports, live) = futures::try_join!(
         async {
@@ -240,6 +245,7 @@ pub async fn read_inventory_in(
             })
         },
     )?;
+    let reports = readable_reports(reports);
     let nodes = nodes
         .iter()
         .filter_map(|node| match NodeInfo::from_node(node) {
@@ -277,6 +283,20 @@ pub async fn read_inventory_in(
         )
         .collect();
     Ok(inventory)
+}
+
+/// The reports of `objects` that read as GatewayReports; each other one is skipped with
+/// a warning naming it and the field (as if its gateway had no report).
+fn readable_reports(objects: Vec<kube::api::DynamicObject>) -> Vec<GatewayReport> {
+    objects
+        .into_iter()
+        .filter_map(|o| {
+            let read = serde_json::to_value(o)
+                .map_err(|e| e.to_string())
+                .and_then(|v| read_report(v).map_err(|e| e.to_string()));
+            read.map_err(|e| tracing::warn!("skipping {e}")).ok()
+        })
+        .collect()
 }
 
 /// Every object `api` lists under `params`, page by page.

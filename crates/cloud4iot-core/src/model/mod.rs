@@ -8,6 +8,7 @@ mod duration;
 mod inventory;
 mod live;
 mod quantity;
+mod read;
 mod selector;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub use quantity::{
     Cpu, Memory, QuantityError, ResourceQuantities, Resources, format_cpu, format_memory,
     number_as_quantity, parse_cpu_millis, parse_memory_bytes,
 };
+pub use read::{UnreadableReport, read_report};
 pub use selector::{
     LabelSelector, SelectorOperator, SelectorRequirement, label_key_error, label_value_error,
 };
