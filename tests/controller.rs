@@ -239,6 +239,51 @@ fn written_at(d: &Deployment) -> jiff::Timestamp {
         .expect("written by cloud4iot")
 }
 
+/// Waits for the consolidator's pending move in the status, and checks it falls due at
+/// `due` (the status has whole seconds); the pending move.
+async fn pending_due_at(
+    ctl: &Controller,
+    client: &Client,
+    due: jiff::Timestamp,
+) -> cloud4iot_kube::reconciler::PendingMove {
+    let pending = status_until("the pending move in the status", ctl, client, |s| {
+        s.and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
+    })
+    .await;
+    assert!(
+        pending.due.0.duration_since(due).abs() <= jiff::SignedDuration::from_secs(1),
+        "due {} (status, whole seconds), expected {due}\n{}",
+        pending.due.0,
+        ctl.log()
+    );
+    pending
+}
+
+/// Waits for the consolidator to run on gw-hospital-1 and checks it was not moved before
+/// `due`: the API server's time of the write that moved it. (It stamps in whole seconds,
+/// as it does a report's acceptance, on which dwell is judged: to within that second.)
+async fn moved_to_the_hospital_not_before(
+    client: &Client,
+    ctl: &Controller,
+    due: jiff::Timestamp,
+) -> Deployment {
+    let d = wait_deployment(
+        client,
+        ctl,
+        CONSOLIDATOR,
+        "the move once dwell passed",
+        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
+    )
+    .await;
+    let moved_at = written_at(&d);
+    assert!(
+        moved_at >= due - jiff::SignedDuration::from_secs(1),
+        "moved at {moved_at}, due {due}\n{}",
+        ctl.log()
+    );
+    d
+}
+
 async fn status(client: &Client) -> Option<ReconcilerStatus> {
     Api::<Reconciler>::all(client.clone())
         .get_opt("cloud4iot")
@@ -818,16 +863,8 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     report(&client, "gw-hospital-1", Some(first_seen), -50, "0").await;
     report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
     // The status names the pending move and when it falls due: firstSeen + dwell.
-    let pending = status_until("the pending move in the status", &ctl, &client, |s| {
-        s.and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
-    })
-    .await;
     let due = first_seen + jiff::SignedDuration::from_secs(20);
-    assert!(
-        pending.due.0.duration_since(due).abs() < jiff::SignedDuration::from_secs(1),
-        "due {} (status, whole seconds), expected {due}",
-        pending.due.0
-    );
+    let pending = pending_due_at(&ctl, &client, due).await;
     assert_eq!(
         pending.reason,
         "moves from gw-home-1 to gw-hospital-1 once gw-hospital-1 has seen the device for the \
@@ -851,23 +888,7 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
         json["pending"][0]["due"],
         serde_json::to_value(&pending.due).unwrap()
     );
-    let d = wait_deployment(
-        &client,
-        &ctl,
-        CONSOLIDATOR,
-        "the move once dwell passed",
-        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
-    )
-    .await;
-    // Not moved before the dwell: the API server's time of the write that moved it. (It
-    // stamps in whole seconds, as it does a report's acceptance, on which dwell is judged:
-    // to within that second.)
-    let moved_at = written_at(&d);
-    assert!(
-        moved_at >= due - jiff::SignedDuration::from_secs(1),
-        "moved at {moved_at}, due {due}\n{}",
-        ctl.log()
-    );
+    let d = moved_to_the_hospital_not_before(&client, &ctl, due).await;
     // Once it moved, nothing is pending any more.
     status_until("no pending move after it", &ctl, &client, |s| {
         s.filter(|s| s.pending.is_empty())
@@ -912,33 +933,9 @@ async fn a_forged_first_seen_buys_no_dwell_the_move_waits_for_dwell_observed_by_
     let dwell = jiff::SignedDuration::from_secs(20);
     let due = accepted + dwell;
     // The pending move falls due a dwell after the acceptance, not a day ago (which would
-    // have moved it at once).
-    let pending = status_until("the pending move in the status", &ctl, &client, |s| {
-        s.and_then(|s| s.pending.into_iter().find(|p| p.instance == CONSOLIDATOR))
-    })
-    .await;
-    assert!(
-        pending.due.0.duration_since(due).abs() <= jiff::SignedDuration::from_secs(1),
-        "due {} (status), expected {due}: the report's firstSeen must not count\n{}",
-        pending.due.0,
-        ctl.log()
-    );
-    let d = wait_deployment(
-        &client,
-        &ctl,
-        CONSOLIDATOR,
-        "the move once the observed dwell passed",
-        |d| node_label(d).as_deref() == Some("gw-hospital-1"),
-    )
-    .await;
-    // Not before: the API server's time of the write that moved it (whole seconds, as
-    // the acceptance is).
-    let moved_at = written_at(&d);
-    assert!(
-        moved_at >= due - jiff::SignedDuration::from_secs(1),
-        "moved at {moved_at}, before {accepted} + dwell {dwell}\n{}",
-        ctl.log()
-    );
+    // have moved it at once), and the move waits for it.
+    pending_due_at(&ctl, &client, due).await;
+    moved_to_the_hospital_not_before(&client, &ctl, due).await;
 }
 
 /// A report stored under an older CRD without bounds, that no longer reads as a
