@@ -375,6 +375,7 @@ impl Controller {
                         tracing::info!("became the leader: full reconcile");
                         self.world.full = Some(Trigger::Leader);
                         self.status_ensured = false;
+                        self.announce_standing_warnings();
                     } else if !now_leader && leader {
                         tracing::info!("no longer the leader: standing by");
                     }
@@ -467,6 +468,23 @@ impl Controller {
         self.shared
             .metrics
             .set_unreadable_reports(self.world.unreadable_count());
+    }
+
+    /// Events are published only while leading, and reports are read from the start: a
+    /// report found unreadable or suspicious before this replica held the Lease was logged
+    /// but its Event dropped. On becoming the leader, what still holds is announced again
+    /// (a repeat within minutes only counts up the Event's series).
+    fn announce_standing_warnings(&mut self) {
+        let (unreadable, suspicions) = self.world.standing_warnings();
+        let notes = unreadable
+            .iter()
+            .map(Note::unreadable_report)
+            .chain(suspicions.iter().map(Note::suspicious_report));
+        for note in notes {
+            if self.events.try_send(note).is_err() {
+                tracing::warn!("Event queue full: Event dropped");
+            }
+        }
     }
 
     fn on_source(&mut self, fetched: Fetched) {

@@ -571,6 +571,15 @@ impl World {
         std::mem::take(&mut self.notices)
     }
 
+    /// Every stored report that cannot be read now, and every suspicion the gateways' last
+    /// reports show: what a replica that just became the leader announces again (what it
+    /// found before held no Lease was never published).
+    pub fn standing_warnings(&self) -> (Vec<UnreadableReport>, Vec<Suspicion>) {
+        let unreadable = self.unreadable.values().cloned().collect();
+        let suspicions = self.suspected.values().flatten().cloned().collect();
+        (unreadable, suspicions)
+    }
+
     /// How many stored reports cannot be read now.
     pub fn unreadable_count(&self) -> usize {
         self.unreadable.len()
