@@ -995,23 +995,10 @@ async fn an_unreadable_stored_report_is_set_aside_with_a_warning_and_the_others_
         node_label(d).as_deref() == Some("gw-hospital-1")
     })
     .await;
-    let warning = eventually(
-        "the UnreadableReport Event",
-        WAIT,
-        || ctl.log(),
-        async || {
-            Api::<Event>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("UnreadableReport")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(old)
-                })
-        },
-    )
+    let warning = event_where(&client, &ctl, "the UnreadableReport Event", |e| {
+        e.reason.as_deref() == Some("UnreadableReport")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(old)
+    })
     .await;
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
     let regarding = warning.regarding.as_ref().unwrap();
@@ -1046,11 +1033,15 @@ async fn an_unreadable_stored_report_is_set_aside_with_a_warning_and_the_others_
     .await;
 }
 
-/// The Warning Event `SuspiciousReport` of `kind` on gateway `gw`'s report.
-async fn suspicious_event(client: &Client, ctl: &Controller, gw: &str, kind: &str) -> Event {
-    let prefix = format!("{kind}: ");
+/// Waits for an Event of the cluster that `accept` accepts.
+async fn event_where(
+    client: &Client,
+    ctl: &Controller,
+    what: &str,
+    accept: impl Fn(&Event) -> bool,
+) -> Event {
     eventually(
-        &format!("a {kind} Event on {gw}"),
+        what,
         WAIT,
         || ctl.log(),
         async || {
@@ -1060,13 +1051,20 @@ async fn suspicious_event(client: &Client, ctl: &Controller, gw: &str, kind: &st
                 .ok()?
                 .items
                 .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("SuspiciousReport")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(gw)
-                        && e.note.as_deref().is_some_and(|n| n.starts_with(&prefix))
-                })
+                .find(|e| accept(e))
         },
     )
+    .await
+}
+
+/// The Warning Event `SuspiciousReport` of `kind` on gateway `gw`'s report.
+async fn suspicious_event(client: &Client, ctl: &Controller, gw: &str, kind: &str) -> Event {
+    let prefix = format!("{kind}: ");
+    event_where(client, ctl, &format!("a {kind} Event on {gw}"), |e| {
+        e.reason.as_deref() == Some("SuspiciousReport")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(gw)
+            && e.note.as_deref().is_some_and(|n| n.starts_with(&prefix))
+    })
     .await
 }
 
