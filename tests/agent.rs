@@ -272,7 +272,6 @@ async fn report_opt(client: &Client, node: &str) -> kube::Result<Option<GatewayR
         .await
 }
 
-/// Waits until the agent's /metrics has `line`.
 /// `cloud4iot run` on the repository `repo` against the cluster of `kubeconfig` (polling
 /// hourly, its Lease in the system namespace), killed when the child is dropped; its log
 /// goes to the returned file.
@@ -787,25 +786,7 @@ async fn agent_restarts_by_sigterm_and_sigkill_keep_the_present_bracelet_in_ever
     .await;
     let first_seen = device(&first, BRACELET).unwrap().first_seen;
 
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud4iot"))
-        .args([
-            "run",
-            "--repo",
-            repo.path().to_str().unwrap(),
-            "--kubeconfig",
-        ])
-        .arg(cp.kubeconfig())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--interval", "1h"])
-        .args(["--lease-namespace", SYSTEM_NAMESPACE])
-        .env("CLOUD4IOT_LOG", "info,kube=warn")
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start cloud4iot run");
+    let (_controller, log) = start_controller(cp.kubeconfig(), repo.path());
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), support::FUNCTIONS_NS);
     let on_home = |d: &k8s_openapi::api::apps::v1::Deployment| {
