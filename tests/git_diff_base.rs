@@ -365,6 +365,19 @@ fn simulate_base_replays_the_trace_under_both_revisions_with_their_avoided_count
     assert_eq!(moves(b), 1, "{b}");
     assert_eq!(h["avoidedByDwell"].as_i64(), Some(0), "{h}");
     assert_eq!(moves(h), 3, "{h}");
+    // The corridor's move to the hospital and back, 20 s apart, is a ping-pong.
+    let roaming =
+        |s: &serde_json::Value, k: &str| s["totals"]["roaming"]["omh-consolidator"][k].as_u64();
+    assert_eq!(
+        (roaming(b, "moves"), roaming(b, "pingPongs")),
+        (Some(1), Some(0)),
+        "{b}"
+    );
+    assert_eq!(
+        (roaming(h, "moves"), roaming(h, "pingPongs")),
+        (Some(3), Some(1)),
+        "{h}"
+    );
 
     // The text names both revisions, base first.
     let mut cmd = cloud4iot(tmp.path());
@@ -392,4 +405,14 @@ fn simulate_base_replays_the_trace_under_both_revisions_with_their_avoided_count
         "{}",
         out.stdout
     );
+    // Then the roaming quality side by side, base first.
+    let table = &out.stdout[out.stdout.find("\nROAMING QUALITY").expect("the table")..];
+    let row = |label: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(label))
+            .map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>())
+    };
+    assert_eq!(row("  moves"), Some(vec!["3", "1"]), "{table}");
+    assert_eq!(row("  ping-pongs"), Some(vec!["1", "0"]), "{table}");
 }

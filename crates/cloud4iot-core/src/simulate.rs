@@ -27,6 +27,9 @@ use crate::model::{Duration, GatewayReport, Inventory, Repo, SeenDevice, Tier};
 use crate::plan::{Placement, Planner};
 use crate::presence::{Tracker, TrackerOptions, significant_change};
 
+mod roaming;
+pub use roaming::{PING_PONG_WINDOW, RoamingQuality};
+
 /// One line of a trace: `gateway` heard `device` (of `class`) at `rssi` dBm at `time`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +137,8 @@ pub struct SimOptions {
     pub min_interval: SignedDuration,
     /// The agents' heartbeat: every gateway of the snapshot writes at least this often.
     pub heartbeat: SignedDuration,
+    /// How soon a move back to where an instance came from counts as a ping-pong.
+    pub ping_pong_window: SignedDuration,
 }
 
 impl Default for SimOptions {
@@ -142,6 +147,7 @@ impl Default for SimOptions {
             tracker: TrackerOptions::default(),
             min_interval: SignedDuration::from_secs(1),
             heartbeat: SignedDuration::from_secs(30),
+            ping_pong_window: PING_PONG_WINDOW,
         }
     }
 }
@@ -207,6 +213,8 @@ pub struct Totals {
     pub unplaced_seconds: i64,
     /// Reports the agents would have written.
     pub reports: u64,
+    /// Roaming quality of the per-device instances, per function.
+    pub roaming: BTreeMap<String, RoamingQuality>,
 }
 
 /// What a replay shows: the timeline, the totals, and what dwell and lossGrace avoided.
@@ -307,6 +315,8 @@ struct Replayed {
 struct Record {
     timeline: Option<Vec<Migration>>,
     churn: i64,
+    /// Roaming quality, followed for the run whose timeline is kept.
+    roaming: Option<roaming::Roaming>,
 }
 
 impl Run {
@@ -324,6 +334,9 @@ impl Run {
         let now = batch.now;
         self.catch_up(now);
         for w in &batch.writes {
+            if let Some(r) = self.record.roaming.as_mut() {
+                r.report(w, now);
+            }
             let gone: Vec<&str> = w.gone.iter().map(String::as_str).collect();
             let delta = self
                 .planner
@@ -337,6 +350,9 @@ impl Run {
         self.catch_up(end);
         self.totals.reports = reports;
         self.state.flush(&mut self.totals, end);
+        if let Some(r) = self.record.roaming.take() {
+            self.totals.roaming = r.finish(end);
+        }
         Replayed {
             timeline: self.record.timeline.unwrap_or_default(),
             churn: self.record.churn,
@@ -390,6 +406,7 @@ fn replay_variants(
                 record: Record {
                     timeline: (k == 0).then(Vec::new),
                     churn: 0,
+                    roaming: (k == 0).then(|| roaming::Roaming::new(opts.ping_pong_window)),
                 },
                 totals: totals.clone(),
                 planner,
@@ -649,6 +666,9 @@ impl Tracked {
                 entry.0 = n;
             }
             return;
+        }
+        if let Some(r) = record.roaming.as_mut() {
+            r.change(now, old.as_ref(), new.as_ref(), loc);
         }
         let key = old
             .as_ref()
