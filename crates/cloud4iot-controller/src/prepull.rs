@@ -321,7 +321,7 @@ mod tests {
         );
         p.done("a", Outcome::Created, due);
         // b's move went away and came back: tried again (the user's Pod may be gone).
-        assert!(p.work(wanted(&[a.clone()]), due).is_empty());
+        assert!(p.work(wanted(std::slice::from_ref(&a)), due).is_empty());
         assert_eq!(summary(&p.work(wanted(&[a, b]), due)), ["create b"]);
         // Abandoned (leadership lost): decided again at the next look.
         p.done("b", Outcome::Abandoned, due);
