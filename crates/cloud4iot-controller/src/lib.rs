@@ -428,6 +428,11 @@ impl Controller {
             while let Some(Some(change)) = changes.next().now_or_never() {
                 self.on_change(change);
             }
+            // The pre-pulls' branch comes after the watches': under steady watch traffic it
+            // might never be taken, and a write never taken in stays in flight.
+            while let Ok(written) = prepulled.try_recv() {
+                self.prepulled(written);
+            }
             // What fell due, whichever input woke the loop: under steady watch traffic the
             // sleep above may never be the branch taken, and the timers must still fire.
             let now = Instant::now();
