@@ -513,7 +513,10 @@ async fn a_real_api_server_accepts_and_enforces_the_manifests() {
     // else (RBAC, as the API server decides it).
     let deadline = Instant::now() + Duration::from_secs(60);
     while !controller_may(&client, "create", "cloud4iot-functions").await {
-        assert!(Instant::now() < deadline, "the controller never got to create Pods");
+        assert!(
+            Instant::now() < deadline,
+            "the controller never got to create Pods"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(controller_may(&client, "delete", "cloud4iot-functions").await);
