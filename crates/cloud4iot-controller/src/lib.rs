@@ -1265,22 +1265,9 @@ impl Controller {
                     continue;
                 }
             };
-            let outcome = match r.action {
-                Action::Created | Action::Unchanged => Outcome::Created,
-                Action::Pruned => Outcome::Deleted,
-                Action::Blocked => Outcome::Blocked,
-                Action::Failed | Action::Configured => Outcome::Failed,
-            };
-            let counted = match (r.action, &r.message) {
-                (Action::Created, _) => Some("created"),
-                (Action::Pruned, None) => Some("deleted"),
-                (Action::Failed | Action::Configured, _) => Some("failed"),
-                (Action::Blocked, _) => Some("blocked"),
-                // Made or deleted already by someone: nothing was written.
-                _ => None,
-            };
-            if let Some(outcome) = counted {
-                self.shared.metrics.prepulled(outcome);
+            let (outcome, counted) = prepull::judge(&r);
+            if let Some(counted) = counted {
+                self.shared.metrics.prepulled(counted);
             }
             match outcome {
                 Outcome::Blocked => {

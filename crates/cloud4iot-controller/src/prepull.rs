@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use cloud4iot_core::model::labels;
 use cloud4iot_core::prepull::shape;
+use cloud4iot_kube::apply::{Action, ObjectResult};
 
 use crate::requeue::Requeue;
 
@@ -89,6 +90,21 @@ pub enum Outcome {
     Blocked,
     /// Not sent: this replica stopped leading, or is stopping.
     Abandoned,
+}
+
+/// What the result of a write means for [`PrePulls::done`], and the outcome it counts as
+/// in `cloud4iot_prepulls_total` (`None`: nothing was written, the Pod had been made or
+/// deleted already).
+pub fn judge(r: &ObjectResult) -> (Outcome, Option<&'static str>) {
+    match (r.action, &r.message) {
+        (Action::Created, _) => (Outcome::Created, Some("created")),
+        (Action::Unchanged, _) => (Outcome::Created, None),
+        (Action::Pruned, None) => (Outcome::Deleted, Some("deleted")),
+        (Action::Pruned, Some(_)) => (Outcome::Deleted, None),
+        (Action::Blocked, _) => (Outcome::Blocked, Some("blocked")),
+        // A create or a deletion configures nothing: a failure either way.
+        (Action::Failed | Action::Configured, _) => (Outcome::Failed, Some("failed")),
+    }
 }
 
 /// The pre-pull Pods: what exists, what is being written, what backs off, what is blocked.
