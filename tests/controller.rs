@@ -901,6 +901,318 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
         metrics.contains("cloud4iot_reconcile_duration_seconds_count{trigger=\"timer\"}"),
         "{metrics}"
     );
+    // The policy has no prePull: no pre-pull Pod was made for the pending move.
+    let created = ["outcome=\"created\""];
+    assert_eq!(
+        metric(&metrics, "cloud4iot_prepulls_total", &created),
+        0.0,
+        "{metrics}"
+    );
+    assert!(prepull_pods(&client).await.is_empty());
+}
+
+// ---------------------------------------------------------------- pre-pull on approach
+
+/// The pre-pull Pod of the consolidator's move onto gw-hospital-1.
+fn prepull_name() -> String {
+    cloud4iot_core::prepull::pod_name(CONSOLIDATOR, "gw-hospital-1")
+}
+
+/// The roaming repository with `dwell` and `prePull: true` on the roaming policy.
+fn prepull_repo(dir: &Path, dwell: &str) -> GitRepo {
+    let mut repo = roaming_repo(dir, dwell);
+    let policy = format!("{}  prePull: true\n", roaming_policy(dwell));
+    repo.write("policies/ehealth-roaming.yaml", &policy);
+    repo.commit("pre-pull the consolidator on approach");
+    repo
+}
+
+/// A cluster for pre-pulls: [`cluster`], the PriorityClass of the manifests (the harness
+/// installs only the CRDs), and a stand-in that finishes graceful Pod deletions.
+async fn prepull_cluster() -> (ControlPlane, KubeletStandIn) {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let cp = cluster().await;
+    let literal = cloud4iot_kube::install::literals(&Default::default())
+        .into_iter()
+        .find(|o| o["kind"] == "PriorityClass")
+        .expect("the manifests' PriorityClass");
+    let class: PriorityClass = serde_json::from_value(literal).unwrap();
+    Api::<PriorityClass>::all(cp.client())
+        .create(&Default::default(), &class)
+        .await
+        .expect("create the PriorityClass");
+    let kubelet = KubeletStandIn::start(cp.client());
+    (cp, kubelet)
+}
+
+/// The pre-pull Pods cloud4iot made in the functions namespace.
+async fn prepull_pods(client: &Client) -> Vec<Pod> {
+    let selector = cloud4iot_core::prepull::selector();
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list the pre-pull Pods")
+        .items
+}
+
+/// Waits until the only pre-pull Pod is the consolidator's, bound to gw-hospital-1 by the
+/// scheduler; that Pod.
+async fn prepull_bound_to_the_hospital(client: &Client, ctl: &Controller) -> Pod {
+    eventually(
+        "the pre-pull Pod bound to gw-hospital-1",
+        WAIT,
+        || ctl.log(),
+        async || {
+            let pods = prepull_pods(client).await;
+            let [pod] = pods.as_slice() else { return None };
+            let node = pod.spec.as_ref()?.node_name.as_deref();
+            (node == Some("gw-hospital-1")).then(|| pod.clone())
+        },
+    )
+    .await
+}
+
+/// Waits until no pre-pull Pod is left.
+async fn no_prepull_left(client: &Client, ctl: &Controller, why: &str) {
+    eventually(
+        why,
+        WAIT,
+        || ctl.log(),
+        async || prepull_pods(client).await.is_empty().then_some(()),
+    )
+    .await;
+}
+
+/// What the scheduler and the admission made of a pre-pull Pod: bound by the scheduler
+/// (the Pod named no node: its `PodScheduled` condition is the scheduler's), at the
+/// PriorityClass's priority, pulling the arm64 image, run never again.
+fn assert_prepull_pod(pod: &Pod) {
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(pod.metadata.name.as_deref(), Some(prepull_name().as_str()));
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some("registry.example.com/ehealth/omh-consolidator:1.4.2-arm64"),
+        "the image for the gateway's architecture"
+    );
+    assert_eq!(spec.priority, Some(cloud4iot_core::prepull::PRIORITY));
+    assert_eq!(spec.preemption_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let scheduled = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+        .map(|c| c.status.as_str());
+    assert_eq!(scheduled, Some("True"), "bound by the scheduler: {pod:?}");
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["cloud4iot.io/prepull-instance"], CONSOLIDATOR);
+    assert!(
+        !labels.contains_key("cloud4iot.io/instance"),
+        "not one of the instance's own Pods"
+    );
+}
+
+/// A bracelet approaches the hospital's gateway under a policy with `prePull`: while the
+/// move waits out the dwell, one pre-pull Pod of the consolidator's arm64 image is bound
+/// to gw-hospital-1 by the scheduler; once the consolidator moved there, it is gone. (What
+/// a kubelet does with it, pull the image, needs a kubelet: there is none here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bracelet_approaching_a_gateway_under_pre_pull_has_a_pod_pull_there_until_it_moves() {
+    let (cp, _kubelet) = prepull_cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = prepull_repo(dir.path(), "20s");
+    let ctl = settled_on(&cp, dir.path()).await;
+    assert!(prepull_pods(&client).await.is_empty(), "no move pending");
+
+    // The hospital hears the bracelet strongly from now on; home weakly (below minRssi).
+    let first_seen = jiff::Timestamp::now();
+    report(&client, "gw-hospital-1", Some(first_seen), -50, "0").await;
+    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    let due = first_seen + jiff::SignedDuration::from_secs(20);
+    pending_due_at(&ctl, &client, due).await;
+    let pod = prepull_bound_to_the_hospital(&client, &ctl).await;
+    let d = deployment(&client, CONSOLIDATOR).await.unwrap();
+    assert_eq!(
+        node_label(&d).as_deref(),
+        Some("gw-home-1"),
+        "bound while the move is still pending"
+    );
+    assert_prepull_pod(&pod);
+
+    moved_to_the_hospital_not_before(&client, &ctl, due).await;
+    no_prepull_left(
+        &client,
+        &ctl,
+        "the pre-pull Pod gone once the move happened",
+    )
+    .await;
+    let metrics = ctl.metrics().await;
+    for (outcome, n) in [("created", 1.0), ("deleted", 1.0), ("failed", 0.0)] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            metric(&metrics, "cloud4iot_prepulls_total", &[&label]),
+            n,
+            "{outcome}\n{metrics}"
+        );
+    }
+}
+
+/// The bracelet comes near the hospital's gateway and turns back before the dwell: the
+/// pre-pull Pod of the move that no longer comes is deleted, and the consolidator stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bracelet_that_turns_back_before_the_dwell_takes_its_pre_pull_pod_with_it() {
+    let (cp, _kubelet) = prepull_cluster().await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    // A dwell long enough that the turn back always comes well before it.
+    let _repo = prepull_repo(dir.path(), "5m");
+    let ctl = settled_on(&cp, dir.path()).await;
+
+    report(
+        &client,
+        "gw-hospital-1",
+        Some(jiff::Timestamp::now()),
+        -50,
+        "0",
+    )
+    .await;
+    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    assert_prepull_pod(&prepull_bound_to_the_hospital(&client, &ctl).await);
+
+    // Back home: home hears it strongly again, the hospital's agent lost it long ago.
+    report(&client, "gw-home-1", Some(ago(1800)), -58, "0").await;
+    let lost = seen(
+        BRACELET,
+        "omh-bracelet",
+        -50,
+        ago(support::LOST_FOR + 60),
+        ago(support::LOST_FOR),
+    );
+    let now = jiff::Timestamp::now();
+    write_report(&client, "gw-hospital-1", now, vec![lost], Some("0")).await;
+    no_prepull_left(
+        &client,
+        &ctl,
+        "the pre-pull Pod gone once the move is no longer pending",
+    )
+    .await;
+    status_until("no pending move", &ctl, &client, |s| {
+        s.filter(|s| s.pending.is_empty())
+    })
+    .await;
+    let d = deployment(&client, CONSOLIDATOR).await.unwrap();
+    assert_eq!(node_label(&d).as_deref(), Some("gw-home-1"), "it stayed");
+    let metrics = ctl.metrics().await;
+    let deleted = ["outcome=\"deleted\""];
+    assert_eq!(
+        metric(&metrics, "cloud4iot_prepulls_total", &deleted),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// Creates Pod `name` in the functions namespace as field manager `manager`, with `labels`,
+/// once the namespace's default ServiceAccount exists (kube-controller-manager makes it).
+async fn pod_by(client: &Client, name: &str, manager: &str, labels: serde_json::Value) -> Pod {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "registry.example.com/other:1"}]}
+    }))
+    .unwrap();
+    let params = kube::api::PostParams {
+        dry_run: false,
+        field_manager: Some(manager.to_owned()),
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    eventually(
+        &format!("Pod {name} created"),
+        WAIT,
+        String::new,
+        async || pods.create(&params, &pod).await.ok(),
+    )
+    .await
+}
+
+/// Pre-pull Pods follow the Deployments' ownership rules. One that a controller left
+/// behind before a restart (the labels, written by `cloud4iot`) is deleted, no move
+/// wanting it; a user's Pod that copied the labels is never touched; a user's Pod with the
+/// name of a wanted pre-pull is reported (a Warning Event `NameClash` on it, counted
+/// `blocked`) and never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_pull_pod_left_behind_is_deleted_and_a_users_pods_are_never_touched() {
+    let (cp, _kubelet) = prepull_cluster().await;
+    let client = cp.client();
+    cp.create_namespace(NS).await;
+    let labels = serde_json::json!({
+        "app.kubernetes.io/managed-by": "cloud4iot",
+        "app.kubernetes.io/component": "prepull",
+    });
+    let left = cloud4iot_core::prepull::pod_name(CONSOLIDATOR, "edge-home-1");
+    pod_by(&client, &left, "cloud4iot", labels.clone()).await;
+    let copied = pod_by(&client, "users-copy", "kubectl-create", labels).await;
+    let users = pod_by(
+        &client,
+        &prepull_name(),
+        "kubectl-create",
+        serde_json::json!({}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = prepull_repo(dir.path(), "5m");
+    let ctl = settled_on(&cp, dir.path()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    eventually(
+        "the Pod left behind deleted",
+        WAIT,
+        || ctl.log(),
+        async || pods.get_opt(&left).await.ok()?.is_none().then_some(()),
+    )
+    .await;
+
+    // The bracelet approaches the hospital: its pre-pull's name is taken by the user's Pod.
+    report(
+        &client,
+        "gw-hospital-1",
+        Some(jiff::Timestamp::now()),
+        -50,
+        "0",
+    )
+    .await;
+    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    let clash = eventually(
+        "the NameClash Event on the user's Pod",
+        WAIT,
+        || ctl.log(),
+        async || {
+            let events = events_for(&client, &prepull_name()).await;
+            events
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("NameClash"))
+        },
+    )
+    .await;
+    let note = clash.note.unwrap_or_default();
+    assert!(
+        note.contains("name clash: Pod") && note.contains("not touched"),
+        "{note}"
+    );
+    let metrics = ctl.metrics().await;
+    let blocked = ["outcome=\"blocked\""];
+    assert_eq!(
+        metric(&metrics, "cloud4iot_prepulls_total", &blocked),
+        1.0,
+        "{metrics}"
+    );
+    for (name, before) in [(prepull_name(), users), ("users-copy".to_owned(), copied)] {
+        let after = pods.get(&name).await.expect("still there");
+        assert_eq!(after.metadata.uid, before.metadata.uid, "{name}");
+        assert_eq!(after.metadata.labels, before.metadata.labels, "{name}");
+        let managers = after.metadata.managed_fields.iter().flatten();
+        let writers: Vec<_> = managers.filter_map(|m| m.manager.as_deref()).collect();
+        assert!(!writers.contains(&"cloud4iot"), "{name}: {writers:?}");
+    }
 }
 
 /// When the API server accepted the last write of `node`'s report by its agent (whole

@@ -70,6 +70,7 @@ fn the_stream_parses_back_into_typed_objects() {
         "ClusterRoleBinding",
         "Role",
         "RoleBinding",
+        "PriorityClass",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
         "Deployment",
@@ -300,10 +301,43 @@ fn rbac_is_least_privilege() {
             set(&["get", "list", "watch", "create", "patch"])
         )])
     );
+    // Pre-pull Pods: written in the functions namespace only.
+    let (namespace, prepull) = rules(&objects, "Role", cloud4iot_kube::install::PREPULL_ROLE);
+    assert_eq!(namespace.as_deref(), Some("cloud4iot-functions"));
+    assert_eq!(
+        grants(&prepull),
+        BTreeMap::from([(
+            key("", "pods"),
+            set(&["get", "list", "watch", "create", "delete"])
+        )])
+    );
     let text = serde_json::to_string(&objects).unwrap();
     assert!(
         !text.contains("secrets") && !text.contains("escalate") && !text.contains("impersonate")
     );
+}
+
+#[test]
+fn the_pre_pull_priority_class_is_below_every_default_and_preempts_nothing() {
+    let objects = objects(&InstallOptions::default()).unwrap();
+    let class = objects
+        .iter()
+        .find_map(|o| match o {
+            InstallObject::PriorityClass(c) => Some(c),
+            _ => None,
+        })
+        .expect("a PriorityClass");
+    assert_eq!(
+        class.metadata.name.as_deref(),
+        Some(cloud4iot_core::prepull::PRIORITY_CLASS)
+    );
+    assert!(
+        class.value.is_some_and(|v| v < 0),
+        "below a Pod that names no class: {:?}",
+        class.value
+    );
+    assert_eq!(class.preemption_policy.as_deref(), Some("Never"));
+    assert_eq!(class.global_default, Some(false));
 }
 
 #[test]
@@ -475,6 +509,40 @@ async fn a_real_api_server_accepts_and_enforces_the_manifests() {
         403,
         "agents do not read nodes"
     );
+    // The controller makes and deletes pre-pull Pods in the functions namespace, nowhere
+    // else (RBAC, as the API server decides it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !controller_may(&client, "create", "cloud4iot-functions").await {
+        assert!(
+            Instant::now() < deadline,
+            "the controller never got to create Pods"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(controller_may(&client, "delete", "cloud4iot-functions").await);
+    for ns in ["default", "cloud4iot-system"] {
+        assert!(!controller_may(&client, "create", ns).await, "Pods in {ns}");
+        assert!(!controller_may(&client, "delete", ns).await, "Pods in {ns}");
+    }
+}
+
+/// Whether the controller's service account may `verb` Pods in `namespace`, by a
+/// SubjectAccessReview.
+async fn controller_may(client: &kube::Client, verb: &str, namespace: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": format!("system:serviceaccount:cloud4iot-system:{CONTROLLER}"),
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:cloud4iot-system"],
+            "resourceAttributes": {"namespace": namespace, "verb": verb, "resource": "pods"}
+        }
+    }))
+    .unwrap();
+    let answer = kube::Api::<SubjectAccessReview>::all(client.clone())
+        .create(&Default::default(), &review)
+        .await
+        .expect("a SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
 }
 
 #[test]

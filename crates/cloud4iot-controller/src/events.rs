@@ -3,7 +3,7 @@
 //! gateway -> edge -> cloud), `Recalled` (back down) and `Unplaced` (Warning), each with
 //! the planner's reason as its note; `PruneRefused` (Warning) on the Reconciler when
 //! the prune guard holds deletions; and `NameClash` (Warning) on a Deployment that is in
-//! the way of an instance and is not cloud4iot's; `UnreadableReport` (Warning) on a
+//! the way of an instance, or a Pod in the way of a pre-pull, and is not cloud4iot's; `UnreadableReport` (Warning) on a
 //! GatewayReport the controller cannot read; `SuspiciousReport` (Warning) on a
 //! GatewayReport that claims what an honest gateway would not ([`cloud4iot_core::claims`]).
 
@@ -170,6 +170,17 @@ pub fn deployment_ref(namespace: &str, name: &str, uid: Option<String>) -> Objec
         namespace: Some(namespace.into()),
         name: Some(name.into()),
         uid,
+        ..ObjectReference::default()
+    }
+}
+
+/// A Pod's reference without reading it.
+pub fn pod_ref(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
         ..ObjectReference::default()
     }
 }

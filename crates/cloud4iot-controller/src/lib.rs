@@ -3,7 +3,8 @@
 //! One task owns the state ([`world::World`]) and runs the loop; everything else feeds it
 //! or serves from it:
 //! - the git poller ([`source`]): every `--interval` with jitter, and at once on a webhook;
-//! - the watches ([`watches`]) on Nodes, GatewayReports and managed Deployments;
+//! - the watches ([`watches`]) on Nodes, GatewayReports, managed Deployments and pre-pull
+//!   Pods;
 //! - the leader elector ([`lease`]) over a `coordination.k8s.io` Lease;
 //! - the HTTP server ([`http`]): `/metrics`, `/healthz`, `/readyz`, `POST /hook`.
 //!
@@ -15,7 +16,10 @@
 //! - otherwise the writes of the instances the incremental planner or the drift check
 //!   marked, one request each.
 //!
-//! Only the leader writes (Deployments, status, Events); a standby keeps its caches and
+//! With the status, at most once a second, the pre-pull Pods the pending moves call for are
+//! decided ([`prepull`]) and written by a task beside the loop, never in a move's way.
+//!
+//! Only the leader writes (Deployments, Pods, status, Events); a standby keeps its caches and
 //! plan warm, so a takeover starts from a synced state. A revision that fails to fetch,
 //! validate or verify is not applied and prunes nothing: the last good one keeps being
 //! reconciled against presence changes, and the status says Stalled.
@@ -26,6 +30,7 @@ pub mod http;
 pub mod leader_label;
 pub mod lease;
 pub mod metrics;
+pub mod prepull;
 pub mod requeue;
 mod settle;
 pub mod source;
@@ -44,6 +49,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::Api;
@@ -62,6 +68,7 @@ use cloud4iot_source::SourceOptions;
 use crate::events::{Migration, Note, deployment_ref, migration};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Metrics, Trigger};
+use crate::prepull::{Outcome, PodWork};
 use crate::requeue::Requeue;
 use crate::source::Fetched;
 use crate::status::{Facts, Problem};
@@ -257,6 +264,7 @@ pub async fn run(
         leader_rx.clone(),
     );
     let changes = watches::changes(watch_client.clone(), &opts.namespace);
+    let (prepulled_tx, prepulled_rx) = mpsc::channel(16);
     let mut controller = Controller {
         world: World::new(&opts.namespace).with_suspect_devices_over(opts.suspect_devices_over),
         client,
@@ -277,8 +285,14 @@ pub async fn run(
         prune_after: BTreeSet::new(),
         leading: leader_rx.clone(),
         classes: classes_tx,
+        prepull_done: prepulled_tx,
     };
-    controller.run(changes, source_rx, leader_rx, stop_rx).await;
+    let inputs = Inputs {
+        changes,
+        sources: source_rx,
+        prepulled: prepulled_rx,
+    };
+    controller.run(inputs, leader_rx, stop_rx).await;
 
     // Writers stopped with the loop; the elector steps down and releases the Lease.
     let _ = tokio::time::timeout(Duration::from_secs(10), elector).await;
@@ -319,19 +333,37 @@ struct Controller {
     leading: watch::Receiver<bool>,
     /// The last good revision's repository, for the DeviceClasses ConfigMap's guard.
     classes: watch::Sender<Option<Arc<cloud4iot_core::model::Repo>>>,
+    /// Where the tasks that write pre-pull Pods send what became of each write.
+    prepull_done: mpsc::Sender<Vec<Written>>,
+}
+
+/// One pre-pull Pod write as its task ends it: the API's answer, or the name of a write
+/// not sent (no longer the leader, or stopping).
+type Written = Result<apply::ObjectResult, String>;
+
+/// What the loop takes its inputs from, besides leadership and the stop signal.
+struct Inputs<C> {
+    changes: C,
+    sources: mpsc::Receiver<Fetched>,
+    prepulled: mpsc::Receiver<Vec<Written>>,
 }
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 impl Controller {
-    async fn run(
+    async fn run<C>(
         &mut self,
-        mut changes: impl futures::Stream<Item = Result<watches::Change, kube::runtime::watcher::Error>>
-        + Unpin,
-        mut sources: mpsc::Receiver<Fetched>,
+        inputs: Inputs<C>,
         mut leader_rx: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
-    ) {
+    ) where
+        C: futures::Stream<Item = Result<watches::Change, kube::runtime::watcher::Error>> + Unpin,
+    {
+        let Inputs {
+            mut changes,
+            mut sources,
+            mut prepulled,
+        } = inputs;
         let mut leader = false;
         let mut seen_source = false;
         let mut next_resync = Instant::now() + self.opts.resync;
@@ -354,6 +386,9 @@ impl Controller {
             // A retry that fell due while the last turn was writing wakes the loop at once
             // (it is taken below, every turn, so a past instant never spins).
             if let Some(at) = self.requeue.next_due() {
+                wake = wake.min(at);
+            }
+            if let Some(at) = self.world.prepull_retry_due(now) {
                 wake = wake.min(at);
             }
             // A move that falls due later (dwell, lossGrace, stale heartbeat).
@@ -386,11 +421,17 @@ impl Controller {
                     self.on_source(fetched);
                 }
                 Some(change) = changes.next() => self.on_change(change),
+                Some(written) = prepulled.recv() => self.prepulled(written),
                 _ = tokio::time::sleep_until(wake) => {}
             }
             // Coalesce: everything already queued joins this turn.
             while let Some(Some(change)) = changes.next().now_or_never() {
                 self.on_change(change);
+            }
+            // The pre-pulls' branch comes after the watches': under steady watch traffic it
+            // might never be taken, and a write never taken in stays in flight.
+            while let Ok(written) = prepulled.try_recv() {
+                self.prepulled(written);
             }
             // What fell due, whichever input woke the loop: under steady watch traffic the
             // sleep above may never be the branch taken, and the timers must still fire.
@@ -1077,7 +1118,7 @@ impl Controller {
         }
     }
 
-    fn status(&mut self) -> ReconcilerStatus {
+    fn status(&mut self, pending: Vec<cloud4iot_core::plan::PendingMove>) -> ReconcilerStatus {
         let (tiers, unplaced) = self.world.counts();
         self.shared.metrics.set_tiers(&tiers, unplaced.len() as i64);
         let now = jiff::Timestamp::now();
@@ -1107,9 +1148,7 @@ impl Controller {
                     reason: p.reason.to_string(),
                 })
                 .collect(),
-            pending: self
-                .world
-                .pending_moves()
+            pending: pending
                 .into_iter()
                 .take(100)
                 .map(|m| {
@@ -1138,18 +1177,22 @@ impl Controller {
         }
     }
 
-    /// Writes the status when it changed, at most once per second.
+    /// Writes the status when it changed, at most once per second, and starts the
+    /// pre-pull Pod writes the pending moves call for.
     ///
     /// The status is built only when its slot is open: it reads every instance (tiers,
     /// unplaced, pending moves), tens of ms at 100,000 of them, and built on every turn it
-    /// was most of a move's CPU and latency there.
+    /// was most of a move's CPU and latency there. The pre-pulls read the same pending
+    /// moves: one scan serves both.
     async fn write_status(&mut self) {
         if self.status_at.is_some_and(|t| t.elapsed() < STATUS_EVERY) && !self.facts.reconciling {
             self.status_pending = true; // the loop wakes up for it
             return;
         }
         self.status_pending = false;
-        let status = self.status();
+        let pending = self.world.pending_moves();
+        self.prepull(&pending);
+        let status = self.status(pending);
         self.status_at = Some(Instant::now());
         if self.status_written.as_ref() == Some(&status) {
             return;
@@ -1177,6 +1220,82 @@ impl Controller {
             Some(Ok(())) => self.status_written = Some(status),
             Some(Err(e)) => tracing::warn!(error = %e, "writing the status"),
         }
+    }
+}
+
+impl Controller {
+    /// Starts the pre-pull Pod writes `pending` (every pending move) calls for, in a task
+    /// beside the loop: their requests never hold up a move. The task stops writing when
+    /// this replica stops leading, and sends what became of each write back to the loop.
+    fn prepull(&mut self, pending: &[cloud4iot_core::plan::PendingMove]) {
+        let work = self.world.prepull_work(pending, Instant::now());
+        if work.is_empty() {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let namespace = self.opts.namespace.clone();
+        let concurrency = self.opts.concurrency.max(1);
+        let leading = self.leading.clone();
+        let done = self.prepull_done.clone();
+        tokio::spawn(async move {
+            let names: Vec<String> = work.iter().map(|w| w.name().to_owned()).collect();
+            let writing = futures::stream::iter(work)
+                .map(|w| write_prepull(&api, &namespace, w))
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>();
+            let written = match while_leading(&leading, writing).await {
+                Some(results) => results.into_iter().map(Ok).collect(),
+                None => names.into_iter().map(Err).collect(),
+            };
+            let _ = done.send(written).await;
+        });
+    }
+
+    /// What became of pre-pull Pod writes: counted, logged, and taken into the state (a
+    /// failure backs off, a name clash is reported once and not tried again while the
+    /// move stays pending). A pre-pull is no part of the Ready condition: it only saves
+    /// time.
+    fn prepulled(&mut self, written: Vec<Written>) {
+        let now = Instant::now();
+        for w in written {
+            let r = match w {
+                Ok(r) => r,
+                Err(name) => {
+                    self.world.prepulled(&name, Outcome::Abandoned, now);
+                    continue;
+                }
+            };
+            let (outcome, counted) = prepull::judge(&r);
+            if let Some(counted) = counted {
+                self.shared.metrics.prepulled(counted);
+            }
+            match outcome {
+                Outcome::Blocked => {
+                    tracing::warn!("{r}");
+                    let pod = events::pod_ref(&r.namespace, &r.name);
+                    let note = Note::name_clash(pod, r.message.clone().unwrap_or_default());
+                    if self.events.try_send(note).is_err() {
+                        tracing::warn!(pod = %r.name, "Event queue full: Event dropped");
+                    }
+                }
+                Outcome::Failed => tracing::warn!("pre-pull {r}"),
+                _ => tracing::info!("pre-pull {r}"),
+            }
+            self.world.prepulled(&r.name, outcome, now);
+        }
+    }
+}
+
+/// Sends one pre-pull Pod write: a create as field manager `cloud4iot`, or a deletion with
+/// preconditions; ownership as for Deployments ([`apply::create_object`]).
+async fn write_prepull(api: &Api<Pod>, namespace: &str, work: PodWork) -> apply::ObjectResult {
+    match work {
+        PodWork::Create(pod) => apply::create_object(api, namespace, &*pod).await,
+        PodWork::Delete {
+            name,
+            uid,
+            resource_version,
+        } => apply::prune_object(api, namespace, &name, &uid, &resource_version, false).await,
     }
 }
 

@@ -81,6 +81,14 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// The outcomes `cloud4iot_prepulls_total` counts.
+pub const PREPULL_OUTCOMES: [&str; 4] = ["created", "deleted", "failed", "blocked"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GatewayLabels {
     gateway: String,
 }
@@ -172,6 +180,7 @@ pub struct Metrics {
     gateway_devices: Family<GatewayLabels, Gauge>,
     unreadable_reports: Gauge,
     suspicious_reports: Family<KindLabels, Counter>,
+    prepulls: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -236,12 +245,22 @@ impl Default for Metrics {
                 "GatewayReports that claim what an honest gateway would not, by kind \
                  (two_sites: a device heard at two sites at once; too_many_devices)",
             ),
+            prepulls: r.family(
+                "prepulls",
+                "Pre-pull Pod writes by outcome (created, deleted, failed, blocked: a Pod of the \
+                 name is not cloud4iot's)",
+            ),
             registry: r.finish(),
         };
         // Both kinds from 0, so a first suspicion is an increase (and the series exist).
         for kind in cloud4iot_core::claims::KINDS {
             let _ = metrics.suspicious_reports.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            });
+        }
+        for outcome in PREPULL_OUTCOMES {
+            let _ = metrics.prepulls.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
             });
         }
         metrics
@@ -356,6 +375,15 @@ impl Metrics {
             .inc();
     }
 
+    /// One pre-pull Pod write ended with `outcome` (one of [`PREPULL_OUTCOMES`]).
+    pub fn prepulled(&self, outcome: &str) {
+        self.prepulls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn set_unreadable_reports(&self, count: usize) {
         self.unreadable_reports.set(count as i64);
     }
@@ -382,7 +410,13 @@ mod tests {
         m.set_revision(None, "main@sha1:abc");
         m.set_revision(Some("main@sha1:abc"), "main@sha1:def");
         m.set_tiers(&[("gateway".to_owned(), 3)].into(), 1);
+        m.prepulled("created");
         let text = m.encode();
+        assert!(
+            text.contains("cloud4iot_prepulls_total{outcome=\"created\"} 1")
+                && text.contains("cloud4iot_prepulls_total{outcome=\"blocked\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "cloud4iot_reconcile_duration_seconds_bucket{le=\"0.016\",trigger=\"presence\"} 1"

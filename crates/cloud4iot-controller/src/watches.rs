@@ -1,6 +1,7 @@
-//! The three watches the loop follows, merged into one stream: Nodes with a tier label,
-//! every GatewayReport, and the managed Deployments of the functions namespace (a user's
-//! own Deployments are never seen, so never touched). Each watcher lists first, then
+//! The watches the loop follows, merged into one stream: Nodes with a tier label, every
+//! GatewayReport, the managed Deployments of the functions namespace (a user's own
+//! Deployments are never seen, so never touched), and cloud4iot's pre-pull Pods there
+//! ([`cloud4iot_core::prepull::selector`]). Each watcher lists first, then
 //! watches; after an API server restart or a 410 Gone it lists again (`Init` ..
 //! `InitDone`), and retries with client-go's backoff in between.
 //!
@@ -17,7 +18,7 @@
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
@@ -35,15 +36,18 @@ pub enum Change {
     Node(Event<Node>),
     Report(Event<Report>),
     Deployment(Event<Deployment>),
+    /// A pre-pull Pod (boxed: a Pod event is many times the size of the others).
+    PrePull(Box<Event<Pod>>),
 }
 
 impl Change {
-    /// Which watch it came from: 0 nodes, 1 reports, 2 deployments.
+    /// Which watch it came from: 0 nodes, 1 reports, 2 deployments, 3 pre-pull pods.
     pub fn source(&self) -> usize {
         match self {
             Change::Node(_) => 0,
             Change::Report(_) => 1,
             Change::Deployment(_) => 2,
+            Change::PrePull(_) => 3,
         }
     }
 }
@@ -67,6 +71,12 @@ pub fn changes(
             r.managed_fields_mut().clear();
         }))
     });
+    let prepulls = watcher(
+        Api::<Pod>::namespaced(client.clone(), namespace),
+        watcher::Config::default().labels(&cloud4iot_core::prepull::selector()),
+    )
+    .default_backoff()
+    .map_ok(|e| Change::PrePull(Box::new(e)));
     let deployments = watcher(
         Api::<Deployment>::namespaced(client, namespace),
         watcher::Config::default()
@@ -75,7 +85,12 @@ pub fn changes(
     )
     .default_backoff()
     .map_ok(Change::Deployment);
-    futures::stream::select_all([nodes.boxed(), reports.boxed(), deployments.boxed()])
+    futures::stream::select_all([
+        nodes.boxed(),
+        reports.boxed(),
+        deployments.boxed(),
+        prepulls.boxed(),
+    ])
 }
 
 /// Every GatewayReport, untyped: each is read by [`read_event`].

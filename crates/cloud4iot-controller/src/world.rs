@@ -20,6 +20,9 @@
 //!   ([`World::needs_write`]); a different `cloud4iot.io/revision` annotation alone is no
 //!   difference, so in controller mode that annotation is "the revision that last changed
 //!   this object".
+//! - The pre-pull Pods (a watch of their own, [`crate::prepull`]) are cached beside the
+//!   Deployments; the writes the pending moves call for are taken out with
+//!   [`World::prepull_work`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
+use tokio::time::Instant;
 
 use cloud4iot_core::claims::{Claims, Suspicion};
 use cloud4iot_core::guard::{self, Census, Hold, Window};
@@ -36,10 +40,12 @@ use cloud4iot_core::model::{
     GatewayReport, Inventory, LiveDeployment, NodeInfo, Repo, UnreadableReport,
 };
 use cloud4iot_core::plan::{PendingMove, Placement, Plan, PlanDelta, Planner, current_placements};
+use cloud4iot_core::prepull;
 use cloud4iot_core::render::{RenderOptions, render_placement};
 use cloud4iot_core::sightings::Memory;
 
 use crate::metrics::Trigger;
+use crate::prepull::{Outcome, PodWork, PrePulls};
 use crate::watches::{Change, Report};
 
 /// A managed Deployment as the cache keeps it: identity, the placement read back from it,
@@ -222,6 +228,8 @@ pub struct World {
     pub full: Option<Trigger>,
     /// Why the dirty instances are dirty (for the duration metric).
     pub dirty_trigger: Option<Trigger>,
+    /// The pre-pull Pods, and their writes.
+    prepulls: PrePulls,
 }
 
 impl World {
@@ -258,6 +266,7 @@ impl World {
             awaited: BTreeMap::new(),
             full: None,
             dirty_trigger: None,
+            prepulls: PrePulls::default(),
         }
     }
 
@@ -315,6 +324,7 @@ impl World {
                 self.on_report(e, now);
             }
             Change::Deployment(e) => self.on_deployment(e, now),
+            Change::PrePull(e) => self.prepulls.on_event(*e),
         }
     }
 
@@ -623,6 +633,36 @@ impl World {
             (Some(planner), None) => planner.pending_moves(),
             _ => Vec::new(),
         }
+    }
+
+    /// The pre-pull Pod writes that `pending` (every pending move, [`World::pending_moves`])
+    /// calls for at `now`; they are in flight until [`World::prepulled`]. None while that
+    /// cannot be decided: before the first plan or the pre-pull Pods' first list, or with a
+    /// full plan due (pending moves are not known then, and every Pod would look unwanted).
+    pub fn prepull_work(&mut self, pending: &[PendingMove], now: Instant) -> Vec<PodWork> {
+        let Some(repo) = self.repo.as_ref() else {
+            return Vec::new();
+        };
+        if self.planner.is_none() || self.full.is_some() || !self.prepulls.synced() {
+            return Vec::new();
+        }
+        // Most repositories ask for none: nothing to render, nothing to look at.
+        let asked = repo.policies.values().any(|p| p.spec.pre_pull);
+        if !asked && !self.prepulls.any() {
+            return Vec::new();
+        }
+        let wanted = prepull::wanted(repo, pending, &self.nodes, &self.render.namespace);
+        self.prepulls.work(wanted, now)
+    }
+
+    /// The pre-pull Pod write of `name` ended with `outcome` at `now`.
+    pub fn prepulled(&mut self, name: &str, outcome: Outcome, now: Instant) {
+        self.prepulls.done(name, outcome, now);
+    }
+
+    /// When a failed pre-pull Pod write may be tried again.
+    pub fn prepull_retry_due(&mut self, now: Instant) -> Option<Instant> {
+        self.prepulls.next_due(now)
     }
 
     /// Whether gateway `g` dropped out of the caches at `now` by its Node and report
@@ -1182,12 +1222,17 @@ spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
     /// Gateway `g`'s report written at `at(secs)`, seeing the bracelet from `at(first)` to
     /// `at(last)` for each `(first, last)` of `sightings`.
     fn report(world: &mut World, g: &str, secs: i64, sightings: &[(i64, i64)]) {
+        report_rssi(world, g, secs, sightings, -58);
+    }
+
+    /// [`report`] at `rssi`.
+    fn report_rssi(world: &mut World, g: &str, secs: i64, sightings: &[(i64, i64)], rssi: i32) {
         let devices = sightings
             .iter()
             .map(|&(first, last)| cloud4iot_core::model::SeenDevice {
                 id: "C4:7C:8D:6A:12:34".to_owned(),
                 class: "omh-bracelet".to_owned(),
-                rssi: -58,
+                rssi,
                 first_seen: at(first),
                 last_seen: at(last),
             })
@@ -1216,6 +1261,76 @@ spec: {image: registry.example.com/c:1, resources: {cpu: 100m, memory: 64Mi},
 
     fn node(world: &World) -> Option<String> {
         world.desired.values().next().and_then(|p| p.node.clone())
+    }
+
+    /// The bracelet at home under [`ROAMING`] with a dwell of 20s and `prePull`, the
+    /// pre-pull Pods listed (none).
+    fn pre_pulling_at_home() -> World {
+        let yaml = ROAMING.replace(
+            "dwell: 0s, lossGrace: 20s}",
+            "dwell: 20s, lossGrace: 20s}\n  prePull: true",
+        );
+        let gateways = [("gw-home-1", "home"), ("gw-hospital-1", "hospital")]
+            .map(|(g, site)| node_info(Tier::Gateway, g, site, "arm64", "2", "2Gi"));
+        let mut world = world_of(&yaml, gateways);
+        report(&mut world, "gw-home-1", 0, &[(-1800, 0)]);
+        report(&mut world, "gw-hospital-1", 0, &[]);
+        world.replan(at(0));
+        world.full = None;
+        for e in [Event::Init, Event::InitDone] {
+            world.on_change(Change::PrePull(Box::new(e)), at(0));
+        }
+        world
+    }
+
+    /// What [`World::prepull_work`] asks for now, as `create NAME` / `delete NAME`.
+    fn prepull_work(world: &mut World) -> Vec<String> {
+        let pending = world.pending_moves();
+        world
+            .prepull_work(&pending, Instant::now())
+            .iter()
+            .map(|w| match w {
+                PodWork::Create(pod) => {
+                    assert_eq!(prepull::shape(pod).1, Some("gw-hospital-1"));
+                    format!("create {}", w.name())
+                }
+                PodWork::Delete { .. } => format!("delete {}", w.name()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pending_move_under_pre_pull_asks_for_its_pod_until_the_move_is_made() {
+        let mut world = pre_pulling_at_home();
+        let instance = world.desired.keys().next().unwrap().clone();
+        let name = prepull::pod_name(&instance, "gw-hospital-1");
+        assert!(prepull_work(&mut world).is_empty(), "nothing pending");
+        // The hospital hears the bracelet from 1 s on; home only weakly (below minRssi).
+        report(&mut world, "gw-hospital-1", 1, &[(1, 1)]);
+        report_rssi(&mut world, "gw-home-1", 1, &[(-1800, 1)], -85);
+        assert_eq!(prepull_work(&mut world), [format!("create {name}")]);
+        // Written and in the cache: nothing more, nor while a full plan is due.
+        world.prepulled(&name, Outcome::Created, Instant::now());
+        let pending = world.pending_moves();
+        let pods = prepull::wanted(world.repo.as_ref().unwrap(), &pending, &world.nodes, "fns");
+        let mut pod = pods[&name].clone();
+        pod.metadata.uid = Some("u-1".into());
+        pod.metadata.managed_fields = Some(vec![Default::default()]);
+        pod.metadata.managed_fields.as_mut().unwrap()[0].manager = Some("cloud4iot".into());
+        world.on_change(Change::PrePull(Box::new(Event::Apply(pod))), at(2));
+        assert!(prepull_work(&mut world).is_empty());
+        world.full = Some(Trigger::Git);
+        assert!(world.pending_moves().is_empty());
+        assert!(
+            prepull_work(&mut world).is_empty(),
+            "not decided with a full plan due"
+        );
+        world.full = None;
+        // The dwell reached, the instance moves: its pre-pull Pod goes.
+        report(&mut world, "gw-hospital-1", 15, &[(1, 15)]);
+        world.advance(at(22));
+        assert_eq!(node(&world).as_deref(), Some("gw-hospital-1"));
+        assert_eq!(prepull_work(&mut world), [format!("delete {name}")]);
     }
 
     #[test]

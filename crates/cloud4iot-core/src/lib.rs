@@ -17,6 +17,7 @@ pub mod model;
 mod par;
 pub mod pipeline;
 pub mod plan;
+pub mod prepull;
 pub mod presence;
 pub mod render;
 pub mod sightings;

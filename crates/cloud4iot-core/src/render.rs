@@ -159,14 +159,7 @@ pub fn render_placement(
                 }),
                 spec: Some(PodSpec {
                     affinity: Some(affinity(p, tier)),
-                    tolerations: (tier == Tier::Gateway).then(|| {
-                        vec![Toleration {
-                            key: Some(labels::GATEWAY_TAINT.to_string()),
-                            operator: Some("Exists".to_string()),
-                            effect: Some("NoSchedule".to_string()),
-                            ..Default::default()
-                        }]
-                    }),
+                    tolerations: (tier == Tier::Gateway).then(gateway_tolerations),
                     automount_service_account_token: Some(false),
                     containers: vec![container],
                     ..Default::default()
@@ -176,6 +169,17 @@ pub fn render_placement(
         },
         status: None,
     })
+}
+
+/// What lets a pod onto a gateway that carries the gateway taint (every pod cloud4iot puts
+/// on a gateway gets it: function instances and pre-pulls).
+pub(crate) fn gateway_tolerations() -> Vec<Toleration> {
+    vec![Toleration {
+        key: Some(labels::GATEWAY_TAINT.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: Some("NoSchedule".to_string()),
+        ..Default::default()
+    }]
 }
 
 /// Labels of the Deployment and of its pods.
@@ -289,7 +293,7 @@ fn container_name(function: &str) -> String {
 /// A label value is at most 63 characters; longer ones keep a prefix and a stable hash
 /// (the same scheme as instance names). The full value is always in an annotation or in
 /// the name, so nothing is lost.
-fn label_value(value: &str) -> String {
+pub(crate) fn label_value(value: &str) -> String {
     if value.len() <= 63 {
         return value.to_string();
     }

@@ -22,7 +22,8 @@
 //! Ownership: a Deployment cloud4iot would write that exists without cloud4iot's ownership
 //! (the managed-by label *and* the `cloud4iot` field manager) is never written: its
 //! instance is reported [`Action::Blocked`] with the reason, the rest applies and prunes
-//! as usual, and the run does not succeed (see [`clash`]).
+//! as usual, and the run does not succeed (see [`clash`]). The controller's pre-pull Pods
+//! follow the same rules ([`create_object`], [`prune_object`]).
 //!
 //! Conflicts: a field another manager *applied* (another declarative tool) is a conflict,
 //! reported per object, and taken over only with `force`. A field changed imperatively
@@ -38,7 +39,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::core::Status;
 use serde::Serialize;
 
@@ -133,11 +134,18 @@ pub struct ObjectResult {
 }
 
 impl fmt::Display for ObjectResult {
-    /// `deployment.apps/NAME configured (note)`, as kubectl prints it.
+    /// `deployment.apps/NAME configured (note)`, `pod/NAME created`, as kubectl prints them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Deployments are of the `apps` group; the other kinds written here (Pods) of the
+        // core group, which kubectl prints without one.
+        let group = if self.kind == "Deployment" {
+            ".apps"
+        } else {
+            ""
+        };
         write!(
             f,
-            "{}.apps/{} {}",
+            "{}{group}/{} {}",
             self.kind.to_lowercase(),
             self.name,
             self.action.as_str()
@@ -476,8 +484,18 @@ async fn run_all(
 }
 
 fn result(ns: &str, name: &str, action: Action, message: Option<String>) -> ObjectResult {
+    result_of("Deployment", ns, name, action, message)
+}
+
+fn result_of(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    action: Action,
+    message: Option<String>,
+) -> ObjectResult {
     ObjectResult {
-        kind: "Deployment".to_owned(),
+        kind: kind.to_owned(),
         namespace: ns.to_owned(),
         name: name.to_owned(),
         action,
@@ -838,9 +856,15 @@ async fn refresh_usage(
     }
 }
 
-/// Why the live object `meta` is not cloud4iot's to write, or `None` when it is (labelled
-/// managed-by cloud4iot, and written by the `cloud4iot` field manager when it lists any).
+/// Why the live Deployment `meta` is not cloud4iot's to write, or `None` when it is
+/// (labelled managed-by cloud4iot, and written by the `cloud4iot` field manager when it
+/// lists any).
 pub fn clash(meta: &ObjectMeta) -> Option<String> {
+    clash_of("Deployment", meta)
+}
+
+/// [`clash`] for an object of any `kind`: the same rule of ownership.
+pub fn clash_of(kind: &str, meta: &ObjectMeta) -> Option<String> {
     if labels::is_managed(meta) {
         return None;
     }
@@ -877,7 +901,7 @@ pub fn clash(meta: &ObjectMeta) -> Option<String> {
         format!("no {}={} label", labels::MANAGED_BY, labels::MANAGER)
     };
     Some(format!(
-        "name clash: Deployment {}/{} exists and is not cloud4iot's ({missing}{whose}); not \
+        "name clash: {kind} {}/{} exists and is not cloud4iot's ({missing}{whose}); not \
          touched: rename or remove it to let cloud4iot place this instance",
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default(),
@@ -909,11 +933,11 @@ async fn clash_before_create(
     }
 }
 
-/// Deletes one managed Deployment with preconditions on the `uid` and `resource_version`
-/// the caller last saw, as [`apply`]'s prune does: an object changed or replaced since is
-/// left alone (reported as failed).
-pub async fn prune_object(
-    api: &Api<Deployment>,
+/// Deletes one managed object (a Deployment, a pre-pull Pod) with preconditions on the
+/// `uid` and `resource_version` the caller last saw, as [`apply`]'s prune does: an object
+/// changed or replaced since is left alone (reported as failed).
+pub async fn prune_object<K: Managed>(
+    api: &Api<K>,
     namespace: &str,
     name: &str,
     uid: &str,
@@ -940,9 +964,11 @@ fn same_content(a: &Deployment, b: &Deployment) -> Result<bool, serde_json::Erro
     Ok(strip(a)? == strip(b)?)
 }
 
-async fn prune_one(api: &Api<Deployment>, meta: &ObjectMeta, dry_run: bool) -> ObjectResult {
+async fn prune_one<K: Managed>(api: &Api<K>, meta: &ObjectMeta, dry_run: bool) -> ObjectResult {
     let ns = meta.namespace.clone().unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
+    let kind = K::kind(&());
+    let result = |action, message| result_of(&kind, &ns, &name, action, message);
     let params = DeleteParams {
         dry_run,
         propagation_policy: Some(PropagationPolicy::Background),
@@ -953,23 +979,70 @@ async fn prune_one(api: &Api<Deployment>, meta: &ObjectMeta, dry_run: bool) -> O
         ..DeleteParams::default()
     };
     match api.delete(&name, &params).await {
-        Ok(_) => result(&ns, &name, Action::Pruned, None),
-        Err(kube::Error::Api(status)) if status.is_not_found() => result(
-            &ns,
-            &name,
-            Action::Pruned,
-            Some("already deleted".to_owned()),
-        ),
+        Ok(_) => result(Action::Pruned, None),
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            result(Action::Pruned, Some("already deleted".to_owned()))
+        }
         Err(kube::Error::Api(status)) if status.is_conflict() => result(
-            &ns,
-            &name,
             Action::Failed,
             Some("changed since it was read; not pruned (the next apply looks again)".to_owned()),
         ),
-        Err(kube::Error::Api(status)) => {
-            result(&ns, &name, Action::Failed, Some(status.message.clone()))
+        Err(kube::Error::Api(status)) => result(Action::Failed, Some(status.message.clone())),
+        Err(err) => result(Action::Failed, Some(err.to_string())),
+    }
+}
+
+/// What [`prune_object`] and [`create_object`] write: a namespaced API object.
+pub trait Managed:
+    kube::Resource<DynamicType = ()> + Clone + Serialize + serde::de::DeserializeOwned + fmt::Debug
+{
+}
+
+impl<K> Managed for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + fmt::Debug
+{
+}
+
+/// Creates `object` in `ns` as field manager `cloud4iot`: for objects cloud4iot creates
+/// and deletes but never changes (a pre-pull Pod, whose spec cannot change). An object of
+/// that name that exists already is not touched: [`Action::Unchanged`] when it is
+/// cloud4iot's (made before the caller's cache saw it), [`Action::Blocked`] with the
+/// reason when it is not ([`clash_of`]), as a Deployment in the way of an instance is.
+pub async fn create_object<K: Managed>(api: &Api<K>, ns: &str, object: &K) -> ObjectResult {
+    let kind = K::kind(&());
+    let name = object.meta().name.clone().unwrap_or_default();
+    let result = |action, message| result_of(&kind, ns, &name, action, message);
+    let params = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+    };
+    match api.create(&params, object).await {
+        Ok(stored) => ObjectResult {
+            resource_version: stored.meta().resource_version.clone(),
+            ..result(Action::Created, None)
+        },
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            match api.get_metadata_opt(&name).await {
+                Ok(Some(live)) => match clash_of(&kind, &live.metadata) {
+                    Some(why) => result(Action::Blocked, Some(why)),
+                    None => result(Action::Unchanged, Some("exists already".to_owned())),
+                },
+                Ok(None) => result(
+                    Action::Failed,
+                    Some("deleted while it was being created; tried again".to_owned()),
+                ),
+                Err(e) => result(
+                    Action::Failed,
+                    Some(format!("cannot check whose object has the name: {e}")),
+                ),
+            }
         }
-        Err(err) => result(&ns, &name, Action::Failed, Some(err.to_string())),
+        Err(kube::Error::Api(status)) => result(Action::Failed, Some(status.message.clone())),
+        Err(err) => result(Action::Failed, Some(err.to_string())),
     }
 }
 

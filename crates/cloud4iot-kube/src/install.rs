@@ -1,6 +1,6 @@
 //! What installs cloud4iot itself (pure): CRDs, namespaces, service accounts,
 //! least-privilege RBAC, an admission policy that keeps each gateway to its own report,
-//! the controller Deployment and the agent DaemonSet. `cloud4iot manifests` prints these.
+//! the pre-pull Pods' PriorityClass, the controller Deployment and the agent DaemonSet. `cloud4iot manifests` prints these.
 //!
 //! The objects are written as JSON literals (they read like the YAML users will see) and
 //! converted into the typed k8s-openapi objects; a test checks that the typed objects
@@ -12,12 +12,14 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use cloud4iot_core::model::labels;
+use cloud4iot_core::prepull;
 
 pub const SYSTEM_NAMESPACE: &str = "cloud4iot-system";
 pub const CONTROLLER: &str = "cloud4iot-controller";
@@ -29,6 +31,9 @@ pub const AGENT_METRICS_PORT: u16 = 9104;
 pub const AGENT_METRICS_PORT_NAME: &str = "metrics";
 /// The Role that lets the controller write the DeviceClasses ConfigMap for the agents.
 pub const CLASSES_ROLE: &str = "cloud4iot-device-classes";
+/// The Role that lets the controller make and delete pre-pull Pods in the functions
+/// namespace.
+pub const PREPULL_ROLE: &str = "cloud4iot-prepull";
 /// The Secret holding the webhook's HMAC secret (GitHub) or token (GitLab), under
 /// [`WEBHOOK_SECRET_KEY`]; created by the user, mounted (optional) by the controller.
 pub const WEBHOOK_SECRET: &str = "cloud4iot-webhook";
@@ -114,6 +119,7 @@ pub enum InstallObject {
     ClusterRoleBinding(ClusterRoleBinding),
     Role(Role),
     RoleBinding(RoleBinding),
+    PriorityClass(PriorityClass),
     ValidatingAdmissionPolicy(Box<ValidatingAdmissionPolicy>),
     ValidatingAdmissionPolicyBinding(Box<ValidatingAdmissionPolicyBinding>),
     Deployment(Box<Deployment>),
@@ -246,6 +252,27 @@ pub fn literals(opts: &InstallOptions) -> Vec<Value> {
             ]),
         ),
         binding(CONTROLLER, Some(fns), CONTROLLER),
+        // Pre-pull Pods (policies with prePull): made, watched and deleted by the
+        // controller in the functions namespace only. (Its cluster-wide Pod grant reads;
+        // this one writes, and nowhere else.)
+        role(
+            PREPULL_ROLE,
+            Some(fns),
+            json!([{"apiGroups": [""], "resources": ["pods"],
+                    "verbs": ["get", "list", "watch", "create", "delete"]}]),
+        ),
+        binding(PREPULL_ROLE, Some(fns), CONTROLLER),
+        // The pre-pull Pods' class: below every Pod that names none, so they never keep
+        // anything off a gateway (the instance's own Pod preempts them), and preempting
+        // nothing themselves.
+        json!({
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": meta(prepull::PRIORITY_CLASS, None),
+            "value": prepull::PRIORITY,
+            "preemptionPolicy": "Never",
+            "globalDefault": false,
+            "description": "cloud4iot pre-pull Pods: pull a function's image onto the gateway its device approaches; never in anything's way"
+        }),
         // The controller's leader election: one Lease in its own namespace, and the
         // leader's label on its own Pod (the webhook Service selects it).
         role(
@@ -437,6 +464,7 @@ pub fn typed(literal: Value) -> Result<InstallObject, InstallError> {
         "ClusterRoleBinding" => InstallObject::ClusterRoleBinding(de(literal).map_err(err)?),
         "Role" => InstallObject::Role(de(literal).map_err(err)?),
         "RoleBinding" => InstallObject::RoleBinding(de(literal).map_err(err)?),
+        "PriorityClass" => InstallObject::PriorityClass(de(literal).map_err(err)?),
         "ValidatingAdmissionPolicy" => {
             InstallObject::ValidatingAdmissionPolicy(de(literal).map_err(err)?)
         }

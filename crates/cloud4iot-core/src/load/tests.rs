@@ -273,6 +273,28 @@ mod validate_checks {
     }
 
     #[test]
+    fn pre_pull_where_no_move_waits_for_a_dwell_is_reported_at_the_field() {
+        let text = format!(
+            "{HEAD}  tiers: [gateway]\n  followDevice: false\n  prePull: true\n---\n\
+             apiVersion: cloud4iot.io/v1alpha1\nkind: PlacementPolicy\nmetadata: {{name: q}}\n\
+             spec:\n  tiers: [gateway]\n  presence: {{dwell: 0s}}\n  prePull: true\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "r.yaml:7:12: spec.prePull: prePull has nothing to pull ahead of: followDevice \
+                 false: no instance moves after its device; drop prePull",
+                "r.yaml:15:12: spec.prePull: prePull has nothing to pull ahead of: dwell 0s: an \
+                 instance moves as soon as a gateway sees its device; give a dwell (e.g. 20s) or \
+                 drop prePull",
+            ]
+        );
+        // With a dwell (the default 5s) under a policy that follows the device: valid.
+        let ok = format!("{HEAD}  tiers: [gateway]\n  prePull: true\n");
+        assert_eq!(errors(&ok), Vec::<String>::new());
+    }
+
+    #[test]
     fn repeated_env_and_ports_are_reported_at_the_second() {
         let text = format!(
             "{HEAD}  tiers: [cloud]\n---\napiVersion: cloud4iot.io/v1alpha1\nkind: Function\n\

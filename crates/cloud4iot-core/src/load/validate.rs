@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::source::{Kind, Source, Sources};
 use crate::diag::Diagnostic;
 use crate::model::{
-    DataLocality, Function, LabelSelector, PlacementPolicy, Repo, ResourceQuantities,
-    SelectorOperator, Tier, label_key_error, label_value_error,
+    DataLocality, Function, LabelSelector, PlacementPolicy, PlacementPolicySpec, Repo,
+    ResourceQuantities, SelectorOperator, Tier, label_key_error, label_value_error,
 };
 
 /// Every semantic problem of `repo`, unsorted.
@@ -191,6 +191,26 @@ fn check_policy(sources: &Sources, name: &str, p: &PlacementPolicy, out: &mut Ve
             "lossGrace 0s: a device would count as absent between two reports; give e.g. 30s",
         ));
     }
+    if spec.pre_pull {
+        check_pre_pull(spec, &src, out);
+    }
+}
+
+/// `prePull: true` acts only while a move onto a gateway waits for the dwell: a policy
+/// under which no instance ever waits would pre-pull nothing, which is a mistake to say.
+fn check_pre_pull(spec: &PlacementPolicySpec, src: &Source, out: &mut Vec<Diagnostic>) {
+    let why = if !spec.follow_device && spec.data_locality != DataLocality::Gateway {
+        "followDevice false: no instance moves after its device; drop prePull"
+    } else if spec.presence.dwell.as_signed().is_zero() {
+        "dwell 0s: an instance moves as soon as a gateway sees its device; give a dwell \
+         (e.g. 20s) or drop prePull"
+    } else {
+        return;
+    };
+    out.push(src.at(
+        "/spec/prePull",
+        format!("prePull has nothing to pull ahead of: {why}"),
+    ));
 }
 
 /// A gateway selector as the API server would take it: label keys and values of

@@ -317,6 +317,10 @@ pub struct PlacementPolicySpec {
     /// The gateways that may host this policy's instances, by their Node's labels; the
     /// others are invisible to its instances. Unset: every gateway.
     pub gateway_selector: Option<LabelSelector>,
+    /// While an instance waits out the dwell of the gateway its device approaches, keep a
+    /// pod there that pulls its image (`cloud4iot run` only). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pre_pull: bool,
 }
 
 fn default_true() -> bool {

@@ -168,6 +168,7 @@ fn policy(
             modes: BTreeMap::new(),
             mode: None,
             gateway_selector: None,
+            pre_pull: false,
         },
     )
 }
