@@ -29,6 +29,25 @@ pub enum Reason {
         dwell: Duration,
         from: String,
     },
+    /// A running instance handed over (`handoverMargin`) to a gateway that hears its device
+    /// at least the margin stronger than the one it ran on, and has seen it for the dwell.
+    HandedOver {
+        gateway: String,
+        from: String,
+        stronger_by: i32,
+        margin: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+    },
+    /// The gateway the instance wants refused it (`why`); it went to another gateway where
+    /// its device is present and that has seen it for the dwell (`spill: gateways`).
+    Spilled {
+        gateway: String,
+        rssi: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+        why: Vec<Refusal>,
+    },
     /// A running instance recalled onto a gateway that has seen the device for the dwell.
     Recalled {
         gateway: String,
@@ -136,6 +155,24 @@ pub enum Refusal {
         on: String,
         on_rssi: i32,
     },
+    /// Under a `handoverMargin`: `gateway` hears the device stronger than `on`, where it is
+    /// still present, but by less than the margin.
+    UnderMargin {
+        gateway: String,
+        on: String,
+        stronger_by: i32,
+        margin: i32,
+    },
+    /// Under a `handoverMargin`: `gateway` hears the device at least the margin stronger
+    /// than `on`, but has not seen it for the dwell.
+    MarginBeforeDwell {
+        gateway: String,
+        on: String,
+        stronger_by: i32,
+        margin: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+    },
     /// A running instance does not move onto a gateway before it has seen the device for
     /// the dwell.
     BeforeDwell {
@@ -235,6 +272,32 @@ impl fmt::Display for Reason {
                 "{gateway} sees the device at {rssi} dBm for {} >= dwell {dwell}; {from} no longer does",
                 secs(*seen_for)
             ),
+            Reason::HandedOver {
+                gateway,
+                from,
+                stronger_by,
+                margin,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} hears the device {stronger_by} dB stronger than {from} (margin {margin} dB) for {} >= dwell {dwell}",
+                secs(*seen_for)
+            ),
+            Reason::Spilled {
+                gateway,
+                rssi,
+                seen_for,
+                dwell,
+                why,
+            } => {
+                write!(
+                    f,
+                    "spilled to {gateway} (sees the device at {rssi} dBm for {} >= dwell {dwell}): ",
+                    secs(*seen_for)
+                )?;
+                joined(f, why, " and ")
+            }
             Reason::Recalled {
                 gateway,
                 rssi,
@@ -381,6 +444,27 @@ impl fmt::Display for Refusal {
             } => write!(
                 f,
                 "{gateway} has seen the device for {} < dwell {dwell}",
+                secs(*seen_for)
+            ),
+            Refusal::UnderMargin {
+                gateway,
+                on,
+                stronger_by,
+                margin,
+            } => write!(
+                f,
+                "{gateway} is {stronger_by} dB stronger than {on}, under the {margin} dB margin"
+            ),
+            Refusal::MarginBeforeDwell {
+                gateway,
+                on,
+                stronger_by,
+                margin,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} hears the device {stronger_by} dB stronger than {on} (margin {margin} dB) for {} < dwell {dwell}",
                 secs(*seen_for)
             ),
             Refusal::BadResources(e) => write!(f, "spec.resources: {e}"),

@@ -651,6 +651,15 @@ mod incremental {
         incremental_matches_full(2824008876094793279, 5, true).unwrap();
     }
 
+    /// Seed 12140795603824416583, 1 step (varied policies): an instance of a policy with a
+    /// handoverMargin that does not follow its device (it takes the gateway with most
+    /// room) was handed over on the next pass to a gateway that heard its device better.
+    /// Only instances that follow their device are handed over.
+    #[test]
+    fn a_policy_that_does_not_follow_the_device_hands_nothing_over() {
+        incremental_matches_full(12140795603824416583, 1, true).unwrap();
+    }
+
     /// One run of [`incremental_equals_full_plan`]'s steps, on varied policies or not.
     fn incremental_matches_full(
         seed: u64,

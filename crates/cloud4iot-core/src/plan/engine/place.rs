@@ -195,9 +195,15 @@ impl Planner {
 
     /// Pass 2, a candidate held on `node` at its policy's tier `k`: below its first tier,
     /// it moves up if a tier before its own has room (and says it freed room on `node`);
-    /// else it stays, with why the tiers before its own refuse it.
+    /// else it stays, with why the tiers before its own refuse it. Held on a gateway it is
+    /// handed over from, it moves if the gateway it is handed over to has room.
     fn decide_held(&mut self, c: &Candidate, node: u32, k: usize) -> (Decided, bool) {
         if k == 0 {
+            if let Some((p, to)) = self.hand_over_now(c, node) {
+                self.charge(node, c.function, false);
+                self.charge(to, c.function, true);
+                return ((p, Some(to)), true);
+            }
             return ((self.held(c, node, Vec::new()), Some(node)), false);
         }
         match self.decide(c, k) {
@@ -244,6 +250,23 @@ impl Planner {
                     None => tiers.len(),
                 };
                 if k == 0 {
+                    // On a gateway other than the one it wants (kept or spilled there): it
+                    // moves as it would on the next pass, if that gateway has room now.
+                    if let (Some(old), Some(there)) = (*a, self.home_there(c, p)) {
+                        let c = self.cand(
+                            c.function,
+                            c.name.clone(),
+                            c.device,
+                            Some(there),
+                            c.current.clone(),
+                        );
+                        if let Some((np, to)) = self.hand_over_now(&c, old) {
+                            self.charge(old, c.function, false);
+                            self.charge(to, c.function, true);
+                            decided[i] = Some((np, Some(to)));
+                            freed_late = true;
+                        }
+                    }
                     continue;
                 }
                 let old = *a;
@@ -270,10 +293,16 @@ impl Planner {
             .zip(decided)
             .map(|(c, d)| {
                 let (placement, account) = d?;
+                // Kept or spilled on another gateway: indexed under the home it has there,
+                // so a change of the gateway it would move to re-plans it.
+                let home = match self.home_there(&c, &placement) {
+                    Some(there) => Some(there.gw),
+                    None => c.home.as_ref().map(|h| h.gw),
+                };
                 Some(self.insert_inst(Instance {
                     function: c.function,
                     device: c.device,
-                    home: c.home.as_ref().map(|h| h.gw),
+                    home,
                     account,
                     placement,
                 }))
