@@ -272,32 +272,7 @@ impl fmt::Display for Reason {
                 "{gateway} sees the device at {rssi} dBm for {} >= dwell {dwell}; {from} no longer does",
                 secs(*seen_for)
             ),
-            Reason::HandedOver {
-                gateway,
-                from,
-                stronger_by,
-                margin,
-                seen_for,
-                dwell,
-            } => write!(
-                f,
-                "{gateway} hears the device {stronger_by} dB stronger than {from} (margin {margin} dB) for {} >= dwell {dwell}",
-                secs(*seen_for)
-            ),
-            Reason::Spilled {
-                gateway,
-                rssi,
-                seen_for,
-                dwell,
-                why,
-            } => {
-                write!(
-                    f,
-                    "spilled to {gateway} (sees the device at {rssi} dBm for {} >= dwell {dwell}): ",
-                    secs(*seen_for)
-                )?;
-                joined(f, why, " and ")
-            }
+            Reason::HandedOver { .. } | Reason::Spilled { .. } => self.fmt_roaming(f),
             Reason::Recalled {
                 gateway,
                 rssi,
@@ -384,6 +359,41 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The reasons of `handoverMargin` and `spill: gateways`.
+    fn fmt_roaming(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::HandedOver {
+                gateway,
+                from,
+                stronger_by,
+                margin,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} hears the device {stronger_by} dB stronger than {from} (margin {margin} dB) for {} >= dwell {dwell}",
+                secs(*seen_for)
+            ),
+            Reason::Spilled {
+                gateway,
+                rssi,
+                seen_for,
+                dwell,
+                why,
+            } => {
+                write!(
+                    f,
+                    "spilled to {gateway} (sees the device at {rssi} dBm for {} >= dwell {dwell}): ",
+                    secs(*seen_for)
+                )?;
+                joined(f, why, " and ")
+            }
+            _ => unreachable!("fmt handles the other reasons"),
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -446,6 +456,30 @@ impl fmt::Display for Refusal {
                 "{gateway} has seen the device for {} < dwell {dwell}",
                 secs(*seen_for)
             ),
+            Refusal::UnderMargin { .. } | Refusal::MarginBeforeDwell { .. } => self.fmt_margin(f),
+            Refusal::BadResources(e) => write!(f, "spec.resources: {e}"),
+            Refusal::NoPolicy(p) => write!(f, "no PlacementPolicy named {p}"),
+            Refusal::BadReserve { policy, error } => {
+                write!(f, "policy {policy}: gatewayReserve: {error}")
+            }
+            Refusal::NoTiers { policy } => write!(f, "policy {policy} allows no tier"),
+            Refusal::NotSelected { node, rssi } => write!(
+                f,
+                "{node} hears the device at {rssi} dBm but is not selected by the policy's gatewaySelector"
+            ),
+            Refusal::NoneSelected { site } => write!(
+                f,
+                "no schedulable gateway{} is selected by the policy's gatewaySelector",
+                at(site)
+            ),
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusals of `handoverMargin`.
+    fn fmt_margin(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Refusal::UnderMargin {
                 gateway,
                 on,
@@ -467,21 +501,7 @@ impl fmt::Display for Refusal {
                 "{gateway} hears the device {stronger_by} dB stronger than {on} (margin {margin} dB) for {} < dwell {dwell}",
                 secs(*seen_for)
             ),
-            Refusal::BadResources(e) => write!(f, "spec.resources: {e}"),
-            Refusal::NoPolicy(p) => write!(f, "no PlacementPolicy named {p}"),
-            Refusal::BadReserve { policy, error } => {
-                write!(f, "policy {policy}: gatewayReserve: {error}")
-            }
-            Refusal::NoTiers { policy } => write!(f, "policy {policy} allows no tier"),
-            Refusal::NotSelected { node, rssi } => write!(
-                f,
-                "{node} hears the device at {rssi} dBm but is not selected by the policy's gatewaySelector"
-            ),
-            Refusal::NoneSelected { site } => write!(
-                f,
-                "no schedulable gateway{} is selected by the policy's gatewaySelector",
-                at(site)
-            ),
+            _ => unreachable!("fmt handles the other refusals"),
         }
     }
 }

@@ -435,8 +435,10 @@ impl Planner {
             Some(cur) => pol.tiers.iter().position(|&x| x == cur).unwrap_or(0),
             None => pol.tiers.len(),
         };
+        // A tier before its own; or, kept off its home, the gateway tier (its home).
         let off_home = self.off_home(inst);
-        if !pol.tiers[..k].contains(&t) && !(off_home && t == Tier::Gateway) {
+        let earlier = pol.tiers[..k].contains(&t) || (off_home && t == Tier::Gateway);
+        if !earlier {
             return false;
         }
         if pol.locality == DataLocality::Gateway && t != Tier::Gateway {
