@@ -660,6 +660,15 @@ mod incremental {
         incremental_matches_full(12140795603824416583, 1, true).unwrap();
     }
 
+    /// Seed 17190419723045375778, 3 steps (varied policies): an instance spilled (within
+    /// its site, under `dataLocality: site`) onto a gateway from which its handoverMargin
+    /// would hand it over at once to a gateway at another site with room: the next pass
+    /// did. Now the spill goes there in the same pass.
+    #[test]
+    fn a_spill_that_the_margin_would_hand_over_is_a_fixed_point() {
+        incremental_matches_full(17190419723045375778, 3, true).unwrap();
+    }
+
     /// One run of [`incremental_equals_full_plan`]'s steps, on varied policies or not.
     fn incremental_matches_full(
         seed: u64,

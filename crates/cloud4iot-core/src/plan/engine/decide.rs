@@ -251,23 +251,49 @@ impl Planner {
         };
         let site = self.nodes[h.gw as usize].site;
         let dev = &self.devices[d as usize];
-        self.spill_candidates(c.function, *class, dev, h.gw)
+        let Some(s) = self
+            .spill_candidates(c.function, *class, dev, h.gw)
             .into_iter()
             .filter(|s| {
                 pol.locality != DataLocality::Site || self.nodes[s.gw as usize].site == site
             })
             .find(|s| self.try_gateway(f, s.gw, res, reserve).is_ok())
-            .map(|s| {
-                let why = Reason::Spilled {
-                    gateway: self.nodes[s.gw as usize].info.name.clone(),
-                    rssi: s.rssi,
-                    seen_for: s.seen_for,
-                    dwell: s.dwell,
-                    why: vec![refused.clone()],
-                };
-                (s.gw, why)
-            })
-            .ok_or(refused)
+        else {
+            return Err(refused);
+        };
+        let why = Reason::Spilled {
+            gateway: self.nodes[s.gw as usize].info.name.clone(),
+            rssi: s.rssi,
+            seen_for: s.seen_for,
+            dwell: s.dwell,
+            why: vec![refused],
+        };
+        Ok(self.onward(c, (*class, dev), (res, reserve), (s.gw, why)))
+    }
+
+    /// An instance spilled onto gateway `g` (with reason `why`): where the next pass would
+    /// take it at once, running there - a gateway with room it is handed over to
+    /// (handoverMargin) - else `g`. So planning twice gives the same plan (seed
+    /// 17190419723045375778: a spill within the site, then a margin gateway at another).
+    fn onward(
+        &self,
+        c: &Candidate,
+        (class, dev): (u32, &super::presence::Device),
+        (res, reserve): (Resources, Resources),
+        (g, why): (u32, Reason),
+    ) -> (u32, Reason) {
+        let f = &self.fns[c.function as usize];
+        let at = Placement {
+            tier: Some(Tier::Gateway),
+            node: Some(self.nodes[g as usize].info.name.clone()),
+            ..Placement::empty()
+        };
+        match self.home(c.function, class, dev, Some(&at)) {
+            Some(HomeGateway {
+                gw, why: Ok(next), ..
+            }) if gw != g && self.try_gateway(f, gw, res, reserve).is_ok() => (gw, next),
+            _ => (g, why),
+        }
     }
 
     /// A running instance kept on gateway `node` while the gateway it is handed over to
