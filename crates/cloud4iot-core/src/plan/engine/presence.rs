@@ -214,8 +214,10 @@ impl Planner {
     /// gateway while that gateway is usable and another has not seen the device for the
     /// dwell; it moves (or comes back from the edge or the cloud) only onto a gateway that
     /// has seen the device for the dwell. One on a gone or unusable gateway is placed as a
-    /// new instance would be. Ranking: fresh heartbeat first, then the
-    /// strongest signal, then the gateway name that sorts first.
+    /// new instance would be. Under a handoverMargin, one whose gateway still has the
+    /// device wants a gateway that has seen it for the dwell and hears it the margin
+    /// stronger, and keeps its own meanwhile (`HomeGateway::keep`). Ranking: fresh
+    /// heartbeat first, then the strongest signal, then the gateway name that sorts first.
     pub(super) fn home(
         &self,
         fi: u32,
