@@ -265,8 +265,9 @@ impl Planner {
                     .filter(|j| self.waiting.contains(j)),
             );
             // Under `spill: gateways`, a waiting instance may take room on any gateway that
-            // sees its device.
-            for &d in &self.gw_devices[n as usize] {
+            // sees its device. (Without such a policy, nothing to look for.)
+            let spilling = self.policies.iter().any(|p| p.spill);
+            for &d in self.gw_devices[n as usize].iter().filter(|_| spilling) {
                 out.extend(
                     self.device_insts
                         .get(d as usize)
