@@ -116,6 +116,12 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "negative-handover-margin",
+        &[
+            "policies/roaming.yaml:11:21: spec.presence.handoverMargin: -6 is less than the minimum of 0",
+        ],
+    ),
+    (
         "neither-instances",
         &[
             "functions/consolidator.yaml:10:14: spec.instances: give exactly one of `perDevice` or `replicas`",
@@ -178,6 +184,12 @@ const CASES: &[(&str, &[&str])] = &[
         "unknown-tier",
         &[
             "policies/roaming.yaml:6:20: spec.tiers[1]: \"fog\" is not one of \"gateway\", \"edge\", \"cloud\"",
+        ],
+    ),
+    (
+        "unknown-spill",
+        &[
+            "policies/roaming.yaml:11:10: spec.spill: \"nextGateway\" is not one of \"nextTier\", \"gateways\"",
         ],
     ),
     (

@@ -8,7 +8,10 @@
 //! alternate faster than the dwell, output independent of input order and of the order of
 //! duplicates, deterministic bytes, and render -> current_placements round-trips the plan;
 //! with a `gatewaySelector` (a quarter of the policies), never on a gateway it does not
-//! select, and present only where a selected gateway sees the device.
+//! select, and present only where a selected gateway sees the device; with a
+//! `handoverMargin`, no move before the dwell and no ping-pong on a constant signal; with
+//! `spill: gateways`, a spill only onto a selected gateway that has seen the device for
+//! the dwell.
 //! A census asserts the worlds contain full gateways, unplaced instances and priority
 //! contention often enough for the properties to mean something. (Incremental re-plans
 //! equal a full plan: `plan::tests::incremental` in cloud4iot-core, over the same worlds.)
@@ -256,6 +259,8 @@ proptest! {
         let second = plan(&repo, &running, t);
         check_capacity(&repo, &running, &second)?;
         check_rules(&repo, &running, &second, t, false)?;
+        check_spills(&repo, &inv, &first, now)?;
+        check_spills(&repo, &running, &second, t)?;
         let second_shuffled = plan(&repo, &shuffled(&running, shuffle_seed ^ 1), t);
         prop_assert_eq!(second, second_shuffled);
     }
@@ -533,6 +538,11 @@ fn check_no_move_before_dwell(
         if b.tier == Some(Tier::Gateway) && !old_usable {
             continue; // its gateway holds nothing: placed as new
         }
+        if matches!(p.reason, Reason::Sees { .. }) {
+            // Placed as new: the gateway it would have kept (or moved to) left it
+            // unplaced, with nothing else its policy allows (seed 16390748379179337923).
+            continue;
+        }
         let dwell = policy_of(repo, &p.function).presence.dwell.as_signed();
         let class = &repo.functions[&p.function]
             .spec
@@ -750,9 +760,24 @@ fn generated_worlds_have_contention_in_a_good_share() {
     let mut dwells = std::collections::BTreeSet::new();
     let mut not_following = 0;
     let mut steered = 0;
+    let mut spilled = 0;
+    let mut margins = 0;
     for seed in 0..n as u64 {
         let (repo, inv) = synth::world(&SynthConfig::small(seed));
         let p = plan(&repo, &inv, synth::now());
+        spilled += usize::from(
+            p.placements
+                .iter()
+                .any(|y| matches!(y.reason, Reason::Spilled { .. })),
+        );
+        margins += usize::from(repo.functions.values().any(|f| {
+            f.spec.instances.per_device.is_some()
+                && follows(&repo, f.name())
+                && policy_of(&repo, f.name())
+                    .presence
+                    .handover_margin
+                    .is_some()
+        }));
         // A gatewaySelector decided something: a gateway passed over, or none selected.
         steered += usize::from(p.placements.iter().any(|y| {
             y.reason
@@ -783,8 +808,10 @@ fn generated_worlds_have_contention_in_a_good_share() {
         }));
     }
     eprintln!(
-        "of {n} worlds: {full} with a full gateway, {unplaced} with an unplaced instance, {contention} with priority contention, {steered} steered by a gatewaySelector"
+        "of {n} worlds: {full} with a full gateway, {unplaced} with an unplaced instance, {contention} with priority contention, {steered} steered by a gatewaySelector, {spilled} with a spill, {margins} with a handoverMargin"
     );
+    assert!(spilled * 20 >= n, "spills in {spilled} of {n}");
+    assert!(margins * 2 >= n, "handoverMargins in {margins} of {n}");
     assert!(
         steered * 20 >= n,
         "gatewaySelector decisions in {steered} of {n}"
@@ -797,4 +824,147 @@ fn generated_worlds_have_contention_in_a_good_share() {
     );
     assert!(dwells.len() >= 4, "dwells {dwells:?}");
     assert!(not_following > 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// handoverMargin and spill: gateways.
+
+/// The sighting of `device` (of `class`) at gateway `g` in `inv`, if any.
+fn sighting<'a>(
+    inv: &'a Inventory,
+    g: &str,
+    device: &str,
+    class: &str,
+) -> Option<&'a cloud4iot_core::model::SeenDevice> {
+    inv.reports
+        .iter()
+        .filter(|r| r.metadata.name.as_deref() == Some(g))
+        .flat_map(|r| &r.spec.devices)
+        .find(|d| d.id.eq_ignore_ascii_case(device) && d.class == class)
+}
+
+/// Every spilled instance is on a gateway its policy selects, where its device is present
+/// (at or above minRssi, within lossGrace) and has been seen for the dwell.
+fn check_spills(
+    repo: &Repo,
+    inv: &Inventory,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<(), TestCaseError> {
+    for p in &plan.placements {
+        let Reason::Spilled { gateway, .. } = &p.reason else {
+            continue;
+        };
+        let policy = policy_of(repo, &p.function);
+        prop_assert!(
+            policy.spill == cloud4iot_core::model::Spill::Gateways,
+            "{}",
+            p.instance
+        );
+        prop_assert_eq!(p.node.as_deref(), Some(gateway.as_str()));
+        let node = inv.node(gateway).unwrap();
+        prop_assert!(
+            policy
+                .gateway_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&node.labels)),
+            "{} spilled to {}, which its gatewaySelector does not select",
+            p.instance,
+            gateway
+        );
+        let f = &repo.functions[&p.function];
+        let class = &f.spec.instances.per_device.as_ref().unwrap().device_class;
+        let seen = sighting(inv, gateway, p.device.as_deref().unwrap(), class);
+        let min_rssi = policy
+            .presence
+            .min_rssi
+            .or_else(|| repo.device_classes.get(class).and_then(|c| c.spec.min_rssi))
+            .unwrap_or(i32::MIN);
+        prop_assert!(
+            seen.is_some_and(|d| d.rssi >= min_rssi
+                && now.duration_since(d.last_seen) <= policy.presence.loss_grace.as_signed()
+                && now.duration_since(d.first_seen) >= policy.presence.dwell.as_signed()),
+            "{} spilled to {}, where its device is {:?}",
+            p.instance,
+            gateway,
+            seen
+        );
+    }
+    Ok(())
+}
+
+/// The same placements (tier and node of every instance), reasons aside.
+fn same_places(a: &Plan, b: &Plan) -> bool {
+    let places = |p: &Plan| -> Vec<_> {
+        p.placements
+            .iter()
+            .map(|x| (x.instance.clone(), x.tier, x.node.clone()))
+            .collect()
+    };
+    places(a) == places(b)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Devices of running instances show up strongly (-41 dBm) at other gateways, seen for
+    /// a random time, while their own gateway still hears them: (a) no instance moves onto
+    /// a gateway before that gateway has seen its device for the dwell (margin or not);
+    /// (b) with the signals held constant, planning again with the result running, twice,
+    /// places every instance where it is (no ping-pong), now and once every dwell is
+    /// reached; (c) every spill is onto a selected gateway that has seen the device for the
+    /// dwell.
+    #[test]
+    fn margins_and_spills_wait_for_the_dwell_and_settle(
+        seed in any::<u64>(),
+        moves in prop::collection::vec((any::<usize>(), any::<usize>(), 0i64..200), 1..12),
+    ) {
+        let (repo, inv) = synth::world(&SynthConfig::small(seed));
+        let now = synth::now();
+        let first = plan(&repo, &inv, now);
+        let on_gateways: Vec<_> = first
+            .placements
+            .iter()
+            .filter(|p| p.tier == Some(Tier::Gateway) && p.device.is_some())
+            .collect();
+        prop_assume!(!on_gateways.is_empty() && inv.reports.len() >= 2);
+        let t = at(now, 5);
+        let mut reports = inv.reports.clone();
+        for r in &mut reports {
+            r.spec.heartbeat = Some(t);
+        }
+        for &(i, g, age) in &moves {
+            let p = on_gateways[i % on_gateways.len()];
+            let class = repo.functions[&p.function].spec.instances.per_device.as_ref().unwrap().device_class.clone();
+            let g = g % reports.len();
+            if reports[g].metadata.name == p.node {
+                continue;
+            }
+            let mut r = synth::with_device(&reports[g], p.device.as_ref().unwrap(), &class, t);
+            r.spec.devices.last_mut().unwrap().first_seen = at(t, -age);
+            reports[g] = r;
+        }
+        let running = Inventory::new(inv.nodes.clone(), reports.clone(), rendered_live(&repo, &first));
+        let second = plan(&repo, &running, t);
+        check_no_move_before_dwell(&repo, &running, &first, &second, t)?;
+        check_spills(&repo, &running, &second, t)?;
+        check_capacity(&repo, &running, &second)?;
+        // Constant signals: settled now, and once every sighting has reached any dwell
+        // (seen 200s longer, the same signal).
+        let mut dwelt = reports.clone();
+        for r in &mut dwelt {
+            for d in &mut r.spec.devices {
+                d.first_seen = at(d.first_seen, -200);
+            }
+        }
+        for (reports, what) in [(reports, "now"), (dwelt, "once dwelt")] {
+            let live = |p: &Plan| Inventory::new(inv.nodes.clone(), reports.clone(), rendered_live(&repo, p));
+            let settle = plan(&repo, &live(&second), t);
+            let again = plan(&repo, &live(&settle), t);
+            let third = plan(&repo, &live(&again), t);
+            prop_assert!(same_places(&again, &settle), "moved on replanning ({})", what);
+            prop_assert!(same_places(&third, &settle), "ping-pong ({})", what);
+            check_spills(&repo, &live(&settle), &settle, t)?;
+        }
+    }
 }

@@ -321,6 +321,28 @@ pub struct PlacementPolicySpec {
     /// pod there that pulls its image (`cloud4iot run` only). Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pre_pull: bool,
+    /// Where a per-device instance goes when the gateway it wants is full or unusable.
+    #[serde(default, skip_serializing_if = "Spill::is_next_tier")]
+    pub spill: Spill,
+}
+
+/// Where a per-device instance that follows its device goes when the gateway it wants
+/// (the best-ranked where its device is present) is full or unusable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Spill {
+    /// The next tier of the policy (edge, cloud): no other gateway is tried.
+    #[default]
+    NextTier,
+    /// The other gateways where its device is present and that have seen it for the
+    /// dwell, best-ranked first; then the next tier.
+    Gateways,
+}
+
+impl Spill {
+    fn is_next_tier(&self) -> bool {
+        *self == Spill::NextTier
+    }
 }
 
 fn default_true() -> bool {
@@ -357,6 +379,10 @@ pub struct Presence {
     /// How long after it was last seen a device still counts as present.
     #[serde(default = "default_loss_grace")]
     pub loss_grace: Duration,
+    /// How many dB more strongly another gateway must hear the device, once it has seen
+    /// it for the dwell, before a running instance leaves a gateway where its device is
+    /// still present. Unset: it never does.
+    pub handover_margin: Option<u32>,
 }
 
 fn default_dwell() -> Duration {
@@ -372,6 +398,7 @@ impl Default for Presence {
             min_rssi: None,
             dwell: default_dwell(),
             loss_grace: default_loss_grace(),
+            handover_margin: None,
         }
     }
 }

@@ -70,7 +70,8 @@ pub struct PendingMove {
     pub gateway: String,
     /// When that gateway has seen the device for the dwell.
     pub due: Timestamp,
-    /// Why not yet: a [`Refusal::BeforeDwell`].
+    /// Why not yet: a [`Refusal::BeforeDwell`], or a [`Refusal::MarginBeforeDwell`] (a
+    /// gateway the `handoverMargin` stronger than the one it runs on).
     pub reason: Refusal,
 }
 

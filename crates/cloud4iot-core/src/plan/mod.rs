@@ -9,6 +9,8 @@ mod engine;
 mod live;
 mod reason;
 #[cfg(test)]
+mod roaming_tests;
+#[cfg(test)]
 mod selection_tests;
 #[cfg(any(test, feature = "testing"))]
 pub mod synth;

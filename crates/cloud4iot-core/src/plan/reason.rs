@@ -29,6 +29,25 @@ pub enum Reason {
         dwell: Duration,
         from: String,
     },
+    /// A running instance handed over (`handoverMargin`) to a gateway that hears its device
+    /// at least the margin stronger than the one it ran on, and has seen it for the dwell.
+    HandedOver {
+        gateway: String,
+        from: String,
+        stronger_by: i32,
+        margin: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+    },
+    /// The gateway the instance wants refused it (`why`); it went to another gateway where
+    /// its device is present and that has seen it for the dwell (`spill: gateways`).
+    Spilled {
+        gateway: String,
+        rssi: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+        why: Vec<Refusal>,
+    },
     /// A running instance recalled onto a gateway that has seen the device for the dwell.
     Recalled {
         gateway: String,
@@ -136,6 +155,24 @@ pub enum Refusal {
         on: String,
         on_rssi: i32,
     },
+    /// Under a `handoverMargin`: `gateway` hears the device stronger than `on`, where it is
+    /// still present, but by less than the margin.
+    UnderMargin {
+        gateway: String,
+        on: String,
+        stronger_by: i32,
+        margin: i32,
+    },
+    /// Under a `handoverMargin`: `gateway` hears the device at least the margin stronger
+    /// than `on`, but has not seen it for the dwell.
+    MarginBeforeDwell {
+        gateway: String,
+        on: String,
+        stronger_by: i32,
+        margin: i32,
+        seen_for: SignedDuration,
+        dwell: Duration,
+    },
     /// A running instance does not move onto a gateway before it has seen the device for
     /// the dwell.
     BeforeDwell {
@@ -235,6 +272,7 @@ impl fmt::Display for Reason {
                 "{gateway} sees the device at {rssi} dBm for {} >= dwell {dwell}; {from} no longer does",
                 secs(*seen_for)
             ),
+            Reason::HandedOver { .. } | Reason::Spilled { .. } => self.fmt_roaming(f),
             Reason::Recalled {
                 gateway,
                 rssi,
@@ -321,6 +359,41 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The reasons of `handoverMargin` and `spill: gateways`.
+    fn fmt_roaming(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::HandedOver {
+                gateway,
+                from,
+                stronger_by,
+                margin,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} hears the device {stronger_by} dB stronger than {from} (margin {margin} dB) for {} >= dwell {dwell}",
+                secs(*seen_for)
+            ),
+            Reason::Spilled {
+                gateway,
+                rssi,
+                seen_for,
+                dwell,
+                why,
+            } => {
+                write!(
+                    f,
+                    "spilled to {gateway} (sees the device at {rssi} dBm for {} >= dwell {dwell}): ",
+                    secs(*seen_for)
+                )?;
+                joined(f, why, " and ")
+            }
+            _ => unreachable!("fmt handles the other reasons"),
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -383,6 +456,7 @@ impl fmt::Display for Refusal {
                 "{gateway} has seen the device for {} < dwell {dwell}",
                 secs(*seen_for)
             ),
+            Refusal::UnderMargin { .. } | Refusal::MarginBeforeDwell { .. } => self.fmt_margin(f),
             Refusal::BadResources(e) => write!(f, "spec.resources: {e}"),
             Refusal::NoPolicy(p) => write!(f, "no PlacementPolicy named {p}"),
             Refusal::BadReserve { policy, error } => {
@@ -398,6 +472,36 @@ impl fmt::Display for Refusal {
                 "no schedulable gateway{} is selected by the policy's gatewaySelector",
                 at(site)
             ),
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusals of `handoverMargin`.
+    fn fmt_margin(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::UnderMargin {
+                gateway,
+                on,
+                stronger_by,
+                margin,
+            } => write!(
+                f,
+                "{gateway} is {stronger_by} dB stronger than {on}, under the {margin} dB margin"
+            ),
+            Refusal::MarginBeforeDwell {
+                gateway,
+                on,
+                stronger_by,
+                margin,
+                seen_for,
+                dwell,
+            } => write!(
+                f,
+                "{gateway} hears the device {stronger_by} dB stronger than {on} (margin {margin} dB) for {} < dwell {dwell}",
+                secs(*seen_for)
+            ),
+            _ => unreachable!("fmt handles the other refusals"),
         }
     }
 }

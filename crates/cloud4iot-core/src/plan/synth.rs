@@ -15,7 +15,7 @@ use crate::model::{
     Arch, DataLocality, DeviceClassSpec, DeviceMatch, FunctionSpec, GatewayReport,
     GatewayReportSpec, Instances, Inventory, LabelSelector, Metadata, Mode, NodeInfo, Object,
     PerDevice, PlacementPolicy, PlacementPolicySpec, Presence, Repo, ResourceQuantities, Resources,
-    SeenDevice, SelectorOperator, SelectorRequirement, Tier,
+    SeenDevice, SelectorOperator, SelectorRequirement, Spill, Tier,
 };
 
 /// Size and seed of a synthetic world.
@@ -32,8 +32,9 @@ pub struct SynthConfig {
     /// How many of `functions` are per-device (the rest are replicated).
     pub per_device_functions: usize,
     /// Vary the policies' followDevice, dwell, lossGrace, dataLocality and priority from
-    /// the seed, give a quarter of them a gatewaySelector and the gateways zone labels
-    /// (property tests); off: the fixed policies, no labels (the benchmark).
+    /// the seed, give a quarter of them a gatewaySelector and the gateways zone labels,
+    /// and most a handoverMargin or `spill: gateways` (property tests); off: the fixed
+    /// policies, no labels (the benchmark).
     pub vary_policies: bool,
 }
 
@@ -169,6 +170,7 @@ fn policy(
             mode: None,
             gateway_selector: None,
             pre_pull: false,
+            spill: Spill::NextTier,
         },
     )
 }
@@ -256,10 +258,12 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
     // Selectors draw from a stream of their own, so the worlds of earlier seeds (and the
     // regression seeds the tests name) stay the same apart from them.
     let mut selectors = XorShift::new(cfg.seed ^ 0x5e1e_c70f);
+    let mut roaming = XorShift::new(cfg.seed ^ 0x0a4d_0fe5);
     for mut p in policies() {
         if cfg.vary_policies {
             vary(&mut p.spec, &mut r);
             p.spec.gateway_selector = gateway_selector(&mut selectors);
+            vary_roaming(&mut p.spec, &mut roaming);
         }
         repo.policies.insert(p.name().to_string(), p);
     }
@@ -271,6 +275,17 @@ pub fn world(cfg: &SynthConfig) -> (Repo, Inventory) {
     let (nodes, gateways_of_site) = nodes(cfg, &mut r);
     let reports = reports(cfg, &gateways_of_site, &mut r);
     (repo, Inventory::new(nodes, reports, Vec::new()))
+}
+
+/// Scatters a policy's handoverMargin (none in two policies of five; else 0, 6 or 10 dB)
+/// and spill (`gateways` for one in two), from a stream of their own.
+fn vary_roaming(spec: &mut PlacementPolicySpec, r: &mut XorShift) {
+    spec.presence.handover_margin = [None, None, Some(0), Some(6), Some(10)][r.below(5)];
+    spec.spill = if r.below(2) == 0 {
+        Spill::Gateways
+    } else {
+        Spill::NextTier
+    };
 }
 
 /// The label synthetic gateways are zoned by, when policies vary: gateway `g` has

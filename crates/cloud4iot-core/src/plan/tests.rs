@@ -651,6 +651,24 @@ mod incremental {
         incremental_matches_full(2824008876094793279, 5, true).unwrap();
     }
 
+    /// Seed 12140795603824416583, 1 step (varied policies): an instance of a policy with a
+    /// handoverMargin that does not follow its device (it takes the gateway with most
+    /// room) was handed over on the next pass to a gateway that heard its device better.
+    /// Only instances that follow their device are handed over.
+    #[test]
+    fn a_policy_that_does_not_follow_the_device_hands_nothing_over() {
+        incremental_matches_full(12140795603824416583, 1, true).unwrap();
+    }
+
+    /// Seed 17190419723045375778, 3 steps (varied policies): an instance spilled (within
+    /// its site, under `dataLocality: site`) onto a gateway from which its handoverMargin
+    /// would hand it over at once to a gateway at another site with room: the next pass
+    /// did. Now the spill goes there in the same pass.
+    #[test]
+    fn a_spill_that_the_margin_would_hand_over_is_a_fixed_point() {
+        incremental_matches_full(17190419723045375778, 3, true).unwrap();
+    }
+
     /// One run of [`incremental_equals_full_plan`]'s steps, on varied policies or not.
     fn incremental_matches_full(
         seed: u64,

@@ -16,6 +16,11 @@ pub(super) struct PolicyEntry {
     pub(super) min_rssi: Option<i32>,
     pub(super) dwell: SignedDuration,
     pub(super) grace: SignedDuration,
+    /// `presence.handoverMargin` (dB): a running instance leaves a gateway where its
+    /// device is present for one that hears it this much stronger (`None`: never).
+    pub(super) margin: Option<i32>,
+    /// `spill: gateways`: a full or unusable wanted gateway tries the others first.
+    pub(super) spill: bool,
     pub(super) reserve: Result<Resources, Refusal>,
     pub(super) priority: i32,
     /// The gateways its `gatewaySelector` selects (`None`: no selector, every gateway).
@@ -32,6 +37,11 @@ pub(super) struct Selection {
 }
 
 impl PolicyEntry {
+    /// Whether its per-device instances follow their device on the gateway tier.
+    pub(super) fn follows(&self) -> bool {
+        self.follow || self.locality == DataLocality::Gateway
+    }
+
     /// Whether gateway `g` may host this policy's instances.
     pub(super) fn selects(&self, g: u32) -> bool {
         self.selection.as_ref().is_none_or(|s| s.nodes[g as usize])
@@ -86,6 +96,11 @@ pub(super) fn read_policies(repo: &Repo) -> Vec<PolicyEntry> {
                 min_rssi: s.presence.min_rssi,
                 dwell: s.presence.dwell.as_signed(),
                 grace: s.presence.loss_grace.as_signed(),
+                margin: s
+                    .presence
+                    .handover_margin
+                    .map(|m| m.min(i32::MAX as u32) as i32),
+                spill: s.spill == crate::model::Spill::Gateways,
                 reserve: s
                     .gateway_reserve
                     .as_ref()

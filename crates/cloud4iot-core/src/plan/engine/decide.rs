@@ -50,7 +50,8 @@ impl Planner {
         #[allow(clippy::collapsible_match)]
         match home {
             Some(h) if follow => {
-                if h.gw != g || h.why.is_err() {
+                // (A gateway it is handed over from is kept while the new one refuses it.)
+                if (h.gw != g || h.why.is_err()) && !h.keeps(g) {
                     return None;
                 }
             }
@@ -119,8 +120,11 @@ impl Planner {
         let slot = &self.nodes[node as usize];
         let tier = slot.info.tier;
         let first = match tier {
-            Tier::Gateway => match c.home.as_ref().map(|h| &h.why) {
-                Some(Ok(r)) if pol.follow || pol.locality == DataLocality::Gateway => r.clone(),
+            Tier::Gateway => match c.home.as_ref() {
+                Some(h) if pol.follows() && h.keeps(node) => {
+                    h.keep.as_ref().expect("keeps").1.clone()
+                }
+                Some(HomeGateway { why: Ok(r), .. }) if pol.follows() => r.clone(),
                 _ => Reason::StaysRunning {
                     gateway: slot.info.name.clone(),
                 },
@@ -196,11 +200,12 @@ impl Planner {
         reserve: Resources,
     ) -> Result<(u32, Reason), Refusal> {
         let home = c.home.as_ref();
-        if let Some(h) = home.filter(|_| pol.follow || pol.locality == DataLocality::Gateway) {
+        if let Some(h) = home.filter(|_| pol.follows()) {
             return match &h.why {
-                Ok(r) => self
-                    .try_gateway(f, h.gw, res, reserve)
-                    .map(|()| (h.gw, r.clone())),
+                Ok(r) => match self.try_gateway(f, h.gw, res, reserve) {
+                    Ok(()) => Ok((h.gw, r.clone())),
+                    Err(e) => self.keep_or_spill(c, f, pol, h, (res, reserve), e),
+                },
                 Err(e) => Err(e.clone()),
             };
         }
@@ -220,6 +225,117 @@ impl Planner {
                     },
                 )
             })
+    }
+
+    /// The gateway the instance wants (`h`) refused it (`refused`): the gateway it is
+    /// handed over from, if it may keep that one and fits; else, under `spill: gateways`,
+    /// the first other gateway with room where its device is present and that has seen it
+    /// for the dwell, best-ranked first (of the wanted gateway's site under `dataLocality:
+    /// site`); else the refusal.
+    fn keep_or_spill(
+        &self,
+        c: &Candidate,
+        f: &FunctionEntry,
+        pol: &PolicyEntry,
+        h: &HomeGateway,
+        (res, reserve): (Resources, Resources),
+        refused: Refusal,
+    ) -> Result<(u32, Reason), Refusal> {
+        if let Some((g, why)) = &h.keep
+            && self.try_gateway(f, *g, res, reserve).is_ok()
+        {
+            return Ok((*g, why.clone()));
+        }
+        let (true, Some(d), InstanceKind::PerDevice(class)) = (pol.spill, c.device, &f.kind) else {
+            return Err(refused);
+        };
+        let site = self.nodes[h.gw as usize].site;
+        let dev = &self.devices[d as usize];
+        let Some(s) = self
+            .spill_candidates(c.function, *class, dev, h.gw)
+            .into_iter()
+            .filter(|s| {
+                pol.locality != DataLocality::Site || self.nodes[s.gw as usize].site == site
+            })
+            .find(|s| self.try_gateway(f, s.gw, res, reserve).is_ok())
+        else {
+            return Err(refused);
+        };
+        let why = Reason::Spilled {
+            gateway: self.nodes[s.gw as usize].info.name.clone(),
+            rssi: s.rssi,
+            seen_for: s.seen_for,
+            dwell: s.dwell,
+            why: vec![refused],
+        };
+        Ok(self.onward(c, (*class, dev), (res, reserve), (s.gw, why)))
+    }
+
+    /// An instance spilled onto gateway `g` (with reason `why`): where the next pass would
+    /// take it at once, running there - a gateway with room it is handed over to
+    /// (handoverMargin) - else `g`. So planning twice gives the same plan (seed
+    /// 17190419723045375778: a spill within the site, then a margin gateway at another).
+    fn onward(
+        &self,
+        c: &Candidate,
+        (class, dev): (u32, &super::presence::Device),
+        (res, reserve): (Resources, Resources),
+        (g, why): (u32, Reason),
+    ) -> (u32, Reason) {
+        let f = &self.fns[c.function as usize];
+        let at = Placement {
+            tier: Some(Tier::Gateway),
+            node: Some(self.nodes[g as usize].info.name.clone()),
+            ..Placement::empty()
+        };
+        match self.home(c.function, class, dev, Some(&at)) {
+            Some(HomeGateway {
+                gw, why: Ok(next), ..
+            }) if gw != g && self.try_gateway(f, gw, res, reserve).is_ok() => (gw, next),
+            _ => (g, why),
+        }
+    }
+
+    /// A running instance kept on gateway `node` while the gateway it is handed over to
+    /// refused it: that gateway, if it has room now (its placement, charged nowhere yet).
+    pub(super) fn hand_over_now(&self, c: &Candidate, node: u32) -> Option<(Placement, u32)> {
+        let h = c.home.as_ref().filter(|h| h.keeps(node) && h.gw != node)?;
+        let Ok(why) = &h.why else { return None };
+        let f = &self.fns[c.function as usize];
+        let pol = &self.policies[*f.policy.as_ref().ok()?];
+        if !pol.follows() {
+            return None;
+        }
+        let (res, reserve) = (*f.res.as_ref().ok()?, *pol.reserve.as_ref().ok()?);
+        self.try_gateway(f, h.gw, res, reserve).ok()?;
+        Some((
+            self.finish(c, Tier::Gateway, h.gw, why.clone(), Vec::new()),
+            h.gw,
+        ))
+    }
+
+    /// The home of a per-device instance placed by `p` on a gateway other than the one it
+    /// wanted (kept, or spilled): the home it has on the next pass, running there (which
+    /// gateway it wants then, and whether it keeps this one meanwhile). `None`: not such a
+    /// placement.
+    pub(super) fn home_there(&self, c: &Candidate, p: &Placement) -> Option<HomeGateway> {
+        if p.tier != Some(Tier::Gateway) {
+            return None;
+        }
+        let node = self.gateway_index(p.node.as_deref()?)?;
+        let h = c.home.as_ref()?;
+        if h.gw == node && h.keep.is_none() {
+            return None;
+        }
+        let f = &self.fns[c.function as usize];
+        let (InstanceKind::PerDevice(class), Ok(pol)) = (&f.kind, &f.policy) else {
+            return None;
+        };
+        if !self.policies[*pol].follows() {
+            return None;
+        }
+        let dev = &self.devices[c.device? as usize];
+        self.home(c.function, *class, dev, Some(p))
     }
 
     /// The node of edge or cloud `tier` for `c` and why: the one with most room (at its

@@ -67,17 +67,32 @@ impl Planner {
         inst
     }
 
-    /// Whether instance `i` waits for room: placed below its policy's first tier, or
-    /// unplaced.
+    /// Whether instance `i` waits for room: placed below its policy's first tier,
+    /// unplaced, or on a gateway other than the one it wants (see [`Planner::off_home`]).
     pub(super) fn is_waiting(&self, inst: &Instance) -> bool {
         let Ok(p) = self.fns[inst.function as usize].policy else {
             return false;
         };
         let tiers = &self.policies[p].tiers;
         match inst.placement.tier {
-            Some(t) => tiers.iter().position(|&x| x == t).is_some_and(|k| k > 0),
+            Some(t) => {
+                tiers.iter().position(|&x| x == t).is_some_and(|k| k > 0) || self.off_home(inst)
+            }
             None => !tiers.is_empty(),
         }
+    }
+
+    /// Whether a per-device instance that follows its device runs on a gateway other than
+    /// its home, the gateway it wants (kept there while the one it is handed over to has
+    /// no room): it takes room there when some frees.
+    pub(super) fn off_home(&self, inst: &Instance) -> bool {
+        let Ok(p) = self.fns[inst.function as usize].policy else {
+            return false;
+        };
+        inst.placement.tier == Some(Tier::Gateway)
+            && self.policies[p].follows()
+            && inst.home.is_some()
+            && inst.home != inst.account
     }
 
     /// Where waiting instance `inst` could take room, as keys of `waiting_for`.

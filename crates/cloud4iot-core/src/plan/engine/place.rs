@@ -63,6 +63,7 @@ impl Planner {
         self.begin_pass();
         let mut decided: Vec<Option<Decided>> = vec![None; cands.len()];
         let mut freed_late = false;
+        let mut handed_over = Vec::new();
         for (turn, &(_, _, _, i)) in order.iter().enumerate() {
             self.set_turn(turn as u32 + 1);
             let i = i as usize;
@@ -71,10 +72,20 @@ impl Planner {
             }
             let (d, freed) = match holds[i] {
                 None => (self.decide_unheld(&mut cands[i]), false),
-                Some((node, k)) => self.decide_held(&cands[i], node, k),
+                Some((node, k)) => self.decide_held(&cands[i], node, k, &mut handed_over),
             };
             decided[i] = Some(d);
             freed_late |= freed;
+        }
+        // The room an instance handed over (handoverMargin) leaves is offered only after
+        // every turn, in placing order: a higher priority refused there earlier gets it
+        // before a lower one whose turn came later (seed 4795181926644016905).
+        if !handed_over.is_empty() {
+            self.set_turn_late();
+            for (node, function) in handed_over {
+                self.charge(node, function, false);
+            }
+            freed_late = true;
         }
         if freed_late {
             self.retry_waiting(&cands, &order, &mut decided);
@@ -195,9 +206,22 @@ impl Planner {
 
     /// Pass 2, a candidate held on `node` at its policy's tier `k`: below its first tier,
     /// it moves up if a tier before its own has room (and says it freed room on `node`);
-    /// else it stays, with why the tiers before its own refuse it.
-    fn decide_held(&mut self, c: &Candidate, node: u32, k: usize) -> (Decided, bool) {
+    /// else it stays, with why the tiers before its own refuse it. Held on a gateway it is
+    /// handed over from, it moves if the gateway it is handed over to has room; the room
+    /// it held is released after every turn (into `handed_over`).
+    fn decide_held(
+        &mut self,
+        c: &Candidate,
+        node: u32,
+        k: usize,
+        handed_over: &mut Vec<(u32, u32)>,
+    ) -> (Decided, bool) {
         if k == 0 {
+            if let Some((p, to)) = self.hand_over_now(c, node) {
+                handed_over.push((node, c.function));
+                self.charge(to, c.function, true);
+                return ((p, Some(to)), false);
+            }
             return ((self.held(c, node, Vec::new()), Some(node)), false);
         }
         match self.decide(c, k) {
@@ -244,6 +268,23 @@ impl Planner {
                     None => tiers.len(),
                 };
                 if k == 0 {
+                    // On a gateway other than the one it wants (kept or spilled there): it
+                    // moves as it would on the next pass, if that gateway has room now.
+                    if let (Some(old), Some(there)) = (*a, self.home_there(c, p)) {
+                        let c = self.cand(
+                            c.function,
+                            c.name.clone(),
+                            c.device,
+                            Some(there),
+                            c.current.clone(),
+                        );
+                        if let Some((np, to)) = self.hand_over_now(&c, old) {
+                            self.charge(old, c.function, false);
+                            self.charge(to, c.function, true);
+                            decided[i] = Some((np, Some(to)));
+                            freed_late = true;
+                        }
+                    }
                     continue;
                 }
                 let old = *a;
@@ -270,10 +311,16 @@ impl Planner {
             .zip(decided)
             .map(|(c, d)| {
                 let (placement, account) = d?;
+                // Kept or spilled on another gateway: indexed under the home it has there,
+                // so a change of the gateway it would move to re-plans it.
+                let home = match self.home_there(&c, &placement) {
+                    Some(there) => Some(there.gw),
+                    None => c.home.as_ref().map(|h| h.gw),
+                };
                 Some(self.insert_inst(Instance {
                     function: c.function,
                     device: c.device,
-                    home: c.home.as_ref().map(|h| h.gw),
+                    home,
                     account,
                     placement,
                 }))

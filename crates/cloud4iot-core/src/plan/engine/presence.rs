@@ -35,6 +35,34 @@ pub(super) struct HomeGateway {
     pub(super) gw: u32,
     /// Why the instance may run on `gw`, or why not yet (a running instance before dwell).
     pub(super) why: Result<Reason, Refusal>,
+    /// A running instance handed over to `gw` (`handoverMargin`) may keep the gateway it
+    /// runs on, where its device is still present, while `gw` refuses it: that gateway
+    /// and the reason it stays there.
+    pub(super) keep: Option<(u32, Reason)>,
+}
+
+impl HomeGateway {
+    fn at(gw: u32, why: Result<Reason, Refusal>) -> HomeGateway {
+        HomeGateway {
+            gw,
+            why,
+            keep: None,
+        }
+    }
+
+    /// Whether the instance may stay on `g` while the gateway it wants refuses it.
+    pub(super) fn keeps(&self, g: u32) -> bool {
+        self.keep.as_ref().is_some_and(|k| k.0 == g)
+    }
+}
+
+/// A gateway an instance may spill to: where its device is present and has been seen
+/// for the dwell.
+pub(super) struct SpillTo {
+    pub(super) gw: u32,
+    pub(super) rssi: i32,
+    pub(super) seen_for: SignedDuration,
+    pub(super) dwell: Duration,
 }
 
 /// BLE addresses are case-insensitive: one device, spelled in upper case.
@@ -186,8 +214,10 @@ impl Planner {
     /// gateway while that gateway is usable and another has not seen the device for the
     /// dwell; it moves (or comes back from the edge or the cloud) only onto a gateway that
     /// has seen the device for the dwell. One on a gone or unusable gateway is placed as a
-    /// new instance would be. Ranking: fresh heartbeat first, then the
-    /// strongest signal, then the gateway name that sorts first.
+    /// new instance would be. Under a handoverMargin, one whose gateway still has the
+    /// device wants a gateway that has seen it for the dwell and hears it the margin
+    /// stronger, and keeps its own meanwhile (`HomeGateway::keep`). Ranking: fresh
+    /// heartbeat first, then the strongest signal, then the gateway name that sorts first.
     pub(super) fn home(
         &self,
         fi: u32,
@@ -231,6 +261,10 @@ impl Planner {
             Ok(p) => self.policies[p].selection.as_ref(),
             Err(_) => None,
         };
+        let margin = match self.fns[fi as usize].policy {
+            Ok(p) => self.policies[p].margin,
+            Err(_) => None,
+        };
         Ranking {
             planner: self,
             dev,
@@ -238,8 +272,65 @@ impl Planner {
             min_rssi: self.fns[fi as usize].min_rssi,
             dwell,
             grace,
+            margin,
             selected: selection.map(|s| s.nodes.as_slice()),
         }
+    }
+
+    /// The gateways other than `wanted` that an instance of function `fi` (device `dev`
+    /// of `class`) may spill to: where the device is present (for the policy: selected,
+    /// at or above minRssi, within lossGrace) and that have seen it for the dwell, fresh,
+    /// best-ranked first. Never one before its dwell: a forged sighting buys no spill.
+    pub(super) fn spill_candidates(
+        &self,
+        fi: u32,
+        class: u32,
+        dev: &Device,
+        wanted: u32,
+    ) -> Vec<SpillTo> {
+        let view = self.ranking(fi, class, dev);
+        let mut out: Vec<&Sighting> = dev
+            .sightings
+            .iter()
+            .filter(|s| s.gw != wanted && view.present(s) && view.dwelled(s) && !self.stale(s.gw))
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(view.rank(s)));
+        out.into_iter()
+            .map(|s| SpillTo {
+                gw: s.gw,
+                rssi: s.rssi,
+                seen_for: view.seen_for(s),
+                dwell: Duration(view.dwell),
+            })
+            .collect()
+    }
+
+    /// Why an instance of function `fi` on gateway `on`, where device `dev` is present,
+    /// is not handed over under its policy's `handoverMargin`: the best-ranked other
+    /// gateway where the device is present hears it less than the margin stronger, or
+    /// not yet for the dwell. `None`: no margin, or no such gateway stronger than `on`.
+    pub(super) fn under_margin(
+        &self,
+        fi: u32,
+        class: u32,
+        dev: &Device,
+        on: u32,
+    ) -> Option<Refusal> {
+        let view = self.ranking(fi, class, dev);
+        let margin = view.margin?;
+        let here = dev.sightings.iter().find(|s| s.gw == on)?;
+        if let Some(pending) = view.margin_pending(here) {
+            return Some(pending);
+        }
+        let other = view
+            .best(|s| s.gw != on && !self.stale(s.gw))
+            .filter(|s| s.rssi > here.rssi)?;
+        Some(Refusal::UnderMargin {
+            gateway: view.name(other.gw),
+            on: view.name(on),
+            stronger_by: other.rssi - here.rssi,
+            margin,
+        })
     }
 
     /// The gateway that ranks above every selected one where device `dev` is present
@@ -292,7 +383,7 @@ impl Planner {
             return None;
         }
         let home = self.home(inst.function, *class, dev, Some(&inst.placement))?;
-        let (gateway, seen_for, dwell) = match home.why {
+        let reason = match home.why {
             Ok(Reason::WaitsForDwell {
                 gateway,
                 seen_for,
@@ -303,22 +394,43 @@ impl Planner {
                 gateway,
                 seen_for,
                 dwell,
-            }) => (gateway, seen_for, dwell),
+            }) => Refusal::BeforeDwell {
+                gateway,
+                seen_for,
+                dwell,
+            },
+            // Present where it runs: a move is pending only under a handoverMargin.
+            Ok(Reason::StaysWhilePresent { .. }) => {
+                match self.under_margin(inst.function, *class, dev, home.gw)? {
+                    r @ Refusal::MarginBeforeDwell { .. } => r,
+                    _ => return None,
+                }
+            }
             _ => return None,
         };
+        let (Refusal::BeforeDwell {
+            gateway,
+            seen_for,
+            dwell,
+        }
+        | Refusal::MarginBeforeDwell {
+            gateway,
+            seen_for,
+            dwell,
+            ..
+        }) = &reason
+        else {
+            return None;
+        };
         // seen_for = now - firstSeen, so the dwell is reached at now + dwell - seen_for.
-        let due = now.checked_add(dwell.as_signed() - seen_for).ok()?;
+        let due = now.checked_add(dwell.as_signed() - *seen_for).ok()?;
         Some(PendingMove {
             function: f.name.clone(),
             instance: inst.placement.instance.clone(),
             from: inst.placement.clone(),
             due,
-            reason: Refusal::BeforeDwell {
-                gateway: gateway.clone(),
-                seen_for,
-                dwell,
-            },
-            gateway,
+            gateway: gateway.clone(),
+            reason,
         })
     }
 }
@@ -333,6 +445,8 @@ struct Ranking<'a> {
     min_rssi: i32,
     dwell: SignedDuration,
     grace: SignedDuration,
+    /// `presence.handoverMargin` (dB), if the policy has one.
+    margin: Option<i32>,
     /// By node index, the gateways the policy's gatewaySelector selects (`None`: all).
     selected: Option<&'a [bool]>,
 }
@@ -412,9 +526,9 @@ impl<'a> Ranking<'a> {
 
     /// A new instance's home: the best-ranked gateway, at once.
     fn as_new(&self, strongest: &Sighting) -> HomeGateway {
-        HomeGateway {
-            gw: strongest.gw,
-            why: Ok(self.noting_unselected(Reason::Sees {
+        HomeGateway::at(
+            strongest.gw,
+            Ok(self.noting_unselected(Reason::Sees {
                 gateway: self.name(strongest.gw),
                 rssi: strongest.rssi,
                 seen_for: self.seen_for(strongest),
@@ -425,7 +539,7 @@ impl<'a> Ranking<'a> {
                     .filter(|s| self.present(s))
                     .count(),
             })),
-        }
+        )
     }
 
     /// Running at the edge or in the cloud (`cur`): back onto the gateway a new instance
@@ -434,15 +548,15 @@ impl<'a> Ranking<'a> {
     /// offloaded, then recalled elsewhere on the next pass - no fixed point.)
     fn back_from_offload(&self, strongest: &Sighting, cur: &Placement) -> HomeGateway {
         if self.dwelled(strongest) {
-            return HomeGateway {
-                gw: strongest.gw,
-                why: Ok(self.noting_unselected(Reason::Recalled {
+            return HomeGateway::at(
+                strongest.gw,
+                Ok(self.noting_unselected(Reason::Recalled {
                     gateway: self.name(strongest.gw),
                     rssi: strongest.rssi,
                     seen_for: self.seen_for(strongest),
                     dwell: Duration(self.dwell),
                 })),
-            };
+            );
         }
         // Not yet. It stays at the site it runs at while a gateway there still has the
         // device present (as a gateway instance stays while present), so an instance
@@ -455,52 +569,103 @@ impl<'a> Ranking<'a> {
         let anchor = self
             .best(|s| site.is_some() && p.nodes[s.gw as usize].site == site)
             .unwrap_or(strongest);
-        HomeGateway {
-            gw: anchor.gw,
-            why: Err(Refusal::BeforeDwell {
+        HomeGateway::at(
+            anchor.gw,
+            Err(Refusal::BeforeDwell {
                 gateway: self.name(strongest.gw),
                 seen_for: self.seen_for(strongest),
                 dwell: Duration(self.dwell),
             }),
-        }
+        )
     }
 
     /// Running on gateway `old`, which is usable: it stays while the device is present
-    /// there, else moves to the best-ranked gateway that has seen it for the dwell, else
-    /// waits on `old` for the dwell elsewhere.
+    /// there (unless another gateway is the handover margin stronger, see
+    /// [`Self::handover`]), else moves to the best-ranked gateway that has seen it for
+    /// the dwell, else waits on `old` for the dwell elsewhere.
     fn stay_or_move(&self, strongest: &Sighting, old: u32) -> HomeGateway {
         let here = self.dev.sightings.iter().find(|s| s.gw == old);
         if let Some(s) = here.filter(|s| self.present(s)) {
-            return HomeGateway {
-                gw: old,
-                why: Ok(Reason::StaysWhilePresent {
-                    gateway: self.name(old),
-                    rssi: s.rssi,
-                }),
+            let stays = Reason::StaysWhilePresent {
+                gateway: self.name(old),
+                rssi: s.rssi,
+            };
+            return match self.handover(s) {
+                Some(to) => HomeGateway {
+                    gw: to.gw,
+                    why: Ok(self.noting_unselected(Reason::HandedOver {
+                        gateway: self.name(to.gw),
+                        from: self.name(old),
+                        stronger_by: to.rssi - s.rssi,
+                        margin: self.margin.unwrap_or_default(),
+                        seen_for: self.seen_for(to),
+                        dwell: Duration(self.dwell),
+                    })),
+                    keep: Some((old, stays)),
+                },
+                None => HomeGateway::at(old, Ok(stays)),
             };
         }
         if let Some(s) = self.best(|s| self.dwelled(s)).filter(|s| s.gw != old) {
-            return HomeGateway {
-                gw: s.gw,
-                why: Ok(self.noting_unselected(Reason::Moved {
+            return HomeGateway::at(
+                s.gw,
+                Ok(self.noting_unselected(Reason::Moved {
                     gateway: self.name(s.gw),
                     rssi: s.rssi,
                     seen_for: self.seen_for(s),
                     dwell: Duration(self.dwell),
                     from: self.name(old),
                 })),
-            };
+            );
         }
         // The device left `old` (or is heard there only weakly): wait for the dwell elsewhere.
-        HomeGateway {
-            gw: old,
-            why: Ok(Reason::WaitsForDwell {
+        HomeGateway::at(
+            old,
+            Ok(Reason::WaitsForDwell {
                 gateway: self.name(strongest.gw),
                 seen_for: self.seen_for(strongest),
                 dwell: Duration(self.dwell),
                 stays_on: self.name(old),
             }),
-        }
+        )
+    }
+
+    /// With a `handoverMargin`: the best-ranked gateway other than the one of `here` (where
+    /// the device is present) that has seen the device for the dwell, if it ranks above
+    /// `here` and hears the device at least the margin stronger. Ranking above `here` keeps
+    /// a margin of 0 from swapping two gateways that hear the device equally.
+    fn handover(&self, here: &Sighting) -> Option<&'a Sighting> {
+        let margin = self.margin?;
+        self.best(|s| s.gw != here.gw && self.dwelled(s))
+            .filter(|s| self.rank(s) > self.rank(here) && s.rssi - here.rssi >= margin)
+    }
+
+    /// With a `handoverMargin`: the gateway that would take the instance from the one of
+    /// `here` by the margin but has not seen the device for the dwell yet (the first to
+    /// reach it), as a [`Refusal::MarginBeforeDwell`].
+    fn margin_pending(&self, here: &Sighting) -> Option<Refusal> {
+        let margin = self.margin?;
+        let due = |s: &Sighting| s.first.checked_add(self.dwell).ok();
+        let s = self
+            .dev
+            .sightings
+            .iter()
+            .filter(|s| {
+                s.gw != here.gw
+                    && self.present(s)
+                    && !self.dwelled(s)
+                    && self.rank(s) > self.rank(here)
+                    && s.rssi - here.rssi >= margin
+            })
+            .min_by_key(|s| (due(s), std::cmp::Reverse(self.rank(s))))?;
+        Some(Refusal::MarginBeforeDwell {
+            gateway: self.name(s.gw),
+            on: self.name(here.gw),
+            stronger_by: s.rssi - here.rssi,
+            margin,
+            seen_for: self.seen_for(s),
+            dwell: Duration(self.dwell),
+        })
     }
 }
 

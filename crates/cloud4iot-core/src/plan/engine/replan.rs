@@ -264,6 +264,19 @@ impl Planner {
                     .copied()
                     .filter(|j| self.waiting.contains(j)),
             );
+            // Under `spill: gateways`, a waiting instance may take room on any gateway that
+            // sees its device. (Without such a policy, nothing to look for.)
+            let spilling = self.policies.iter().any(|p| p.spill);
+            for &d in self.gw_devices[n as usize].iter().filter(|_| spilling) {
+                out.extend(
+                    self.device_insts
+                        .get(d as usize)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|&j| self.waiting.contains(&j) && self.spills(j)),
+                );
+            }
         }
         let mut keys = vec![(t, None)];
         if slot.site.is_some() {
@@ -423,7 +436,10 @@ impl Planner {
             Some(cur) => pol.tiers.iter().position(|&x| x == cur).unwrap_or(0),
             None => pol.tiers.len(),
         };
-        if !pol.tiers[..k].contains(&t) {
+        // A tier before its own; or, kept off its home, the gateway tier (its home).
+        let off_home = self.off_home(inst);
+        let earlier = pol.tiers[..k].contains(&t) || (off_home && t == Tier::Gateway);
+        if !earlier {
             return false;
         }
         if pol.locality == DataLocality::Gateway && t != Tier::Gateway {
@@ -433,11 +449,32 @@ impl Planner {
             return false;
         }
         let Some(h) = inst.home else { return true };
-        if t == Tier::Gateway && (pol.follow || pol.locality == DataLocality::Gateway) {
-            return h == n;
+        if t == Tier::Gateway && pol.follows() {
+            // Its home; or, under `spill: gateways` (not kept on a gateway already), another
+            // gateway that sees its device (of its home's site under `dataLocality: site`).
+            let spill_to = !off_home
+                && pol.spill
+                && inst.device.is_some_and(|d| {
+                    let sightings = &self.devices[d as usize].sightings;
+                    sightings.binary_search_by_key(&n, |s| s.gw).is_ok()
+                })
+                && (pol.locality != DataLocality::Site
+                    || self.nodes[n as usize].site == self.nodes[h as usize].site);
+            return h == n || spill_to;
         }
         pol.locality != DataLocality::Site
             || self.nodes[n as usize].site == self.nodes[h as usize].site
+    }
+
+    /// Whether instance `i`'s policy has `spill: gateways` and follows the device.
+    fn spills(&self, i: u32) -> bool {
+        let Some(inst) = self.insts[i as usize].as_ref() else {
+            return false;
+        };
+        self.fns[inst.function as usize]
+            .policy
+            .as_ref()
+            .is_ok_and(|&p| self.policies[p].spill && self.policies[p].follows())
     }
 
     /// A re-plan watches the room of the nodes it touched from the start of the placing

@@ -105,10 +105,16 @@ impl Planner {
     }
 
     /// The selected gateway a following instance on `on` (its home `h`) does not move
-    /// to: one before its dwell, or one that sees the device while `on` still does.
+    /// to: one before its dwell, one that sees the device while `on` still does (under a
+    /// `handoverMargin`: not the margin stronger, or not for the dwell), or the one it is
+    /// handed over to, which refuses it.
     fn why_not_elsewhere(&self, inst: &Instance, h: &HomeGateway, on: &str) -> Option<Refusal> {
         let f = &self.fns[inst.function as usize];
         let pol = &self.policies[*f.policy.as_ref().ok()?];
+        if h.keep.is_some() {
+            let (res, reserve) = (*f.res.as_ref().ok()?, *pol.reserve.as_ref().ok()?);
+            return self.try_gateway(f, h.gw, res, reserve).err();
+        }
         let because = match h.why.clone() {
             Ok(Reason::WaitsForDwell {
                 gateway,
@@ -121,10 +127,14 @@ impl Planner {
                 dwell,
             },
             Ok(Reason::StaysWhilePresent { rssi, .. }) => {
-                // The strongest other fresh gateway where the device is present, if any.
                 let InstanceKind::PerDevice(class) = f.kind else {
                     return None;
                 };
+                let dev = &self.devices[inst.device? as usize];
+                if let Some(under) = self.under_margin(inst.function, class, dev, h.gw) {
+                    return Some(under);
+                }
+                // The strongest other fresh gateway where the device is present, if any.
                 let (_, grace) = self.presence_times(inst.function);
                 let now = self.now;
                 let other = self.devices[inst.device? as usize]
