@@ -1159,6 +1159,9 @@ impl Controller {
                     };
                     let dwell = match &m.reason {
                         Refusal::BeforeDwell { dwell, .. } => format!(" {dwell}"),
+                        Refusal::MarginBeforeDwell { dwell, margin, .. } => {
+                            format!(" {dwell} (it hears the device at least {margin} dB stronger)")
+                        }
                         _ => String::new(),
                     };
                     PendingMove {
