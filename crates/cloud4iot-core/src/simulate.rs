@@ -945,6 +945,33 @@ mod tests {
         );
     }
 
+    /// The ward of `examples/ward`: three rooms whose gateways all hear the bracelet, one
+    /// patient walking between them. Without a margin the consolidator stays in a room the
+    /// patient has left while its gateway still hears the bracelet at minRssi; with one it
+    /// follows the strongest gateway, for a few more moves and no ping-pong.
+    #[test]
+    fn in_the_ward_a_handover_margin_buys_time_on_the_best_gateway() {
+        let ward = examples().join("../examples/ward");
+        let inv = crate::state::read_snapshot(&ward.join("state.yaml")).unwrap();
+        let text = std::fs::read_to_string(ward.join("corridor.csv")).unwrap();
+        let trace = parse_csv(&text).unwrap();
+        let quality = |dir: &str| {
+            let repo = crate::load::load_dir(&ward.join(dir)).expect("a valid repository");
+            let (_, totals) = replay(&repo, &inv, &trace, &SimOptions::default());
+            totals.roaming["omh-consolidator"].clone()
+        };
+        let (as_is, margin) = (quality("as-is"), quality("with-margin"));
+        assert_eq!(as_is.heard_seconds, margin.heard_seconds);
+        let share = |q: &RoamingQuality| q.on_best_share().unwrap();
+        assert!(share(&as_is) < 0.8, "{as_is:?}");
+        assert!(share(&margin) > 0.99, "{margin:?}");
+        assert!(
+            margin.moves > as_is.moves && margin.moves <= 2 * as_is.moves,
+            "{margin:?}"
+        );
+        assert_eq!((as_is.ping_pongs, margin.ping_pongs), (0, 0));
+    }
+
     #[test]
     fn a_longer_dwell_in_the_policy_is_what_a_reviewer_sees() {
         let (mut repo, inv, trace) = fixture();
