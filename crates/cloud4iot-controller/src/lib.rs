@@ -392,7 +392,10 @@ impl Controller {
                 wake = wake.min(at);
             }
             // A move that falls due later (dwell, lossGrace, stale heartbeat).
-            let due = self.world.next_due().filter(|_| self.world.full.is_none());
+            let due = self
+                .world
+                .next_due()
+                .filter(|_| self.world.full_due().is_none());
             let timer = due.map(|t| {
                 let wait = t.duration_since(jiff::Timestamp::now());
                 now + Duration::try_from(wait).unwrap_or(Duration::ZERO)
@@ -408,7 +411,7 @@ impl Controller {
                     let now_leader = *leader_rx.borrow_and_update();
                     if now_leader && !leader {
                         tracing::info!("became the leader: full reconcile");
-                        self.world.full = Some(Trigger::Leader);
+                        self.world.force_full(Trigger::Leader);
                         self.status_ensured = false;
                         self.announce_standing_warnings();
                     } else if !now_leader && leader {
@@ -440,7 +443,7 @@ impl Controller {
                 self.world.advance(jiff::Timestamp::now());
             }
             if now >= next_resync {
-                self.world.full.get_or_insert(Trigger::Resync);
+                self.world.request_full(Trigger::Resync);
                 next_resync = now + self.opts.resync;
             }
             let retries = self.requeue.take_due(now);
@@ -452,10 +455,10 @@ impl Controller {
             }
             if !leader {
                 // A standby plans (warm for a takeover) but never writes.
-                if let Some(_why) = self.world.full.take() {
+                if let Some(_why) = self.world.take_full() {
                     tokio::task::block_in_place(|| self.world.replan(jiff::Timestamp::now()));
                 }
-                self.world.dirty.clear();
+                self.world.clear_dirty();
                 continue;
             }
             if self.backoff.waiting() {
@@ -467,9 +470,9 @@ impl Controller {
                 self.world.mark_all(names, Trigger::Retry);
             }
             let fence = leader_rx.clone();
-            if let Some(why) = self.world.full.take() {
+            if let Some(why) = self.world.take_full() {
                 self.full(why, &mut changes, fence, stop.clone()).await;
-            } else if !self.world.dirty.is_empty() {
+            } else if !self.world.dirty().is_empty() {
                 self.incremental(fence, stop.clone()).await;
             }
             self.report_held();
@@ -593,14 +596,14 @@ impl Controller {
         let now = jiff::Timestamp::now();
         tracing::info!(
             trigger = why.as_str(),
-            revision = self.world.render.revision.as_deref().unwrap_or("-"),
+            revision = self.world.revision().unwrap_or("-"),
             "full reconcile"
         );
         self.facts.reconciling = true;
         self.write_status().await;
         // The gateway agents read the DeviceClasses from a ConfigMap that follows the
         // repository, as `cloud4iot apply` writes it.
-        if let Some(repo) = self.world.repo.clone()
+        if let Some(repo) = self.world.repo()
             && let Some(Err(e)) = while_leading(
                 &self.leading,
                 apply::publish_device_classes(&self.client, &repo, &self.opts.install_namespace),
@@ -614,11 +617,11 @@ impl Controller {
         let plan = tokio::task::block_in_place(|| {
             world.replan(now);
             // The held writes are part of this full reconcile, under the same guard.
-            world.held.clear();
+            world.release_all_held();
             FullPlan::of(world, now, ratio)
         });
         tracing::info!(
-            instances = self.world.desired.len(),
+            instances = self.world.desired().len(),
             wanted = plan.wanted.len(),
             to_write = plan.writes.len(),
             rss = %memory(),
@@ -648,7 +651,7 @@ impl Controller {
             wanted: &keeps,
             empty: rule.wanted.is_empty(),
         };
-        let (repo, render) = (self.world.repo.clone(), self.world.render.clone());
+        let (repo, render) = (self.world.repo(), self.world.render_options().clone());
         let objects = writes.iter().map(|p| {
             repo.as_ref()
                 .and_then(|r| r.functions.get(&p.function))
@@ -679,9 +682,9 @@ impl Controller {
                         self.on_change(change);
                     }
                     // Decided after the plan: the moves' to write, keep or delete.
-                    superseded.extend(self.world.dirty.iter().cloned());
-                    if self.world.full.is_none()
-                        && !self.world.dirty.is_empty()
+                    superseded.extend(self.world.dirty().iter().cloned());
+                    if self.world.full_due().is_none()
+                        && !self.world.dirty().is_empty()
                         && !self.backoff.waiting()
                     {
                         self.incremental(fence_rx.clone(), stop_rx.clone()).await;
@@ -693,7 +696,7 @@ impl Controller {
         let report = match outcome {
             None => {
                 tracing::warn!("full reconcile abandoned: no longer the leader, or stopping");
-                self.world.full.get_or_insert(why);
+                self.world.request_full(why);
                 return;
             }
             Some(Err(e)) => {
@@ -702,7 +705,7 @@ impl Controller {
                     reason: "ApplyFailed".into(),
                     message: e.to_string(),
                 });
-                self.world.full.get_or_insert(why);
+                self.world.request_full(why);
                 self.backoff.fail();
                 return;
             }
@@ -736,7 +739,7 @@ impl Controller {
         if let Prune::Refused(refusal) = &report.prune {
             let refused: Vec<String> = self
                 .world
-                .live
+                .live()
                 .keys()
                 .filter(|name| !rule.keeps(name))
                 .cloned()
@@ -755,7 +758,7 @@ impl Controller {
             }
         }
         if let Prune::Skipped(_) = &report.prune {
-            let skipped = self.world.live.keys().filter(|name| !rule.keeps(name));
+            let skipped = self.world.live().keys().filter(|name| !rule.keeps(name));
             self.prune_after.extend(skipped.cloned());
         }
         self.failures_said();
@@ -769,12 +772,12 @@ impl Controller {
             });
         }
         let old = self.facts.applied_revision.take();
-        if let Some(rev) = &self.world.render.revision
-            && old.as_ref() != Some(rev)
+        if let Some(rev) = self.world.revision()
+            && old.as_deref() != Some(rev)
         {
             self.shared.metrics.set_revision(old.as_deref(), rev);
         }
-        self.facts.applied_revision = self.world.render.revision.clone();
+        self.facts.applied_revision = self.world.revision().map(str::to_owned);
         self.facts.reconciled = true;
         self.reconciled_at = Some(jiff::Timestamp::now());
         tracing::info!(summary = %report.summary, rss = %memory(), "full reconcile done");
@@ -850,19 +853,19 @@ impl Controller {
             .count();
         // Prune guards: never after a failed write; never every managed object unless
         // allowed.
-        let placed = self.world.desired.values().any(|p| p.tier.is_some());
+        let placed = self.world.desired().values().any(|p| p.tier.is_some());
         if failed > 0 {
             if !deletes.is_empty() {
                 tracing::warn!(failed, "not deleting after a failed write");
                 for d in &deletes {
                     if let Work::Delete { name, .. } = d {
-                        self.world.dirty.insert(name.clone());
+                        self.world.mark_all([name.clone()], Trigger::Retry);
                     }
                 }
             }
         } else if !placed
             && !deletes.is_empty()
-            && deletes.len() >= self.world.live.len()
+            && deletes.len() >= self.world.live().len()
             && !self.opts.allow_empty
         {
             let names = deletes.iter().map(|w| w.name().to_owned()).collect();
@@ -1014,20 +1017,24 @@ impl Controller {
         if names.is_empty() {
             return;
         }
-        self.world.held.extend(names);
+        self.world.hold(names);
         let message = format!(
             "{why}; {} deletion(s) or move(s) held until the gateways change (--force-prune \
              lets them go)",
-            self.world.held.len()
+            self.world.held().len()
         );
-        let fresh = self.world.held.iter().any(|n| !self.announced.contains(n));
+        let fresh = self
+            .world
+            .held()
+            .iter()
+            .any(|n| !self.announced.contains(n));
         if fresh {
-            tracing::warn!(held = self.world.held.len(), "writes held: {why}");
+            tracing::warn!(held = self.world.held().len(), "writes held: {why}");
             let note = Note::prune_refused(&self.opts.status_name, message.clone());
             if self.events.try_send(note).is_err() {
                 tracing::warn!("Event queue full: PruneRefused Event dropped");
             }
-            self.announced.extend(self.world.held.iter().cloned());
+            self.announced.extend(self.world.held().iter().cloned());
         }
         self.facts.apply = Some(Problem {
             reason: "PruneRefused".into(),
@@ -1040,7 +1047,7 @@ impl Controller {
     /// guard's gateway rule lets them go (a deletion may still be held by the count of
     /// recent deletions, and is then held again, without a new Event).
     fn release_held(&mut self) {
-        if !self.world.take_gateways_changed() || self.world.held.is_empty() {
+        if !self.world.take_gateways_changed() || self.world.held().is_empty() {
             return;
         }
         let now = jiff::Timestamp::now();
@@ -1053,18 +1060,18 @@ impl Controller {
             return;
         }
         tracing::info!(
-            count = self.world.held.len(),
+            count = self.world.held().len(),
             "the gateways changed: held writes decided again"
         );
-        let held: Vec<String> = self.world.held.iter().cloned().collect();
+        let held: Vec<String> = self.world.held().iter().cloned().collect();
         self.world.mark_all(held, Trigger::Presence);
     }
 
     /// The held writes in the status and the metrics: Ready False, `PruneRefused`, while
     /// any is held (a write failure, more urgent, takes the condition over meanwhile).
     fn report_held(&mut self) {
-        self.shared.metrics.set_held(self.world.held.len());
-        if self.world.held.is_empty() {
+        self.shared.metrics.set_held(self.world.held().len());
+        if self.world.held().is_empty() {
             self.announced.clear();
             self.hold_message = None;
             self.facts.clear_apply("PruneRefused");
@@ -1104,7 +1111,7 @@ impl Controller {
         tracing::info!(deployment = name, kind = kind.as_str(), reason = %after.reason, "migration");
         let uid = self
             .world
-            .live
+            .live()
             .get(name)
             .map(|l| l.uid().to_owned())
             .filter(|u| !u.is_empty() && kind != Migration::Unplaced);
@@ -1122,7 +1129,7 @@ impl Controller {
         let (tiers, unplaced) = self.world.counts();
         self.shared.metrics.set_tiers(&tiers, unplaced.len() as i64);
         let now = jiff::Timestamp::now();
-        let gateways = metrics::gateways(&self.world.nodes, &self.world.reports, now);
+        let gateways = metrics::gateways(self.world.nodes(), self.world.reports(), now);
         self.shared.metrics.set_gateways(&gateways);
         let prev = self
             .status_written
@@ -1327,8 +1334,8 @@ impl FullPlan {
             held_moves: None,
         };
         let mut held = Vec::new();
-        for (name, after) in &world.desired {
-            let before = || world.live.get(name).and_then(|l| l.placement.clone());
+        for (name, after) in world.desired() {
+            let before = || world.live().get(name).and_then(|l| l.placement.clone());
             match world.desired_object(name) {
                 Some((object, _)) => {
                     plan.wanted.insert(name.clone());
@@ -1345,7 +1352,7 @@ impl FullPlan {
                     }
                 }
                 // Unplaced: its Deployment is pruned, an `Unplaced` migration.
-                None if world.live.contains_key(name) => {
+                None if world.live().contains_key(name) => {
                     plan.moves.insert(name.clone(), (before(), after.clone()));
                 }
                 None => {}

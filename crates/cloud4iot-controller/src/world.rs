@@ -172,31 +172,31 @@ pub struct Shown {
 type Buffer<T> = Option<BTreeMap<String, T>>;
 
 pub struct World {
-    pub render: RenderOptions,
+    render: RenderOptions,
     /// The last good revision's repository.
-    pub repo: Option<Arc<Repo>>,
-    pub planner: Option<Planner>,
+    repo: Option<Arc<Repo>>,
+    planner: Option<Planner>,
     /// The desired placement of every instance, by instance name.
-    pub desired: BTreeMap<String, Placement>,
-    pub nodes: BTreeMap<String, NodeInfo>,
+    desired: BTreeMap<String, Placement>,
+    nodes: BTreeMap<String, NodeInfo>,
     /// Each gateway's report as the planner sees it: on the API server's clock, with the
     /// devices it stopped listing still there while remembered ([`Memory`]), so the full
     /// and the incremental plan read the same.
-    pub reports: BTreeMap<String, GatewayReport>,
+    reports: BTreeMap<String, GatewayReport>,
     /// What the reports said, per (gateway, device).
     memory: Memory,
-    pub live: BTreeMap<String, Live>,
+    live: BTreeMap<String, Live>,
     node_buf: Buffer<NodeInfo>,
     /// The reports of a re-list, each with the devices it lists itself.
     report_buf: Buffer<(GatewayReport, Vec<String>)>,
     live_buf: Buffer<Live>,
     /// Each watch has listed at least once.
-    pub synced: [bool; 3],
+    synced: [bool; 3],
     /// Instances whose object may need a write.
-    pub dirty: BTreeSet<String>,
+    dirty: BTreeSet<String>,
     /// Writes the prune guard held (deletions, and moves off lost gateways), re-decided
     /// when the watched gateways change.
-    pub held: BTreeSet<String>,
+    held: BTreeSet<String>,
     /// A Node or GatewayReport changed since the held writes were last re-decided.
     gateways_changed: bool,
     /// How many managed Deployments are pinned to each gateway.
@@ -225,9 +225,9 @@ pub struct World {
     /// brings that version ([`World::wrote`]).
     awaited: BTreeMap<String, String>,
     /// Why a full reconcile is due, if one is.
-    pub full: Option<Trigger>,
+    full: Option<Trigger>,
     /// Why the dirty instances are dirty (for the duration metric).
-    pub dirty_trigger: Option<Trigger>,
+    dirty_trigger: Option<Trigger>,
     /// The pre-pull Pods, and their writes.
     prepulls: PrePulls,
 }
@@ -289,6 +289,88 @@ impl World {
         if self.full.is_none() {
             self.full = Some(why);
         }
+    }
+
+    /// Asks for a full reconcile for `why`, unless one is already due (its reason stays).
+    pub fn request_full(&mut self, why: Trigger) {
+        self.want_full(why);
+    }
+
+    /// Asks for a full reconcile for `why`, replacing the reason of one already due.
+    pub fn force_full(&mut self, why: Trigger) {
+        self.full = Some(why);
+    }
+
+    /// Why a full reconcile is due, if one is.
+    pub fn full_due(&self) -> Option<Trigger> {
+        self.full
+    }
+
+    /// Takes the due full reconcile: the caller runs it (or asks again if it cannot).
+    pub fn take_full(&mut self) -> Option<Trigger> {
+        self.full.take()
+    }
+
+    /// The instances whose objects may need a write.
+    pub fn dirty(&self) -> &BTreeSet<String> {
+        &self.dirty
+    }
+
+    /// Forgets the dirty instances (a standby never writes them).
+    pub fn clear_dirty(&mut self) {
+        self.dirty.clear();
+        self.dirty_trigger = None;
+    }
+
+    /// The writes the prune guard holds.
+    pub fn held(&self) -> &BTreeSet<String> {
+        &self.held
+    }
+
+    /// Holds `names`: writes the prune guard refused, decided again when the gateways
+    /// change.
+    pub fn hold(&mut self, names: impl IntoIterator<Item = String>) {
+        self.held.extend(names);
+    }
+
+    /// Releases every held write (a full reconcile decides them all again).
+    pub fn release_all_held(&mut self) {
+        self.held.clear();
+    }
+
+    /// The render options (namespace, the revision applied).
+    pub fn render_options(&self) -> &RenderOptions {
+        &self.render
+    }
+
+    /// The revision of the repository the plans follow.
+    pub fn revision(&self) -> Option<&str> {
+        self.render.revision.as_deref()
+    }
+
+    /// The last good revision's repository.
+    pub fn repo(&self) -> Option<Arc<Repo>> {
+        self.repo.clone()
+    }
+
+    /// The desired placement of every instance, by instance name.
+    pub fn desired(&self) -> &BTreeMap<String, Placement> {
+        &self.desired
+    }
+
+    /// The managed Deployments as the watch has them, by name.
+    pub fn live(&self) -> &BTreeMap<String, Live> {
+        &self.live
+    }
+
+    /// The Nodes, by name.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeInfo> {
+        &self.nodes
+    }
+
+    /// Each gateway's report as the planner sees it.
+    pub fn reports(&self) -> &BTreeMap<String, GatewayReport> {
+        &self.reports
     }
 
     fn mark(&mut self, name: String, why: Trigger) {
