@@ -80,6 +80,15 @@ fn ago(secs: i64) -> jiff::Timestamp {
     jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs)
 }
 
+/// The bracelet approaches the hospital: gw-hospital-1 hears it strongly from now on,
+/// gw-home-1 still hears it, weakly (below minRssi). Returns the hospital's firstSeen.
+async fn approach_the_hospital(client: &Client) -> jiff::Timestamp {
+    let first_seen = jiff::Timestamp::now();
+    report(client, "gw-hospital-1", Some(first_seen), -50, "0").await;
+    report(client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    first_seen
+}
+
 /// Writes gateway `node`'s report as its agent would: the bracelet (at `rssi`) seen since
 /// `seen_since` (None: not seen), and `cpu_in_use` by others.
 async fn report(
@@ -857,11 +866,8 @@ async fn a_device_seen_by_a_new_gateway_moves_when_dwell_passes_with_no_new_repo
     let _repo = roaming_repo(dir.path(), "20s");
     let ctl = settled_on(&cp, dir.path()).await;
 
-    // The hospital hears the bracelet strongly from now on; home still hears it, weakly
-    // (below minRssi). The last reports written in this test.
-    let first_seen = jiff::Timestamp::now();
-    report(&client, "gw-hospital-1", Some(first_seen), -50, "0").await;
-    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    // The bracelet approaches the hospital: the last reports written in this test.
+    let first_seen = approach_the_hospital(&client).await;
     // The status names the pending move and when it falls due: firstSeen + dwell.
     let due = first_seen + jiff::SignedDuration::from_secs(20);
     let pending = pending_due_at(&ctl, &client, due).await;
@@ -1025,10 +1031,7 @@ async fn a_bracelet_approaching_a_gateway_under_pre_pull_has_a_pod_pull_there_un
     let ctl = settled_on(&cp, dir.path()).await;
     assert!(prepull_pods(&client).await.is_empty(), "no move pending");
 
-    // The hospital hears the bracelet strongly from now on; home weakly (below minRssi).
-    let first_seen = jiff::Timestamp::now();
-    report(&client, "gw-hospital-1", Some(first_seen), -50, "0").await;
-    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    let first_seen = approach_the_hospital(&client).await;
     let due = first_seen + jiff::SignedDuration::from_secs(20);
     pending_due_at(&ctl, &client, due).await;
     let pod = prepull_bound_to_the_hospital(&client, &ctl).await;
@@ -1069,15 +1072,7 @@ async fn a_bracelet_that_turns_back_before_the_dwell_takes_its_pre_pull_pod_with
     let _repo = prepull_repo(dir.path(), "5m");
     let ctl = settled_on(&cp, dir.path()).await;
 
-    report(
-        &client,
-        "gw-hospital-1",
-        Some(jiff::Timestamp::now()),
-        -50,
-        "0",
-    )
-    .await;
-    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    approach_the_hospital(&client).await;
     assert_prepull_pod(&prepull_bound_to_the_hospital(&client, &ctl).await);
 
     // Back home: home hears it strongly again, the hospital's agent lost it long ago.
@@ -1172,15 +1167,7 @@ async fn a_pre_pull_pod_left_behind_is_deleted_and_a_users_pods_are_never_touche
     .await;
 
     // The bracelet approaches the hospital: its pre-pull's name is taken by the user's Pod.
-    report(
-        &client,
-        "gw-hospital-1",
-        Some(jiff::Timestamp::now()),
-        -50,
-        "0",
-    )
-    .await;
-    report(&client, "gw-home-1", Some(ago(1800)), -85, "0").await;
+    approach_the_hospital(&client).await;
     let clash = eventually(
         "the NameClash Event on the user's Pod",
         WAIT,
