@@ -285,15 +285,9 @@ impl World {
         self.caches_synced() && self.repo.is_some()
     }
 
-    fn want_full(&mut self, why: Trigger) {
-        if self.full.is_none() {
-            self.full = Some(why);
-        }
-    }
-
     /// Asks for a full reconcile for `why`, unless one is already due (its reason stays).
     pub fn request_full(&mut self, why: Trigger) {
-        self.want_full(why);
+        self.full.get_or_insert(why);
     }
 
     /// Asks for a full reconcile for `why`, replacing the reason of one already due.
@@ -391,7 +385,7 @@ impl World {
     pub fn set_revision(&mut self, revision: Option<String>, repo: Arc<Repo>) {
         self.render.revision = revision;
         self.repo = Some(repo);
-        self.want_full(Trigger::Git);
+        self.request_full(Trigger::Git);
     }
 
     /// Takes one change from the watches in.
@@ -475,7 +469,7 @@ impl World {
             Event::InitDone => {
                 let fresh = self.node_buf.take().unwrap_or_default();
                 if self.synced[0] && fresh != self.nodes {
-                    self.want_full(Trigger::Relist);
+                    self.request_full(Trigger::Relist);
                 }
                 self.nodes = fresh;
                 self.synced[0] = true;
@@ -488,13 +482,13 @@ impl World {
                         Some(i) => self.nodes.insert(name, i),
                         None => self.nodes.remove(&name),
                     };
-                    self.want_full(Trigger::Presence);
+                    self.request_full(Trigger::Presence);
                 }
             }
             Event::Delete(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 if self.nodes.remove(&name).is_some() {
-                    self.want_full(Trigger::Presence);
+                    self.request_full(Trigger::Presence);
                 }
             }
         }
@@ -561,7 +555,7 @@ impl World {
                 .zip(&self.reports)
                 .all(|((a, x), (b, y))| a == b && x.spec == y.spec);
         if self.synced[1] && !same {
-            self.want_full(Trigger::Relist);
+            self.request_full(Trigger::Relist);
         }
         self.reports = fresh;
         self.sightings.clear();
@@ -860,7 +854,7 @@ impl World {
                 self.awaited.clear();
                 if self.synced[2] {
                     // Deletions and edits missed while the watch was down: look at all.
-                    self.want_full(Trigger::Relist);
+                    self.request_full(Trigger::Relist);
                 }
                 self.relist_live(fresh, now);
                 self.synced[2] = true;
